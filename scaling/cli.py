@@ -1,0 +1,260 @@
+"""The `medscale` command. Heavy imports (JAX, Ray) happen inside the commands that need them,
+so `medscale fit` and `--help` stay fast and work without an accelerator stack.
+
+A user's input error (bad YAML, malformed MEDS, impossible shape, too few points) prints one clear
+message and exits with status 2; it never shows a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="medscale: scaling-law studies for medical event foundation models.")
+console = Console(stderr=True)
+out = Console()
+DRY_RUN_VOCAB = 4096
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from analysis.errors import AnalysisError
+    from data.meds import MedsError
+    from models.config import ShapeError
+    from scaling.spec import SpecError
+
+    return (SpecError, MedsError, ShapeError, AnalysisError, UserError)
+
+
+class UserError(ValueError):
+    """Bad input from the command line itself."""
+
+
+def user_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_error_types() as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _progress_bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def _staged_progress(progress) -> Callable[[str, int, int], None]:
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return update
+
+
+@app.command()
+@user_errors
+def generate(
+    subjects: int = typer.Option(..., "--subjects", "-n", min=1, help="Number of synthetic patients to simulate."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write the MEDS dataset into (data/, metadata/, ground_truth/)."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Random seed: the same seed gives byte-identical files."),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Number of parquet shards (default: about 10,000 subjects each)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
+) -> None:
+    """Simulate a synthetic MEDS cohort with known ground-truth outcome probabilities."""
+    from data.simulator import generate_cohort
+
+    t = time.time()
+    with _progress_bar("generate") as progress:
+        task = progress.add_task("simulating patients", total=subjects)
+        path = generate_cohort(out_dir, subjects, seed, n_shards=shards, workers=workers,
+                               progress=lambda done, total: progress.update(task, completed=done, total=total))
+    out.print(f"wrote {subjects:,} subjects to {path} in {time.time() - t:.1f}s")
+
+
+@app.command()
+@user_errors
+def tokenize(
+    meds_dir: Path = typer.Argument(..., help="Root of a MEDS dataset (holding data/ and, optionally, metadata/)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for token shards, the tokenizer and manifest.json."),
+    min_count: int = typer.Option(5, "--min-count", min=1, help="Codes seen fewer times in the train split become UNK."),
+    value_bins: int = typer.Option(10, "--value-bins", min=1, max=100, help="Quantile bins per numeric code (10 = deciles)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
+) -> None:
+    """Validate a MEDS dataset, fit the tokenizer on its train split and write token shards."""
+    from data.token_store import tokenize_dataset
+    from data.tokenizer import TokenizerConfig
+
+    t = time.time()
+    with _progress_bar("tokenize") as progress:
+        task = progress.add_task("tokenizing shards", total=None)
+        path = tokenize_dataset(meds_dir, out_dir, TokenizerConfig(min_count=min_count, n_value_bins=value_bins),
+                                workers=workers,
+                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    out.print(f"vocabulary {manifest['vocab_size']:,} tokens; wrote {path} in {time.time() - t:.1f}s")
+
+
+def _load_spec_and_data(spec_path: Path, out_dir: Path):
+    """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly)."""
+    from scaling.dataset import prepare_dataset
+    from scaling.spec import expand, load_spec
+
+    spec = load_spec(spec_path)
+    expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(spec_path))
+    with _progress_bar("dataset") as progress:
+        prepared = prepare_dataset(spec, out_dir, progress=_staged_progress(progress))
+    return spec, prepared
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="A run config: a sweep spec whose grid holds exactly one point (see experiments/train_tiny.yaml)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run store folder; the run lands in OUT/runs/<hash>/. Rerun after a kill to resume."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="CPU cores to pin this run to (default: the spec's resources.cpus)."),
+) -> None:
+    """Train (or resume) one run in this process."""
+    from scaling.spec import expand
+    from scaling.store import RunStore
+
+    spec, prepared = _load_spec_and_data(config, out_dir)
+    runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
+                  dataset_id=prepared.dataset_id, source=str(config))
+    if len(runs) != 1:
+        raise UserError(f"{config}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
+                        f"Use `medscale sweep {config}` for a grid.")
+    store = RunStore(out_dir)
+    run = store.ensure(runs[0])
+    started = time.time()
+    from scaling.runtime import configure_process
+
+    n_cpus = cpus or spec.resources.cpus
+    configure_process(cores=n_cpus, host_devices=spec.resources.host_devices or n_cpus,
+                      cache_dir=store.root / ".jax_cache")
+    from scaling.train import execute_run
+
+    console.print(f"run {run.run_id} -> {run.path}")
+    state = execute_run(run, log=lambda msg: console.print(f"  {msg}", highlight=False), process_started=started)
+    store.write_results()
+    if state == "leased":
+        raise UserError(f"run {run.run_id} is being trained by another live process ({run.lease_info()}); not starting it twice")
+    metrics = run.metrics() or {}
+    out.print(json.dumps({"run_id": run.run_id, "state": state, **{k: metrics.get(k) for k in (
+        "loss", "params", "tokens", "flops_6nd", "flops_full", "tokens_per_sec", "mfu")}}, indent=2))
+    if state == "diverged":
+        raise typer.Exit(code=3)
+
+
+def _plan_table(runs: list[dict]):
+    from rich.table import Table
+
+    from models.config import ModelConfig, param_counts
+    from scaling.flops import device_peak_flops, flops_per_token
+
+    peak, source = device_peak_flops()
+    efficiency = 0.25
+    table = Table(title=f"expanded plan: {len(runs)} runs (time at {efficiency:.0%} of {source} peak "
+                        f"{peak / 1e9:.1f} GFLOP/s)")
+    for col in ("run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
+                "FLOPs full", "lr", "est. time"):
+        table.add_column(col, justify="right")
+    from scaling.store import config_hash
+
+    total_s = 0.0
+    for r in runs:
+        cfg = ModelConfig.from_dict(r["model"])
+        fl = flops_per_token(cfg, r["data"]["seq_len"])
+        tokens = r["train"]["tokens"]
+        est = fl.full * tokens / (peak * efficiency)
+        total_s += est
+        table.add_row(config_hash(r), f"{r['budget']:.3g}" if r["budget"] else "-",
+                      f"{cfg.d_model} x {cfg.n_layers} ({cfg.n_heads})", f"{param_counts(cfg).non_embedding:,}",
+                      f"{tokens:,}", f"{r['train']['steps']:,}", f"{fl.six_n * tokens:.3g}", f"{fl.full * tokens:.3g}",
+                      f"{r['train']['lr']:.2e}", f"{est:.0f}s")
+    return table, total_s
+
+
+@app.command()
+@user_errors
+def sweep(
+    spec_path: Path = typer.Argument(..., help="Sweep spec YAML (see experiments/)."),
+    out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="Run store folder (shared storage when on a cluster)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the expanded plan; train nothing."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (e.g. auto, or ray://head:10001)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Most runs at once (default: cluster CPUs / resources.cpus)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Give runs that used up their retries another go."),
+) -> None:
+    """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
+    from scaling.spec import expand, load_spec
+
+    if dry_run:
+        from scaling.spec import dataset_id
+
+        spec = load_spec(spec_path)
+        ds_id = dataset_id(spec)
+        manifest = Path(out_dir) / "datasets" / ds_id / "tokens" / "manifest.json"
+        vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else DRY_RUN_VOCAB
+        if not manifest.exists():
+            console.print(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
+        runs = expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id, source=str(spec_path))
+    else:
+        spec, prepared = _load_spec_and_data(spec_path, out_dir)
+        runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
+                      dataset_id=prepared.dataset_id, source=str(spec_path))
+    table, total_s = _plan_table(runs)
+    if dry_run:
+        out.print(table)
+        out.print(f"estimated total: {total_s / 60:.1f} core-minutes of training "
+                  f"({spec.resources.cpus} CPU per run)")
+        return
+    launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed)
+
+
+def launch_sweep(spec, runs: list[dict], out_dir: Path, *, address=None, max_concurrent=None, retry_failed=False):
+    from rich.live import Live
+
+    from scaling.atomic import write_yaml
+    from scaling.scheduler import run_sweep
+    from scaling.store import RunStore
+
+    store = RunStore(out_dir)
+    write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
+    run_dirs = [store.ensure(r) for r in runs]
+    if retry_failed:
+        for run in run_dirs:
+            if run.state() == "failed":
+                run.set_status("failed", attempts=0)
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        def show(p):
+            live.update(f"[bold]sweep {spec.name}[/]: {p.line()}")
+
+        results = run_sweep(store, run_dirs, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
+                            tpus=spec.resources.tpus, host_devices=spec.resources.host_devices,
+                            retries=spec.retries, address=address, max_concurrent=max_concurrent, on_progress=show)
+    mine = results[results["sweep"] == spec.name] if len(results) else results
+    counts = mine["status"].value_counts().to_dict() if len(mine) else {}
+    out.print(f"sweep {spec.name}: {counts}; results in {store.root / 'results.parquet'}")
+    return mine
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Ray scheduling of a sweep: one Ray task per run, local by default or on a cluster (`address`).
+
+The scheduler holds no state that matters: each run's folder does (status, lease, checkpoints).
+So a relaunch after a crash recomputes the same run ids, skips finished runs, resumes partial ones,
+and waits for runs another live launch holds. Ray retries a task whose worker or node died
+(`max_retries`); the retry resumes from the run's last checkpoint. A run that fails in our own code
+is retried by this loop up to the spec's `retries`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from scaling.store import FINAL_STATES, RunDir, RunStore
+
+STALE_AFTER_S = 60.0
+
+
+@dataclass
+class SweepProgress:
+    total: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    diverged: int = 0
+    flops_total: float = 0.0
+    flops_done: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    def eta_s(self) -> float | None:
+        if self.flops_done <= 0:
+            return None
+        rate = self.flops_done / (time.time() - self.started)
+        return (self.flops_total - self.flops_done) / rate
+
+    def line(self) -> str:
+        eta = self.eta_s()
+        eta_s = "--" if eta is None else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        return (f"{self.done}/{self.total} done, {self.running} running, {self.failed} failed, "
+                f"{self.diverged} diverged, ETA {eta_s}")
+
+
+def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str, stale_after: float) -> str:
+    """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
+    XLA host-device flag take effect before JAX is imported."""
+    started = time.time()
+    from scaling.runtime import configure_process
+
+    on_accelerator = bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("TPU_VISIBLE_CHIPS"))
+    configure_process(cores=None if on_accelerator else cpus,
+                      host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=cache_dir)
+    from scaling.train import execute_run
+
+    return execute_run(RunDir(Path(run_path)), stale_after=stale_after, process_started=started)
+
+
+def run_flops(run: RunDir) -> float:
+    from models.config import ModelConfig
+    from scaling.flops import flops_per_token
+
+    cfg = run.config()
+    return flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full * cfg["train"]["tokens"]
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start or join Ray; returns whether we started a local instance (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
+    return True
+
+
+def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: float = 0, tpus: int = 0,
+              host_devices: int | None = None, retries: int = 2, address: str | None = None,
+              max_concurrent: int | None = None, on_progress: Callable[[SweepProgress], None] | None = None,
+              stale_after: float = STALE_AFTER_S, ray_max_retries: int = 3) -> pd.DataFrame:
+    """Run every run in `run_dirs` not yet finished; returns the results table."""
+    import ray
+
+    started_here = _init_ray(address, None)
+    try:
+        cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        limit = max_concurrent or max(1, cluster_cpus // max(1, cpus))
+        resources = {"TPU": tpus} if tpus else None
+        task = ray.remote(_run_task).options(
+            num_cpus=cpus, num_gpus=gpus, resources=resources, max_calls=1,
+            max_retries=ray_max_retries, retry_exceptions=False)
+        cache_dir = str((store.root / ".jax_cache").absolute())
+
+        progress = SweepProgress(total=len(run_dirs))
+        flops = {r.run_id: run_flops(r) for r in run_dirs}
+        progress.flops_total = sum(flops.values())
+        queue: deque[RunDir] = deque()
+        for run in run_dirs:
+            status = run.status()
+            if status["state"] in FINAL_STATES:
+                progress.done += status["state"] == "done"
+                progress.diverged += status["state"] == "diverged"
+                progress.flops_total -= flops[run.run_id]
+            elif status["state"] == "failed" and int(status.get("attempts", 0)) > retries:
+                progress.failed += 1
+            else:
+                queue.append(run)
+        inflight: dict = {}
+        held_elsewhere: list[RunDir] = []
+
+        def report() -> None:
+            progress.running = len(inflight) + len(held_elsewhere)
+            if on_progress:
+                on_progress(progress)
+
+        def finish(run: RunDir, state: str) -> None:
+            if state == "done":
+                progress.done += 1
+                progress.flops_done += flops[run.run_id]
+            elif state == "diverged":
+                progress.diverged += 1
+            elif state == "leased":
+                held_elsewhere.append(run)
+                return
+            else:
+                status = run.status()
+                if status["state"] == "running" and not run.lease_is_live(stale_after):
+                    run.set_status("failed", error=status.get("error") or "worker died (Ray gave up retrying)")
+                if int(run.status().get("attempts", 0)) <= retries:
+                    queue.append(run)
+                else:
+                    progress.failed += 1
+            store.write_results()
+
+        report()
+        while queue or inflight or held_elsewhere:
+            while queue and len(inflight) < limit:
+                run = queue.popleft()
+                if run.state() in FINAL_STATES:
+                    continue
+                ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after)
+                inflight[ref] = run
+            report()
+            if inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    run = inflight.pop(ref)
+                    try:
+                        state = ray.get(ref)
+                    except Exception:  # failure already recorded by the task, or the worker died
+                        state = "failed"
+                    finish(run, state)
+            else:
+                time.sleep(1.0)
+            for run in list(held_elsewhere):
+                state = run.state()
+                if state in FINAL_STATES:
+                    held_elsewhere.remove(run)
+                    finish(run, state)
+                elif not run.lease_is_live(stale_after):
+                    held_elsewhere.remove(run)
+                    queue.append(run)
+        report()
+        return store.write_results()
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,125 @@
+"""Sweep specs: malformed ones are refused with a message naming the key and value, and launch
+nothing; good ones expand into the grid the user wrote."""
+import math
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from scaling.cli import app
+from scaling.flops import flops_per_token
+from models.config import ModelConfig
+from scaling.spec import SpecError, expand, load_spec, parse_spec
+
+GOOD = {
+    "name": "t",
+    "objective": "decoder",
+    "dataset": {"simulator": {"subjects": 100, "seed": 0}},
+    "model": {"seq_len": 32},
+    "grid": {"mode": "isoflop", "compute": ["1e11", "3e11"], "params": ["20k", "40k", "80k"]},
+    "optimizer": {"batch_size": 4},
+}
+
+
+def _with(path: str, value):
+    spec = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = spec
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    if value is DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return spec
+
+
+DELETE = object()
+
+# (mutation, text the error must contain)
+MALFORMED = [
+    (("objective", "gpt"), ["objective", "'decoder'", "'encoder'", "gpt"]),
+    (("grid.mode", "isoflops"), ["grid", "isoflops", "ladder"]),
+    (("grid.compute", ["1e11", "-5"]), ["grid.compute", "positive"]),
+    (("grid.params", ["20k", "lots"]), ["grid.params", "lots"]),
+    (("optimizer.batch_size", 0), ["optimizer.batch_size", "greater than 0"]),
+    (("optimizer.learning_rate", 0.1), ["optimizer.learning_rate", "unknown key"]),
+    (("dataset", {"simulator": {"subjects": 10}, "meds": "/x"}), ["dataset", "exactly one"]),
+    (("dataset.meds_path", "/x"), ["dataset.meds_path", "unknown key"]),
+    (("name", DELETE), ["name", "required key is missing"]),
+    (("optimizer.lr_multipliers", [1.0, -2.0]), ["optimizer.lr_multipliers", "> 0"]),
+    (("grid.params", [{"d_model": 60, "n_layers": 2, "n_heads": 7}, "40k"]), ["grid.params[0]", "heads"]),
+    (("grid.compute", ["1e3"]), ["only", "optimizer steps"]),
+    (("model.seq_len", 1), ["model.seq_len", "greater than 1"]),
+]
+
+
+@pytest.mark.parametrize("mutation,expected", MALFORMED, ids=[m[0][0] + ":" + str(m[0][1])[:12] for m in MALFORMED])
+def test_malformed_spec_is_refused_with_a_clear_message(tmp_path, mutation, expected):
+    spec_path = tmp_path / "bad.yaml"
+    spec_path.write_text(yaml.safe_dump(_with(*mutation)))
+    out_dir = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(spec_path), "--out", str(out_dir)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "bad.yaml" in text
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
+    assert "Traceback" not in result.output
+    assert not (out_dir / "runs").exists(), "a refused spec must launch nothing"
+    assert not (out_dir / "datasets").exists(), "a refused spec must not even prepare data"
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\ngrid: [1, 2\n")
+    with pytest.raises(SpecError, match=r"broken.yaml: not valid YAML at line \d+"):
+        load_spec(p)
+
+
+def test_missing_meds_path_is_refused(tmp_path):
+    raw = _with("dataset", {"meds": str(tmp_path / "nowhere")})
+    with pytest.raises(SpecError, match="dataset.meds.*does not exist"):
+        parse_spec(raw, source="s.yaml")
+
+
+def test_isoflop_expansion_derives_tokens_from_compute():
+    spec = parse_spec(GOOD)
+    runs = expand(spec, token_dir="/t", vocab_size=500, dataset_id="d")
+    assert len(runs) == 2 * 3
+    for r in runs:
+        cfg = ModelConfig.from_dict(r["model"])
+        per_token = flops_per_token(cfg, 32).six_n
+        want = r["budget"] / per_token
+        step_tokens = 4 * 32
+        assert abs(r["train"]["tokens"] - want) <= step_tokens
+        assert r["train"]["steps"] == math.ceil(want / step_tokens)
+    # within a budget, bigger models get fewer tokens
+    first = sorted((r for r in runs if r["budget"] == 1e11), key=lambda r: r["model"]["d_model"] * r["model"]["n_layers"])
+    assert first[0]["train"]["tokens"] > first[-1]["train"]["tokens"]
+
+
+def test_ladder_with_lr_axis_and_seeds_and_width_rule():
+    raw = _with("grid", {"mode": "ladder", "params": ["20k", "80k"], "tokens": ["20k", "40k"]})
+    raw["seeds"] = [0, 1]
+    raw["optimizer"] = {"batch_size": 4, "lr": 1e-3, "lr_multipliers": [0.5, 2.0], "lr_scaling": "inverse_width",
+                        "base_width": 64}
+    runs = expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")
+    assert len(runs) == 2 * 2 * 2 * 2
+    for r in runs:
+        assert r["train"]["lr"] == pytest.approx(1e-3 * 64 / r["model"]["d_model"] * r["train"]["lr_multiplier"])
+
+
+def test_duplicate_grid_points_are_refused():
+    raw = _with("grid.params", ["20k", "20k"])
+    with pytest.raises(SpecError, match="same run"):
+        expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")
+
+
+def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text(yaml.safe_dump(GOOD))
+    result = CliRunner().invoke(app, ["sweep", str(p), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "6 runs" in result.output and "est. time" in result.output
+    assert not (tmp_path / "o" / "runs").exists()

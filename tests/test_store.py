@@ -1,0 +1,138 @@
+"""Run store: hash-named folders, atomic writes, leases that exclude a second holder."""
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scaling.atomic import write_json
+from scaling.store import LeaseHeld, RunStore, config_hash
+
+CONFIG = {
+    "sweep": "s", "objective": "decoder", "budget": None,
+    "model": {"vocab_size": 100, "d_model": 32, "n_layers": 1, "n_heads": 1, "d_ff": 96, "max_len": 64, "causal": True},
+    "data": {"token_dir": "/a/tokens", "dataset_id": "abc", "seq_len": 32, "batch_size": 4, "mask_prob": 0.15},
+    "train": {"tokens": 1280, "steps": 10, "seed": 0, "lr": 1e-3},
+    "eval": {"n_evals": 2, "batches": 1}, "checkpoint": {"every_steps": 5},
+}
+
+
+def test_hash_ignores_location_but_not_content():
+    moved = json.loads(json.dumps(CONFIG))
+    moved["data"]["token_dir"] = "/elsewhere/tokens"
+    assert config_hash(moved) == config_hash(CONFIG)
+    changed = json.loads(json.dumps(CONFIG))
+    changed["train"]["lr"] = 2e-3
+    assert config_hash(changed) != config_hash(CONFIG)
+
+
+def test_ensure_is_idempotent(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.ensure(CONFIG)
+    a.set_status("done", attempts=1)
+    b = store.ensure(CONFIG)
+    assert a.path == b.path and b.state() == "done"
+    assert [r.run_id for r in store.runs()] == [a.run_id]
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "status.json"
+    write_json(target, {"state": "done"})
+
+    class Boom(Exception):
+        pass
+
+    from scaling.atomic import write_with
+
+    def failing(p):
+        p.write_text("{partial")
+        raise Boom
+
+    with pytest.raises(Boom):
+        write_with(target, failing)
+    assert json.loads(target.read_text()) == {"state": "done"}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_lease_excludes_second_holder_and_is_released(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    lease = run.acquire_lease(stale_after=30)
+    with pytest.raises(LeaseHeld):
+        run.acquire_lease(stale_after=30)
+    lease.release()
+    run.acquire_lease(stale_after=30).release()
+    assert not run.lease_path.exists()
+
+
+def test_stale_heartbeat_lease_is_broken(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    write_json(run.lease_path, {"token": "old", "host": "another-host", "pid": 1, "heartbeat_at": time.time() - 120})
+    assert not run.lease_is_live(stale_after=60)
+    lease = run.acquire_lease(stale_after=60)
+    assert json.loads(run.lease_path.read_text())["token"] == lease.token
+    lease.release()
+
+
+def test_lease_of_dead_local_process_is_broken_at_once(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    import socket
+
+    write_json(run.lease_path, {"token": "dead", "host": socket.gethostname(), "pid": proc.pid,
+                                "heartbeat_at": time.time()})
+    assert not run.lease_is_live(stale_after=600)
+    run.acquire_lease(stale_after=600).release()
+
+
+def test_heartbeat_keeps_lease_fresh(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    lease = run.acquire_lease(stale_after=1.0, heartbeat_s=0.1)
+    first = json.loads(run.lease_path.read_text())["heartbeat_at"]
+    time.sleep(1.3)
+    assert json.loads(run.lease_path.read_text())["heartbeat_at"] > first
+    with pytest.raises(LeaseHeld):
+        run.acquire_lease(stale_after=1.0)
+    lease.release()
+
+
+def _contend(path, barrier, results):
+    from scaling.store import LeaseHeld as Held, RunDir
+
+    barrier.wait()
+    try:
+        lease = RunDir(path).acquire_lease(stale_after=60)
+        results.put(os.getpid())
+        time.sleep(0.5)
+        lease.release()
+    except Held:
+        results.put(None)
+
+
+def test_concurrent_acquire_has_exactly_one_winner(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_contend, args=(run.path, barrier, results)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(10)
+    winners = [w for w in (results.get(timeout=5) for _ in procs) if w is not None]
+    assert len(winners) == 1
+
+
+def test_results_table_written_atomically_with_metrics(tmp_path):
+    import pandas as pd
+
+    store = RunStore(tmp_path)
+    run = store.ensure(CONFIG)
+    write_json(run.metrics_path, {"loss": 2.5, "params": 1234, "tokens": 1280})
+    run.set_status("done", attempts=1)
+    df = store.write_results()
+    assert df.loc[0, "loss"] == 2.5 and df.loc[0, "status"] == "done" and df.loc[0, "d_model"] == 32
+    assert pd.read_parquet(tmp_path / "results.parquet").loc[0, "params"] == 1234
+    assert pd.read_csv(tmp_path / "results.csv").loc[0, "run_id"] == run.run_id
