@@ -46,13 +46,13 @@ class SweepProgress:
                 f"{self.diverged} diverged, ETA {eta_s}")
 
 
-def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str, stale_after: float) -> str:
+def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str, stale_after: float,
+              on_accelerator: bool) -> str:
     """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
     XLA host-device flag take effect before JAX is imported."""
     started = time.time()
     from scaling.runtime import configure_process
 
-    on_accelerator = bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("TPU_VISIBLE_CHIPS"))
     configure_process(cores=None if on_accelerator else cpus,
                       host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=cache_dir)
     from scaling.train import execute_run
@@ -147,7 +147,8 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
                 run = queue.popleft()
                 if run.state() in FINAL_STATES:
                     continue
-                ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after)
+                ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after,
+                                  bool(gpus or tpus))
                 inflight[ref] = run
             report()
             if inflight:

@@ -76,7 +76,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     from data.loader import eval_batches, train_batches
     from models.config import ModelConfig, param_counts
     from models.sharding import make_mesh, shard_batch
-    from models.step import init_train_state, make_eval_step, make_train_step
+    from models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
 
     log = log or (lambda msg: None)
     t0 = process_started or time.time()
@@ -90,7 +90,12 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
 
     mesh = make_mesh(fsdp=cfg.get("mesh", {}).get("fsdp", 1), tensor=cfg.get("mesh", {}).get("tensor", 1))
     tx, schedule = make_optimizer(train_cfg, total_steps)
-    graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+    mngr = _checkpoint_manager(run.ckpt_dir)
+    latest = mngr.latest_step()
+    if latest is None:
+        graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+    else:
+        graphdef, abstract = abstract_train_state(model_cfg, tx, mesh)
     train_step = make_train_step(graphdef, tx, mesh)
     eval_step = make_eval_step(graphdef, mesh)
     place = lambda batch: shard_batch(batch, mesh)  # noqa: E731
@@ -100,13 +105,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     held_out = list(eval_batches(data_cfg["token_dir"], eval_cfg.get("split", "tuning"), seq_len=L,
                                  batch_size=B, objective=objective, n_batches=eval_cfg["batches"]))
 
-    mngr = _checkpoint_manager(run.ckpt_dir)
     start_step = 0
     curve: list[dict] = []
-    latest = mngr.latest_step()
     if latest is not None:
         t = time.time()
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
         start_step = int(latest)
         timing["ckpt_s"] += time.time() - t

@@ -10,3 +10,50 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic cohort and its tokens, shared by the tests that train."""
+    from data.simulator import generate_cohort
+    from data.token_store import tokenize_dataset
+
+    base = tmp_path_factory.mktemp("tiny_dataset")
+    meds = generate_cohort(base / "meds", 400, 0, workers=1)
+    tokens = tokenize_dataset(meds, base / "tokens", workers=1)
+    return Path(meds), Path(tokens)
+
+
+def tiny_spec(meds_dir: Path, **overrides) -> dict:
+    """A one-run decoder spec over `meds_dir` that trains in a few seconds on one core."""
+    spec = {
+        "name": "tiny",
+        "objective": "decoder",
+        "dataset": {"meds": str(meds_dir), "tokenizer": {"min_count": 5, "value_bins": 10}},
+        "model": {"seq_len": 32},
+        "grid": {"mode": "ladder", "params": [{"d_model": 32, "n_layers": 2, "n_heads": 2}], "tokens": [60 * 8 * 32]},
+        "optimizer": {"batch_size": 8, "lr": 3e-3},
+        "resources": {"cpus": 1},
+        "eval": {"n_evals": 3, "batches": 2},
+        "checkpoint": {"every_steps": 10},
+    }
+    for key, value in overrides.items():
+        node = spec
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return spec
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -1,0 +1,96 @@
+"""Bootstrap plumbing shared by every fit: resample weights, percentile intervals, a parallel map.
+
+A resample is a vector of integer multiplicities over the rows (the multinomial draw of a with-replacement
+sample), so fits that sum over points take it as weights and never copy the data. All weights are drawn up
+front from one seeded generator, which makes results independent of how many processes do the work.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a (bootstrap percentile) interval; NaN bounds when there was no bootstrap."""
+
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+
+    def to_dict(self) -> dict:
+        return {"value": _num(self.value), "interval": [_num(self.low), _num(self.high)]}
+
+    @property
+    def ratio(self) -> float:
+        """high / low: the interval's width as a factor (for positive quantities)."""
+        return self.high / self.low if self.low > 0 else float("inf")
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) multiplicities of a with-replacement resample of n rows."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+
+
+def stratified_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) multiplicities resampling rows with replacement within each group (e.g. an IsoFLOP budget)."""
+    groups = np.asarray(groups)
+    out = np.zeros((n_boot, groups.size))
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        out[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
+    return out
+
+
+def interval(draws: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, ignoring NaN draws (failed resamples)."""
+    draws = np.asarray(draws, dtype=float)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    if draws.shape[0] == 0 or np.all(np.isnan(draws)):
+        nan = np.full(draws.shape[1:], np.nan)
+        return nan, nan
+    lo, hi = np.nanpercentile(draws, q, axis=0)
+    return lo, hi
+
+
+def estimate(value: float, draws: np.ndarray | None, level: float = DEFAULT_LEVEL) -> Estimate:
+    if draws is None or len(draws) == 0:
+        return Estimate(float(value))
+    lo, hi = interval(np.asarray(draws, dtype=float), level)
+    return Estimate(float(value), float(lo), float(hi))
+
+
+def _pool_context():
+    # fork is cheap and needs no re-import; elsewhere (macOS, Windows) spawn is the safe choice.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def parallel_map(fn: Callable, chunks: Sequence, n_jobs: int | None = 1) -> list:
+    """[fn(c) for c in chunks], over up to n_jobs processes (None: all cores). fn must be picklable."""
+    n_jobs = (os.cpu_count() or 1) if n_jobs is None else int(n_jobs)
+    n_jobs = max(1, min(n_jobs, len(chunks)))
+    if n_jobs == 1:
+        return [fn(c) for c in chunks]
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()) as ex:
+        return list(ex.map(fn, chunks))
+
+
+def split(weights: np.ndarray, n_jobs: int | None) -> list[np.ndarray]:
+    """Row blocks of a weight matrix, one per job."""
+    n_jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
+    return [w for w in np.array_split(weights, n_jobs) if len(w)]

@@ -1,0 +1,86 @@
+"""Checking and shaping user tables: every bad-input message a user sees is written here."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .errors import AnalysisError
+
+# Compute values closer than this factor are one IsoFLOP budget (runs land near, not on, their budget).
+BUDGET_RTOL = 0.1
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise AnalysisError(
+            f"column(s) {', '.join(map(repr, missing))} not in the table; available: "
+            f"{', '.join(map(str, df.columns))}"
+        )
+
+
+def positive(values, name: str) -> np.ndarray:
+    """A float array of strictly positive finite values, or an AnalysisError saying which rows are not."""
+    try:
+        arr = np.asarray(pd.to_numeric(pd.Series(values), errors="raise"), dtype=float)
+    except (ValueError, TypeError) as e:
+        raise AnalysisError(f"column {name!r} must be numeric: {e}") from None
+    bad_nan = np.flatnonzero(~np.isfinite(arr))
+    if bad_nan.size:
+        raise AnalysisError(
+            f"column {name!r} has {bad_nan.size} missing or infinite value(s) (rows {_rows(bad_nan)}); "
+            "drop failed or unfinished runs first"
+        )
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        raise AnalysisError(
+            f"column {name!r} must be > 0 for a log-log fit; {bad.size} row(s) are not (rows {_rows(bad)})"
+        )
+    return arr
+
+
+def _rows(idx: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:limit])
+    return shown + (", ..." if idx.size > limit else "")
+
+
+def need_points(n: int, needed: int, what: str) -> None:
+    if n < needed:
+        raise AnalysisError(f"{what} needs at least {needed} points; got {n}")
+
+
+def best_per_point(keys: list[np.ndarray], loss: np.ndarray) -> tuple[np.ndarray, int]:
+    """Indices keeping the lowest loss among rows with equal keys (runs differing only in lr or seed).
+
+    Returns the kept row indices (in input order) and how many points had more than one run.
+    """
+    frame = pd.DataFrame({f"k{i}": np.round(np.log(k), 9) for i, k in enumerate(keys)})
+    frame["loss"] = loss
+    frame["row"] = np.arange(len(loss))
+    key_cols = [c for c in frame.columns if c.startswith("k")]
+    counts = frame.groupby(key_cols, sort=False)["row"].transform("size")
+    keep = frame.sort_values("loss", kind="stable").drop_duplicates(key_cols)["row"].to_numpy()
+    n_multi = int(frame.loc[counts > 1, key_cols].drop_duplicates().shape[0])
+    return np.sort(keep), n_multi
+
+
+def budget_groups(compute: np.ndarray, rtol: float = BUDGET_RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """Group compute values within a factor (1 + rtol) of their neighbours.
+
+    Returns (label per row, budget per group) with the budget the geometric mean of its group.
+    """
+    logc = np.log(np.asarray(compute, dtype=float))
+    order = np.argsort(logc)
+    new = np.r_[True, np.diff(logc[order]) > np.log1p(rtol)]
+    labels = np.empty(logc.size, dtype=int)
+    labels[order] = np.cumsum(new) - 1
+    budgets = np.exp(np.array([logc[labels == g].mean() for g in range(labels.max() + 1)]))
+    return labels, budgets
+
+
+def labels_from(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows by exact value of a budget column: (label per row, value per group)."""
+    uniq, labels = np.unique(np.asarray(values, dtype=float), return_inverse=True)
+    return labels.ravel(), uniq

@@ -1,0 +1,107 @@
+"""Compute-optimal allocation at a budget, optionally with a cap on the tokens available.
+
+Unconstrained, N_opt and D_opt come from a fit's allocation law (closed form for Approach 3). With a token
+cap the optimum moves along the line 6ND = C: loss along that line has a single minimum (for L(N, D) of
+Approach 3 and for an IsoFLOP parabola alike), so when the unconstrained D_opt exceeds the cap the
+constrained optimum is D = cap, N = C / (6 cap): a larger model on all the data there is. Every quantity is
+also computed for each bootstrap draw of the fit, which gives its interval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bootstrap import Estimate, estimate
+from .errors import AnalysisError
+
+
+@dataclass(frozen=True)
+class Allocation:
+    budget: float
+    n_opt: Estimate
+    d_opt: Estimate
+    tokens_per_param: Estimate
+    loss: Estimate | None
+    token_limited: bool
+    max_tokens: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "budget": self.budget,
+            "n_opt": self.n_opt.to_dict(),
+            "d_opt": self.d_opt.to_dict(),
+            "tokens_per_param": self.tokens_per_param.to_dict(),
+            "loss": None if self.loss is None else self.loss.to_dict(),
+            "token_limited": self.token_limited,
+            "max_tokens": self.max_tokens,
+            "notes": list(self.notes),
+        }
+
+
+def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_epochs: float = 1.0) -> Allocation:
+    """N_opt, D_opt, tokens per parameter (and predicted loss for Approach 3) at compute `budget` (FLOPs, 6ND).
+
+    `fit` is any fitted EnvelopeFit, IsoFlopFit or ParametricFit. `max_tokens` is the number of unique tokens
+    available; `max_epochs` > 1 allows that many passes over them (the fits assume unique tokens, so a
+    repeated token is counted as if it were new: optimistic beyond a few epochs).
+    """
+    if not hasattr(fit, "allocation_"):
+        raise AnalysisError("compute_optimal needs a fitted EnvelopeFit, IsoFlopFit or ParametricFit")
+    if not np.isfinite(budget) or budget <= 0:
+        raise AnalysisError(f"budget must be a positive number of FLOPs; got {budget!r}")
+    law = fit.allocation_
+    level = law.level
+    n0, d0 = float(law.n_opt(budget)), float(law.d_opt(budget))
+    # D_opt = C/(6 N_opt) holds exactly for Approaches 2 and 3; for Approach 1's separately fitted laws, use it
+    # so the allocation spends exactly the budget.
+    d0 = budget / (6 * n0)
+    nd = law.n_opt_draws(budget)[:, 0]
+    dd = budget / (6 * nd)
+    notes: list[str] = []
+    cap = None
+    limited = False
+    if max_tokens is not None:
+        if not np.isfinite(max_tokens) or max_tokens <= 0:
+            raise AnalysisError(f"max_tokens must be positive; got {max_tokens!r}")
+        if max_epochs < 1:
+            raise AnalysisError(f"max_epochs must be >= 1; got {max_epochs!r}")
+        cap = float(max_tokens) * float(max_epochs)
+        limited = d0 > cap
+        if limited:
+            notes.append(
+                f"token-limited: the compute-optimal D would be {d0:.3g} tokens but only {cap:.3g} are available; "
+                f"the budget goes to a larger model (N = C / (6 D_cap)), which reaches a higher loss than an "
+                "unconstrained allocation"
+            )
+            if max_epochs > 1:
+                notes.append(
+                    f"D includes up to {max_epochs:g} passes over {max_tokens:.3g} unique tokens; the fit treats "
+                    "repeated tokens as new, which is a fair approximation up to about 4 epochs (Muennighoff et "
+                    "al. 2023) and optimistic beyond"
+                )
+            else:
+                notes.append(
+                    "repeating the data for a few epochs (up to about 4 loses little; Muennighoff et al. 2023) "
+                    "would allow a smaller model; pass max_epochs to allow it"
+                )
+        d0 = min(d0, cap)
+        n0 = budget / (6 * d0)
+        dd = np.minimum(dd, cap)
+        nd = budget / (6 * dd)
+    loss = None
+    if hasattr(fit, "predict_draws") and hasattr(fit, "boot_thetas_"):
+        pred = float(fit.predict(n0, d0))
+        draws = fit.predict_draws(nd, dd, paired=True) if len(nd) else None
+        loss = estimate(pred, draws, level)
+    return Allocation(
+        budget=float(budget),
+        n_opt=estimate(n0, nd if len(nd) else None, level),
+        d_opt=estimate(d0, dd if len(dd) else None, level),
+        tokens_per_param=estimate(d0 / n0, (dd / nd) if len(nd) else None, level),
+        loss=loss,
+        token_limited=bool(limited),
+        max_tokens=cap,
+        notes=notes,
+    )

@@ -1,0 +1,309 @@
+"""MEDS v0.4 reading and validation: `read_meds(root) -> MedsDataset`, errors as `MedsError`.
+
+Accepted: shards anywhere under `data/` (nested folders), `numeric_value` float32 or float64,
+integer `subject_id` of any width, timestamps of any unit (read as microseconds), static rows with
+null `time`, extra columns (ignored). Splits come from `metadata/subject_splits.parquet`, or, when it
+is absent, from the first folder under `data/` (`train`, `tuning`, `held_out`). `metadata/codes.parquet`
+and `metadata/dataset.json` are optional.
+
+Validation reads the schema, the parquet statistics and the subject_id and time columns of every
+shard (never the code strings), so it costs a fraction of a full scan.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MEDS_VERSION = "0.4"
+SPLITS = ("train", "tuning", "held_out")
+REQUIRED_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+EXPECTED_TYPES = {"subject_id": "int64", "time": "timestamp[us]", "code": "string",
+                  "numeric_value": "float32 (or float64)"}
+
+
+class MedsError(ValueError):
+    """A MEDS dataset that cannot be used as given; the message says where, what and what to do."""
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")
+
+
+def _type_ok(column: str, typ: pa.DataType) -> bool:
+    if column == "subject_id":
+        return pa.types.is_integer(typ)
+    if column == "time":
+        return pa.types.is_timestamp(typ)
+    if column == "code":
+        if pa.types.is_dictionary(typ):
+            typ = typ.value_type
+        return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+    if column == "numeric_value":
+        return pa.types.is_float32(typ) or pa.types.is_float64(typ) or pa.types.is_null(typ)
+    return True
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    name: str                 # path relative to data/, e.g. 'train/0.parquet'
+    split: str | None         # the one split of all its subjects, or None when it mixes splits
+    n_rows: int
+    n_subjects: int
+
+
+@dataclass
+class MedsDataset:
+    root: Path
+    shards: list[Shard]
+    subject_ids: np.ndarray          # sorted int64, every subject in the data
+    subject_split_codes: np.ndarray  # index into SPLITS, aligned with subject_ids
+    codes: pa.Table | None = None    # metadata/codes.parquet if present
+    metadata: dict = field(default_factory=dict)
+
+    def splits(self) -> list[str]:
+        present = np.unique(self.subject_split_codes)
+        return [SPLITS[i] for i in present]
+
+    def split_of(self, subject_ids) -> np.ndarray:
+        """Split name of each subject id (vectorized)."""
+        ids = np.asarray(subject_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.subject_ids, ids), 0, self.subject_ids.size - 1)
+        if not np.all(self.subject_ids[pos] == ids):
+            missing = ids[self.subject_ids[pos] != ids]
+            raise KeyError(f"subject {missing[0]} is not in {self.root}")
+        return np.array(SPLITS, dtype=object)[self.subject_split_codes[pos]]
+
+    @property
+    def subject_splits(self) -> dict[int, str]:
+        """subject_id -> split (a Python dict; use split_of for many subjects)."""
+        return dict(zip(self.subject_ids.tolist(), (SPLITS[i] for i in self.subject_split_codes)))
+
+    def n_subjects(self, split: str | None = None) -> int:
+        if split is None:
+            return int(self.subject_ids.size)
+        return int((self.subject_split_codes == SPLITS.index(split)).sum())
+
+    def shards_of(self, split: str) -> list[Shard]:
+        if split not in SPLITS:
+            raise MedsError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+        return [s for s in self.shards if s.split in (split, None)]
+
+    def read_shard(self, shard: Shard, split: str | None = None, columns=REQUIRED_COLUMNS) -> pa.Table:
+        """One shard as (subject_id int64, time timestamp[us], code string, numeric_value float64), rows of `split`."""
+        table = pq.read_table(shard.path, columns=list(columns))
+        table = _normalize(table)
+        if split is not None and shard.split is None:
+            mask = np.asarray(self.split_of(table["subject_id"].to_numpy()) == split)
+            table = table.filter(pa.array(mask))
+        return table
+
+    def iter_tables(self, split: str | None = None) -> Iterator[tuple[Shard, pa.Table]]:
+        shards = self.shards if split is None else self.shards_of(split)
+        for shard in shards:
+            yield shard, self.read_shard(shard, split)
+
+
+def _normalize(table: pa.Table) -> pa.Table:
+    cols = {}
+    for name in table.column_names:
+        col = table[name]
+        if name == "subject_id":
+            col = col.cast(pa.int64())
+        elif name == "time":
+            col = col.cast(pa.timestamp("us"))
+        elif name == "code":
+            col = col.cast(pa.string())
+        elif name == "numeric_value":
+            col = col.cast(pa.float64())
+        cols[name] = col
+    return pa.table(cols)
+
+
+def _check_schema(path: Path, rel: str) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise MedsError(f"data/{rel}: cannot be read as parquet ({type(err).__name__}: {err}). "
+                        "Re-export this shard, or move it out of data/.") from None
+    n = pf.metadata.num_rows
+    for column in REQUIRED_COLUMNS:
+        if column not in schema.names:
+            raise MedsError(f"data/{rel}: column '{column}' is missing ({_rows(n)}; columns present: "
+                            f"{', '.join(schema.names)}). Every MEDS shard needs {', '.join(REQUIRED_COLUMNS)}; "
+                            f"add '{column}' ({EXPECTED_TYPES[column]}) or rename the column that holds it.")
+        typ = schema.field(column).type
+        if not _type_ok(column, typ):
+            raise MedsError(f"data/{rel}: column '{column}' has type {typ} in all {_rows(n)}, expected "
+                            f"{EXPECTED_TYPES[column]}. Cast it when writing the shard.")
+    return pf
+
+
+def _null_count(pf: pq.ParquetFile, path: Path, column: str) -> int:
+    idx = pf.schema_arrow.get_field_index(column)
+    total = 0
+    md = pf.metadata
+    for g in range(md.num_row_groups):
+        stats = md.row_group(g).column(idx).statistics
+        if stats is None or not stats.has_null_count:
+            return int(pq.read_table(path, columns=[column])[column].null_count)
+        total += stats.null_count
+    return int(total)
+
+
+def _check_rows(path: Path, rel: str, pf: pq.ParquetFile) -> np.ndarray:
+    """Row-level checks; returns the shard's unique subject ids."""
+    n = pf.metadata.num_rows
+    nulls = _null_count(pf, path, "code")
+    if nulls:
+        raise MedsError(f"data/{rel}: column 'code' is null in {_rows(nulls)} of {n:,}. Every event needs a code; "
+                        "drop those rows or give them a code.")
+    table = pq.read_table(path, columns=["subject_id", "time"])
+    sid_col = table["subject_id"]
+    if sid_col.null_count:
+        raise MedsError(f"data/{rel}: column 'subject_id' is null in {_rows(sid_col.null_count)} of {n:,}. "
+                        "Every row must belong to a subject; drop those rows.")
+    sid = sid_col.cast(pa.int64()).to_numpy()
+    time_col = table["time"].cast(pa.timestamp("us")).combine_chunks()
+    t = pc.fill_null(time_col.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+    down = np.diff(sid) < 0
+    if down.any():
+        raise MedsError(f"data/{rel}: column 'subject_id' is not sorted: {_rows(int(down.sum()))} come after a larger "
+                        f"subject_id (first at row {int(np.argmax(down)) + 1:,}). Sort each shard by subject_id, "
+                        "then time.")
+    same = sid[1:] == sid[:-1]
+    back = same & (t[1:] < t[:-1])
+    if back.any():
+        first = int(np.argmax(back)) + 1
+        static_late = int((back & (t[1:] == np.iinfo(np.int64).min)).sum())
+        hint = (f" ({_rows(static_late)} are static rows with null time after timed rows; put them first)"
+                if static_late else "")
+        raise MedsError(f"data/{rel}: column 'time' is not sorted within subjects: {_rows(int(back.sum()))} are "
+                        f"earlier than the row before them{hint}, first at row {first:,} (subject_id {sid[first]}). "
+                        "Sort each shard by subject_id, then time, with null-time (static) rows first.")
+    return np.unique(sid)
+
+
+def _read_splits_table(root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    path = root / "metadata" / "subject_splits.parquet"
+    if not path.exists():
+        return None
+    rel = "metadata/subject_splits.parquet"
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise MedsError(f"{rel}: cannot be read as parquet ({type(err).__name__}: {err}). Rewrite it, or delete it "
+                        "to take splits from the data/ folder names.") from None
+    for column, check in (("subject_id", pa.types.is_integer), ("split", lambda t: pa.types.is_string(t)
+                                                                    or pa.types.is_large_string(t)
+                                                                    or pa.types.is_dictionary(t))):
+        if column not in table.column_names:
+            raise MedsError(f"{rel}: column '{column}' is missing ({_rows(table.num_rows)}). It needs subject_id "
+                            "(int64) and split (string).")
+        if not check(table.schema.field(column).type):
+            raise MedsError(f"{rel}: column '{column}' has type {table.schema.field(column).type}, expected "
+                            f"{'int64' if column == 'subject_id' else 'string'}.")
+    split = table["split"].cast(pa.string()).to_numpy(zero_copy_only=False)
+    sid = table["subject_id"].cast(pa.int64()).to_numpy()
+    unknown = ~np.isin(split, SPLITS)
+    if unknown.any():
+        names = sorted({str(s) for s in split[unknown]})
+        raise MedsError(f"{rel}: column 'split' has unknown split name(s) {', '.join(map(repr, names))} in "
+                        f"{_rows(int(unknown.sum()))}. Use train, tuning or held_out.")
+    codes = np.array([SPLITS.index(s) for s in split], dtype=np.int8) if split.size else np.zeros(0, np.int8)
+    order = np.argsort(sid, kind="stable")
+    sid, codes = sid[order], codes[order]
+    dup = sid[1:] == sid[:-1]
+    if dup.any():
+        raise MedsError(f"{rel}: column 'subject_id' repeats {_rows(int(dup.sum()))} (e.g. subject {sid[1:][dup][0]}). "
+                        "Give each subject exactly one split.")
+    return sid, codes
+
+
+def read_meds(root) -> MedsDataset:
+    """Find, check and describe a MEDS dataset at `root` (the folder holding data/ and metadata/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MedsError(f"{root} is not a folder: pass the root of a MEDS dataset (the folder holding data/).")
+    data = root / "data"
+    if not data.is_dir():
+        raise MedsError(f"{root} has no data/ folder: a MEDS dataset keeps its parquet shards under <root>/data/. "
+                        "Point at the dataset root, not at data/ itself.")
+    files = sorted(p for p in data.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise MedsError(f"{data} holds no .parquet files: the dataset is empty. Write at least one shard "
+                        "(data/<split>/<n>.parquet).")
+    shard_info = []
+    for path in files:
+        rel = path.relative_to(data).as_posix()
+        pf = _check_schema(path, rel)
+        subjects = _check_rows(path, rel, pf) if pf.metadata.num_rows else np.zeros(0, np.int64)
+        shard_info.append((path, rel, pf.metadata.num_rows, subjects))
+    if sum(info[2] for info in shard_info) == 0:
+        raise MedsError(f"{data}: all {len(files)} parquet file(s) have 0 rows: the dataset is empty.")
+
+    all_ids = np.concatenate([info[3] for info in shard_info])
+    owner = np.concatenate([np.full(info[3].size, i) for i, info in enumerate(shard_info)])
+    order = np.argsort(all_ids, kind="stable")
+    all_ids, owner = all_ids[order], owner[order]
+    dup = np.nonzero(all_ids[1:] == all_ids[:-1])[0]
+    if dup.size:
+        a, b = shard_info[owner[dup[0]]][1], shard_info[owner[dup[0] + 1]][1]
+        raise MedsError(f"{_rows(dup.size).replace('row', 'subject')} appear in more than one shard (column "
+                        f"'subject_id'), e.g. subject {all_ids[dup[0]]} in data/{a} and data/{b}. Each subject's events "
+                        "must live in one shard: regroup the shards by subject_id.")
+
+    table = _read_splits_table(root)
+    if table is not None:
+        split_ids, split_codes = table
+        pos = np.clip(np.searchsorted(split_ids, all_ids), 0, max(split_ids.size - 1, 0))
+        known = (split_ids.size > 0) & (split_ids[pos] == all_ids) if split_ids.size else np.zeros(all_ids.size, bool)
+        if not known.all():
+            first = shard_info[owner[np.argmin(known)]][1]
+            raise MedsError(f"metadata/subject_splits.parquet: {int((~known).sum()):,} subject(s) of data/ have no "
+                            f"split (column 'subject_id'; e.g. subject {all_ids[~known][0]} in data/{first}). Add them "
+                            "to subject_splits.parquet, or delete it to take splits from folder names.")
+        subject_codes = split_codes[pos]
+    else:
+        folder_split = []
+        for _, rel, _, _ in shard_info:
+            top = rel.split("/")[0] if "/" in rel else None
+            if top not in SPLITS:
+                raise MedsError(f"data/{rel}: no metadata/subject_splits.parquet and the shard is not in a split "
+                                f"folder (train/, tuning/ or held_out/; found {top or 'data/ itself'}). Move shards "
+                                "into data/<split>/ or write metadata/subject_splits.parquet (subject_id, split).")
+            folder_split.append(SPLITS.index(top))
+        subject_codes = np.array(folder_split, dtype=np.int8)[owner] if owner.size else np.zeros(0, np.int8)
+
+    shards = []
+    for i, (path, rel, n_rows, subjects) in enumerate(shard_info):
+        codes_here = np.unique(subject_codes[owner == i])
+        split = SPLITS[codes_here[0]] if codes_here.size == 1 else None
+        shards.append(Shard(path, rel, split, int(n_rows), int(subjects.size)))
+    codes = None
+    codes_path = root / "metadata" / "codes.parquet"
+    if codes_path.exists():
+        try:
+            codes = pq.read_table(codes_path)
+        except Exception as err:
+            raise MedsError(f"metadata/codes.parquet: cannot be read as parquet ({type(err).__name__}). Rewrite or "
+                            "delete it (it is optional).") from None
+        if "code" not in codes.column_names:
+            raise MedsError(f"metadata/codes.parquet: column 'code' is missing ({_rows(codes.num_rows)}). Add it or "
+                            "delete the file (it is optional).")
+    metadata = {}
+    meta_path = root / "metadata" / "dataset.json"
+    if meta_path.exists():
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except ValueError as err:
+            raise MedsError(f"metadata/dataset.json: not valid JSON ({err}). Fix or delete it (it is optional).") from None
+    return MedsDataset(root, shards, all_ids, subject_codes.astype(np.int8), codes, metadata)

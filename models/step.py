@@ -1,0 +1,157 @@
+"""Functional train state and jitted, sharded train / eval steps.
+
+A train state is a plain pytree, `{"step": int32[], "params": {...}, "opt_state": ...}`, with
+params as a nested dict of arrays (`nnx.to_pure_dict`), so orbax saves and restores it as is:
+restore into `abstract_train_state(...)[1]` to get the same shardings back (exact resume).
+The model's structure lives in the static `graphdef`; `nnx.merge` inside the jitted step costs
+nothing at run time (it happens once, at trace time).
+
+A batch is a dict of arrays [B, L]: `inputs`, `targets` (int32), `weights` (float32, the loss
+weight of each position), `segment_ids` (int32). The loss is sum(weights * CE) / sum(weights),
+in float32. Gradient clipping and the learning-rate schedule belong to the optax `tx`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from models.config import ModelConfig
+from models.sharding import batch_sharding, param_shardings, replicated, shard_batch
+from models.transformer import Transformer
+
+TrainState = dict[str, Any]
+Batch = Mapping[str, Any]
+BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids")
+
+
+def abstract_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, *,
+                         param_dtype=jnp.float32, compute_dtype=None,
+                         ) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, train state of jax.ShapeDtypeStruct carrying the shardings on `mesh`).
+
+    This is the restore target for orbax, and what `init_train_state` materialises.
+    """
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype,
+                                               compute_dtype=compute_dtype))
+    graphdef, abs_vars = nnx.split(model, nnx.Param)
+    params_sh = nnx.to_pure_dict(param_shardings(abs_vars, mesh))
+    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                          nnx.to_pure_dict(abs_vars), params_sh)
+    opt_state = jax.eval_shape(tx.init, params)
+    # optimizer moments are sharded like their parameters, everything else (counts) replicated
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_state, params_sh,
+                                   transform_non_params=lambda _: replicated(mesh))
+    opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                             opt_state, opt_sh)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
+    return graphdef, {"step": step, "params": params, "opt_state": opt_state}
+
+
+def _shardings(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def init_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                     seed: int = 0, *, param_dtype=jnp.float32, compute_dtype=None,
+                     ) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialise parameters and optimizer state directly in their shards on `mesh`.
+
+    Values depend on `seed` only, not on the mesh. compute_dtype defaults to bfloat16 on
+    accelerators and float32 on CPU; it is part of the graphdef.
+    """
+    graphdef, abstract = abstract_train_state(cfg, tx, mesh, param_dtype=param_dtype,
+                                              compute_dtype=compute_dtype)
+
+    def init() -> TrainState:
+        model = Transformer(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype,
+                            compute_dtype=compute_dtype)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    return graphdef, jax.jit(init, out_shardings=_shardings(abstract))()
+
+
+def weighted_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(sum of weights * cross-entropy, sum of weights), float32."""
+    ce_BxL = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxLxV.astype(jnp.float32), targets_BxL)
+    weights_BxL = weights_BxL.astype(jnp.float32)
+    return jnp.sum(ce_BxL * weights_BxL), jnp.sum(weights_BxL)
+
+
+def _loss_terms(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    logits_BxLxV = model(batch["inputs"], batch["segment_ids"])
+    return weighted_xent(logits_BxLxV, batch["targets"], batch["weights"])
+
+
+class _ShardedStep:
+    """Calls a step function jitted for the shardings of the first state it sees.
+
+    Host (numpy) batches are placed with `shard_batch`; device batches already sharded over
+    the batch axes pass through.
+    """
+
+    def __init__(self, fn: Callable, mesh: Mesh, donate: bool, out_metrics: bool):
+        self.fn, self.mesh, self.donate, self.out_metrics = fn, mesh, donate, out_metrics
+        self.jitted = None
+
+    def __call__(self, state: TrainState, batch: Batch):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; a batch has {BATCH_KEYS}")
+        batch = shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh)
+        if self.jitted is None:
+            state_sh = _shardings(state)
+            batch_sh = {k: batch_sharding(self.mesh) for k in BATCH_KEYS}
+            metrics_sh = replicated(self.mesh)
+            out_sh = (state_sh, metrics_sh) if self.out_metrics else metrics_sh
+            self.jitted = jax.jit(self.fn, in_shardings=(state_sh, batch_sh), out_shardings=out_sh,
+                                  donate_argnums=(0,) if self.donate else ())
+        with jax.set_mesh(self.mesh):
+            return self.jitted(state, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """`(state, batch) -> (new state, {"loss", "grad_norm"})`; the old state is donated.
+
+    grad_norm is the global norm of the raw gradient (before any clipping inside tx).
+    """
+
+    def train_step(state: TrainState, batch: Batch):
+        def loss_fn(params):
+            loss_sum, weight_sum = _loss_terms(graphdef, params, batch)
+            return loss_sum / jnp.maximum(weight_sum, 1e-9)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"step": state["step"] + 1,
+                     "params": optax.apply_updates(state["params"], updates),
+                     "opt_state": opt_state}
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return _ShardedStep(train_step, mesh, donate=True, out_metrics=True)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh,
+                   ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+    """`(state, batch) -> {"loss_sum", "weight_sum"}` (float32); sum over batches, then divide."""
+
+    def eval_step(state: TrainState, batch: Batch):
+        loss_sum, weight_sum = _loss_terms(graphdef, state["params"], batch)
+        return {"loss_sum": loss_sum, "weight_sum": weight_sum}
+
+    return _ShardedStep(eval_step, mesh, donate=False, out_metrics=False)
+
+
+def param_count(state: TrainState) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"])))

@@ -1,0 +1,169 @@
+"""One pre-norm transformer for both objectives: RMSNorm, rotary attention, SwiGLU, no biases.
+
+causal=True is the decoder (next event), causal=False the encoder (masked event). `segment_ids`
+keep subjects packed into one window from attending to each other in both.
+
+Tensor names carry their shapes: B batch, L length (queries), S length (keys), D d_model,
+H heads, K head_dim, F d_ff, V vocab. Parameters are stored in `param_dtype` and used in
+`compute_dtype`; attention logits, softmax, norms and the output logits are float32.
+Parameters carry logical axis names (`out_sharding`), mapped to the mesh by models/sharding.py.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.config import ModelConfig
+from models.sharding import constrain
+
+ROPE_BASE = 10_000.0
+
+
+def default_compute_dtype() -> jnp.dtype:
+    """bfloat16 on accelerators, float32 on CPU (where bf16 matmuls are emulated and slow)."""
+    return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+
+
+def _param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], axes: tuple[str | None, ...],
+           dtype) -> nnx.Param:
+    init = jax.nn.initializers.truncated_normal(std) if std > 0 else jax.nn.initializers.ones
+    # eager_sharding=False: the model also builds outside a mesh; step.py places it on one.
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, d: int, *, rngs: nnx.Rngs, param_dtype):
+        self.scale_D = _param(rngs, 0.0, (d,), ("embed",), param_dtype)
+
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        x = x_BxLxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+        return (x * self.scale_D[...].astype(jnp.float32)).astype(x_BxLxD.dtype)
+
+
+def rope_tables(positions_L: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
+    """sin, cos [L, K/2] for rotary embeddings (float32)."""
+    inv_freq = ROPE_BASE ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angle_LxK2 = positions_L.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.sin(angle_LxK2), jnp.cos(angle_LxK2)
+
+
+def apply_rope(x_BxLxHxK: jax.Array, sin_LxK2: jax.Array, cos_LxK2: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin_LxK2[None, :, None, :], cos_LxK2[None, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
+        self.compute_dtype = compute_dtype
+        self.qkv_Dx3xHxK = _param(rngs, D**-0.5, (D, 3, H, K), ("embed", "qkv", "heads", "head_dim"),
+                                  param_dtype)
+        # residual-branch outputs scaled by 1/sqrt(2 n_layers) (GPT-2) to keep the stream O(1)
+        self.out_HxKxD = _param(rngs, (H * K) ** -0.5 / math.sqrt(2 * cfg.n_layers), (H, K, D),
+                                ("heads", "head_dim", "embed"), param_dtype)
+
+    def qkv(self, x_BxLxD, sin_LxK2, cos_LxK2):
+        qkv_BxLx3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD,
+                                   self.qkv_Dx3xHxK[...].astype(self.compute_dtype))
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        q_BxLxHxK = apply_rope(q_BxLxHxK, sin_LxK2, cos_LxK2)
+        k_BxLxHxK = apply_rope(k_BxLxHxK, sin_LxK2, cos_LxK2)
+        return (constrain(t, ("batch", "length", "act_heads", None))
+                for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+
+    def attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS):
+        K = q_BxLxHxK.shape[-1]
+        logits_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype),
+                                    k_BxSxHxK, preferred_element_type=jnp.float32)
+        if mask_Bx1xLxS is not None:
+            logits_BxHxLxS = jnp.where(mask_Bx1xLxS, logits_BxHxLxS, jnp.finfo(jnp.float32).min)
+        probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1).astype(self.compute_dtype)
+        out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
+        return jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_HxKxD[...].astype(self.compute_dtype))
+
+    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
+        q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
+        return self.attend(q, k, v, mask_Bx1xLxL)
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        D, F = cfg.d_model, cfg.d_ff
+        self.compute_dtype = compute_dtype
+        self.gate_up_Dx2xF = _param(rngs, D**-0.5, (D, 2, F), ("embed", "gate", "mlp"), param_dtype)
+        self.down_FxD = _param(rngs, F**-0.5 / math.sqrt(2 * cfg.n_layers), (F, D), ("mlp", "embed"),
+                               param_dtype)
+
+    def __call__(self, x_BxLxD):
+        h_BxLx2xF = jnp.einsum("bld,dtf->bltf", x_BxLxD, self.gate_up_Dx2xF[...].astype(self.compute_dtype))
+        h_BxLxF = constrain(jax.nn.silu(h_BxLx2xF[:, :, 0]) * h_BxLx2xF[:, :, 1], ("batch", "length", "act_mlp"))
+        return jnp.einsum("blf,fd->bld", h_BxLxF, self.down_FxD[...].astype(self.compute_dtype))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        kw = dict(rngs=rngs, param_dtype=param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, **kw)
+        self.attn = Attention(cfg, compute_dtype=compute_dtype, **kw)
+        self.mlp_norm = RMSNorm(cfg.d_model, **kw)
+        self.mlp = SwiGLU(cfg, compute_dtype=compute_dtype, **kw)
+
+    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin_LxK2, cos_LxK2, mask_Bx1xLxL)
+        x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+        return constrain(x_BxLxD, ("batch", "length", "act_embed"))
+
+
+def attention_mask(L: int, causal: bool, segment_ids_BxL: jax.Array | None) -> jax.Array | None:
+    """bool [B or 1, 1, L, L]: query i may attend key j; None when everything may attend."""
+    mask_1x1xLxL = jnp.tril(jnp.ones((L, L), bool))[None, None] if causal else None
+    if segment_ids_BxL is None:
+        return mask_1x1xLxL
+    same_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+    return same_Bx1xLxL if mask_1x1xLxL is None else same_Bx1xLxL & mask_1x1xLxL
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 compute_dtype=None):
+        cfg.validate()
+        self.cfg = cfg
+        self.compute_dtype = jnp.dtype(compute_dtype or default_compute_dtype())
+        kw = dict(rngs=rngs, param_dtype=param_dtype)
+        D, V = cfg.d_model, cfg.vocab_size
+        self.embed_VxD = _param(rngs, 1.0, (V, D), ("vocab", "embed"), param_dtype)
+        self.blocks = nnx.List([Block(cfg, compute_dtype=self.compute_dtype, **kw)
+                                for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(D, **kw)
+        self.head_DxV = _param(rngs, D**-0.5, (D, V), ("embed", "vocab"), param_dtype)
+
+    def embed(self, inputs_BxL: jax.Array) -> jax.Array:
+        # gather from a whole table: a lookup into vocab/fsdp shards makes XLA replicate activations
+        table_VxD = constrain(self.embed_VxD[...], (None, None))
+        x_BxLxD = jnp.take(table_VxD, inputs_BxL, axis=0).astype(self.compute_dtype)
+        return constrain(x_BxLxD, ("batch", "length", "act_embed"))
+
+    def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        logits_BxLxV = jnp.einsum("bld,dv->blv", self.final_norm(x_BxLxD),
+                                  self.head_DxV[...].astype(self.compute_dtype),
+                                  preferred_element_type=jnp.float32)
+        return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
+
+    def __call__(self, inputs_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
+        """float32 logits [B, L, V]. Position l predicts targets[l] (the caller shifts)."""
+        L = inputs_BxL.shape[1]
+        self.cfg.validate(seq_len=L)
+        # RoPE scores depend only on i - j, so absolute window positions are right for every
+        # packed subject: positions need not restart at each segment.
+        sin_LxK2, cos_LxK2 = rope_tables(jnp.arange(L), self.cfg.head_dim)
+        mask_Bx1xLxL = attention_mask(L, self.cfg.causal, segment_ids_BxL)
+        x_BxLxD = self.embed(inputs_BxL)
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL)
+        return self.logits(x_BxLxD)
