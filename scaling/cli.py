@@ -160,16 +160,28 @@ def train(
         raise typer.Exit(code=3)
 
 
-def _plan_table(runs: list[dict]):
+def _measured_efficiency(out_dir: Path) -> tuple[float, str]:
+    """Median MFU of the finished runs already in the store, else an assumption (said so)."""
+    import statistics
+
+    from scaling.store import RunStore
+
+    mfus = [m["mfu"] for r in RunStore(out_dir).runs() if (m := r.metrics()) and m.get("mfu")]
+    if mfus:
+        return statistics.median(mfus), f"median MFU of {len(mfus)} finished runs"
+    return 0.10, "assumed MFU (no finished runs yet)"
+
+
+def _plan_table(runs: list[dict], out_dir: Path):
     from rich.table import Table
 
     from models.config import ModelConfig, param_counts
     from scaling.flops import device_peak_flops, flops_per_token
 
     peak, source = device_peak_flops()
-    efficiency = 0.25
-    table = Table(title=f"expanded plan: {len(runs)} runs (time at {efficiency:.0%} of {source} peak "
-                        f"{peak / 1e9:.1f} GFLOP/s)")
+    efficiency, how = _measured_efficiency(out_dir)
+    table = Table(title=f"expanded plan: {len(runs)} runs; time at {efficiency:.1%} ({how}) of the peak "
+                        f"{peak / 1e9:.1f} GFLOP/s ({source})")
     for col in ("run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
                 "FLOPs full", "lr", "est. time"):
         table.add_column(col, justify="right")
@@ -216,7 +228,7 @@ def sweep(
         spec, prepared = _load_spec_and_data(spec_path, out_dir)
         runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
                       dataset_id=prepared.dataset_id, source=str(spec_path))
-    table, total_s = _plan_table(runs)
+    table, total_s = _plan_table(runs, out_dir)
     if dry_run:
         out.print(table)
         out.print(f"estimated total: {total_s / 60:.1f} core-minutes of training "
@@ -250,6 +262,113 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path, *, address=None, max_con
     counts = mine["status"].value_counts().to_dict() if len(mine) else {}
     out.print(f"sweep {spec.name}: {counts}; results in {store.root / 'results.parquet'}")
     return mine
+
+
+@app.command()
+@user_errors
+def fit(
+    table: Path = typer.Argument(..., help="CSV or parquet table of runs, from medscale or any other framework."),
+    params: str = typer.Option(..., "--params", help="Column holding model size N (non-embedding parameters)."),
+    loss: str = typer.Option(..., "--loss", help="Column holding the final (held-out) loss."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="Column holding training tokens D."),
+    compute: Optional[str] = typer.Option(None, "--compute", help="Column holding training FLOPs C; with no --tokens, D = C/(6N)."),
+    approach: int = typer.Option(3, "--approach", min=1, max=3, help="1: envelope, 2: IsoFLOP profiles (groups by compute), 3: parametric L(N, D)."),
+    budget_col: Optional[str] = typer.Option(None, "--budget-col", help="Column naming each run's IsoFLOP budget (default: group by compute)."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
+) -> None:
+    """Fit a scaling law to any table of runs."""
+    from analysis import fit_table
+    from analysis.errors import AnalysisError
+
+    if tokens is None and compute is None:
+        raise UserError("give --tokens COL, --compute COL, or both")
+    if not table.exists():
+        raise AnalysisError(f"{table}: no such file")
+    result = fit_table(table, params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
+                       n_boot=n_boot, seed=seed, budget_col=budget_col)
+    if as_json:
+        print(result.to_json())
+        return
+    payload = json.loads(result.to_json())
+    out.print(f"Approach {approach} fit of {table} ({payload.get('n_points')} points)")
+    for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G"):
+        if isinstance(payload.get(key), dict):
+            v = payload[key]
+            lo, hi = v["interval"]
+            out.print(f"  {key:>6} = {v['value']:.4g}   [{lo:.4g}, {hi:.4g}]")
+    for note in payload.get("notes", []):
+        out.print(f"  note: {note}")
+    for warning in payload.get("warnings", []):
+        out.print(f"  [yellow]warning:[/] {warning}")
+
+
+@app.command()
+@user_errors
+def analyze(
+    runs_dir: Path = typer.Argument(..., help="The --out folder of one or more sweeps."),
+    report_dir: Optional[Path] = typer.Option(None, "--report", help="Where to write the report (default: RUNS_DIR/report)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs at which to recommend a compute-optimal size (default: 10x the largest run)."),
+    max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Unique tokens available (caps D in the recommendation)."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+) -> None:
+    """Fit a sweep's results, plot them and write an HTML report."""
+    import pandas as pd
+
+    from analysis.report import write_report
+    from scaling.optimal import load_results
+
+    results, curves = load_results(runs_dir)
+    downstream_path = runs_dir / "downstream.csv"
+    downstream = pd.read_csv(downstream_path) if downstream_path.exists() else None
+    at = budget or 10 * float(results.loc[results["status"] == "done", "compute"].max())
+    index = write_report(report_dir or runs_dir / "report", results=results, curves=curves, downstream=downstream,
+                         budget=at, max_tokens=max_tokens, n_boot=n_boot)
+    out.print(f"report: {index}")
+
+
+@app.command()
+@user_errors
+def optimal(
+    compute: float = typer.Option(..., "--compute", help="Training budget in FLOPs (6ND convention), e.g. 1e18."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Run store whose finished runs the law is fitted to."),
+    objective: str = typer.Option("decoder", "--objective", help="decoder or encoder runs."),
+    max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Unique tokens available: caps D (medical data is often token-limited)."),
+    spec_out: Optional[Path] = typer.Option(None, "--spec-out", help="Write a ready-to-run spec for the recommended run here."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+) -> None:
+    """Compute-optimal model size and tokens for a budget, with intervals, a shape and a run spec."""
+    import yaml
+
+    from scaling.atomic import write_yaml
+    from scaling.optimal import load_results, recommend, run_spec
+
+    results, _ = load_results(runs_dir)
+    rec = recommend(results, compute, objective=objective, max_tokens=max_tokens, n_boot=n_boot)
+    print_recommendation(rec, compute)
+    if spec_out:
+        sweeps = sorted((runs_dir / "sweeps").glob("*.yaml"))
+        dataset = yaml.safe_load(sweeps[0].read_text())["dataset"] if sweeps else {"simulator": {"subjects": 4000, "seed": 0}}
+        dataset = {k: v for k, v in dataset.items() if v is not None}
+        write_yaml(spec_out, run_spec(rec, name="compute-optimal", dataset=dataset, objective=objective))
+        out.print(f"ready-to-run spec: {spec_out}  (medscale train {spec_out} --out DIR)")
+
+
+def print_recommendation(rec: dict, compute: float) -> None:
+    a = rec["allocation"]
+    shape = rec["shape"]
+    fmt = lambda e: f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"  # noqa: E731
+    out.print(f"compute-optimal at C = {compute:.3g} FLOPs (95% bootstrap intervals):")
+    out.print(f"  N_opt = {fmt(a.n_opt)} non-embedding params")
+    out.print(f"  D_opt = {fmt(a.d_opt)} tokens")
+    out.print(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
+    if a.loss is not None:
+        out.print(f"  predicted loss = {fmt(a.loss)}")
+    out.print(f"  shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
+              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params)")
+    for note in a.notes:
+        out.print(f"  note: {note}")
 
 
 def main() -> None:

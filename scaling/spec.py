@@ -47,7 +47,7 @@ def parse_quantity(value: Any) -> float:
     if isinstance(value, int):
         value = float(value)
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", value)
+        m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", value)
         if m:
             value = float(m.group(1)) * _SUFFIX.get(m.group(2), 1.0)
     if isinstance(value, float):
@@ -101,12 +101,24 @@ class ModelSpec(_Strict):
     max_len: int | None = None
 
 
+def _each(v: Any, parse) -> Any:
+    if not isinstance(v, list):
+        return v
+    parsed = []
+    for i, x in enumerate(v):
+        try:
+            parsed.append(parse(x))
+        except ValueError as err:
+            raise ValueError(f"item [{i}]: {err}") from None
+    return parsed
+
+
 def _quantities(v: Any) -> Any:
-    return [parse_quantity(x) for x in v] if isinstance(v, list) else v
+    return _each(v, parse_quantity)
 
 
 def _sizes(v: Any) -> Any:
-    return [x if isinstance(x, dict) else parse_quantity(x) for x in v] if isinstance(v, list) else v
+    return _each(v, lambda x: x if isinstance(x, dict) else parse_quantity(x))
 
 
 class LadderGrid(_Strict):
@@ -293,10 +305,15 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                     "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
                     "checkpoint": {"every_steps": spec.checkpoint.every_steps},
                 })
-    ids = [config_hash(r) for r in runs]
-    if len(set(ids)) != len(ids):
-        raise SpecError(f"{source}: grid: two grid points resolve to the same run (duplicate sizes or budgets); "
-                        "remove the duplicates")
+    seen: dict[str, dict] = {}
+    for r in runs:
+        other = seen.setdefault(config_hash(r), r)
+        if other is not r:
+            m = r["model"]
+            raise SpecError(
+                f"{source}: grid.params: two entries give the same model (d_model {m['d_model']}, {m['n_layers']} "
+                f"layers, {m['n_heads']} heads) at the same tokens: shapes come in steps at small sizes; "
+                "space the sizes further apart (e.g. by 2x or more) or give explicit shapes")
     return runs
 
 

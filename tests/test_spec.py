@@ -16,7 +16,7 @@ GOOD = {
     "objective": "decoder",
     "dataset": {"simulator": {"subjects": 100, "seed": 0}},
     "model": {"seq_len": 32},
-    "grid": {"mode": "isoflop", "compute": ["1e11", "3e11"], "params": ["20k", "40k", "80k"]},
+    "grid": {"mode": "isoflop", "compute": ["1e11", "3e11"], "params": ["20k", "80k", "320k"]},
     "optimizer": {"batch_size": 4},
 }
 
@@ -41,14 +41,14 @@ MALFORMED = [
     (("objective", "gpt"), ["objective", "'decoder'", "'encoder'", "gpt"]),
     (("grid.mode", "isoflops"), ["grid", "isoflops", "ladder"]),
     (("grid.compute", ["1e11", "-5"]), ["grid.compute", "positive"]),
-    (("grid.params", ["20k", "lots"]), ["grid.params", "lots"]),
+    (("grid.params", ["20k", "lots"]), ["grid.params", "item [1]", "lots"]),
     (("optimizer.batch_size", 0), ["optimizer.batch_size", "greater than 0"]),
     (("optimizer.learning_rate", 0.1), ["optimizer.learning_rate", "unknown key"]),
     (("dataset", {"simulator": {"subjects": 10}, "meds": "/x"}), ["dataset", "exactly one"]),
     (("dataset.meds_path", "/x"), ["dataset.meds_path", "unknown key"]),
     (("name", DELETE), ["name", "required key is missing"]),
     (("optimizer.lr_multipliers", [1.0, -2.0]), ["optimizer.lr_multipliers", "> 0"]),
-    (("grid.params", [{"d_model": 60, "n_layers": 2, "n_heads": 7}, "40k"]), ["grid.params[0]", "heads"]),
+    (("grid.params", [{"d_model": 60, "n_layers": 2, "n_heads": 7}, "80k"]), ["grid.params[0]", "heads"]),
     (("grid.compute", ["1e3"]), ["only", "optimizer steps"]),
     (("model.seq_len", 1), ["model.seq_len", "greater than 1"]),
 ]
@@ -100,7 +100,7 @@ def test_isoflop_expansion_derives_tokens_from_compute():
 
 
 def test_ladder_with_lr_axis_and_seeds_and_width_rule():
-    raw = _with("grid", {"mode": "ladder", "params": ["20k", "80k"], "tokens": ["20k", "40k"]})
+    raw = _with("grid", {"mode": "ladder", "params": ["20k", "80k"], "tokens": ["40k", "80k"]})
     raw["seeds"] = [0, 1]
     raw["optimizer"] = {"batch_size": 4, "lr": 1e-3, "lr_multipliers": [0.5, 2.0], "lr_scaling": "inverse_width",
                         "base_width": 64}
@@ -111,15 +111,16 @@ def test_ladder_with_lr_axis_and_seeds_and_width_rule():
 
 
 def test_duplicate_grid_points_are_refused():
-    raw = _with("grid.params", ["20k", "20k"])
-    with pytest.raises(SpecError, match="same run"):
+    raw = _with("grid.params", ["20k", "80k", "10k"])
+    with pytest.raises(SpecError, match="grid.params: two entries give the same model"):
         expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")
 
 
 def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
     p = tmp_path / "ok.yaml"
     p.write_text(yaml.safe_dump(GOOD))
-    result = CliRunner().invoke(app, ["sweep", str(p), "--out", str(tmp_path / "o"), "--dry-run"])
+    result = CliRunner().invoke(app, ["sweep", str(p), "--out", str(tmp_path / "o"), "--dry-run"],
+                                env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "6 runs" in result.output and "est. time" in result.output
     assert not (tmp_path / "o" / "runs").exists()
