@@ -95,8 +95,8 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus))
         resources = {"TPU": tpus} if tpus else None
-        task = ray.remote(_run_task).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources, max_calls=1,
+        task = ray.remote(max_calls=1)(_run_task).options(
+            num_cpus=cpus, num_gpus=gpus, resources=resources,
             max_retries=ray_max_retries, retry_exceptions=False)
         cache_dir = str((store.root / ".jax_cache").absolute())
 
