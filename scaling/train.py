@@ -36,19 +36,19 @@ def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
 
 
 def make_optimizer(train: dict, total_steps: int):
-    import optax
+    """(optax transformation, host-side learning-rate function of the step)."""
+    import numpy as np
+
+    from scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
 
     warmup = int(train.get("warmup_steps", max(1, round(0.05 * total_steps))))
     warmup = min(warmup, max(1, total_steps - 1))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train["lr"], warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=train["lr"] * train.get("min_lr_ratio", 0.1))
-    decay_mask = lambda params: __import__("jax").tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(train.get("clip", 1.0)),
-        optax.adamw(schedule, b1=train.get("b1", 0.9), b2=train.get("b2", 0.95),
-                    weight_decay=train.get("weight_decay", 0.1), mask=decay_mask))
-    return tx, schedule
+    end_ratio = train.get("min_lr_ratio", 0.1)
+    tx = adamw_warmup_cosine(lr=train["lr"], warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=end_ratio,
+                             weight_decay=train.get("weight_decay", 0.1), b1=train.get("b1", 0.9),
+                             b2=train.get("b2", 0.95), clip=train.get("clip", 1.0))
+    lr_at = lambda step: float(warmup_cosine_lr(np.float64(step), train["lr"], warmup, total_steps, end_ratio, xp=np))  # noqa: E731
+    return tx, lr_at
 
 
 def _checkpoint_manager(path: Path):
@@ -128,7 +128,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         timing["eval_s"] += time.time() - t
         tokens = step * tokens_per_step
         curve.append({"step": step, "tokens": tokens, "compute": flops.six_n * tokens,
-                      "loss": loss, "train_loss": train_loss, "lr": float(schedule(step))})
+                      "loss": loss, "train_loss": train_loss, "lr": schedule(max(step - 1, 0))})
         frame = pd.DataFrame(curve)
         write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
         return loss
