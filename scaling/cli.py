@@ -228,8 +228,8 @@ def sweep(
         spec, prepared = _load_spec_and_data(spec_path, out_dir)
         runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
                       dataset_id=prepared.dataset_id, source=str(spec_path))
-    table, total_s = _plan_table(runs, out_dir)
     if dry_run:
+        table, total_s = _plan_table(runs, out_dir)
         out.print(table)
         out.print(f"estimated total: {total_s / 60:.1f} core-minutes of training "
                   f"({spec.resources.cpus} CPU per run)")

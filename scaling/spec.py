@@ -28,7 +28,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import ModelConfig, ShapeError, param_counts, shape_for_params
-from scaling.flops import flops_per_token
 from scaling.store import config_hash
 from scaling.train import steps_for_tokens
 
@@ -99,6 +98,10 @@ class ExplicitShape(_Strict):
 class ModelSpec(_Strict):
     seq_len: int = Field(128, gt=1)
     max_len: int | None = None
+    # Which parameters N counts, for grid sizes, IsoFLOP tokens (D = C / 6N) and the fits. Kaplan counts
+    # non-embedding parameters; at small scale, where embeddings and the output head are much of the model,
+    # counting them (as Chinchilla does) matches compute better (Pearce & Song 2024).
+    param_count: Literal["non_embedding", "total"] = "non_embedding"
 
 
 def _each(v: Any, parse) -> Any:
@@ -252,6 +255,8 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
             d_ff = entry.d_ff or 32 * math.ceil(8 * entry.d_model / 3 / 32)
             cfg = ModelConfig(vocab_size=vocab_size, d_model=entry.d_model, n_layers=entry.n_layers,
                               n_heads=entry.n_heads, d_ff=d_ff, max_len=max_len, causal=causal)
+        elif spec.model.param_count == "total":
+            cfg = shape_for_total_params(entry, vocab_size=vocab_size, max_len=max_len, causal=causal)
         else:
             cfg = shape_for_params(int(entry), vocab_size=vocab_size, max_len=max_len, causal=causal)
         cfg.validate()
@@ -261,6 +266,26 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
         raise SpecError(f"{source}: model.seq_len: {spec.model.seq_len} is longer than model.max_len {cfg.max_len}; "
                         "raise max_len or shorten seq_len")
     return cfg
+
+
+def counted_params(cfg: ModelConfig, convention: str) -> int:
+    counts = param_counts(cfg)
+    return counts.total if convention == "total" else counts.non_embedding
+
+
+def shape_for_total_params(target: float, *, vocab_size: int, max_len: int, causal: bool) -> ModelConfig:
+    """The shape rule of models/config.py, aimed at a total (embedding-inclusive) parameter target."""
+    best, lo, hi = None, 1.0, float(target)
+    for _ in range(48):
+        mid = math.sqrt(lo * hi)
+        cfg = shape_for_params(mid, vocab_size=vocab_size, max_len=max_len, causal=causal)
+        total = param_counts(cfg).total
+        if best is None or abs(math.log(total / target)) < abs(math.log(param_counts(best).total / target)):
+            best = cfg
+        lo, hi = (mid, hi) if total < target else (lo, mid)
+        if hi / lo < 1.001:
+            break
+    return best
 
 
 def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
@@ -276,7 +301,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
         for c in spec.grid.compute:
             for i, p in enumerate(spec.grid.params):
                 cfg = _shape(spec, p, vocab_size, source, f"grid.params[{i}]")
-                tokens = c / flops_per_token(cfg, L).six_n
+                tokens = c / (6 * counted_params(cfg, spec.model.param_count))
                 points.append((cfg, tokens, c))
     runs = []
     for cfg, tokens, budget in points:
@@ -284,7 +309,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
         if steps < MIN_STEPS:
             what = f"compute {budget:.3g}" if budget else f"tokens {tokens:.3g}"
             raise SpecError(
-                f"{source}: grid: {what} with {param_counts(cfg).non_embedding:,} params gives only {steps} "
+                f"{source}: grid: {what} with {counted_params(cfg, spec.model.param_count):,} params gives only {steps} "
                 f"optimizer steps of {B}x{L} tokens (at least {MIN_STEPS} needed); raise the budget, "
                 "use smaller models, or lower optimizer.batch_size / model.seq_len")
         for seed in spec.seeds:
@@ -295,6 +320,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                     "objective": spec.objective,
                     "budget": budget,
                     "model": cfg.to_dict(),
+                    "param_count": spec.model.param_count,
                     "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
                              "batch_size": B, "mask_prob": spec.mask_prob},
                     "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,

@@ -117,6 +117,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         log(f"resumed from step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
+    n_counted = counts.total if cfg.get("param_count") == "total" else counts.non_embedding
     flops = flops_per_token(model_cfg, L)
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
@@ -127,7 +128,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         loss = _held_out_loss(eval_step, state, held_out, place)
         timing["eval_s"] += time.time() - t
         tokens = step * tokens_per_step
-        curve.append({"step": step, "tokens": tokens, "compute": flops.six_n * tokens,
+        curve.append({"step": step, "tokens": tokens, "compute": 6 * n_counted * tokens,
                       "loss": loss, "train_loss": train_loss, "lr": schedule(max(step - 1, 0))})
         frame = pd.DataFrame(curve)
         write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
@@ -184,11 +185,13 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     return {
         "loss": curve[-1]["loss"],
         "train_loss": last_train_loss,
-        "params": counts.non_embedding,
+        "params": n_counted,
+        "param_count": cfg.get("param_count", "non_embedding"),
+        "params_non_embedding": counts.non_embedding,
         "params_total": counts.total,
         "tokens": tokens,
         "steps": total_steps,
-        "compute": flops.six_n * tokens,
+        "compute": 6 * n_counted * tokens,
         "flops_6nd": flops.six_n * tokens,
         "flops_full": flops.full * tokens,
         "tokens_per_sec": tokens_per_sec,

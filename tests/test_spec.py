@@ -124,3 +124,16 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "6 runs" in result.output and "est. time" in result.output
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_total_parameter_convention_sizes_and_tokens():
+    from models.config import param_counts
+
+    raw = _with("model", {"seq_len": 32, "param_count": "total"})
+    raw["grid"] = {"mode": "isoflop", "compute": ["1e12"], "params": ["150k", "600k"]}
+    runs = expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")
+    for r, target in zip(runs, [150e3, 600e3]):
+        total = param_counts(ModelConfig.from_dict(r["model"])).total
+        assert abs(math.log(total / target)) < math.log(1.6), (total, target)
+        assert abs(r["train"]["tokens"] - 1e12 / (6 * total)) <= 4 * 32
+        assert r["param_count"] == "total"
