@@ -189,7 +189,7 @@ def _check_rows(path: Path, rel: str, pf: pq.ParquetFile) -> np.ndarray:
         raise MedsError(f"data/{rel}: column 'time' is not sorted within subjects: {_rows(int(back.sum()))} are "
                         f"earlier than the row before them{hint}, first at row {first:,} (subject_id {sid[first]}). "
                         "Sort each shard by subject_id, then time, with null-time (static) rows first.")
-    return np.unique(sid)
+    return sid[np.r_[True, sid[1:] != sid[:-1]]]  # sorted, so the unique ids are the run starts
 
 
 def _read_splits_table(root: Path) -> tuple[np.ndarray, np.ndarray] | None:

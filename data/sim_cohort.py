@@ -29,7 +29,7 @@ import numpy as np
 
 from data import sim_params as P
 from data.ground_truth import OUTCOME_NAMES
-from data.sim_codebook import CodeBook
+from data.sim_codebook import FAMILY_HEAD, CodeBook
 from data.sim_events import AMBULATORY, KEEP, NORMAL, EventBuffer, GroundTruthBuffer, finalize
 from data.sim_labs import LabContext, lab_values, prescribing_signal
 from data.vocabulary import MEDICATIONS
@@ -321,8 +321,9 @@ class ShardSimulator:
         self.ev.add(rows[pick], t[pick], cb.icd("Z82.49"), kind=AMBULATORY)
         pick = fy & s.fh_dm[rows] & (rng.random(rows.size) < 0.5)
         self.ev.add(rows[pick], t[pick], cb.icd("Z83.3"), kind=AMBULATORY)
-        pick = rng.random(rows.size) < 0.04
-        self.ev.add(rows[pick], t[pick], self.zipf("risk_markers", int(pick.sum())), kind=AMBULATORY)
+        pick = rng.random(rows.size) < 0.04  # rare social/history codes; the meaningful head codes are above
+        tail = self.cb.family_ids["risk_markers"][len(FAMILY_HEAD["risk_markers"]):]
+        self.ev.add(rows[pick], t[pick], rng.choice(tail, int(pick.sum())), kind=AMBULATORY)
         # vitals and labs
         for loinc in ("8480-6", "8462-4", "39156-5"):
             self.labs(loinc, rows[adult], t[adult], ag[adult], AMBULATORY)
@@ -402,7 +403,9 @@ class ShardSimulator:
             if dis.onset_lab is None:
                 continue
             sel = d == j
+            s.has[rows[sel], j] = True  # the diagnosis visit's lab already shows the new disease
             v = self.labs(dis.onset_lab, rows[sel], t[sel], ag[sel], AMBULATORY)
+            s.has[rows[sel], j] = False
             logit[sel] += 1.3 * prescribing_signal(dis.onset_lab, v, dis.lab_center, dis.lab_scale)
         fl = self.first_line[d]
         treatable = fl >= 0

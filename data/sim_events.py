@@ -13,7 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 NORMAL, KEEP, AMBULATORY = 0, 1, 2
-NULL_TIME = np.iinfo(np.int64).min  # marks static rows (time null)
+MINUTE_OFFSET = 60 * 525_960  # shifts minutes since 1970 to positive back to 1910 (births start ~1925)
+
+
+def _column(x, n: int, dtype) -> np.ndarray:
+    if np.ndim(x) == 0:
+        return np.full(n, x, dtype=dtype)
+    return np.asarray(x, dtype=dtype)
 
 
 class EventBuffer:
@@ -26,9 +32,9 @@ class EventBuffer:
         if n == 0:
             return
         self._cols["row"].append(rows)
-        self._cols["time"].append(np.broadcast_to(np.asarray(time, dtype=np.float64), (n,)))
-        self._cols["code"].append(np.broadcast_to(np.asarray(code, dtype=np.int32), (n,)))
-        self._cols["value"].append(np.broadcast_to(np.asarray(np.nan if value is None else value, dtype=np.float32), (n,)))
+        self._cols["time"].append(_column(time, n, np.float64))
+        self._cols["code"].append(_column(code, n, np.int32))
+        self._cols["value"].append(_column(np.nan if value is None else value, n, np.float32))
         self._cols["kind"].append(np.full(n, kind, dtype=np.int8))
         self._cols["prio"].append(np.full(n, prio, dtype=np.int8))
 
@@ -85,10 +91,10 @@ def finalize(events: dict[str, np.ndarray], truth: dict[str, np.ndarray], stays:
     keep = static | ((t <= d) & (t < followup_end[row]))
     amb = (kind == AMBULATORY) & keep
     keep[amb] &= ~inside_stays(row[amb], t[amb], stays)
-    seq = np.arange(row.size)[keep]
     row, t, prio = row[keep], t[keep], events["prio"][keep]
-    t_sort = np.where(np.isnan(t), -np.inf, t)
-    order = np.lexsort((seq, prio, t_sort, row))
+    # one int64 key (row, minute, priority); a stable sort keeps emission order among equal keys
+    minute = np.where(np.isnan(t), 0, t + MINUTE_OFFSET).astype(np.int64)
+    order = np.argsort((row << 32) | (minute << 4) | prio.astype(np.int64), kind="stable")
     out = {"row": row[order], "time": t[order], "code": events["code"][keep][order],
            "value": events["value"][keep][order]}
 

@@ -1,0 +1,221 @@
+"""Training throughput on this CPU: medscale's JAX decoder vs the same model in PyTorch.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py            # 100K, 1M, 5M decoders
+    .venv/bin/python benchmarks/bench_train_throughput.py --sizes 5e6 --torch-compile
+
+One training step = forward, backward, global-norm clipping and an AdamW update, on a batch of
+`--batch` windows of `--seq-len` tokens (the JAX model also masks packed subjects, with two
+subjects per window; PyTorch gets its fastest path, `is_causal` SDPA, as it has no segments).
+The two frameworks are timed in alternating rounds so both see the same background load;
+tokens/s is reported at the median and at the best round (the best is the least disturbed by
+other processes on a shared machine). MFU uses scaling/flops.py's full count against the
+float32 matmul peak measured by `device_peak_flops` (cached; `--remeasure-peak` refreshes it).
+
+JAX runs on `--devices` XLA host devices (default: one per core) with the batch split over them:
+one XLA CPU device does not keep every core busy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1e5,1e6,5e6", help="target non-embedding parameter counts")
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per framework and size")
+    p.add_argument("--steps", type=int, default=3, help="steps per round")
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA host devices")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd PyTorch")
+    p.add_argument("--remeasure-peak", action="store_true")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+# must precede the first import of jax
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
+from models.sharding import make_mesh, shard_batch  # noqa: E402
+from models.step import init_train_state, make_train_step  # noqa: E402
+from scaling.flops import device_peak_flops, flops_per_token, mfu  # noqa: E402
+
+LR, WD, CLIP = 1e-3, 0.1, 1.0
+
+
+def make_batch(cfg: ModelConfig, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(0, cfg.vocab_size, (batch, seq_len + 1)).astype(np.int32)
+    segment_ids = (np.arange(seq_len) >= seq_len // 3).astype(np.int32)[None].repeat(batch, 0)
+    return dict(inputs=toks[:, :-1], targets=toks[:, 1:], weights=np.ones((batch, seq_len), np.float32),
+                segment_ids=segment_ids)
+
+
+class JaxRunner:
+    name = "jax"
+
+    def __init__(self, cfg: ModelConfig, batch: dict[str, np.ndarray]):
+        tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, weight_decay=WD))
+        self.mesh = make_mesh()
+        graphdef, self.state = init_train_state(cfg, tx, self.mesh, seed=0)
+        self.step_fn = make_train_step(graphdef, tx, self.mesh)
+        self.batch = shard_batch(batch, self.mesh)  # placed once, as a prefetching loader would
+
+    def step(self) -> None:
+        self.state, self.metrics = self.step_fn(self.state, self.batch)
+
+    def sync(self) -> float:
+        return float(self.metrics["loss"])
+
+
+def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    D, H, K, Fd, V = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+
+    def rope(x, sin, cos):  # x [B, H, L, K]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn_norm, self.mlp_norm = nn.RMSNorm(D, eps=1e-6), nn.RMSNorm(D, eps=1e-6)
+            self.q, self.k, self.v = (nn.Linear(D, H * K, bias=False) for _ in range(3))
+            self.out = nn.Linear(H * K, D, bias=False)
+            self.gate, self.up = nn.Linear(D, Fd, bias=False), nn.Linear(D, Fd, bias=False)
+            self.down = nn.Linear(Fd, D, bias=False)
+
+        def forward(self, x, sin, cos):
+            B, L, _ = x.shape
+            h = self.attn_norm(x)
+            q, k, v = (p(h).view(B, L, H, K).transpose(1, 2) for p in (self.q, self.k, self.v))
+            a = F.scaled_dot_product_attention(rope(q, sin, cos), rope(k, sin, cos), v, is_causal=True)
+            x = x + self.out(a.transpose(1, 2).reshape(B, L, H * K))
+            h = self.mlp_norm(x)
+            return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(V, D)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.n_layers))
+            self.norm = nn.RMSNorm(D, eps=1e-6)
+            self.head = nn.Linear(D, V, bias=False)
+
+        def forward(self, inputs, sin, cos):
+            x = self.embed(inputs)
+            for b in self.blocks:
+                x = b(x, sin, cos)
+            return self.head(self.norm(x))
+
+    model = Model()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == param_counts(cfg).total, (n_params, param_counts(cfg))
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD, foreach=True)
+    L = batch["inputs"].shape[1]
+    inv_freq = 10_000.0 ** (-torch.arange(0, K, 2, dtype=torch.float32) / K)
+    angle = torch.arange(L, dtype=torch.float32)[:, None] * inv_freq[None]
+    sin, cos = angle.sin(), angle.cos()
+    inputs = torch.from_numpy(batch["inputs"]).long()
+    targets = torch.from_numpy(batch["targets"]).long()
+    weights = torch.from_numpy(batch["weights"])
+
+    def loss_fn(inputs, targets, weights):
+        logits = model(inputs, sin, cos)
+        ce = F.cross_entropy(logits.view(-1, V), targets.view(-1), reduction="none")
+        return (ce * weights.view(-1)).sum() / weights.sum()
+
+    loss_and_grad = torch.compile(loss_fn) if compile_ else loss_fn
+
+    class Runner:
+        name = "torch.compile" if compile_ else "torch"
+
+        def step(self):
+            opt.zero_grad(set_to_none=True)
+            self.loss = loss_and_grad(inputs, targets, weights)
+            self.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP, foreach=True)
+            opt.step()
+
+        def sync(self):
+            return self.loss.item()
+
+    return Runner()
+
+
+def main() -> None:
+    print(f"jax {jax.__version__}, {jax.device_count()} XLA CPU devices, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f} (1 min) at start", flush=True)
+    peak_dev, source = device_peak_flops(refresh=ARGS.remeasure_peak)
+    peak = peak_dev * jax.device_count()
+    print(f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
+    if not ARGS.no_torch:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+
+    rows = []
+    for target in (float(s) for s in ARGS.sizes.split(",")):
+        cfg = shape_for_params(target, vocab_size=ARGS.vocab, max_len=ARGS.seq_len)
+        batch = make_batch(cfg, ARGS.batch, ARGS.seq_len)
+        runners = [JaxRunner(cfg, batch)]
+        if not ARGS.no_torch:
+            runners.append(torch_runner(cfg, batch, compile_=False))
+            if ARGS.torch_compile:
+                runners.append(torch_runner(cfg, batch, compile_=True))
+        for r in runners:  # compile / warm up
+            for _ in range(2):
+                r.step()
+            r.sync()
+        times = {r.name: [] for r in runners}
+        for _ in range(ARGS.rounds):
+            for r in runners:
+                t = time.perf_counter()
+                for _ in range(ARGS.steps):
+                    r.step()
+                r.sync()
+                times[r.name].append((time.perf_counter() - t) / ARGS.steps)
+        tokens = ARGS.batch * ARGS.seq_len
+        for r in runners:
+            med, best = tokens / np.median(times[r.name]), tokens / min(times[r.name])
+            rows.append(dict(target=target, cfg=cfg, name=r.name, med=med, best=best,
+                             mfu_med=mfu(med, cfg, ARGS.seq_len, peak),
+                             mfu_best=mfu(best, cfg, ARGS.seq_len, peak)))
+            print(f"  {target:.0e} {r.name:14s} {med:9.0f} tok/s median, {best:9.0f} best", flush=True)
+
+    print(f"\nbatch {ARGS.batch} x seq_len {ARGS.seq_len}, vocab {ARGS.vocab}, AdamW + clipping, "
+          f"float32; load average {os.getloadavg()[0]:.2f} (1 min) at end")
+    print(f"{'N (non-emb)':>11} {'shape LxD':>9} {'framework':>14} {'tok/s med':>10} {'tok/s best':>10} "
+          f"{'MFU med':>8} {'MFU best':>8} {'jax/this med':>12} {'jax/this best':>13}")
+    by = {(r['target'], r['name']): r for r in rows}
+    for r in rows:
+        j = by[(r["target"], "jax")]
+        cfg = r["cfg"]
+        print(f"{param_counts(cfg).non_embedding:>11,} {f'{cfg.n_layers}x{cfg.d_model}':>9} {r['name']:>14} "
+              f"{r['med']:>10,.0f} {r['best']:>10,.0f} {r['mfu_med']:>8.1%} {r['mfu_best']:>8.1%} "
+              f"{j['med'] / r['med']:>12.2f} {j['best'] / r['best']:>13.2f}")
+    print("MFU: full FLOP count (attention with causal halving, output head) / measured matmul peak.")
+
+
+if __name__ == "__main__":
+    main()

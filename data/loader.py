@@ -1,0 +1,116 @@
+"""Step-indexed grain pipelines of training and evaluation batches.
+
+`train_batches(...)[step]` depends only on (seed, step): windows are shuffled by `seed` (reshuffled
+every epoch by grain's per-epoch seeds), the dataset repeats forever, and the masking of the
+masked-event objective draws from a generator seeded by (seed, step). Resuming at step k is
+`ds[k]`, `ds[k+1]`, ... with no state to restore.
+
+A batch: inputs int32[B,L], targets int32[B,L], weights float32[B,L], segment_ids int32[B,L].
+- next_event: inputs = window[:-1], targets = window[1:], weights = (target != PAD).
+- masked_event (BERT): of the non-special positions of window[:-1], each is chosen with
+  probability mask_prob; a chosen one becomes MASK (80%), a random non-special token (10%) or stays
+  (10%); targets = original tokens, weights = 1 on chosen positions only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from data.meds import MedsError
+from data.token_store import TokenWindows
+from data.tokenizer import MASK, N_SPECIAL, PAD
+
+OBJECTIVES = ("next_event", "masked_event")
+_MASK_STREAM = 0x6D61736B  # separates the masking generator from any other use of (seed, step)
+
+
+def _vocab_size(token_dir) -> int:
+    manifest = Path(token_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise MedsError(f"{token_dir} has no manifest.json: it is not a finished token folder. Run tokenize_dataset "
+                        "(medscale tokenize) first.")
+    return int(json.loads(manifest.read_text())["vocab_size"])
+
+
+def _stack(windows: list[dict]) -> dict[str, np.ndarray]:
+    return {"tokens": np.stack([w["tokens"] for w in windows]),
+            "segment_ids": np.stack([w["segment_ids"] for w in windows])}
+
+
+def next_event_batch(tokens_BxL1: np.ndarray, segments_BxL1: np.ndarray) -> dict[str, np.ndarray]:
+    targets = tokens_BxL1[:, 1:]
+    return {"inputs": tokens_BxL1[:, :-1].astype(np.int32), "targets": targets.astype(np.int32),
+            "weights": (targets != PAD).astype(np.float32), "segment_ids": segments_BxL1[:, :-1].astype(np.int32)}
+
+
+def masked_event_batch(tokens_BxL1: np.ndarray, segments_BxL1: np.ndarray, rng: np.random.Generator,
+                       mask_prob: float, vocab_size: int) -> dict[str, np.ndarray]:
+    original_BxL = tokens_BxL1[:, :-1].astype(np.int32)
+    maskable = original_BxL >= N_SPECIAL
+    chosen = maskable & (rng.random(original_BxL.shape) < mask_prob)
+    action = rng.random(original_BxL.shape)
+    random_tokens = rng.integers(N_SPECIAL, vocab_size, original_BxL.shape, dtype=np.int32)
+    inputs = np.where(chosen & (action < 0.8), MASK, original_BxL)
+    inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
+    return {"inputs": inputs.astype(np.int32), "targets": original_BxL, "weights": chosen.astype(np.float32),
+            "segment_ids": segments_BxL1[:, :-1].astype(np.int32)}
+
+
+class _MakeBatch:
+    """Picklable step -> batch transform (grain may send it to worker processes)."""
+
+    def __init__(self, objective: str, seed: int, mask_prob: float, vocab_size: int) -> None:
+        self.objective, self.seed, self.mask_prob, self.vocab_size = objective, seed, mask_prob, vocab_size
+
+    def __call__(self, step: int, windows) -> dict[str, np.ndarray]:
+        batch = windows if isinstance(windows, dict) else _stack(windows)
+        if self.objective == "next_event":
+            return next_event_batch(batch["tokens"], batch["segment_ids"])
+        rng = np.random.default_rng([self.seed, int(step), _MASK_STREAM])
+        return masked_event_batch(batch["tokens"], batch["segment_ids"], rng, self.mask_prob, self.vocab_size)
+
+
+def _check(objective: str, seq_len: int, batch_size: int, seed: int, mask_prob: float) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+
+
+def _windows(token_dir, split: str, seq_len: int) -> TokenWindows:
+    windows = TokenWindows(token_dir, split, seq_len)
+    if len(windows) == 0:
+        raise MedsError(f"{token_dir}/{split}: {windows.tokens.shape[0]:,} tokens are fewer than one window of "
+                        f"seq_len + 1 = {seq_len + 1}. Use a shorter seq_len or more subjects.")
+    return windows
+
+
+def train_batches(token_dir, split: str = "train", *, seq_len: int, batch_size: int, objective: str, seed: int,
+                  mask_prob: float = 0.15) -> grain.MapDataset:
+    """Infinite grain.MapDataset; `ds[step]` is the batch for that step."""
+    _check(objective, seq_len, batch_size, seed, mask_prob)
+    vocab_size = _vocab_size(token_dir)
+    windows = _windows(token_dir, split, seq_len)
+    ds = grain.MapDataset.source(windows).shuffle(seed=seed).repeat()
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
+    return ds.map_with_index(_MakeBatch(objective, seed, mask_prob, vocab_size))
+
+
+def eval_batches(token_dir, split: str, *, seq_len: int, batch_size: int, objective: str, n_batches: int,
+                 seed: int = 0, mask_prob: float = 0.15) -> list[dict[str, np.ndarray]]:
+    """A fixed list of `n_batches` batches (the same for the same arguments) for held-out loss.
+
+    Windows are drawn without repetition while the split has enough of them; a small split cycles.
+    """
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    ds = train_batches(token_dir, split, seq_len=seq_len, batch_size=batch_size, objective=objective, seed=seed,
+                       mask_prob=mask_prob)
+    return [ds[i] for i in range(n_batches)]

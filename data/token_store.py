@@ -1,0 +1,207 @@
+"""Token shards on disk: `tokenize_dataset` writes them, `TokenWindows` reads fixed-length windows.
+
+    out_dir/tokenizer/tokenizer.json
+    out_dir/<split>/tokens.npy       int32, every subject of the split as BOS prefix events EOS, packed
+    out_dir/<split>/index.parquet    subject_id, offset, length
+    out_dir/manifest.json            vocab_size, token counts, tokens per subject, config (written last)
+
+Every file is written to a temporary name and renamed, and manifest.json is written last, so a
+folder with a manifest is complete.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.meds import SPLITS, MedsError, read_meds
+from data.parquet_io import _fsync_rename, write_json, write_parquet
+from data.tokenizer import Tokenizer, TokenizerConfig
+
+NPY_HEADER_BYTES = 128
+Progress = Callable[[int, int], None]
+
+
+def _npy_header(n: int) -> bytes:
+    """A version-1.0 .npy header for a 1-D little-endian int32 array of length n, exactly 128 bytes."""
+    body = f"{{'descr': '<i4', 'fortran_order': False, 'shape': ({n},), }}".encode("latin1")
+    pad = NPY_HEADER_BYTES - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"token stream too long for the header: {n}")
+    body = body + b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+class _StreamWriter:
+    """Appends int32 chunks to `<path>.tmp`, then fixes the header and renames to `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.f = open(self.tmp, "wb")
+        self.f.write(_npy_header(0))
+        self.n = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+        self.n += chunk.size
+
+    def close(self) -> None:
+        self.f.seek(0)
+        self.f.write(_npy_header(self.n))
+        self.f.close()
+        _fsync_rename(self.tmp, self.path)
+
+
+def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """fn over items in threads, results in order, at most 2*workers in flight (bounded memory).
+
+    Threads suffice: reading parquet and the numpy work of encoding release the GIL.
+    """
+    items = iter(items)
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+COLUMNS = ["subject_id", "time", "code", "numeric_value"]
+
+
+def _read_shard(path: str, keep_subjects: np.ndarray | None, columns: list[str]) -> pa.Table:
+    table = pq.read_table(path, columns=columns, read_dictionary=["code"])
+    if keep_subjects is not None:
+        sid = table["subject_id"].cast(pa.int64()).to_numpy()
+        table = table.filter(pa.array(np.isin(sid, keep_subjects)))
+    return table
+
+
+def _train_tables(ds, workers: int) -> Iterator[pa.Table]:
+    """The train split's code and numeric_value columns, shard by shard, codes dictionary-encoded."""
+    train_ids = ds.subject_ids[ds.subject_split_codes == SPLITS.index("train")]
+    shards = ds.shards_of("train")
+    return bounded_map(lambda sh: _read_shard(str(sh.path), None if sh.split == "train" else train_ids,
+                                              ["subject_id", "code", "numeric_value"]), shards, workers)
+
+
+def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfig(), *,
+                     workers: int | None = None, progress: Progress | None = None) -> Path:
+    """Validate `meds_dir`, fit the tokenizer on its train split, write token shards to `out_dir`."""
+    ds = read_meds(meds_dir)
+    if ds.n_subjects("train") == 0:
+        raise MedsError(f"{meds_dir}: the train split is empty, so there is nothing to fit the tokenizer on. "
+                        "Assign subjects to 'train' in metadata/subject_splits.parquet or data/train/.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    descriptions = {}
+    if ds.codes is not None and "description" in ds.codes.column_names:
+        descriptions = {c: d for c, d in zip(ds.codes["code"].to_pylist(), ds.codes["description"].to_pylist())
+                        if c is not None and d is not None}
+    workers = max(1, workers or os.cpu_count() or 1)
+    tokenizer = Tokenizer.fit(_train_tables(ds, workers), config, descriptions)
+    tokenizer.save(out / "tokenizer")
+
+    jobs = []
+    for split in ds.splits():
+        split_ids = ds.subject_ids[ds.subject_split_codes == SPLITS.index(split)]
+        for shard in ds.shards_of(split):
+            jobs.append((split, str(shard.path), None if shard.split == split else split_ids))
+    total = len(jobs)
+    if progress:
+        progress(0, total)
+    results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[1], job[2], COLUMNS)), jobs, workers)
+    stats = _write_splits(out, jobs, results, progress, total)
+    write_json({"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
+                "config": asdict(tokenizer.config), "meds_dir": str(Path(meds_dir).resolve()),
+                "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges)},
+               out / "manifest.json")
+    return out
+
+
+def _write_splits(out: Path, jobs, results, progress, total) -> dict:
+    writers: dict[str, _StreamWriter] = {}
+    index: dict[str, list] = {}
+    for done, ((split, _, _), (tokens, subjects, lengths)) in enumerate(zip(jobs, results), start=1):
+        if split not in writers:
+            (out / split).mkdir(parents=True, exist_ok=True)
+            writers[split] = _StreamWriter(out / split / "tokens.npy")
+            index[split] = []
+        w = writers[split]
+        offsets = w.n + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths.size else np.zeros(0, np.int64)
+        index[split].append((subjects, offsets, lengths))
+        w.append(tokens)
+        if progress:
+            progress(done, total)
+    stats = {}
+    for split, w in writers.items():
+        w.close()
+        subjects = np.concatenate([s for s, _, _ in index[split]])
+        lengths = np.concatenate([n for _, _, n in index[split]]).astype(np.int64)
+        write_parquet(pa.table({"subject_id": pa.array(subjects, pa.int64()),
+                                "offset": pa.array(np.concatenate([o for _, o, _ in index[split]]), pa.int64()),
+                                "length": pa.array(lengths, pa.int64())}), out / split / "index.parquet")
+        stats[split] = {"tokens": int(w.n), "subjects": int(subjects.size),
+                        "tokens_per_subject_mean": float(lengths.mean()) if lengths.size else 0.0,
+                        "tokens_per_subject_median": float(np.median(lengths)) if lengths.size else 0.0}
+    return stats
+
+
+class TokenWindows:
+    """Fixed windows over a split's packed token stream: window i is tokens[i*L : i*L + L + 1].
+
+    `w[i]` -> {'tokens': int32[L+1], 'segment_ids': int32[L+1]}; segment ids number the subjects
+    inside the window from 0, so attention can be kept within one subject. Memory-mapped; picklable
+    (reopens the files by path).
+    """
+
+    def __init__(self, token_dir, split: str, seq_len: int) -> None:
+        self.token_dir, self.split, self.seq_len = Path(token_dir), split, int(seq_len)
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        folder = self.token_dir / split
+        if not (folder / "tokens.npy").is_file():
+            have = sorted(p.name for p in self.token_dir.iterdir() if (p / "tokens.npy").is_file()) \
+                if self.token_dir.is_dir() else []
+            raise MedsError(f"{self.token_dir} has no tokens for split {split!r} (splits present: "
+                            f"{', '.join(have) or 'none'}). Run tokenize_dataset on a dataset with that split.")
+        self._open()
+
+    def _open(self) -> None:
+        folder = self.token_dir / self.split
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+        self.offsets = pq.read_table(folder / "index.parquet", columns=["offset"])["offset"].to_numpy()
+
+    def __getstate__(self):
+        return {"token_dir": self.token_dir, "split": self.split, "seq_len": self.seq_len}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return max(0, (self.tokens.shape[0] - 1) // self.seq_len)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"window {i} out of range for {n} windows")
+        i = int(i) % n
+        start = i * self.seq_len
+        tokens = np.array(self.tokens[start:start + self.seq_len + 1], dtype=np.int32)
+        positions = np.arange(start, start + self.seq_len + 1)
+        subject = np.searchsorted(self.offsets, positions, side="right") - 1
+        return {"tokens": tokens, "segment_ids": (subject - subject[0]).astype(np.int32)}
