@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import diagnostics
 from .allocation import AllocationLaw, loglinear
-from .bootstrap import DEFAULT_LEVEL, estimate, interval, stratified_weights
+from .bootstrap import DEFAULT_LEVEL, interval, stratified_weights
 from .errors import AnalysisError
 from .inputs import best_per_point, budget_groups, labels_from, positive
 
