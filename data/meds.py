@@ -7,11 +7,14 @@ is absent, from the first folder under `data/` (`train`, `tuning`, `held_out`). 
 and `metadata/dataset.json` are optional.
 
 Validation reads the schema, the parquet statistics and the subject_id and time columns of every
-shard (never the code strings), so it costs a fraction of a full scan.
+shard (never the code strings), so it costs a fraction of a full scan; with `keep`, it reads the
+columns a caller needs next instead and hands them over, so tokenization reads each shard once.
 """
 from __future__ import annotations
 
+import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -67,6 +70,7 @@ class MedsDataset:
     subject_split_codes: np.ndarray  # index into SPLITS, aligned with subject_ids
     codes: pa.Table | None = None    # metadata/codes.parquet if present
     metadata: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict, repr=False)  # shard path -> table read while validating (`keep`)
 
     def splits(self) -> list[str]:
         present = np.unique(self.subject_split_codes)
@@ -159,14 +163,15 @@ def _null_count(pf: pq.ParquetFile, path: Path, column: str) -> int:
     return int(total)
 
 
-def _check_rows(path: Path, rel: str, pf: pq.ParquetFile) -> np.ndarray:
-    """Row-level checks; returns the shard's unique subject ids."""
+def _check_rows(path: Path, rel: str, pf: pq.ParquetFile, table: pa.Table | None = None) -> np.ndarray:
+    """Row-level checks (on `table` when the shard was already read); returns the shard's unique subject ids."""
     n = pf.metadata.num_rows
     nulls = _null_count(pf, path, "code")
     if nulls:
         raise MedsError(f"data/{rel}: column 'code' is null in {_rows(nulls)} of {n:,}. Every event needs a code; "
                         "drop those rows or give them a code.")
-    table = pq.read_table(path, columns=["subject_id", "time"])
+    if table is None:
+        table = pq.read_table(path, columns=["subject_id", "time"])
     sid_col = table["subject_id"]
     if sid_col.null_count:
         raise MedsError(f"data/{rel}: column 'subject_id' is null in {_rows(sid_col.null_count)} of {n:,}. "
@@ -228,8 +233,39 @@ def _read_splits_table(root: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return sid, codes
 
 
-def read_meds(root) -> MedsDataset:
-    """Find, check and describe a MEDS dataset at `root` (the folder holding data/ and metadata/)."""
+def _read_kept(path: Path, columns: list[str]) -> pa.Table | None:
+    """`columns` of a shard, codes dictionary-encoded; None when it cannot be read that way (the checks
+    then read it themselves and report why)."""
+    try:
+        return pq.read_table(path, columns=columns, read_dictionary=["code"] if "code" in columns else None)
+    except Exception:  # noqa: BLE001 - reported, in file order, by _check_schema / _check_rows
+        return None
+
+
+def _kept_paths(files: list[Path], max_rows: int) -> set[Path]:
+    """The first shards holding at most `max_rows` rows in all (by their parquet footers)."""
+    kept, total = set(), 0
+    for path in files:
+        try:
+            n = pq.read_metadata(path).num_rows
+        except Exception:  # noqa: BLE001 - _check_schema reports it
+            break
+        if total + n > max_rows:
+            break
+        kept.add(path)
+        total += n
+    return kept
+
+
+def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max_rows: int = 0) -> MedsDataset:
+    """Find, check and describe a MEDS dataset at `root` (the folder holding data/ and metadata/).
+
+    With `keep` (column names, subject_id and time among them), the row checks read those columns
+    of each shard instead of only subject_id and time (in a background thread, one shard ahead), and
+    the dataset holds them in `tables` (path -> table, codes dictionary-encoded) for the first shards
+    up to `keep_max_rows` rows in all: a caller that reads every shard next (tokenization) reads
+    each shard once. The checks and their errors are the same either way.
+    """
     root = Path(root)
     if not root.is_dir():
         raise MedsError(f"{root} is not a folder: pass the root of a MEDS dataset (the folder holding data/).")
@@ -241,12 +277,29 @@ def read_meds(root) -> MedsDataset:
     if not files:
         raise MedsError(f"{data} holds no .parquet files: the dataset is empty. Write at least one shard "
                         "(data/<split>/<n>.parquet).")
+    if keep and not {"subject_id", "time"} <= set(keep):
+        raise ValueError(f"keep must include subject_id and time (the row checks read them), got {list(keep)}")
     shard_info = []
-    for path in files:
-        rel = path.relative_to(data).as_posix()
-        pf = _check_schema(path, rel)
-        subjects = _check_rows(path, rel, pf) if pf.metadata.num_rows else np.zeros(0, np.int64)
-        shard_info.append((path, rel, pf.metadata.num_rows, subjects))
+    kept = _kept_paths(files, keep_max_rows) if keep else set()
+    tables: dict[Path, pa.Table] = {}
+    with ThreadPoolExecutor(1) as pool:
+        pending = {}
+        reads = iter([p for p in files if p in kept])
+        for path in itertools.islice(reads, 2):
+            pending[path] = pool.submit(_read_kept, path, list(keep))
+        for path in files:
+            rel = path.relative_to(data).as_posix()
+            table = pending.pop(path).result() if path in pending else None
+            nxt = next(reads, None)
+            if nxt is not None:
+                pending[nxt] = pool.submit(_read_kept, nxt, list(keep))
+            pf = _check_schema(path, rel)
+            subjects = _check_rows(path, rel, pf, table) if pf.metadata.num_rows else np.zeros(0, np.int64)
+            shard_info.append((path, rel, pf.metadata.num_rows, subjects))
+            if table is not None:
+                tables[path] = table
+        for future in pending.values():
+            future.cancel()
     if sum(info[2] for info in shard_info) == 0:
         raise MedsError(f"{data}: all {len(files)} parquet file(s) have 0 rows: the dataset is empty.")
 
@@ -306,4 +359,4 @@ def read_meds(root) -> MedsDataset:
             metadata = json.loads(meta_path.read_text())
         except ValueError as err:
             raise MedsError(f"metadata/dataset.json: not valid JSON ({err}). Fix or delete it (it is optional).") from None
-    return MedsDataset(root, shards, all_ids, subject_codes.astype(np.int8), codes, metadata)
+    return MedsDataset(root, shards, all_ids, subject_codes.astype(np.int8), codes, metadata, tables)

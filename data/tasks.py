@@ -97,7 +97,7 @@ class Task:
     def aces_config(self):
         if self.parts:
             raise TaskError(f"{self.path}: {self.name} is a union of tasks and has no ACES configuration itself")
-        return _aces_config(str(self.path))
+        return _aces_config(str(self.path), self.path.read_text())
 
     def label_rule(self) -> LabelRule:
         """How the label reads off a continuation (for zero-shot); union tasks use their first part's rule
@@ -127,7 +127,8 @@ class Task:
 
 
 @lru_cache(maxsize=64)
-def _aces_config(path: str):
+def _aces_config(path: str, text: str):
+    """ACES's parse of the file at `path` (cached by path and content, `text`)."""
     from aces import config as aces_config  # noqa: PLC0415  (heavy: hydra, bigtree)
 
     with _quiet_aces():

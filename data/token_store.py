@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from data.meds import SPLITS, MedsError, read_meds
 from data.parquet_io import _fsync_rename, write_json, write_parquet
-from data.tokenizer import Tokenizer, TokenizerConfig
+from data.tokenizer import Tokenizer, TokenizerConfig, _CodeCounter
 
 NPY_HEADER_BYTES = 128
 Progress = Callable[[int, int], None]
@@ -50,7 +50,7 @@ class _StreamWriter:
         self.n = 0
 
     def append(self, chunk: np.ndarray) -> None:
-        self.f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+        self.f.write(memoryview(np.ascontiguousarray(chunk, dtype="<i4")).cast("B"))
         self.n += chunk.size
 
     def close(self) -> None:
@@ -80,28 +80,45 @@ def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
 
 
 COLUMNS = ["subject_id", "time", "code", "numeric_value"]
+# shards read while validating are kept in memory (about 25 bytes a row) for the fit and the encoding,
+# so each is read once; beyond this many rows the remaining shards are read again when needed
+KEEP_MAX_ROWS = 60_000_000
 
 
-def _read_shard(path: str, keep_subjects: np.ndarray | None, columns: list[str]) -> pa.Table:
-    table = pq.read_table(path, columns=columns, read_dictionary=["code"])
+def _read_shard(path: str, keep_subjects: np.ndarray | None, columns: list[str],
+                table: pa.Table | None = None) -> pa.Table:
+    if table is None:
+        table = pq.read_table(path, columns=columns, read_dictionary=["code"])
     if keep_subjects is not None:
         sid = table["subject_id"].cast(pa.int64()).to_numpy()
         table = table.filter(pa.array(np.isin(sid, keep_subjects)))
     return table
 
 
-def _train_tables(ds, workers: int) -> Iterator[pa.Table]:
-    """The train split's code and numeric_value columns, shard by shard, codes dictionary-encoded."""
+def _fit(ds, config: TokenizerConfig, descriptions: dict, workers: int) -> Tokenizer:
+    """Fit on the train split: the per-row counting runs in worker threads (one shard each), the
+    merge in shard order, exactly as `Tokenizer.fit` over the train tables."""
     train_ids = ds.subject_ids[ds.subject_split_codes == SPLITS.index("train")]
-    shards = ds.shards_of("train")
-    return bounded_map(lambda sh: _read_shard(str(sh.path), None if sh.split == "train" else train_ids,
-                                              ["subject_id", "code", "numeric_value"]), shards, workers)
+
+    def summarize(shard) -> list:
+        table = _read_shard(str(shard.path), None if shard.split == "train" else train_ids,
+                            ["subject_id", "code", "numeric_value"], ds.tables.get(shard.path))
+        return _CodeCounter.summarize(table)
+
+    counter = _CodeCounter(config.fit_max_value_rows)
+    for parts in bounded_map(summarize, ds.shards_of("train"), workers):
+        counter.merge(parts)
+    return Tokenizer.from_counter(counter, config, descriptions)
 
 
 def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfig(), *,
                      workers: int | None = None, progress: Progress | None = None) -> Path:
-    """Validate `meds_dir`, fit the tokenizer on its train split, write token shards to `out_dir`."""
-    ds = read_meds(meds_dir)
+    """Validate `meds_dir`, fit the tokenizer on its train split, write token shards to `out_dir`.
+
+    Each shard is read once (while validating; see KEEP_MAX_ROWS), then the fit and the encoding run
+    over the tables in memory, `workers` threads at a time.
+    """
+    ds = read_meds(meds_dir, keep=COLUMNS, keep_max_rows=KEEP_MAX_ROWS)
     if ds.n_subjects("train") == 0:
         raise MedsError(f"{meds_dir}: the train split is empty, so there is nothing to fit the tokenizer on. "
                         "Assign subjects to 'train' in metadata/subject_splits.parquet or data/train/.")
@@ -112,18 +129,26 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
         descriptions = {c: d for c, d in zip(ds.codes["code"].to_pylist(), ds.codes["description"].to_pylist())
                         if c is not None and d is not None}
     workers = max(1, workers or os.cpu_count() or 1)
-    tokenizer = Tokenizer.fit(_train_tables(ds, workers), config, descriptions)
+    tokenizer = _fit(ds, config, descriptions, workers)
     tokenizer.save(out / "tokenizer")
 
     jobs = []
     for split in ds.splits():
         split_ids = ds.subject_ids[ds.subject_split_codes == SPLITS.index(split)]
         for shard in ds.shards_of(split):
-            jobs.append((split, str(shard.path), None if shard.split == split else split_ids))
+            jobs.append((split, shard.path, None if shard.split == split else split_ids))
     total = len(jobs)
     if progress:
         progress(0, total)
-    results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[1], job[2], COLUMNS)), jobs, workers)
+    last_use = {path: i for i, (_, path, _) in enumerate(jobs)}
+
+    def with_tables():  # runs in this thread, in job order: hand each kept table over, drop it after its last job
+        for i, (_, path, keep) in enumerate(jobs):
+            table = ds.tables.pop(path, None) if last_use[path] == i else ds.tables.get(path)
+            yield str(path), keep, table
+
+    results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[0], job[1], COLUMNS, job[2])),
+                          with_tables(), workers)
     stats = _write_splits(out, jobs, results, progress, total)
     write_json({"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
                 "config": asdict(tokenizer.config), "meds_dir": str(Path(meds_dir).resolve()),

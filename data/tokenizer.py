@@ -37,6 +37,7 @@ SEX_TOKENS = ["SEX//F", "SEX//M", "SEX//UNKNOWN"]
 US = {"s": 1_000_000, "min": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 DEFAULT_TIME_BINS = ("5min", "1h", "1d", "7d", "30d", "90d", "180d", "365d", "730d")
 FORMAT_VERSION = 1
+_BIRTH_MARK = -1   # _code_column: the birth row (sex rows are minus their sex token, all < -1)
 
 
 def parse_duration(text: str) -> int:
@@ -105,6 +106,16 @@ class Tokenizer:
         self._edge_matrix = np.full((len(self._binned_codes), max(width, 1)), np.inf)
         for i, c in enumerate(self._binned_codes):
             self._edge_matrix[i, : len(self.value_edges[c])] = self.value_edges[c]
+        self._slot_of_token = np.full(self.vocab_size, -1, dtype=np.int64)
+        for code, slot in self._bin_slot.items():
+            if code in self.token_id:
+                self._slot_of_token[self.token_id[code]] = slot
+        # power-of-two width with at least one +inf pad per row, for the binary search in _value_rows
+        search_width = 1 << int(self._edge_matrix.shape[1]).bit_length()
+        search = np.full((len(self._binned_codes), search_width), np.inf)
+        search[:, : self._edge_matrix.shape[1]] = self._edge_matrix
+        m = self._edge_matrix
+        self._edge_search = (search.ravel(), search_width) if bool(np.all(m[:, 1:] >= m[:, :-1])) else None
 
     @property
     def vocab_size(self) -> int:
@@ -117,6 +128,10 @@ class Tokenizer:
         counter = _CodeCounter(config.fit_max_value_rows)
         for table in train_tables:
             counter.add(table)
+        return cls.from_counter(counter, config, descriptions)
+
+    @classmethod
+    def from_counter(cls, counter: "_CodeCounter", config: TokenizerConfig, descriptions=None) -> "Tokenizer":
         counts = counter.counts()
         kept = sorted((c for c, n in counts.items() if n >= config.min_count and not _is_prefix_code(c)),
                       key=lambda c: (-counts[c], c))
@@ -158,71 +173,95 @@ class Tokenizer:
 
         Returns (tokens int32[T], subject_ids int64[S], lengths int64[S]); subject s occupies
         tokens[offset_s : offset_s + lengths[s]] with offsets the running sum of lengths.
+
+        Vectorized in a few passes over the rows (no loop over subjects): the tokens of event row r,
+        [time] code [value], are scattered to their place, found from one running sum of the number
+        of tokens per row.
         """
         sid = np.asarray(table["subject_id"].cast(pa.int64()).to_numpy())
         n = sid.size
         if n == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        time_col = table["time"].cast(pa.timestamp("us")).combine_chunks()
-        has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False))
-        t = np.asarray(time_col.cast(pa.int64()).fill_null(0).to_numpy())
-        code_ids, is_birth, sex_tok = self._code_columns(table["code"])
-        value = table["numeric_value"].cast(pa.float64()).to_numpy(zero_copy_only=False)
-        value = np.asarray(value, dtype=np.float64)
+        # times and values as they lie in arrow's buffers, with their validity (None: no nulls); what
+        # null slots hold is never read
+        t, has_time = _buffer_and_validity(table["time"].cast(pa.timestamp("us")).cast(pa.int64()), np.int64)
+        code = self._code_column(table["code"])
+        value = table["numeric_value"]
+        if not (pa.types.is_float32(value.type) or pa.types.is_float64(value.type)):
+            value = value.cast(pa.float64())
+        # float32 values compare with the float64 edges exactly as their float64 casts would
+        value, has_value = _buffer_and_validity(value, np.float32 if pa.types.is_float32(value.type) else np.float64)
 
         new_subject = np.empty(n, dtype=bool)
         new_subject[0] = True
         np.not_equal(sid[1:], sid[:-1], out=new_subject[1:])
         starts = np.flatnonzero(new_subject)
-        subj_of_row = np.cumsum(new_subject) - 1
+        n_subj = starts.size
         subjects = sid[starts]
+        event = code >= 0
         # prefix: sex (last sex code of the subject wins) and age at the first timed non-birth event
-        sex = np.full(starts.size, self.token_id["SEX//UNKNOWN"], dtype=np.int64)
-        has_sex = sex_tok >= 0
-        sex[subj_of_row[has_sex]] = sex_tok[has_sex]
-        birth = np.full(starts.size, np.iinfo(np.int64).min)
-        b_rows = is_birth & has_time
-        birth[subj_of_row[b_rows]] = t[b_rows]
-        event = ~is_birth & ~has_sex
-        timed_event = event & has_time
-        first_time = np.full(starts.size, np.iinfo(np.int64).max)
-        te = np.flatnonzero(timed_event)  # rows are sorted by (subject, time): take each subject's first
-        te_subj = subj_of_row[te]
-        first = np.r_[True, te_subj[1:] != te_subj[:-1]] if te.size else np.zeros(0, bool)
-        first_time[te_subj[first]] = t[te[first]]
+        sex = np.full(n_subj, self.token_id["SEX//UNKNOWN"], dtype=np.int64)
+        birth = np.full(n_subj, np.iinfo(np.int64).min)
+        prefix_rows = np.flatnonzero(~event)
+        if prefix_rows.size:
+            prefix_code = code[prefix_rows]
+            prefix_subj = np.searchsorted(starts, prefix_rows, side="right") - 1
+            is_sex = prefix_code < _BIRTH_MARK
+            sex[prefix_subj[is_sex]] = -prefix_code[is_sex]
+            is_birth = ~is_sex if has_time is None else ~is_sex & has_time[prefix_rows]
+            birth[prefix_subj[is_birth]] = t[prefix_rows[is_birth]]
+        timed = np.flatnonzero(event if has_time is None else event & has_time)
+        first_time = np.full(n_subj, np.iinfo(np.int64).max)
+        # time gaps between consecutive timed events of a subject (rows are sorted by subject, time)
+        timed_sid = sid[timed]
+        first_of_subj = np.empty(timed.size, dtype=bool)
+        first_of_subj[:1] = True
+        np.not_equal(timed_sid[1:], timed_sid[:-1], out=first_of_subj[1:])
+        del timed_sid
+        firsts = timed[first_of_subj]
+        first_time[np.searchsorted(starts, firsts, side="right") - 1] = t[firsts]
         age = self._age_tokens(birth, first_time)
+        timed_t = t[timed]
+        gap = timed_t[1:] - timed_t[:-1]
+        del timed_t
+        gap_ok = gap >= self.time_edges_us[0]
+        gap_ok[first_of_subj[1:]] = False
+        del first_of_subj
+        k = np.flatnonzero(gap_ok)
+        del gap_ok
+        gap_rows = timed[k + 1]
+        time_tok = (self.time_base - 1) + np.searchsorted(self.time_edges_us, gap[k], side="right")
+        del timed, gap, k
+        val_rows, val_tok = self._value_rows(code, value, has_value, event)
 
-        # per event row: [time gap token] code token [value token]; prefix rows yield no tokens
-        rows = np.arange(n)
-        prev = np.where(timed_event, rows, -1)
-        np.maximum.accumulate(prev, out=prev)
-        prev = np.r_[-1, prev[:-1]]                  # previous timed event row, any subject
-        prev_safe = np.maximum(prev, 0)
-        gap_ok = timed_event & (prev >= 0) & (subj_of_row[prev_safe] == subj_of_row)
-        gap = np.where(gap_ok, t - t[prev_safe], -1)
-        time_tok = np.where(gap >= self.time_edges_us[0],
-                            self.time_base + np.searchsorted(self.time_edges_us, gap, side="right") - 1, -1)
-        val_tok = self._value_tokens(code_ids, value)
-        val_tok[~event] = -1
-        has_gap, has_val = time_tok >= 0, val_tok >= 0
-        n_tok = event.astype(np.int64) + has_gap + has_val
-
-        # each subject adds BOS, sex, age before its rows and EOS after them
-        before = np.cumsum(n_tok) - n_tok
-        pos = before + 4 * subj_of_row + 3
-        total = int(before[-1] + n_tok[-1]) + 4 * starts.size
-        subj_start = before[starts] + 4 * np.arange(starts.size)
-        per_subject = np.diff(np.r_[subj_start, total])
-        tokens = np.full(total, PAD, dtype=np.int32)
+        # tokens per row (+4 at each subject's first row: its BOS, sex, age and EOS); with their running
+        # sum `end`, row r's tokens end just before end[r] - 1 (the one slot left for its subject's EOS)
+        index_type = np.int32 if 7 * n < 2**31 - 8 else np.int64   # at most 3 tokens a row + 4 a subject
+        width = event.view(np.int8).astype(index_type)
+        width[gap_rows] += 1
+        width[val_rows] += 1
+        width[starts] += 4
+        end = np.cumsum(width, dtype=index_type)
+        total = int(end[-1])
+        subj_start = (end[starts] - width[starts]).astype(np.int64)
+        tokens = np.zeros(total + 1, dtype=np.int32)   # every position is written below (PAD=0); +1 scratch
         tokens[subj_start] = BOS
         tokens[subj_start + 1] = sex
         tokens[subj_start + 2] = age
-        tokens[subj_start + per_subject - 1] = EOS
-        tokens[pos[has_gap]] = time_tok[has_gap]
-        code_pos = pos + has_gap
-        tokens[code_pos[event]] = code_ids[event]
-        tokens[code_pos[has_val] + 1] = val_tok[has_val]
-        return tokens, subjects, per_subject
+        subj_end = np.empty(n_subj, dtype=np.int64)
+        subj_end[:-1] = subj_start[1:]
+        subj_end[-1] = total
+        tokens[subj_end - 1] = EOS
+        tokens[end[gap_rows] - width[gap_rows] - 1] = time_tok   # gap rows never start a subject
+        del width
+        val_end = end[val_rows]
+        end -= 2                        # the code token of rows without a value; prefix rows write nothing:
+        end[prefix_rows] = total        # their code goes to the scratch slot
+        tokens[end] = code
+        del end
+        tokens[val_end - 3] = code[val_rows]
+        tokens[val_end - 2] = val_tok
+        return tokens[:total], subjects, np.diff(subj_start, append=total)
 
     def encode_events(self, events, *, until=None, add_eos: bool = False) -> np.ndarray:
         """Tokens of ONE subject's events (pandas/polars DataFrame or arrow table), optionally only
@@ -243,23 +282,39 @@ class Tokenizer:
             return np.array([BOS, self.token_id["SEX//UNKNOWN"], self.token_id["AGE//UNKNOWN"]], dtype=np.int32)
         return tokens if add_eos else tokens[:-1]
 
-    def _code_columns(self, column: pa.ChunkedArray):
-        ids, birth, sex = [], [], []
-        lookup = self.token_id
+    def _code_column(self, column: pa.ChunkedArray) -> np.ndarray:
+        """Per row: the code's token id for events (UNK when unknown or null), _BIRTH_MARK for the birth
+        row, minus the sex token for sex rows. One dictionary lookup per distinct dictionary, then a take."""
+        out = np.empty(len(column), dtype=np.int32)
+        offset = 0
+        last_dictionary, mapping = None, None
         for chunk in column.chunks:
             if not pa.types.is_dictionary(chunk.type):
                 chunk = chunk.cast(pa.string()).dictionary_encode()
-            dictionary = chunk.dictionary.to_pylist()
-            indices = np.asarray(chunk.indices.to_numpy(zero_copy_only=False))
-            d_ids = np.array([lookup.get(c, UNK) if not _is_prefix_code(c) else UNK for c in dictionary] + [UNK],
-                             dtype=np.int32)
-            d_birth = np.array([c == BIRTH_CODE for c in dictionary] + [False])
-            d_sex = np.array([_sex_token(c, lookup) for c in dictionary] + [-1], dtype=np.int64)
-            indices = np.where(chunk.is_null().to_numpy(zero_copy_only=False), len(dictionary), indices)
-            ids.append(d_ids[indices])
-            birth.append(d_birth[indices])
-            sex.append(d_sex[indices])
-        return np.concatenate(ids), np.concatenate(birth), np.concatenate(sex)
+            dictionary = chunk.dictionary
+            if mapping is None or not (dictionary is last_dictionary or dictionary.equals(last_dictionary)):
+                mapping = self._dictionary_codes(dictionary.to_pylist())
+                last_dictionary = dictionary
+            indices = chunk.indices
+            if indices.null_count:
+                indices = indices.fill_null(len(dictionary))   # null code -> UNK
+            np.take(mapping, np.asarray(indices.to_numpy(zero_copy_only=False)), out=out[offset: offset + len(chunk)])
+            offset += len(chunk)
+        return out
+
+    def _dictionary_codes(self, dictionary: list) -> np.ndarray:
+        lookup = self.token_id
+        ids = []
+        for c in dictionary:
+            if c is None:
+                ids.append(UNK)
+            elif c == BIRTH_CODE:
+                ids.append(_BIRTH_MARK)
+            elif c.startswith(SEX_PREFIXES):
+                ids.append(-_sex_token(c, lookup))
+            else:
+                ids.append(lookup.get(c, UNK))
+        return np.array(ids + [UNK], dtype=np.int32)
 
     def _age_tokens(self, birth: np.ndarray, first_time: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -269,27 +324,43 @@ class Tokenizer:
         out = self.age_base + bins.astype(np.int64)
         return np.where(known, out, self.token_id["AGE//UNKNOWN"])
 
-    def _value_tokens(self, code_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """VALUE//Qk token per row (or -1): the bin of the value among its code's train quantile edges."""
-        out = np.full(code_ids.size, -1, dtype=np.int64)
-        if not self._binned_codes or code_ids.size == 0:
-            return out
-        slot_of_token = np.full(self.vocab_size, -1, dtype=np.int64)
-        for code, slot in self._bin_slot.items():
-            if code in self.token_id:
-                slot_of_token[self.token_id[code]] = slot
-        slot = slot_of_token[code_ids]
-        rows = np.nonzero((slot >= 0) & np.isfinite(values))[0]
-        if rows.size == 0:
-            return out
-        slot_r, v = slot[rows], values[rows]
-        # bin = number of the code's edges <= value; edges padded with +inf to a common width
-        edges = self._edge_matrix[slot_r]
-        bins = np.zeros(rows.size, dtype=np.int64)
-        for j in range(self._edge_matrix.shape[1]):
-            bins += edges[:, j] <= v
-        out[rows] = self.value_base + bins
-        return out
+    def _value_rows(self, code: np.ndarray, values: np.ndarray, valid: np.ndarray | None, event: np.ndarray):
+        """Rows with a VALUE//Qk token and those tokens: the bin of the value among its code's train
+        quantile edges (the number of edges <= value), for event rows with a finite value of a binned code."""
+        if not self._binned_codes:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        finite = np.isfinite(values)
+        if valid is not None:
+            finite &= valid
+        finite &= event
+        rows = np.flatnonzero(finite)
+        del finite
+        slot = self._slot_of_token[code[rows]]
+        keep = slot >= 0
+        if not keep.all():
+            rows, slot = rows[keep], slot[keep]
+        v = values[rows].astype(np.float64)
+        if self._edge_search is None:   # edges not sorted: count them (what the search computes otherwise)
+            edges = self._edge_matrix[slot]
+            bins = np.zeros(rows.size, dtype=np.int64)
+            for j in range(self._edge_matrix.shape[1]):
+                bins += edges[:, j] <= v
+        else:                           # branchless binary search in each row's +inf padded edges
+            flat, width = self._edge_search
+            base = slot * width
+            at = base.copy()            # base + the number of edges known to be <= v
+            probe, below = np.empty_like(at), np.empty(rows.size, dtype=bool)
+            edge = np.empty(rows.size, dtype=np.float64)
+            step = width // 2
+            while step:
+                np.add(at, step - 1, out=probe)
+                np.take(flat, probe, out=edge, mode="clip")
+                np.less_equal(edge, v, out=below)
+                np.multiply(below, step, out=probe)
+                at += probe
+                step //= 2
+            bins = at - base
+        return rows, self.value_base + bins
 
     # ----- decoding --------------------------------------------------------------------------------
     def decode(self, tokens) -> list[dict]:
@@ -330,7 +401,11 @@ class Tokenizer:
 
 
 class _CodeCounter:
-    """Code counts and (up to `max_value_rows`) numeric values, accumulated from dictionary-encoded tables."""
+    """Code counts and (up to `max_value_rows`) numeric values, accumulated from dictionary-encoded tables.
+
+    `summarize(table)` does the per-row work (it may run in worker threads, one table each); `merge`
+    folds summaries in table order, so the values kept under the cap are those of the first chunks.
+    """
 
     def __init__(self, max_value_rows: int) -> None:
         self.max_value_rows = max_value_rows
@@ -341,30 +416,51 @@ class _CodeCounter:
         self.n_values = 0
 
     def add(self, table: pa.Table) -> None:
-        value_col = table["numeric_value"].cast(pa.float64())
+        self.merge(self.summarize(table))
+
+    @staticmethod
+    def summarize(table: pa.Table) -> list[tuple]:
+        """Per chunk: (dictionary, rows per dictionary entry, dictionary index and value of the rows with
+        a finite value and a code). Values stay float32 when stored so (exact: compared and cast later)."""
+        value_col = table["numeric_value"]
+        if not (pa.types.is_float32(value_col.type) or pa.types.is_float64(value_col.type)):
+            value_col = value_col.cast(pa.float64())
+        parts = []
         offset = 0
         for chunk in table["code"].chunks:
             if not pa.types.is_dictionary(chunk.type):
                 chunk = chunk.cast(pa.string()).dictionary_encode()
-            dictionary = chunk.dictionary.to_pylist()
-            for code in dictionary:
-                if code not in self.gid:
-                    self.gid[code] = len(self.gid)
-            to_gid = np.array([self.gid[c] for c in dictionary] + [-1], dtype=np.int64)
-            indices = np.asarray(chunk.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False))
-            gids = to_gid[indices]
+            size = len(chunk.dictionary)
+            indices = chunk.indices
+            if indices.null_count:
+                indices = indices.fill_null(size)
+            indices = np.asarray(indices.to_numpy(zero_copy_only=False))
+            counts = np.bincount(indices, minlength=size + 1)
+            vals = np.asarray(value_col.slice(offset, len(chunk)).to_numpy(zero_copy_only=False))
+            has = np.isfinite(vals)
+            if counts[size]:
+                has &= indices < size
+            parts.append((chunk.dictionary, counts[:size], indices[has], vals[has]))
+            offset += len(chunk)
+        return parts
+
+    def merge(self, parts: list[tuple]) -> None:
+        last_dictionary, to_gid = None, None
+        for dictionary, counts, value_index, vals in parts:
+            if to_gid is None or not (dictionary is last_dictionary or dictionary.equals(last_dictionary)):
+                names = dictionary.to_pylist()
+                for code in names:
+                    if code not in self.gid:
+                        self.gid[code] = len(self.gid)
+                to_gid = np.array([self.gid[c] for c in names], dtype=np.int64)
+                last_dictionary = dictionary
             if self.count.size < len(self.gid):
                 self.count = np.concatenate([self.count, np.zeros(len(self.gid) - self.count.size, np.int64)])
-            valid = gids >= 0
-            self.count += np.bincount(gids if valid.all() else gids[valid], minlength=self.count.size)
+            np.add.at(self.count, to_gid, counts)
             if self.n_values < self.max_value_rows:
-                vals = value_col.slice(offset, len(chunk)).to_numpy(zero_copy_only=False)
-                vals = np.asarray(vals, dtype=np.float64)
-                has = valid & np.isfinite(vals)
-                self.value_gid.append(gids[has])
-                self.values.append(vals[has])
-                self.n_values += int(has.sum())
-            offset += len(chunk)
+                self.value_gid.append(to_gid[value_index])
+                self.values.append(vals)
+                self.n_values += int(vals.size)
 
     def counts(self) -> dict[str, int]:
         return {c: int(self.count[i]) for c, i in self.gid.items() if self.count[i] > 0}
@@ -378,19 +474,35 @@ class _CodeCounter:
         names = np.empty(len(self.gid), dtype=object)
         for c, i in self.gid.items():
             names[i] = c
+        sizes = np.bincount(gid, minlength=len(self.gid))
+        wanted = np.array([sizes[i] >= min_count and names[i] in kept for i in range(len(self.gid))], dtype=bool)
+        if not wanted.any():
+            return {}
+        if not wanted[gid].all():
+            keep_rows = wanted[gid]
+            gid, vals = gid[keep_rows], vals[keep_rows]
         small = gid.astype(np.int16) if len(self.gid) < 2**15 else gid  # int16 sorts by radix, in O(n)
-        order = np.argsort(small, kind="stable")
-        gid, vals = gid[order], vals[order]
-        starts = np.r_[0, np.nonzero(np.diff(gid))[0] + 1]
-        ends = np.r_[starts[1:], gid.size]
+        vals = vals[np.argsort(small, kind="stable")]
+        ends = np.cumsum(np.where(wanted, sizes, 0))
         qs = np.arange(1, n_bins) / n_bins
         edges = {}
-        for start, end in zip(starts, ends):
-            code = names[gid[start]]
-            if end - start < min_count or code not in kept:
-                continue
-            edges[code] = sorted({float(x) for x in np.quantile(vals[start:end], qs, method="linear")})
+        for i in np.flatnonzero(wanted):
+            group = vals[ends[i] - sizes[i]: ends[i]].astype(np.float64, copy=False)
+            edges[names[i]] = sorted({float(x) for x in np.quantile(group, qs, method="linear")})
         return edges
+
+
+def _buffer_and_validity(column: pa.ChunkedArray, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """A fixed-width column's values straight from its buffer (null slots hold anything) and its
+    validity as bools (None when it has no nulls)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    validity, data = array.buffers()[:2]
+    offset, n = array.offset, len(array)
+    values = np.frombuffer(data, dtype=dtype, count=offset + n)[offset:] if n else np.zeros(0, dtype)
+    if not array.null_count:
+        return values, None
+    bits = np.frombuffer(validity, dtype=np.uint8, count=(offset + n + 7) // 8)
+    return values, np.unpackbits(bits, bitorder="little")[offset: offset + n].view(bool)
 
 
 def _is_prefix_code(code: str) -> bool:

@@ -3,8 +3,8 @@
 Pure Python (no JAX) so that sweep planning can size thousands of models cheaply.
 
 The architecture these counts describe (models/transformer.py) is a pre-norm transformer without
-biases: token embedding [V, D]; per layer RMSNorm [D], fused QKV [D, 3, H, Dh], attention output
-[H, Dh, D], RMSNorm [D], fused SwiGLU gate+up [D, 2, F], down [F, D]; final RMSNorm [D]; untied
+biases: token embedding [V, D]; per layer RMSNorm [D], q, k, v [D, H, Dh] each, attention output
+[H, Dh, D], RMSNorm [D], SwiGLU gate and up [D, F] each, down [F, D]; final RMSNorm [D]; untied
 output head [D, V]. Rotary position embeddings have no parameters.
 """
 from __future__ import annotations

@@ -30,8 +30,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "heads": "tensor",
     "head_dim": None,
     "mlp": "tensor",
-    "qkv": None,  # the 3 of a fused q/k/v projection
-    "gate": None,  # the 2 of a fused SwiGLU gate/up projection
+    "norm": None,  # RMSNorm scales: too small to be worth splitting
     # activations
     "batch": ("data", "fsdp"),
     "length": None,

@@ -20,6 +20,7 @@ from models.config import ModelConfig
 from models.sharding import constrain
 
 ROPE_BASE = 10_000.0
+QUERY_BLOCK = 128
 
 
 def default_compute_dtype() -> jnp.dtype:
@@ -27,16 +28,17 @@ def default_compute_dtype() -> jnp.dtype:
     return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
 
 
-def _param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], axes: tuple[str | None, ...],
-           dtype) -> nnx.Param:
-    init = jax.nn.initializers.truncated_normal(std) if std > 0 else jax.nn.initializers.ones
+def _param(rngs: nnx.Rngs, std: float | None, shape: tuple[int, ...],
+           axes: tuple[str | None, ...], dtype) -> nnx.Param:
+    """Truncated-normal(std) parameter, or ones when std is None, named by logical axes."""
+    init = jax.nn.initializers.ones if std is None else jax.nn.initializers.truncated_normal(std)
     # eager_sharding=False: the model also builds outside a mesh; step.py places it on one.
     return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes, eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, d: int, *, rngs: nnx.Rngs, param_dtype):
-        self.scale_D = _param(rngs, 0.0, (d,), ("embed",), param_dtype)
+        self.scale_D = _param(rngs, None, (d,), ("norm",), param_dtype)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         x = x_BxLxD.astype(jnp.float32)
@@ -45,15 +47,15 @@ class RMSNorm(nnx.Module):
 
 
 def rope_tables(positions_L: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
-    """sin, cos [L, K/2] for rotary embeddings (float32)."""
+    """sin, cos [L, K/2] (or [B, L, K/2] for positions [B, L]) for rotary embeddings, float32."""
     inv_freq = ROPE_BASE ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angle_LxK2 = positions_L.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    angle_LxK2 = positions_L.astype(jnp.float32)[..., None] * inv_freq
     return jnp.sin(angle_LxK2), jnp.cos(angle_LxK2)
 
 
 def apply_rope(x_BxLxHxK: jax.Array, sin_LxK2: jax.Array, cos_LxK2: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-    sin, cos = sin_LxK2[None, :, None, :], cos_LxK2[None, :, None, :]
+    sin, cos = sin_LxK2[..., None, :], cos_LxK2[..., None, :]  # broadcast over heads
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxLxHxK.dtype)
 
@@ -61,30 +63,47 @@ def apply_rope(x_BxLxHxK: jax.Array, sin_LxK2: jax.Array, cos_LxK2: jax.Array) -
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
         D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
-        self.compute_dtype = compute_dtype
-        self.qkv_Dx3xHxK = _param(rngs, D**-0.5, (D, 3, H, K), ("embed", "qkv", "heads", "head_dim"),
-                                  param_dtype)
+        self.compute_dtype, self.causal = compute_dtype, cfg.causal
+        # separate q/k/v (and gate/up below) rather than fused: slicing a fused output costs
+        # pad-and-add copies in the backward pass, measurable on CPU
+        self.q_DxHxK, self.k_DxHxK, self.v_DxHxK = (
+            _param(rngs, D**-0.5, (D, H, K), ("embed", "heads", "head_dim"), param_dtype)
+            for _ in range(3))
         # residual-branch outputs scaled by 1/sqrt(2 n_layers) (GPT-2) to keep the stream O(1)
         self.out_HxKxD = _param(rngs, (H * K) ** -0.5 / math.sqrt(2 * cfg.n_layers), (H, K, D),
                                 ("heads", "head_dim", "embed"), param_dtype)
 
     def qkv(self, x_BxLxD, sin_LxK2, cos_LxK2):
-        qkv_BxLx3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD,
-                                   self.qkv_Dx3xHxK[...].astype(self.compute_dtype))
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+            jnp.einsum("bld,dhk->blhk", x_BxLxD, w[...].astype(self.compute_dtype))
+            for w in (self.q_DxHxK, self.k_DxHxK, self.v_DxHxK))
         q_BxLxHxK = apply_rope(q_BxLxHxK, sin_LxK2, cos_LxK2)
         k_BxLxHxK = apply_rope(k_BxLxHxK, sin_LxK2, cos_LxK2)
         return (constrain(t, ("batch", "length", "act_heads", None))
                 for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
 
     def attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS):
-        K = q_BxLxHxK.shape[-1]
-        logits_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype),
-                                    k_BxSxHxK, preferred_element_type=jnp.float32)
-        if mask_Bx1xLxS is not None:
-            logits_BxHxLxS = jnp.where(mask_Bx1xLxS, logits_BxHxLxS, jnp.finfo(jnp.float32).min)
-        probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1).astype(self.compute_dtype)
-        out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
+        """Softmax attention, QUERY_BLOCK queries at a time.
+
+        Blocks keep the [B, H, block, S] score tensors cache-sized (on CPU the full [B, H, L, L]
+        is memory-bound), and a causal block only reads the keys up to its last query, which
+        skips most of the masked half of the score matrix.
+        """
+        K, L, S = q_BxLxHxK.shape[-1], q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
+        q_BxHxLxK = (q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype)).transpose(0, 2, 1, 3)
+        k_BxHxSxK, v_BxHxSxK = k_BxSxHxK.transpose(0, 2, 1, 3), v_BxSxHxK.transpose(0, 2, 1, 3)
+        outs = []
+        for start in range(0, L, QUERY_BLOCK):
+            stop = min(start + QUERY_BLOCK, L)
+            keys = stop + S - L if self.causal else S  # causal: queries end where keys end
+            logits_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxLxK[:, :, start:stop],
+                                        k_BxHxSxK[:, :, :keys], preferred_element_type=jnp.float32)
+            if mask_Bx1xLxS is not None:
+                logits_BxHxQxS = jnp.where(mask_Bx1xLxS[:, :, start:stop, :keys], logits_BxHxQxS,
+                                           jnp.finfo(jnp.float32).min)
+            probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(self.compute_dtype)
+            outs.append(jnp.einsum("bhqs,bhsk->bqhk", probs_BxHxQxS, v_BxHxSxK[:, :, :keys]))
+        out_BxLxHxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
         return jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_HxKxD[...].astype(self.compute_dtype))
 
     def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
@@ -96,13 +115,15 @@ class SwiGLU(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
         D, F = cfg.d_model, cfg.d_ff
         self.compute_dtype = compute_dtype
-        self.gate_up_Dx2xF = _param(rngs, D**-0.5, (D, 2, F), ("embed", "gate", "mlp"), param_dtype)
+        self.gate_DxF = _param(rngs, D**-0.5, (D, F), ("embed", "mlp"), param_dtype)
+        self.up_DxF = _param(rngs, D**-0.5, (D, F), ("embed", "mlp"), param_dtype)
         self.down_FxD = _param(rngs, F**-0.5 / math.sqrt(2 * cfg.n_layers), (F, D), ("mlp", "embed"),
                                param_dtype)
 
     def __call__(self, x_BxLxD):
-        h_BxLx2xF = jnp.einsum("bld,dtf->bltf", x_BxLxD, self.gate_up_Dx2xF[...].astype(self.compute_dtype))
-        h_BxLxF = constrain(jax.nn.silu(h_BxLx2xF[:, :, 0]) * h_BxLx2xF[:, :, 1], ("batch", "length", "act_mlp"))
+        gate_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.gate_DxF[...].astype(self.compute_dtype))
+        up_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.up_DxF[...].astype(self.compute_dtype))
+        h_BxLxF = constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF, ("batch", "length", "act_mlp"))
         return jnp.einsum("blf,fd->bld", h_BxLxF, self.down_FxD[...].astype(self.compute_dtype))
 
 

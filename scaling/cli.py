@@ -26,10 +26,11 @@ DRY_RUN_VOCAB = 4096
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from analysis.errors import AnalysisError
     from data.meds import MedsError
+    from data.tasks import TaskError
     from models.config import ShapeError
     from scaling.spec import SpecError
 
-    return (SpecError, MedsError, ShapeError, AnalysisError, UserError)
+    return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError)
 
 
 class UserError(ValueError):
@@ -261,7 +262,19 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path, *, address=None, max_con
     mine = results[results["sweep"] == spec.name] if len(results) else results
     counts = mine["status"].value_counts().to_dict() if len(mine) else {}
     out.print(f"sweep {spec.name}: {counts}; results in {store.root / 'results.parquet'}")
+    if spec.downstream is not None and len(mine):
+        run_downstream(store.root, spec.downstream, runs=list(mine.loc[mine["status"] == "done", "run_id"]))
     return mine
+
+
+def run_downstream(store_root: Path, downstream_spec, runs: list[str] | None = None):
+    """Evaluate the store's finished runs on downstream tasks, with a progress bar; returns the table."""
+    from scaling.downstream import evaluate_store
+
+    with _progress_bar("downstream") as progress:
+        table = evaluate_store(store_root, downstream_spec, runs=runs, progress=_staged_progress(progress))
+    out.print(f"downstream results: {len(table)} rows in {store_root / 'downstream.csv'}")
+    return table
 
 
 @app.command()
@@ -314,14 +327,14 @@ def analyze(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Fit a sweep's results, plot them and write an HTML report."""
-    import pandas as pd
-
     from analysis.report import write_report
     from scaling.optimal import load_results
 
+    from scaling.downstream import read_downstream, saturation_input
+
     results, curves = load_results(runs_dir)
-    downstream_path = runs_dir / "downstream.csv"
-    downstream = pd.read_csv(downstream_path) if downstream_path.exists() else None
+    table = read_downstream(runs_dir)
+    downstream = saturation_input(table) if len(table) else None
     at = budget or 10 * float(results.loc[results["status"] == "done", "compute"].max())
     index = write_report(report_dir or runs_dir / "report", results=results, curves=curves, downstream=downstream,
                          budget=at, max_tokens=max_tokens, n_boot=n_boot)
@@ -437,9 +450,32 @@ def demo(
     out.print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
 
 
-def _demo_downstream(out_dir: Path, spec_name: str | None):
-    """Downstream evaluation of the demo's runs (None when the preset has none)."""
-    return None
+def _demo_downstream(out_dir: Path, spec_name: str):
+    """Downstream evaluation of every finished run of the demo, in the report's format."""
+    from scaling.demo import spec_path
+    from scaling.downstream import load_downstream_spec, saturation_input
+
+    table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)))
+    return saturation_input(table) if len(table) else None
+
+
+@app.command()
+@user_errors
+def downstream(
+    runs_dir: Path = typer.Argument(..., help="The --out folder of one or more sweeps."),
+    spec_file: Path = typer.Option(..., "--spec", help="Downstream spec YAML (tasks, modes, seeds, label budgets; see experiments/downstream.yaml)."),
+    run_ids: Optional[list[str]] = typer.Option(None, "--run", help="Evaluate only these run ids (repeatable)."),
+) -> None:
+    """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling)."""
+    from scaling.downstream import load_downstream_spec
+
+    if not spec_file.exists():
+        raise UserError(f"{spec_file}: no such downstream spec")
+    try:
+        spec = load_downstream_spec(spec_file)
+    except ValueError as err:
+        raise UserError(f"{spec_file}: {err}") from None
+    run_downstream(runs_dir, spec, runs=run_ids or None)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import ModelConfig, ShapeError, param_counts, shape_for_params
+from scaling.downstream import DownstreamSpec
 from scaling.store import config_hash
 from scaling.train import steps_for_tokens
 
@@ -197,7 +198,7 @@ class SweepSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     retries: int = Field(2, ge=0, le=20)
     mask_prob: float = Field(0.15, gt=0, lt=1)
-    downstream: dict | None = None
+    downstream: DownstreamSpec | None = None  # tasks evaluated on every finished run of this sweep
 
 
 def _format_error(source: str, err: ValidationError) -> str:

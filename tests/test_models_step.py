@@ -59,13 +59,13 @@ def test_sharded_steps_match_single_device(mesh_name):
     np.testing.assert_allclose(np.asarray(state["params"]["head_DxV"]),
                                np.asarray(ref_state["params"]["head_DxV"]), atol=1e-5)
     # parameters and Adam moments really are split
-    qkv = state["params"]["blocks"][0]["attn"]["qkv_Dx3xHxK"]
-    assert qkv.sharding.spec[0] == "fsdp"
-    assert qkv.addressable_shards[0].data.shape[0] == CFG.d_model // 2
+    q = state["params"]["blocks"][0]["attn"]["q_DxHxK"]
+    assert q.sharding.spec[0] == "fsdp"
+    assert q.addressable_shards[0].data.shape[0] == CFG.d_model // 2
     if "tensor" in mesh_name:
-        assert qkv.addressable_shards[0].data.shape[2] == CFG.n_heads // 2
-    mu = state["opt_state"][1][0].mu["blocks"][0]["attn"]["qkv_Dx3xHxK"]
-    assert mu.sharding == qkv.sharding
+        assert q.addressable_shards[0].data.shape[1] == CFG.n_heads // 2
+    mu = state["opt_state"][1][0].mu["blocks"][0]["attn"]["q_DxHxK"]
+    assert mu.sharding == q.sharding
     assert int(state["step"]) == 3
 
 
@@ -115,8 +115,8 @@ def test_orbax_round_trip_resumes_exactly(tmp_path):
         _, target = abstract_train_state(CFG, tx(), mesh)
         restored = ckpt.restore(tmp_path / "ckpt", target)
     _, expected = step(state, make_batch(1))
-    restored_qkv = restored["params"]["blocks"][1]["attn"]["qkv_Dx3xHxK"]
-    assert restored_qkv.sharding == target["params"]["blocks"][1]["attn"]["qkv_Dx3xHxK"].sharding
+    restored_q = restored["params"]["blocks"][1]["attn"]["q_DxHxK"]
+    assert restored_q.sharding == target["params"]["blocks"][1]["attn"]["q_DxHxK"].sharding
     assert int(restored["step"]) == 1
     # a fresh step function (as after a restart) continues exactly where the old one would
     _, resumed = make_train_step(graphdef, tx(), mesh)(restored, make_batch(1))

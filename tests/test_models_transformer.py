@@ -79,3 +79,20 @@ def test_bf16_compute_close_to_f32():
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=0.15)
     assert float(jnp.abs(bf16 - f32).max()) > 0  # it did compute in lower precision
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_query_blocks_give_the_same_logits(causal, monkeypatch):
+    import models.transformer as transformer
+
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16,
+                      causal=causal)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(2)))
+    x, seg = tokens(), jnp.asarray([[0] * 3 + [1] * 9] * 2, jnp.int32)
+
+    def forward():  # a fresh jit, so QUERY_BLOCK is read again at trace time
+        return jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s))(params, x, seg)
+
+    whole = forward()
+    monkeypatch.setattr(transformer, "QUERY_BLOCK", 5)  # blocks of 5, 5, 2 queries
+    np.testing.assert_allclose(forward(), whole, atol=1e-5)

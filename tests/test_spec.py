@@ -51,6 +51,8 @@ MALFORMED = [
     (("grid.params", [{"d_model": 60, "n_layers": 2, "n_heads": 7}, "80k"]), ["grid.params[0]", "heads"]),
     (("grid.compute", ["1e3"]), ["only", "optimizer steps"]),
     (("model.seq_len", 1), ["model.seq_len", "greater than 1"]),
+    (("downstream", {"tasks": ["no_such_task"]}), ["downstream.tasks", "no_such_task"]),
+    (("downstream", {"tasks": ["med_start_30d"], "modes": ["probe", "oracle"]}), ["downstream.modes", "oracle"]),
 ]
 
 

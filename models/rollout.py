@@ -1,0 +1,168 @@
+"""Sampling continuations from a decoder with a KV cache, and the final hidden states of a history.
+
+`sample_continuations(model, prompts_BxP, lengths_B, k=K, max_new=T, key=...)` draws K continuations of
+T tokens per prompt at temperature `temperature` (1 = the model's own distribution): prompts are
+left-aligned histories (PAD after `lengths`), rows are repeated K times, the prompt is run once
+(prefill, writing each layer's keys/values into a cache of P + T positions) and then one token per step
+reads the cache (`jax.lax.scan`), so a step costs O(P + T) instead of re-running the prefix. Pad
+positions never serve as keys; new tokens are written right after each row's own prompt, so rows of
+different lengths decode in the same batch. Never-sampled ids (`banned`, e.g. PAD/BOS/MASK) get zero
+probability. Returns int32 [B, K, T].
+
+It reuses the modules of models/transformer.py (embedding, each block's norms, q/k/v projections with
+rotary embeddings, `attend`, SwiGLU, output head), so the cached forward computes what
+`Transformer.__call__` computes (tests/test_downstream_rollout.py checks the logits against it).
+
+`hidden_states(model, tokens_BxL, lengths_B)` is the final-norm output [B, L, D] (float32) of the
+histories, the representation downstream probes read.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.transformer import Transformer, rope_tables
+
+
+def _valid_mask(lengths_B: jax.Array, L: int) -> jax.Array:
+    return jnp.arange(L)[None, :] < lengths_B[:, None]
+
+
+def hidden_states(model: Transformer, tokens_BxL: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """float32 [B, L, D] after the final norm; pad positions are separate segments (never attended to)."""
+    L = tokens_BxL.shape[1]
+    segment_ids_BxL = jnp.where(_valid_mask(lengths_B, L), 1, 0).astype(jnp.int32)
+    sin, cos = rope_tables(jnp.arange(L), model.cfg.head_dim)
+    mask_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+    if model.cfg.causal:
+        mask_Bx1xLxL = mask_Bx1xLxL & jnp.tril(jnp.ones((L, L), bool))[None, None]
+    x_BxLxD = model.embed(tokens_BxL)
+    for block in model.blocks:
+        x_BxLxD = block(x_BxLxD, sin, cos, mask_Bx1xLxL)
+    return model.final_norm(x_BxLxD).astype(jnp.float32)
+
+
+def pooled(model: Transformer, tokens_BxL: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """[B, D]: the last real position for a decoder (causal: it has read the whole history), the mean
+    over real positions for an encoder."""
+    h_BxLxD = hidden_states(model, tokens_BxL, lengths_B)
+    if model.cfg.causal:
+        return h_BxLxD[jnp.arange(h_BxLxD.shape[0]), lengths_B - 1]
+    valid_BxL = _valid_mask(lengths_B, tokens_BxL.shape[1]).astype(jnp.float32)
+    return (h_BxLxD * valid_BxL[..., None]).sum(1) / jnp.maximum(valid_BxL.sum(1, keepdims=True), 1.0)
+
+
+def _prefill(model: Transformer, prompts_BxP, lengths_B, total: int):
+    """Run the prompts; returns (logits at each row's last prompt token [B, V], caches k/v per layer
+    [n_layers, B, total, H, K])."""
+    B, P = prompts_BxP.shape
+    sin, cos = rope_tables(jnp.arange(P), model.cfg.head_dim)
+    valid_BxP = _valid_mask(lengths_B, P)
+    mask = (valid_BxP[:, None, :] & jnp.tril(jnp.ones((P, P), bool))[None])[:, None]
+    x_BxPxD = model.embed(prompts_BxP)
+    ks, vs = [], []
+    for block in model.blocks:
+        q, k, v = block.attn.qkv(block.attn_norm(x_BxPxD), sin, cos)
+        x_BxPxD = x_BxPxD + block.attn.attend(q, k, v, mask)
+        x_BxPxD = x_BxPxD + block.mlp(block.mlp_norm(x_BxPxD))
+        pad = ((0, 0), (0, total - P), (0, 0), (0, 0))
+        ks.append(jnp.pad(k, pad))
+        vs.append(jnp.pad(v, pad))
+    last_BxD = x_BxPxD[jnp.arange(B), lengths_B - 1][:, None]
+    return model.logits(last_BxD)[:, 0], jnp.stack(ks), jnp.stack(vs)
+
+
+def _decode_step(model: Transformer, token_B, pos_B, k_cache, v_cache):
+    """One new token per row at position pos_B: returns (logits [B, V], updated caches)."""
+    B, S = token_B.shape[0], k_cache.shape[2]
+    inv = model.cfg.head_dim
+    sin_all, cos_all = rope_tables(jnp.arange(S), inv)
+    sin_B, cos_B = sin_all[pos_B], cos_all[pos_B]  # [B, K/2]
+    mask_Bx1x1xS = (jnp.arange(S)[None, :] <= pos_B[:, None])[:, None, None, :]
+    x_Bx1xD = model.embed(token_B[:, None])
+    rows = jnp.arange(B)
+    new_k, new_v = [], []
+    for i, block in enumerate(model.blocks):
+        h = block.attn_norm(x_Bx1xD)
+        cd = block.attn.compute_dtype
+        q, k, v = (jnp.einsum("bld,dhk->blhk", h, w[...].astype(cd))
+                   for w in (block.attn.q_DxHxK, block.attn.k_DxHxK, block.attn.v_DxHxK))
+        q, k = (_rope_rows(t, sin_B, cos_B) for t in (q, k))
+        kc = k_cache[i].at[rows, pos_B].set(k[:, 0])
+        vc = v_cache[i].at[rows, pos_B].set(v[:, 0])
+        x_Bx1xD = x_Bx1xD + block.attn.attend(q, kc, vc, mask_Bx1x1xS)
+        x_Bx1xD = x_Bx1xD + block.mlp(block.mlp_norm(x_Bx1xD))
+        new_k.append(kc)
+        new_v.append(vc)
+    return model.logits(x_Bx1xD)[:, 0], jnp.stack(new_k), jnp.stack(new_v)
+
+
+def _rope_rows(x_Bx1xHxK, sin_BxK2, cos_BxK2):
+    x1, x2 = jnp.split(x_Bx1xHxK.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin_BxK2[:, None, None, :], cos_BxK2[:, None, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_Bx1xHxK.dtype)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new", "temperature"))
+def _sample_jit(graphdef, params, prompts_BxP, lengths_B, key, banned_V, *, max_new: int, temperature: float):
+    model = nnx.merge(graphdef, params)
+    B, P = prompts_BxP.shape
+    logits_BxV, k_cache, v_cache = _prefill(model, prompts_BxP, lengths_B, P + max_new)
+
+    def draw(logits_BxV, key):
+        logits_BxV = jnp.where(banned_V[None, :], -jnp.inf, logits_BxV / temperature)
+        return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+    def step(carry, key):
+        logits_BxV, k_cache, v_cache, pos_B = carry
+        token_B = draw(logits_BxV, key)
+        logits_BxV, k_cache, v_cache = _decode_step(model, token_B, pos_B, k_cache, v_cache)
+        return (logits_BxV, k_cache, v_cache, pos_B + 1), token_B
+
+    keys = jax.random.split(key, max_new)
+    _, tokens_TxB = jax.lax.scan(step, (logits_BxV, k_cache, v_cache, lengths_B), keys)
+    return tokens_TxB.T
+
+
+def sample_continuations(graphdef, params, prompts_BxP, lengths_B, *, k: int, max_new: int, key,
+                         banned=(), temperature: float = 1.0):
+    """int32 [B, k, max_new]: k sampled continuations of each prompt (see the module doc)."""
+    import numpy as np  # noqa: PLC0415
+
+    prompts = np.asarray(prompts_BxP, dtype=np.int32)
+    lengths = np.asarray(lengths_B, dtype=np.int32)
+    B, P = prompts.shape
+    vocab = params["head_DxV"].shape[-1]
+    banned_V = np.zeros(vocab, dtype=bool)
+    banned_V[list(banned)] = True
+    rep = np.repeat(prompts, k, axis=0)
+    rep_len = np.repeat(lengths, k)
+    out = _sample_jit(graphdef, params, jnp.asarray(rep), jnp.asarray(rep_len), key, jnp.asarray(banned_V),
+                      max_new=max_new, temperature=float(temperature))
+    return np.asarray(out).reshape(B, k, max_new)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def pooled_jit(graphdef, params, tokens_BxL, lengths_B):
+    return pooled(nnx.merge(graphdef, params), tokens_BxL, lengths_B)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def cached_logits_jit(graphdef, params, prompts_BxP, lengths_B, next_tokens_BxT):
+    """Logits after each teacher-forced token of `next_tokens` via the cache (for checking the cache
+    against the full forward): [B, T, V], row b's t-th logits predicting the token after next_tokens[b, t]."""
+    model = nnx.merge(graphdef, params)
+    B, P = prompts_BxP.shape
+    T = next_tokens_BxT.shape[1]
+    _, k_cache, v_cache = _prefill(model, prompts_BxP, lengths_B, P + T)
+
+    def step(carry, token_B):
+        k_cache, v_cache, pos_B = carry
+        logits_BxV, k_cache, v_cache = _decode_step(model, token_B, pos_B, k_cache, v_cache)
+        return (k_cache, v_cache, pos_B + 1), logits_BxV
+
+    _, logits_TxBxV = jax.lax.scan(step, (k_cache, v_cache, lengths_B), next_tokens_BxT.T)
+    return logits_TxBxV.transpose(1, 0, 2)

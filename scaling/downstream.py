@@ -1,0 +1,434 @@
+"""Downstream evaluation of every model in a run store: `evaluate_store(store_root, spec)`.
+
+For each task (data/tasks.py) the labelled samples are split once, the same way for every model:
+the fit pool comes from `fit_splits` subjects (default train), the test set from `test_splits` subjects
+(default held_out); with `temporal_cutoff`, fit samples must predict before the cutoff and test samples
+at or after it. Each side is capped at `max_samples` rows, taking whole subjects in a fixed random order.
+A label budget k draws k examples per class (binary; k rows for regression) from the fit pool with the
+row's seed (EHRSHOT-style few-shot), 'all' takes the whole pool.
+
+Modes (one result row per metric):
+  probe      logistic/ridge regression on the frozen pooled representation (decoder: last position,
+             encoder: mean over positions; models/rollout.pooled)
+  finetune   all weights + a linear head trained on the labels (scaling/downstream_model.py)
+  scratch    the same architecture and recipe from a random initialisation
+  zero_shot  decoders only: K rolled-out futures per test sample (scaling/downstream_zero_shot.py);
+             uses no labels (label_budget '0'); also reports `censored` (trajectories cut by the
+             token horizon before their window closed)
+  lightgbm   LightGBM on age, sex and code counts at the prediction time (size-independent)
+  ceiling    the simulator's true probability (expected value) scored like a model: the best achievable
+Every row also carries `ceiling` (the true probability's metric on the very same test rows) and `gap`
+(how much worse than it, positive = worse), so each result shows its distance to the best achievable.
+Intervals: percentile bootstrap over subjects (analysis/metrics.py).
+
+Results: <store_root>/downstream.csv and .parquet, long format, rewritten atomically after every run
+(scaling/atomic.py). Size-independent rows (lightgbm, ceiling) have run_id 'baseline:<dataset_id>' and no
+params/compute, which is how analysis/saturation.fit_saturation tells baselines apart. An evaluation already
+recorded for (run_id, task, mode, label_budget, seed, protocol) is not recomputed, so a rerun resumes.
+`saturation_input(df)` reduces the table to what `fit_saturation` / `write_report(downstream=...)` expect:
+one label budget, seeds averaged.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Literal, Union
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scaling.atomic import write_with
+from scaling.store import RunDir, RunStore
+
+MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
+COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "metric", "value",
+           "low", "high", "ceiling", "gap", "n_fit", "n_test", "protocol"]
+KEY = ["run_id", "task", "mode", "label_budget", "seed", "protocol"]
+Progress = Callable[[str, int, int], None]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneSpec(_Strict):
+    steps: int = Field(200, ge=1, le=100_000)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    max_runs: int | None = Field(None, ge=1, description="fine-tune/scratch only this many runs, spread over sizes")
+
+
+class ZeroShotSpec(_Strict):
+    k: int = Field(8, ge=1, description="trajectories per prediction time")
+    max_new_tokens: int = Field(64, ge=1)
+    max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
+    temperature: float = Field(1.0, gt=0)
+    tasks: list[str] | None = Field(None, description="roll out only these tasks (default: every binary task)")
+
+
+class DownstreamSpec(_Strict):
+    tasks: list[str] = Field(min_length=1)
+    modes: list[Literal["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"]] = Field(
+        default_factory=lambda: ["probe", "lightgbm", "ceiling"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    label_budgets: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: ["all"], min_length=1)
+    max_samples: int = Field(2000, ge=10, description="rows per task in the fit pool and in the test set")
+    fit_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["train"])
+    test_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["held_out"])
+    temporal_cutoff: str | None = Field(None, description="ISO date: fit before it, test at or after it")
+    n_boot: int = Field(200, ge=0)
+    finetune: FinetuneSpec = FinetuneSpec()
+    zero_shot: ZeroShotSpec = ZeroShotSpec()
+    meds: str | None = Field(None, description="MEDS root (default: the one the runs' tokens were made from)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from data.tasks import load_task
+
+        for name in v:
+            load_task(name)  # raises TaskError naming the file and the problem
+        return v
+
+    @field_validator("label_budgets")
+    @classmethod
+    def _positive(cls, v):
+        if any(b != "all" and b < 1 for b in v):
+            raise ValueError(f"label budgets are examples per class (>= 1) or 'all', got {v}")
+        return v
+
+    @field_validator("temporal_cutoff")
+    @classmethod
+    def _date(cls, v):
+        if v is not None:
+            datetime.fromisoformat(v)
+        return v
+
+    @property
+    def protocol(self) -> str:
+        return f"temporal:{self.temporal_cutoff}" if self.temporal_cutoff else "subjects"
+
+
+def load_downstream_spec(raw: dict | str | Path) -> DownstreamSpec:
+    """From a dict (a sweep spec's `downstream:` value) or a YAML file holding one (top level or under
+    `downstream:`)."""
+    import yaml
+
+    if not isinstance(raw, dict):
+        raw = yaml.safe_load(Path(raw).read_text())
+        raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
+    return DownstreamSpec.model_validate(raw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskData:
+    task: object                # data.tasks.Task
+    fit: pd.DataFrame           # label rows of the fit pool
+    test: pd.DataFrame
+    events: object              # polars frame of the sampled subjects' events (shared by histories/counts)
+    meds: str
+    part_of_test: np.ndarray | None = None   # union tasks: which part each test row came from
+
+    def y(self, rows: pd.DataFrame) -> np.ndarray:
+        from data.tasks import label_values
+
+        return label_values(rows, self.task)
+
+
+def _cap_by_subject(rows: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
+    subjects = rows["subject_id"].unique()
+    order = np.random.default_rng(seed).permutation(subjects)
+    counts = rows.groupby("subject_id").size().reindex(order).to_numpy()
+    n_keep = max(1, int(np.searchsorted(np.cumsum(counts), max_rows, side="right")))
+    keep = set(order[:n_keep].tolist())
+    return rows[rows["subject_id"].isin(keep)].reset_index(drop=True)
+
+
+def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
+    from data.history import subject_events
+    from data.tasks import extract_labels, load_task
+
+    task = load_task(name)
+    labels = extract_labels(meds, task)
+    fit = labels[labels["split"].isin(spec.fit_splits)]
+    test = labels[labels["split"].isin(spec.test_splits)]
+    if spec.temporal_cutoff:
+        cutoff = pd.Timestamp(spec.temporal_cutoff)
+        fit, test = fit[fit["prediction_time"] < cutoff], test[test["prediction_time"] >= cutoff]
+    if fit.empty or test.empty:
+        raise ValueError(f"task {name}: {len(fit)} fit and {len(test)} test samples; need both (check splits, "
+                         "temporal_cutoff and the cohort size)")
+    fit, test = _cap_by_subject(fit, spec.max_samples, 1), _cap_by_subject(test, spec.max_samples, 2)
+    events = subject_events(meds, np.r_[fit["subject_id"].to_numpy(), test["subject_id"].to_numpy()])
+    return TaskData(task, fit, test, events, meds)
+
+
+def budget_rows(data: TaskData, budget, seed: int) -> np.ndarray | None:
+    """Indices into data.fit for a label budget (k per class, or k rows for regression); None if a class
+    is missing."""
+    n = len(data.fit)
+    if budget == "all":
+        if data.task.kind == "binary" and np.unique(data.y(data.fit)).size < 2:
+            return None
+        return np.arange(n)
+    rng = np.random.default_rng([seed, int(budget)])
+    if data.task.kind == "regression":
+        return np.sort(rng.choice(n, size=min(n, int(budget)), replace=False))
+    y = data.y(data.fit)
+    picks = []
+    for c in (0.0, 1.0):
+        idx = np.flatnonzero(y == c)
+        if idx.size == 0:
+            return None
+        picks.append(rng.choice(idx, size=min(idx.size, int(budget)), replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+# ------------------------------------------------------------------------------------------------
+# Results table
+# ------------------------------------------------------------------------------------------------
+
+def _paths(root: Path) -> tuple[Path, Path]:
+    return root / "downstream.csv", root / "downstream.parquet"
+
+
+def read_downstream(store_root) -> pd.DataFrame:
+    csv, _ = _paths(Path(store_root))
+    if not csv.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(csv, dtype={"run_id": str, "label_budget": str, "protocol": str, "task": str, "mode": str})
+
+
+def _write(root: Path, frame: pd.DataFrame) -> None:
+    csv, parquet = _paths(root)
+    frame = frame[COLUMNS]
+    write_with(parquet, lambda p: frame.to_parquet(p, index=False))
+    write_with(csv, lambda p: frame.to_csv(p, index=False))
+
+
+def saturation_input(downstream: pd.DataFrame, label_budget: str = "all") -> pd.DataFrame:
+    """Rows for analysis.saturation.fit_saturation / analysis.report.write_report(downstream=...): one label
+    budget (zero-shot, which uses none, is kept too), seeds averaged per (run, task, mode, metric)."""
+    d = downstream.copy()
+    d["label_budget"] = d["label_budget"].astype(str)
+    d = d[(d["label_budget"] == str(label_budget)) | (d["mode"] == "zero_shot")]
+    keys = ["run_id", "objective", "params", "compute", "task", "mode", "metric", "protocol"]
+    return (d.groupby(keys, dropna=False, as_index=False)[["value", "low", "high", "ceiling", "gap"]].mean())
+
+
+def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarray, *, mode: str, budget, seed: int,
+                 n_fit: int, spec: DownstreamSpec) -> list[dict]:
+    from analysis.metrics import evaluate, gap_to_ceiling
+
+    kind = data.task.kind
+    y = data.y(rows)
+    subjects = rows["subject_id"].to_numpy()
+    got = evaluate(y, score, subjects, kind=kind, n_boot=spec.n_boot, seed=seed)
+    truth = rows["truth"].to_numpy(dtype=np.float64)
+    best = evaluate(y, truth, subjects, kind=kind, n_boot=0) if np.all(np.isfinite(truth)) else {}
+    out = []
+    for metric, (value, low, high) in got.items():
+        ceiling = best.get(metric, (np.nan,))[0]
+        out.append({**meta, "task": data.task.name, "mode": mode, "label_budget": str(budget), "seed": seed,
+                    "metric": metric, "value": value, "low": low, "high": high, "ceiling": ceiling,
+                    "gap": gap_to_ceiling(metric, value, ceiling), "n_fit": n_fit, "n_test": len(rows),
+                    "protocol": spec.protocol})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+class _Evaluator:
+    def __init__(self, root: Path, spec: DownstreamSpec, progress: Progress | None):
+        self.root, self.spec = root, spec
+        self.progress = progress or (lambda stage, done, total: None)
+        self.table = read_downstream(root)
+        self.done = set(map(tuple, self.table[KEY].astype(str).to_numpy().tolist())) if len(self.table) else set()
+        self.new: list[dict] = []
+
+    def todo(self, run_id: str, task: str, mode: str, budget, seed: int) -> bool:
+        return mode in self.spec.modes and (run_id, task, mode, str(budget), str(seed), self.spec.protocol) not in self.done
+
+    def add(self, rows: list[dict]) -> None:
+        self.new.extend(rows)
+        for r in rows:
+            self.done.add(tuple(str(r[k]) for k in KEY))
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        fresh = pd.DataFrame(self.new, columns=COLUMNS)
+        self.table = fresh if self.table.empty else pd.concat([self.table, fresh], ignore_index=True)
+        self.new = []
+        _write(self.root, self.table)
+
+
+def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokenizer) -> None:
+    from data.history import count_features
+    from scaling.downstream_baselines import lightgbm_predict
+
+    spec = ev.spec
+    meta = {"run_id": f"baseline:{dataset}", "objective": None, "params": np.nan, "compute": np.nan}
+    codes = sorted(tokenizer.codes, key=lambda c: -tokenizer.code_counts.get(c, 0))[:256]
+    for name, data in tasks.items():
+        if ev.todo(meta["run_id"], name, "ceiling", "all", 0) and np.all(np.isfinite(data.test["truth"])):
+            ev.add(_result_rows(meta, data, data.test, data.test["truth"].to_numpy(), mode="ceiling", budget="all",
+                                seed=0, n_fit=0, spec=spec))
+        pending = [(b, s) for b in spec.label_budgets for s in spec.seeds if ev.todo(meta["run_id"], name, "lightgbm", b, s)]
+        if not pending:
+            continue
+        X_fit = count_features(data.meds, data.fit, codes, events=data.events).X_NxF
+        X_test = count_features(data.meds, data.test, codes, events=data.events).X_NxF
+        y_fit = data.y(data.fit)
+        for budget, seed in pending:
+            idx = budget_rows(data, budget, seed)
+            if idx is None:
+                continue
+            score = lightgbm_predict(X_fit[idx], y_fit[idx], X_test, data.task.kind, seed)
+            ev.add(_result_rows(meta, data, data.test, score, mode="lightgbm", budget=budget, seed=seed,
+                                n_fit=len(idx), spec=spec))
+    ev.flush()
+
+
+def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], tokenizer, finetune_ok: bool,
+                  history_cache: dict) -> None:
+    from data.history import build_histories
+    from scaling.downstream_baselines import probe_predict
+    from scaling.downstream_model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
+    from scaling.downstream_zero_shot import zero_shot_scores
+
+    spec = ev.spec
+    rid = run.run_id
+    wanted = [(n, m, b, s) for n in tasks for m in ("probe", "finetune", "scratch") for b in spec.label_budgets
+              for s in spec.seeds if ev.todo(rid, n, m, b, s)]
+    wanted += [(n, "zero_shot", 0, s) for n in tasks for s in spec.seeds if ev.todo(rid, n, "zero_shot", 0, s)]
+    if not wanted:
+        return
+    model = load_run_model(run)
+    meta = {"run_id": rid, "objective": model.objective, "params": model.n_params, "compute": model.compute}
+    recipe = FinetuneRecipe(spec.finetune.steps, spec.finetune.lr, spec.finetune.batch_size)
+    for name, data in tasks.items():
+        key = (name, model.cfg.max_len)
+        if key not in history_cache:
+            history_cache[key] = (build_histories(data.meds, data.fit, tokenizer, model.cfg.max_len, events=data.events),
+                                  build_histories(data.meds, data.test, tokenizer, model.cfg.max_len, events=data.events))
+        h_fit, h_test = history_cache[key]
+        y_fit = data.y(data.fit)
+        kind = data.task.kind
+        todo = [w for w in wanted if w[0] == name]
+        if any(m == "probe" for _, m, _, _ in todo):
+            Z_fit, Z_test = embed(model, h_fit.tokens_NxL, h_fit.lengths_N), embed(model, h_test.tokens_NxL, h_test.lengths_N)
+        for _, mode, budget, seed in todo:
+            if mode in ("finetune", "scratch") and not finetune_ok:
+                continue
+            if mode == "zero_shot":
+                if not model.cfg.causal or kind != "binary" or name not in (spec.zero_shot.tasks or [name]):
+                    continue
+                rows = data.test.iloc[: spec.zero_shot.max_samples]
+                n = len(rows)
+                if data.task.parts:
+                    scores, cens = np.zeros(n), np.zeros(n)
+                    part_of = _part_of_rows(data, data.test)[:n]
+                    for part in data.task.parts:
+                        sel = np.flatnonzero(part_of == part.name)
+                        if sel.size:
+                            scores[sel], cens[sel] = zero_shot_scores(
+                                model, h_test.tokens_NxL[sel], h_test.lengths_N[sel], part.label_rule(), tokenizer,
+                                k=spec.zero_shot.k, max_new=spec.zero_shot.max_new_tokens, seed=seed,
+                                temperature=spec.zero_shot.temperature)
+                else:
+                    scores, cens = zero_shot_scores(model, h_test.tokens_NxL[:n], h_test.lengths_N[:n],
+                                                    data.task.label_rule(), tokenizer, k=spec.zero_shot.k,
+                                                    max_new=spec.zero_shot.max_new_tokens, seed=seed,
+                                                    temperature=spec.zero_shot.temperature)
+                out = _result_rows(meta, data, rows, scores, mode=mode, budget=0, seed=seed, n_fit=0, spec=spec)
+                out.append({**out[0], "metric": "censored", "value": float(cens.mean()), "low": np.nan,
+                            "high": np.nan, "ceiling": np.nan, "gap": np.nan})
+                ev.add(out)
+                continue
+            idx = budget_rows(data, budget, seed)
+            if idx is None:
+                continue
+            if mode == "probe":
+                score = probe_predict(Z_fit[idx], y_fit[idx], Z_test, kind, seed)
+            else:
+                graphdef, params = ((model.graphdef, model.params) if mode == "finetune"
+                                    else fresh_params(model.cfg, 1000 + seed))
+                score = finetune_and_predict(graphdef, params, model.cfg, kind, h_fit.tokens_NxL[idx],
+                                             h_fit.lengths_N[idx], y_fit[idx], h_test.tokens_NxL, h_test.lengths_N,
+                                             recipe, seed)
+            ev.add(_result_rows(meta, data, data.test, score, mode=mode, budget=budget, seed=seed, n_fit=len(idx),
+                                spec=spec))
+    ev.flush()
+
+
+def _part_of_rows(data: TaskData, rows: pd.DataFrame) -> np.ndarray:
+    """Which part of a union task each row came from (the first part listing its (subject, time))."""
+    from data.tasks import extract_labels
+
+    if data.part_of_test is not None:
+        return data.part_of_test[: len(rows)]
+    out = np.full(len(rows), "", dtype=object)
+    keys = list(zip(rows["subject_id"], rows["prediction_time"]))
+    for part in reversed(data.task.parts):
+        labels = extract_labels(data.meds, part)
+        own = set(zip(labels["subject_id"], labels["prediction_time"]))
+        for i, k in enumerate(keys):
+            if k in own:
+                out[i] = part.name
+    if len(rows) == len(data.test):
+        data.part_of_test = out
+    return out
+
+
+def _spread(runs: list[RunDir], n: int | None) -> set[str]:
+    """Run ids of at most n runs spread evenly over sizes (smallest and largest first)."""
+    sized = sorted(runs, key=lambda r: (r.config()["model"]["d_model"] * r.config()["model"]["n_layers"], r.run_id))
+    if n is None or n >= len(sized):
+        return {r.run_id for r in sized}
+    pick = np.unique(np.round(np.linspace(0, len(sized) - 1, n)).astype(int))
+    return {sized[i].run_id for i in pick}
+
+
+def evaluate_store(store_root, spec: DownstreamSpec, *, runs=None, progress: Progress | None = None) -> pd.DataFrame:
+    """Evaluate every finished run of the store (or the run ids in `runs`) on the spec's tasks; returns the
+    whole downstream table (old rows and new). See the module doc."""
+    from data.tokenizer import Tokenizer
+
+    root = Path(store_root)
+    store = RunStore(root)
+    all_runs = [r for r in store.runs() if r.state() == "done" and (runs is None or r.run_id in set(runs))]
+    ev = _Evaluator(root, spec, progress)
+    by_tokens: dict[str, list[RunDir]] = {}
+    for r in all_runs:
+        by_tokens.setdefault(r.config()["data"]["token_dir"], []).append(r)
+    total = len(all_runs) + len(by_tokens)
+    done = 0
+    for token_dir, group in by_tokens.items():
+        manifest = json.loads((Path(token_dir) / "manifest.json").read_text())
+        meds = spec.meds or manifest["meds_dir"]
+        tokenizer = Tokenizer.load(token_dir)
+        dataset = group[0].config()["data"].get("dataset_id") or Path(token_dir).parent.name
+        ev.progress("downstream: labels", done, total)
+        tasks = {name: prepare_task(meds, name, spec) for name in spec.tasks}
+        _baselines(ev, dataset, tasks, tokenizer)
+        done += 1
+        ev.progress("downstream", done, total)
+        finetune_ids = _spread(group, spec.finetune.max_runs)
+        history_cache: dict = {}
+        for run in sorted(group, key=lambda r: r.run_id):
+            t = time.time()
+            _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache)
+            done += 1
+            ev.progress(f"downstream ({time.time() - t:.0f}s/run)", done, total)
+    return ev.table

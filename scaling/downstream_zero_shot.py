@@ -1,0 +1,110 @@
+"""Zero-shot risk from a decoder: roll out K futures per prediction time, count those with the outcome.
+
+For each history, K continuations of at most T tokens are sampled at temperature 1 (models/rollout.py).
+Elapsed time is tracked from the time-gap tokens: a `TIME//lo-hi` token advances the clock by the middle
+of its bin, the open last bin `TIME//lo+` by lo (tokens without a gap token are simultaneous events). A
+trajectory stops at EOS (the record ends). The label window of the task (data/tasks.LabelRule) is read
+off the trajectory:
+
+- temporal window (t, t + H]: the outcome happened if a label code appears while the clock is <= H;
+- event-bound window (t, first end event]: the outcome happened if a label code appears at or before the
+  first end-event code (in-hospital death: death before discharge).
+
+The probability is the fraction of the K trajectories with the outcome (1 minus it for negated tasks).
+A trajectory that reaches T tokens before its window closes (clock still <= H, or no end event yet) is
+censored and counted as "no outcome"; the censored fraction is reported so that T can be raised.
+Regression tasks (a sum of values) have no zero-shot estimate here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from data.tasks import LabelRule
+from data.tokenizer import BOS, EOS, MASK, PAD, Tokenizer
+
+
+def gap_seconds(tokenizer: Tokenizer) -> np.ndarray:
+    """Seconds each token advances the clock: the middle of a TIME bin, 0 for every other token."""
+    out = np.zeros(tokenizer.vocab_size)
+    edges_s = tokenizer.time_edges_us / 1e6
+    for i in range(len(tokenizer.time_tokens)):
+        lo = edges_s[i]
+        out[tokenizer.time_base + i] = (lo + edges_s[i + 1]) / 2 if i + 1 < len(edges_s) else lo
+    return out
+
+
+def outcome_probabilities(trajectories_BxKxT: np.ndarray, rule: LabelRule, tokenizer: Tokenizer
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(probability per prompt [B], censored fraction per prompt [B]) from sampled token ids."""
+    if rule.value_sum:
+        raise ValueError("zero-shot estimates binary outcomes only (this task's label is a sum of values)")
+    vocab = tokenizer.vocab
+    is_label = np.zeros(len(vocab), bool)
+    is_label[rule.label.ids(vocab)] = True
+    is_end = np.zeros(len(vocab), bool)
+    if rule.end is not None:
+        is_end[rule.end.ids(vocab)] = True
+    traj = np.asarray(trajectories_BxKxT)
+    alive = np.cumsum(traj == EOS, axis=-1) == 0                      # before the first EOS
+    clock = np.cumsum(gap_seconds(tokenizer)[traj], axis=-1)
+    if rule.horizon_s is not None:
+        in_window = clock <= rule.horizon_s
+        closed = (~in_window).any(axis=-1) | (~alive).any(axis=-1)
+    else:
+        end_seen = np.cumsum(is_end[traj], axis=-1)
+        before_end = end_seen - is_end[traj] == 0                      # up to and including the first end
+        in_window = before_end if rule.end_inclusive else (end_seen == 0)
+        closed = (end_seen[..., -1] > 0) | (~alive).any(axis=-1)
+    hit = (is_label[traj] & in_window & alive).any(axis=-1)
+    p = hit.mean(axis=-1)
+    censored = (~closed & ~hit).mean(axis=-1)
+    return (1.0 - p if rule.negate else p), censored
+
+
+def zero_shot_scores(model, tokens_NxL: np.ndarray, lengths_N: np.ndarray, rule: LabelRule, tokenizer: Tokenizer,
+                     *, k: int, max_new: int, seed: int, batch_prompts: int = 16,
+                     temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [N] and censored fractions [N] for the histories, K rollouts each."""
+    import jax
+
+    from models.rollout import sample_continuations
+
+    if not model.cfg.causal:
+        raise ValueError("zero-shot rollouts need a decoder (causal) model")
+    if tokens_NxL.shape[1] + max_new > model.cfg.max_len:
+        # positions past max_len were never trained: keep the most recent context
+        keep = max(4, model.cfg.max_len - max_new)
+        tokens_NxL, lengths_N = _shorten(tokens_NxL, lengths_N, keep, tokenizer)
+    probs, cens = [], []
+    key = jax.random.key(seed)
+    banned = (PAD, BOS, MASK)
+    for i in range(0, len(lengths_N), batch_prompts):
+        tok = tokens_NxL[i:i + batch_prompts]
+        ln = lengths_N[i:i + batch_prompts]
+        n = len(ln)
+        if n < batch_prompts:  # a fixed batch shape: one compilation
+            tok = np.concatenate([tok, np.repeat(tok[:1], batch_prompts - n, axis=0)])
+            ln = np.concatenate([ln, np.repeat(ln[:1], batch_prompts - n)])
+        key, sub = jax.random.split(key)
+        traj = sample_continuations(model.graphdef, model.params, tok, ln, k=k, max_new=max_new, key=sub,
+                                    banned=banned, temperature=temperature)
+        p, c = outcome_probabilities(traj[:n], rule, tokenizer)
+        probs.append(p)
+        cens.append(c)
+    return np.concatenate(probs), np.concatenate(cens)
+
+
+def _shorten(tokens_NxL, lengths_N, keep: int, tokenizer: Tokenizer):
+    """Histories cut to `keep` tokens: the 3-token prefix and the most recent keep-3 tokens."""
+    out = np.zeros((len(lengths_N), keep), np.int32)
+    out_len = np.minimum(lengths_N, keep)
+    for i, ln in enumerate(lengths_N):
+        seq = tokens_NxL[i, :ln]
+        if ln > keep:
+            tail = seq[ln - (keep - 3):]
+            lead = int(np.argmax((tail < tokenizer.value_base) | (tail >= tokenizer.code_base)))
+            seq = np.concatenate([seq[:3], tail[lead:]])
+        out[i, :seq.size] = seq
+        out_len[i] = seq.size
+    return out, out_len
+

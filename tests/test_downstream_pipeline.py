@@ -1,0 +1,101 @@
+"""The downstream stage end to end on a real (tiny) size ladder: trained decoders, every mode, the results
+table's format and resumability, and the saturation ranking of a simple versus a long-history task."""
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_spec
+from scaling.store import RunStore
+
+pytestmark = pytest.mark.slow
+SIMPLE, LONG = "med_start_30d", "dx_heart_failure_1y"   # data/ground_truth.py: 'simple' and 'long_history'
+SHAPES = [(16, 1, 1), (32, 2, 1), (64, 2, 2), (96, 3, 3)]
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    """A 2,000-subject cohort and four decoders of growing size trained on it with scaling.train."""
+    from data.simulator import generate_cohort
+    from data.token_store import tokenize_dataset
+    from scaling.spec import expand, parse_spec
+    from scaling.train import execute_run
+
+    base = tmp_path_factory.mktemp("downstream")
+    meds = generate_cohort(base / "meds", 2000, 0, workers=1)
+    tokens = tokenize_dataset(meds, base / "tokens", workers=1)
+    vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]
+    spec = tiny_spec(meds, **{"model.seq_len": 64, "optimizer.batch_size": 16, "optimizer.lr": 3e-3,
+                              "grid.tokens": [120 * 16 * 64], "checkpoint.every_steps": 1000,
+                              "grid.params": [{"d_model": d, "n_layers": l, "n_heads": h} for d, l, h in SHAPES]})
+    store = RunStore(base / "store")
+    for config in expand(parse_spec(spec), token_dir=str(tokens), vocab_size=vocab, dataset_id="ladder"):
+        assert execute_run(store.ensure(config)) == "done"
+    return store.root
+
+
+def _spec(**over):
+    from scaling.downstream import DownstreamSpec
+
+    raw = {"tasks": [SIMPLE, LONG], "modes": ["probe", "lightgbm", "ceiling"], "max_samples": 1500,
+           "test_splits": ["tuning", "held_out"], "n_boot": 50}
+    raw.update(over)
+    return DownstreamSpec.model_validate(raw)
+
+
+def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
+    from scaling.downstream import COLUMNS, evaluate_store, read_downstream
+
+    spec = _spec(modes=["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"],
+                 label_budgets=[8, "all"], finetune={"steps": 8, "max_runs": 1},
+                 zero_shot={"k": 2, "max_new_tokens": 16, "max_samples": 8, "tasks": [LONG]})
+    df = evaluate_store(ladder, spec)
+    assert list(df.columns) == COLUMNS
+    assert set(df["mode"]) == {"probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"}
+    assert len(df[(df["mode"] == "probe")]["run_id"].unique()) == len(SHAPES)
+    assert len(df[(df["mode"] == "finetune")]["run_id"].unique()) == 1
+    assert set(df[df["mode"] == "zero_shot"]["task"]) == {LONG}
+    probe = df[df["mode"] == "probe"]
+    assert set(probe["label_budget"]) == {"8", "all"}
+    few = probe[(probe["label_budget"] == "8")]["n_fit"]
+    assert (few <= 16).all()   # k per class
+    auroc = df[(df["metric"] == "auroc") & (df["mode"] != "zero_shot")]  # 8 rolled-out samples may hold no case
+    assert auroc[["value", "low", "high"]].notna().all().all()
+    assert ((auroc["low"] < auroc["high"]) & (auroc["low"] - 0.05 <= auroc["value"])
+            & (auroc["value"] <= auroc["high"] + 0.05)).all()  # percentile intervals need not be centred
+    ceiling = df[(df["mode"] == "ceiling") & (df["metric"] == "auroc")].set_index("task")["value"]
+    assert (ceiling > 0.75).all()
+    rows = df[df["mode"].isin(["probe", "lightgbm"]) & (df["metric"] == "auroc")]
+    np.testing.assert_allclose(rows["gap"], rows["ceiling"] - rows["value"])
+    assert (df[df["mode"].isin(["lightgbm", "ceiling"])]["params"].isna()).all()
+    on_disk = read_downstream(ladder)
+    assert len(on_disk) == len(df) and (ladder / "downstream.parquet").exists()
+
+    # resumable: a rerun recomputes nothing; a dropped result is recomputed alone
+    t = time.time()
+    again = evaluate_store(ladder, spec)
+    assert len(again) == len(df) and time.time() - t < 30
+    dropped = on_disk[~((on_disk["mode"] == "probe") & (on_disk["label_budget"] == "8"))]
+    dropped.to_csv(ladder / "downstream.csv", index=False)
+    redone = evaluate_store(ladder, spec)
+    assert len(redone) == len(df)
+    key = ["run_id", "task", "mode", "label_budget", "seed", "metric"]
+    merged = redone.merge(on_disk, on=key, suffixes=("", "_old"))
+    np.testing.assert_allclose(merged["value"], merged["value_old"], atol=1e-9)  # deterministic
+
+
+def test_the_simple_task_saturates_at_a_smaller_size_than_the_long_history_task(ladder):
+    from analysis.saturation import fit_saturation
+    from scaling.downstream import evaluate_store, saturation_input
+
+    df = saturation_input(evaluate_store(ladder, _spec()))
+    probe = df[(df["mode"] == "probe") & (df["metric"] == "auroc")].sort_values("params")
+    assert probe["params"].nunique() == len(SHAPES)
+    result = fit_saturation(df, metric="auroc", primary=("probe",), n_boot=50)
+    ranking = result.ranking()
+    assert list(ranking["task"]) == [SIMPLE, LONG], (ranking, probe[["task", "params", "value"]])
+    # the long-history task's probe keeps gaining: its largest model beats its smallest
+    long = probe[probe["task"] == LONG]["value"].to_numpy()
+    assert long[-1] > long[0]

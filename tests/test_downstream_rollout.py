@@ -1,0 +1,85 @@
+"""The KV-cached decoder computes the full forward's logits; zero-shot reads label windows correctly."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from data.tasks import CodeMatcher, LabelRule
+from models.config import ModelConfig
+from models.rollout import cached_logits_jit, pooled_jit, sample_continuations
+from models.transformer import Transformer
+
+
+def _model(causal=True):
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=32, causal=causal)
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    return cfg, graphdef, nnx.to_pure_dict(state)
+
+
+def test_cached_decoding_equals_the_full_forward_for_prompts_of_different_lengths():
+    cfg, graphdef, params = _model()
+    rng = np.random.default_rng(0)
+    lengths = np.array([5, 9, 3])
+    prompts = np.zeros((3, 10), np.int32)
+    for i, n in enumerate(lengths):
+        prompts[i, :n] = rng.integers(5, 40, n)
+    nxt = rng.integers(5, 40, (3, 6)).astype(np.int32)
+    cached = np.asarray(cached_logits_jit(graphdef, params, jnp.asarray(prompts), jnp.asarray(lengths), jnp.asarray(nxt)))
+    model = nnx.merge(graphdef, params)
+    for i, n in enumerate(lengths):
+        full_seq = np.concatenate([prompts[i, :n], nxt[i]])[None]
+        full = np.asarray(model(jnp.asarray(full_seq)))[0]
+        np.testing.assert_allclose(cached[i], full[n:n + 6], atol=2e-4, rtol=2e-4)
+
+
+def test_pooled_representation_ignores_padding_and_reads_the_last_real_token():
+    cfg, graphdef, params = _model()
+    seq = np.array([[2, 7, 9, 11, 0, 0, 0, 0]], np.int32)
+    other = seq.copy()
+    other[0, 4:] = [13, 14, 15, 16]  # what follows the last real token must not matter
+    a = np.asarray(pooled_jit(graphdef, params, jnp.asarray(seq), jnp.asarray([4])))
+    b = np.asarray(pooled_jit(graphdef, params, jnp.asarray(other), jnp.asarray([4])))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = np.asarray(pooled_jit(graphdef, params, jnp.asarray(other), jnp.asarray([8])))
+    assert not np.allclose(a, c)
+
+
+def test_sampling_never_emits_banned_tokens_and_is_seeded():
+    cfg, graphdef, params = _model()
+    prompts = np.array([[2, 7, 9, 0], [2, 8, 0, 0]], np.int32)
+    kw = dict(k=4, max_new=12, banned=(0, 2, 4))
+    a = sample_continuations(graphdef, params, prompts, [3, 2], key=jax.random.key(1), **kw)
+    b = sample_continuations(graphdef, params, prompts, [3, 2], key=jax.random.key(1), **kw)
+    assert a.shape == (2, 4, 12)
+    np.testing.assert_array_equal(a, b)
+    assert not np.isin(a, [0, 2, 4]).any()
+    assert len({tuple(r) for r in a.reshape(8, 12)}) > 1  # K distinct futures
+
+
+class _Tok:
+    """The few tokenizer attributes zero-shot reads: two time bins (1d-7d, 7d+) and four codes."""
+    vocab = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "TIME//1d-7d", "TIME//7d+", "DEATH", "DISCHARGE", "LAB"]
+    vocab_size = len(vocab)
+    time_base, time_tokens = 5, ["TIME//1d-7d", "TIME//7d+"]
+    time_edges_us = np.array([1, 7]) * 86_400 * 1_000_000
+
+
+def test_zero_shot_reads_temporal_and_event_bound_windows():
+    from scaling.downstream_zero_shot import outcome_probabilities
+
+    T1, T7, DEATH, DIS, LAB, EOS = 5, 6, 7, 8, 9, 3
+    traj = np.array([[[LAB, T1, DEATH, LAB],       # death at +4 days
+                      [T7, LAB, T1, DEATH],        # death at +11 days
+                      [LAB, EOS, DEATH, LAB],      # death after the record ended: not an outcome
+                      [LAB, LAB, LAB, LAB]]])      # window never closes: censored
+    within_10d = LabelRule(CodeMatcher(frozenset(["DEATH"])), 10 * 86400, None, True, False, False)
+    p, censored = outcome_probabilities(traj, within_10d, _Tok())
+    assert p[0] == pytest.approx(0.25) and censored[0] == pytest.approx(0.25)
+    before_discharge = LabelRule(CodeMatcher(frozenset(["DEATH"])), None,
+                                 CodeMatcher(frozenset(["DEATH", "DISCHARGE"])), True, False, False)
+    traj2 = np.array([[[LAB, DEATH, DIS, LAB], [DIS, LAB, DEATH, LAB], [LAB, LAB, LAB, LAB]]])
+    p2, c2 = outcome_probabilities(traj2, before_discharge, _Tok())
+    assert p2[0] == pytest.approx(1 / 3) and c2[0] == pytest.approx(1 / 3)
+    negated = LabelRule(within_10d.label, within_10d.horizon_s, None, True, True, False)
+    assert outcome_probabilities(traj, negated, _Tok())[0][0] == pytest.approx(0.75)
