@@ -116,7 +116,8 @@ def _load_spec_and_data(spec_path: Path, out_dir: Path):
     from scaling.spec import expand, load_spec
 
     spec = load_spec(spec_path)
-    expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(spec_path))
+    if spec.model.param_count == "non_embedding":  # the grid does not depend on the vocabulary: check it now
+        expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(spec_path))
     with _progress_bar("dataset") as progress:
         prepared = prepare_dataset(spec, out_dir, progress=_staged_progress(progress))
     return spec, prepared
@@ -221,10 +222,16 @@ def sweep(
         spec = load_spec(spec_path)
         ds_id = dataset_id(spec)
         manifest = Path(out_dir) / "datasets" / ds_id / "tokens" / "manifest.json"
-        vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else DRY_RUN_VOCAB
-        if not manifest.exists():
-            console.print(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
-        runs = expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id, source=str(spec_path))
+        if manifest.exists() or spec.model.param_count == "non_embedding":
+            vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else DRY_RUN_VOCAB
+            if not manifest.exists():
+                console.print(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
+            runs = expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id, source=str(spec_path))
+        else:  # total parameter counts depend on the vocabulary: prepare the dataset (reused by the launch)
+            console.print("model.param_count is total: preparing the dataset to know its vocabulary")
+            spec, prepared = _load_spec_and_data(spec_path, out_dir)
+            runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
+                          dataset_id=prepared.dataset_id, source=str(spec_path))
     else:
         spec, prepared = _load_spec_and_data(spec_path, out_dir)
         runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
@@ -232,8 +239,8 @@ def sweep(
     if dry_run:
         table, total_s = _plan_table(runs, out_dir)
         out.print(table)
-        out.print(f"estimated total: {total_s / 60:.1f} core-minutes of training "
-                  f"({spec.resources.cpus} CPU per run)")
+        out.print(f"estimated total: {total_s / 60:.1f} device-minutes of training on this machine's "
+                  f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return
     launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed)
 
@@ -252,9 +259,14 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path, *, address=None, max_con
         for run in run_dirs:
             if run.state() == "failed":
                 run.set_status("failed", attempts=0)
+    last: list[tuple] = [()]
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         def show(p):
-            live.update(f"[bold]sweep {spec.name}[/]: {p.line()}")
+            if console.is_terminal:
+                live.update(f"[bold]sweep {spec.name}[/]: {p.line()}")
+            elif (p.done, p.running, p.failed, p.diverged) != last[0]:  # logs: one line per change
+                last[0] = (p.done, p.running, p.failed, p.diverged)
+                console.print(f"sweep {spec.name}: {p.line()}", highlight=False)
 
         results = run_sweep(store, run_dirs, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
                             tpus=spec.resources.tpus, host_devices=spec.resources.host_devices,
@@ -373,7 +385,7 @@ def print_recommendation(rec: dict, compute: float) -> None:
     shape = rec["shape"]
     fmt = lambda e: f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"  # noqa: E731
     out.print(f"compute-optimal at C = {compute:.3g} FLOPs (95% bootstrap intervals):")
-    out.print(f"  N_opt = {fmt(a.n_opt)} non-embedding params")
+    out.print(f"  N_opt = {fmt(a.n_opt)} params ({rec['param_count'].replace('_', '-')} count)")
     out.print(f"  D_opt = {fmt(a.d_opt)} tokens")
     out.print(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
     if a.loss is not None:
@@ -408,9 +420,9 @@ def demo(
 
     clock.start("prepare cohort and tokens")
     decoder_path, encoder_path = spec_path(decoder_name), spec_path(encoder_name)
-    encoder_spec = load_spec(encoder_path)
-    expand(encoder_spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(encoder_path))
     decoder_spec, prepared = _load_spec_and_data(decoder_path, out_dir)
+    encoder_spec = load_spec(encoder_path)
+    expand(encoder_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(encoder_path))
     clock.finish("prepare cohort and tokens")
     started_ray = _init_ray(address, None)
     try:
@@ -455,7 +467,14 @@ def _demo_downstream(out_dir: Path, spec_name: str):
     from scaling.demo import spec_path
     from scaling.downstream import load_downstream_spec, saturation_input
 
-    table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)))
+    from scaling.optimal import load_results
+
+    results, _ = load_results(out_dir)
+    done = results[results["status"] == "done"]
+    # one model per size: the encoder ladder, and the decoders of the largest IsoFLOP budget
+    decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]
+    runs = list(decoders["run_id"]) + list(done.loc[done["objective"] == "encoder", "run_id"])
+    table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)), runs=runs)
     return saturation_input(table) if len(table) else None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from models.config import param_counts, shape_for_params
+from scaling.spec import shape_for_total_params
 from scaling.store import RunStore
 
 
@@ -35,10 +36,12 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
                     budget_col="budget" if done["budget"].notna().any() else None)
     allocation = compute_optimal(fit.fit, compute, max_tokens=max_tokens)
     row = done.iloc[0]
-    shape = shape_for_params(allocation.n_opt.value, vocab_size=int(row["vocab_size"]), max_len=int(row["seq_len"]),
-                             causal=objective == "decoder")
+    convention = str(row.get("param_count") or "non_embedding")
+    shape_rule = shape_for_total_params if convention == "total" else shape_for_params
+    shape = shape_rule(allocation.n_opt.value, vocab_size=int(row["vocab_size"]), max_len=int(row["seq_len"]),
+                       causal=objective == "decoder")
     return {"fit": fit, "allocation": allocation, "shape": shape, "params": param_counts(shape),
-            "seq_len": int(row["seq_len"]), "batch_size": int(row["batch_size"])}
+            "param_count": convention, "seq_len": int(row["seq_len"]), "batch_size": int(row["batch_size"])}
 
 
 def run_spec(rec: dict, *, name: str, dataset: dict, objective: str = "decoder") -> dict:
@@ -48,7 +51,7 @@ def run_spec(rec: dict, *, name: str, dataset: dict, objective: str = "decoder")
         "name": name,
         "objective": objective,
         "dataset": dataset,
-        "model": {"seq_len": rec["seq_len"]},
+        "model": {"seq_len": rec["seq_len"], "param_count": rec["param_count"]},
         "grid": {"mode": "ladder",
                  "params": [{"d_model": shape.d_model, "n_layers": shape.n_layers, "n_heads": shape.n_heads,
                              "d_ff": shape.d_ff}],
