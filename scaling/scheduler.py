@@ -104,7 +104,8 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         flops = {r.run_id: run_flops(r) for r in run_dirs}
         progress.flops_total = sum(flops.values())
         queue: deque[RunDir] = deque()
-        for run in run_dirs:
+        # longest first: fewer idle cores at the end of the sweep, and the ETA (FLOP rate) settles early
+        for run in sorted(run_dirs, key=lambda r: -flops[r.run_id]):
             status = run.status()
             if status["state"] in FINAL_STATES:
                 progress.done += status["state"] == "done"
