@@ -21,7 +21,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MEDS_VERSION = "0.4"
@@ -163,6 +162,22 @@ def _null_count(pf: pq.ParquetFile, path: Path, column: str) -> int:
     return int(total)
 
 
+def _int64_buffer(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """An int64-castable column as it lies in arrow's buffer (zero-copy for one chunk; null slots hold
+    anything) and its validity (None when it has no nulls)."""
+    column = column.cast(pa.int64())
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    validity, data = array.buffers()[:2]
+    offset, n = array.offset, len(array)
+    if not n:
+        return np.zeros(0, np.int64), None
+    values = np.frombuffer(data, dtype=np.int64, count=offset + n)[offset:]
+    if not array.null_count:
+        return values, None
+    bits = np.frombuffer(validity, dtype=np.uint8, count=(offset + n + 7) // 8)
+    return values, np.unpackbits(bits, bitorder="little")[offset: offset + n].view(bool)
+
+
 def _check_rows(path: Path, rel: str, pf: pq.ParquetFile, table: pa.Table | None = None) -> np.ndarray:
     """Row-level checks (on `table` when the shard was already read); returns the shard's unique subject ids."""
     n = pf.metadata.num_rows
@@ -176,17 +191,28 @@ def _check_rows(path: Path, rel: str, pf: pq.ParquetFile, table: pa.Table | None
     if sid_col.null_count:
         raise MedsError(f"data/{rel}: column 'subject_id' is null in {_rows(sid_col.null_count)} of {n:,}. "
                         "Every row must belong to a subject; drop those rows.")
-    sid = sid_col.cast(pa.int64()).to_numpy()
-    time_col = table["time"].cast(pa.timestamp("us")).combine_chunks()
-    t = pc.fill_null(time_col.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
-    down = np.diff(sid) < 0
+    sid, _ = _int64_buffer(sid_col)
+    down = sid[1:] < sid[:-1]
     if down.any():
         raise MedsError(f"data/{rel}: column 'subject_id' is not sorted: {_rows(int(down.sum()))} come after a larger "
                         f"subject_id (first at row {int(np.argmax(down)) + 1:,}). Sort each shard by subject_id, "
                         "then time.")
+    del down
+    # times in microseconds with null (static) rows as the smallest int64; compared on the buffer, then
+    # the few pairs that touch a null row are redone
+    t, valid = _int64_buffer(table["time"].cast(pa.timestamp("us")))
     same = sid[1:] == sid[:-1]
-    back = same & (t[1:] < t[:-1])
+    back = t[1:] < t[:-1]
+    if valid is not None:
+        lowest = np.iinfo(np.int64).min
+        pairs = np.flatnonzero(~valid)
+        pairs = np.unique(np.concatenate([pairs - 1, pairs]))
+        pairs = pairs[(pairs >= 0) & (pairs < sid.size - 1)]
+        back[pairs] = (np.where(valid[pairs + 1], t[pairs + 1], lowest) < np.where(valid[pairs], t[pairs], lowest))
+    back &= same
     if back.any():
+        if valid is not None:
+            t = np.where(valid, t, np.iinfo(np.int64).min)
         first = int(np.argmax(back)) + 1
         static_late = int((back & (t[1:] == np.iinfo(np.int64).min)).sum())
         hint = (f" ({_rows(static_late)} are static rows with null time after timed rows; put them first)"
@@ -194,7 +220,10 @@ def _check_rows(path: Path, rel: str, pf: pq.ParquetFile, table: pa.Table | None
         raise MedsError(f"data/{rel}: column 'time' is not sorted within subjects: {_rows(int(back.sum()))} are "
                         f"earlier than the row before them{hint}, first at row {first:,} (subject_id {sid[first]}). "
                         "Sort each shard by subject_id, then time, with null-time (static) rows first.")
-    return sid[np.r_[True, sid[1:] != sid[:-1]]]  # sorted, so the unique ids are the run starts
+    starts = np.empty(sid.size, dtype=bool)
+    starts[:1] = True
+    np.logical_not(same, out=starts[1:])
+    return sid[starts]  # sorted, so the unique ids are the run starts
 
 
 def _read_splits_table(root: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -237,9 +266,13 @@ def _read_kept(path: Path, columns: list[str]) -> pa.Table | None:
     """`columns` of a shard, codes dictionary-encoded; None when it cannot be read that way (the checks
     then read it themselves and report why)."""
     try:
-        return pq.read_table(path, columns=columns, read_dictionary=["code"] if "code" in columns else None)
+        table = pq.read_table(path, columns=columns, read_dictionary=["code"] if "code" in columns else None)
     except Exception:  # noqa: BLE001 - reported, in file order, by _check_schema / _check_rows
         return None
+    for i, name in enumerate(table.column_names):  # one chunk each, so later numpy views are zero-copy
+        if name != "code" and table[name].num_chunks > 1:
+            table = table.set_column(i, name, table[name].combine_chunks())
+    return table
 
 
 def _kept_paths(files: list[Path], max_rows: int) -> set[Path]:
@@ -257,14 +290,15 @@ def _kept_paths(files: list[Path], max_rows: int) -> set[Path]:
     return kept
 
 
-def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max_rows: int = 0) -> MedsDataset:
+def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max_rows: int = 0,
+              workers: int = 1) -> MedsDataset:
     """Find, check and describe a MEDS dataset at `root` (the folder holding data/ and metadata/).
 
     With `keep` (column names, subject_id and time among them), the row checks read those columns
-    of each shard instead of only subject_id and time (in a background thread, one shard ahead), and
-    the dataset holds them in `tables` (path -> table, codes dictionary-encoded) for the first shards
-    up to `keep_max_rows` rows in all: a caller that reads every shard next (tokenization) reads
-    each shard once. The checks and their errors are the same either way.
+    of each shard instead of only subject_id and time (in `workers` background threads, ahead of
+    the checks), and the dataset holds them in `tables` (path -> table, codes dictionary-encoded)
+    for the first shards up to `keep_max_rows` rows in all: a caller that reads every shard next
+    (tokenization) reads each shard once. The checks and their errors are the same either way.
     """
     root = Path(root)
     if not root.is_dir():
@@ -282,10 +316,11 @@ def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max
     shard_info = []
     kept = _kept_paths(files, keep_max_rows) if keep else set()
     tables: dict[Path, pa.Table] = {}
-    with ThreadPoolExecutor(1) as pool:
+    workers = max(1, int(workers))
+    with ThreadPoolExecutor(workers) as pool:
         pending = {}
         reads = iter([p for p in files if p in kept])
-        for path in itertools.islice(reads, 2):
+        for path in itertools.islice(reads, workers + 1):
             pending[path] = pool.submit(_read_kept, path, list(keep))
         for path in files:
             rel = path.relative_to(data).as_posix()

@@ -118,7 +118,8 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
     Each shard is read once (while validating; see KEEP_MAX_ROWS), then the fit and the encoding run
     over the tables in memory, `workers` threads at a time.
     """
-    ds = read_meds(meds_dir, keep=COLUMNS, keep_max_rows=KEEP_MAX_ROWS)
+    workers = max(1, workers or os.cpu_count() or 1)
+    ds = read_meds(meds_dir, keep=COLUMNS, keep_max_rows=KEEP_MAX_ROWS, workers=workers)
     if ds.n_subjects("train") == 0:
         raise MedsError(f"{meds_dir}: the train split is empty, so there is nothing to fit the tokenizer on. "
                         "Assign subjects to 'train' in metadata/subject_splits.parquet or data/train/.")
@@ -128,7 +129,6 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
     if ds.codes is not None and "description" in ds.codes.column_names:
         descriptions = {c: d for c, d in zip(ds.codes["code"].to_pylist(), ds.codes["description"].to_pylist())
                         if c is not None and d is not None}
-    workers = max(1, workers or os.cpu_count() or 1)
     tokenizer = _fit(ds, config, descriptions, workers)
     tokenizer.save(out / "tokenizer")
 
