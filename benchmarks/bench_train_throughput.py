@@ -4,12 +4,13 @@
     .venv/bin/python benchmarks/bench_train_throughput.py --sizes 5e6 --torch-compile
 
 One training step = forward, backward, global-norm clipping and an AdamW update, on a batch of
-`--batch` windows of `--seq-len` tokens (the JAX model also masks packed subjects, with two
-subjects per window; PyTorch gets its fastest path, `is_causal` SDPA, as it has no segments).
-The two frameworks are timed in alternating rounds so both see the same background load;
-tokens/s is reported at the median and at the best round (the best is the least disturbed by
-other processes on a shared machine). MFU uses scaling/flops.py's full count against the
-float32 matmul peak measured by `device_peak_flops` (cached; `--remeasure-peak` refreshes it).
+`--batch` windows of `--seq-len` tokens, float32 (the JAX model also masks packed subjects, two
+per window; PyTorch gets its fastest path, `is_causal` SDPA, as it has no segments).
+Each framework runs in its own worker process (idle thread pools of one runtime would otherwise
+steal cores from the other), and the workers are driven in alternating rounds so both see the
+same background load. tokens/s is reported at the median and at the best round (the best is the
+least disturbed by other processes on a shared machine). MFU uses scaling/flops.py's full count
+against the float32 matmul peak of `device_peak_flops` (cached; `--remeasure-peak` refreshes it).
 
 JAX runs on `--devices` XLA host devices (default: one per core) with the batch split over them:
 one XLA CPU device does not keep every core busy.
@@ -17,7 +18,9 @@ one XLA CPU device does not keep every core busy.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,38 +28,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 
-def parse_args() -> argparse.Namespace:
+from models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
+from scaling.flops import mfu  # noqa: E402
+
+LR, WD, CLIP = 1e-3, 0.1, 1.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1e5,1e6,5e6", help="target non-embedding parameter counts")
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per framework and size")
+    p.add_argument("--rounds", type=int, default=6, help="timed rounds per framework and size")
     p.add_argument("--steps", type=int, default=3, help="steps per round")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA host devices")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd PyTorch")
     p.add_argument("--remeasure-peak", action="store_true")
-    return p.parse_args()
+    p.add_argument("--worker", choices=["jax", "torch", "torch.compile"], help=argparse.SUPPRESS)
+    p.add_argument("--size", type=float, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
-ARGS = parse_args()
-# must precede the first import of jax
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
-from models.sharding import make_mesh, shard_batch  # noqa: E402
-from models.step import init_train_state, make_train_step  # noqa: E402
-from scaling.flops import device_peak_flops, flops_per_token, mfu  # noqa: E402
-
-LR, WD, CLIP = 1e-3, 0.1, 1.0
+def set_xla_devices(n: int) -> None:
+    """Must run before the first import of jax."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={n}").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def make_batch(cfg: ModelConfig, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -71,6 +72,11 @@ class JaxRunner:
     name = "jax"
 
     def __init__(self, cfg: ModelConfig, batch: dict[str, np.ndarray]):
+        import optax
+
+        from models.sharding import make_mesh, shard_batch
+        from models.step import init_train_state, make_train_step
+
         tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, weight_decay=WD))
         self.mesh = make_mesh()
         graphdef, self.state = init_train_state(cfg, tx, self.mesh, seed=0)
@@ -163,54 +169,76 @@ def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool)
     return Runner()
 
 
-def main() -> None:
-    print(f"jax {jax.__version__}, {jax.device_count()} XLA CPU devices, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f} (1 min) at start", flush=True)
-    peak_dev, source = device_peak_flops(refresh=ARGS.remeasure_peak)
-    peak = peak_dev * jax.device_count()
-    print(f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
-    if not ARGS.no_torch:
+def worker(args: argparse.Namespace) -> None:
+    """Build one runner, warm it up, then time `n` steps per line "n" read from stdin."""
+    cfg = shape_for_params(args.size, vocab_size=args.vocab, max_len=args.seq_len)
+    batch = make_batch(cfg, args.batch, args.seq_len)
+    if args.worker == "jax":
+        runner = JaxRunner(cfg, batch)
+    else:
         import torch
         torch.set_num_threads(os.cpu_count() or 1)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+        runner = torch_runner(cfg, batch, compile_=args.worker == "torch.compile")
+    for _ in range(2):  # compile, warm up
+        runner.step()
+    runner.sync()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t = time.perf_counter()
+        for _ in range(int(line)):
+            runner.step()
+        runner.sync()
+        print(time.perf_counter() - t, flush=True)
 
+
+def main(args: argparse.Namespace) -> None:
+    set_xla_devices(args.devices)
+    import jax
+
+    from scaling.flops import device_peak_flops
+
+    peak_dev, source = device_peak_flops(refresh=args.remeasure_peak)
+    peak = peak_dev * jax.device_count()
+    print(f"jax {jax.__version__} on {jax.device_count()} XLA CPU devices, {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.2f} (1 min) at start", flush=True)
+    print(f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
+    names = ["jax"] + ([] if args.no_torch else ["torch"] + (["torch.compile"] if args.torch_compile else []))
+    passthrough = [f"--vocab={args.vocab}", f"--seq-len={args.seq_len}", f"--batch={args.batch}",
+                   f"--devices={args.devices}"]
     rows = []
-    for target in (float(s) for s in ARGS.sizes.split(",")):
-        cfg = shape_for_params(target, vocab_size=ARGS.vocab, max_len=ARGS.seq_len)
-        batch = make_batch(cfg, ARGS.batch, ARGS.seq_len)
-        runners = [JaxRunner(cfg, batch)]
-        if not ARGS.no_torch:
-            runners.append(torch_runner(cfg, batch, compile_=False))
-            if ARGS.torch_compile:
-                runners.append(torch_runner(cfg, batch, compile_=True))
-        for r in runners:  # compile / warm up
-            for _ in range(2):
-                r.step()
-            r.sync()
-        times = {r.name: [] for r in runners}
-        for _ in range(ARGS.rounds):
-            for r in runners:
-                t = time.perf_counter()
-                for _ in range(ARGS.steps):
-                    r.step()
-                r.sync()
-                times[r.name].append((time.perf_counter() - t) / ARGS.steps)
-        tokens = ARGS.batch * ARGS.seq_len
-        for r in runners:
-            med, best = tokens / np.median(times[r.name]), tokens / min(times[r.name])
-            rows.append(dict(target=target, cfg=cfg, name=r.name, med=med, best=best,
-                             mfu_med=mfu(med, cfg, ARGS.seq_len, peak),
-                             mfu_best=mfu(best, cfg, ARGS.seq_len, peak)))
-            print(f"  {target:.0e} {r.name:14s} {med:9.0f} tok/s median, {best:9.0f} best", flush=True)
+    for target in (float(s) for s in args.sizes.split(",")):
+        cfg = shape_for_params(target, vocab_size=args.vocab, max_len=args.seq_len)
+        procs = {}
+        for name in names:  # start and warm up one at a time: compiling competes for the cores
+            procs[name] = subprocess.Popen(
+                [sys.executable, __file__, f"--worker={name}", f"--size={target}", *passthrough],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            if procs[name].stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{name} worker failed to start")
+        times = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, proc in procs.items():
+                proc.stdin.write(f"{args.steps}\n")
+                proc.stdin.flush()
+                times[name].append(float(proc.stdout.readline()) / args.steps)
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+        tokens = args.batch * args.seq_len
+        for name in names:
+            med, best = tokens / np.median(times[name]), tokens / min(times[name])
+            rows.append(dict(target=target, cfg=cfg, name=name, med=med, best=best,
+                             mfu_med=mfu(med, cfg, args.seq_len, peak),
+                             mfu_best=mfu(best, cfg, args.seq_len, peak)))
+            print(f"  {target:.0e} {name:14s} {med:9.0f} tok/s median, {best:9.0f} best", flush=True)
 
-    print(f"\nbatch {ARGS.batch} x seq_len {ARGS.seq_len}, vocab {ARGS.vocab}, AdamW + clipping, "
+    print(f"\nbatch {args.batch} x seq_len {args.seq_len}, vocab {args.vocab}, AdamW + clipping, "
           f"float32; load average {os.getloadavg()[0]:.2f} (1 min) at end")
     print(f"{'N (non-emb)':>11} {'shape LxD':>9} {'framework':>14} {'tok/s med':>10} {'tok/s best':>10} "
           f"{'MFU med':>8} {'MFU best':>8} {'jax/this med':>12} {'jax/this best':>13}")
-    by = {(r['target'], r['name']): r for r in rows}
+    by = {(r["target"], r["name"]): r for r in rows}
     for r in rows:
-        j = by[(r["target"], "jax")]
-        cfg = r["cfg"]
+        j, cfg = by[(r["target"], "jax")], r["cfg"]
         print(f"{param_counts(cfg).non_embedding:>11,} {f'{cfg.n_layers}x{cfg.d_model}':>9} {r['name']:>14} "
               f"{r['med']:>10,.0f} {r['best']:>10,.0f} {r['mfu_med']:>8.1%} {r['mfu_best']:>8.1%} "
               f"{j['med'] / r['med']:>12.2f} {j['best'] / r['best']:>13.2f}")
@@ -218,4 +246,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ARGS = parse_args()
+    if ARGS.worker:
+        if ARGS.worker == "jax":
+            set_xla_devices(ARGS.devices)
+        worker(ARGS)
+    else:
+        main(ARGS)

@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -94,7 +93,7 @@ def _loss_terms(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> tuple[jax.
 
 
 class _ShardedStep:
-    """Calls a step function jitted for the shardings of the first state it sees.
+    """Calls `fn(state, batch)` jitted for the shardings of the first state it sees.
 
     Host (numpy) batches are placed with `shard_batch`; device batches already sharded over
     the batch axes pass through.
@@ -146,12 +145,10 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh,
                    ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """`(state, batch) -> {"loss_sum", "weight_sum"}` (float32); sum over batches, then divide."""
 
-    def eval_step(state: TrainState, batch: Batch):
-        loss_sum, weight_sum = _loss_terms(graphdef, state["params"], batch)
+    def eval_step(params: Any, batch: Batch):
+        loss_sum, weight_sum = _loss_terms(graphdef, params, batch)
         return {"loss_sum": loss_sum, "weight_sum": weight_sum}
 
-    return _ShardedStep(eval_step, mesh, donate=False, out_metrics=False)
-
-
-def param_count(state: TrainState) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"])))
+    step = _ShardedStep(eval_step, mesh, donate=False, out_metrics=False)
+    # only the parameters go in, so a restored params-only state evaluates too
+    return lambda state, batch: step(state["params"], batch)
