@@ -62,7 +62,8 @@ def interval(draws: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarra
     if draws.shape[0] == 0 or np.all(np.isnan(draws)):
         nan = np.full(draws.shape[1:], np.nan)
         return nan, nan
-    lo, hi = np.nanpercentile(draws, q, axis=0)
+    with np.errstate(invalid="ignore"):  # infinite draws (e.g. a size that never saturates) are legitimate
+        lo, hi = np.nanpercentile(draws, q, axis=0)
     return lo, hi
 
 

@@ -144,7 +144,7 @@ class SaturationFit:
 
     def _x_sat(self, coef) -> np.ndarray:
         k, g = coef[:, 1], coef[:, 2]
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf = never saturates
             return np.exp(self.xbar_ + (np.log(k) + np.log1p(-(2.0 ** -g)) - np.log(self.threshold)) / g)
 
     def predict(self, x) -> np.ndarray:
