@@ -205,7 +205,8 @@ def write_report(
         body.append(_section(name, df, fits, skipped, allocs, at, figs, out))
 
     if downstream is not None:
-        body.append(_saturation_section(downstream, out, n_boot, seed, report_json, summary))
+        for label, group in _by_objective(downstream):
+            body.append(_saturation_section(group, out, n_boot, seed, report_json, summary, label))
 
     page = _page(title, summary, body)
     (out / "fits.json").write_text(json.dumps(report_json, indent=2, allow_nan=False, default=_json_default))
@@ -259,8 +260,17 @@ def _section(name, df, fits, skipped, allocs, at, figs, out) -> str:
     return "\n".join(h)
 
 
-def _saturation_section(downstream, out, n_boot, seed, report_json, summary) -> str:
-    h = ["<h2>Downstream saturation</h2>"]
+def _by_objective(downstream: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """Decoders and encoders saturate separately; size-independent baselines (no objective) go with each."""
+    if "objective" not in downstream.columns or downstream["objective"].dropna().nunique() <= 1:
+        return [(None, downstream)]
+    shared = downstream[downstream["objective"].isna()]
+    return [(str(obj), pd.concat([g, shared], ignore_index=True))
+            for obj, g in downstream.dropna(subset=["objective"]).groupby("objective")]
+
+
+def _saturation_section(downstream, out, n_boot, seed, report_json, summary, label: str | None = None) -> str:
+    h = [f"<h2>Downstream saturation{f' ({html.escape(label)} models)' if label else ''}</h2>"]
     try:
         by_n = fit_saturation(downstream, n_boot=n_boot, seed=seed)
     except AnalysisError as e:
@@ -271,7 +281,10 @@ def _saturation_section(downstream, out, n_boot, seed, report_json, summary) -> 
     except AnalysisError:
         by_c = None
     rank = by_n.ranking()
-    report_json["saturation"] = by_n.to_dict()
+    if label:
+        report_json.setdefault("saturation_by_objective", {})[label] = by_n.to_dict()
+    else:
+        report_json["saturation"] = by_n.to_dict()
     h.append(f"<p>Model: metric = m_inf - k N^-gamma per task; the saturation size is where doubling N gains less "
              f"than {by_n.threshold:g} {html.escape(by_n.metric)}. Tasks, earliest to saturate first:</p>")
     h.append("<table><tr><th>task</th><th>curve</th><th>saturation size N</th><th>m_inf</th><th>note</th></tr>")
@@ -285,14 +298,14 @@ def _saturation_section(downstream, out, n_boot, seed, report_json, summary) -> 
     if len(rank):
         first, last = rank.iloc[0], rank.iloc[-1]
         summary.append(
-            f"Downstream, {first.task} stops gaining {by_n.threshold:g} {by_n.metric} per doubling earliest "
+            f"Downstream{f' ({label}s)' if label else ''}, {first.task} stops gaining {by_n.threshold:g} {by_n.metric} per doubling earliest "
             f"(about {_g(first.saturation)} parameters) and {last.task} latest (about {_g(last.saturation)})."
         )
     if by_n.warnings:
         h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in by_n.warnings)
                  + "</ul></div>")
     for task in by_n.tasks:
-        slug = "".join(ch if ch.isalnum() else "_" for ch in str(task))
+        slug = "".join(ch if ch.isalnum() else "_" for ch in (f"{label}_{task}" if label else str(task)))
         png = plots.plot_saturation(by_n, task, out / f"saturation_{slug}", by_compute=by_c)[0]
         rel = png.relative_to(out).as_posix()
         h.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(str(task))}'>"

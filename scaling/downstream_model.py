@@ -29,7 +29,7 @@ class LoadedModel:
     cfg: object            # models.config.ModelConfig
     graphdef: object
     params: dict
-    n_params: int          # non-embedding (Kaplan N), as in the results table
+    n_params: int          # N in the run's convention (non-embedding or total), as in the results table
     compute: float
     token_dir: str
 
@@ -55,7 +55,8 @@ def load_run_model(run: RunDir) -> LoadedModel:
     state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     mngr.close()
     metrics = run.metrics() or {}
-    n = param_counts(model_cfg).non_embedding
+    counts = param_counts(model_cfg)
+    n = int(metrics.get("params") or (counts.total if cfg.get("param_count") == "total" else counts.non_embedding))
     return LoadedModel(run.run_id, cfg["objective"], model_cfg, graphdef, state["params"], n,
                        float(metrics.get("compute", np.nan)), cfg["data"]["token_dir"])
 

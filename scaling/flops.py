@@ -139,7 +139,9 @@ def device_peak_flops(device: Any = None, *, refresh: bool = False) -> tuple[flo
                 return peak, f"table: {pattern} dense bf16"
     dtype = "float32" if device.platform == "cpu" else "bfloat16"
     n = jax.local_device_count()
-    key = f"{_processor()} | {device.platform} | {kind} | {n} devices | {dtype}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # a CPU device's speed depends on how many cores the process may use (runs are pinned)
+    key = f"{_processor()} | {device.platform} | {kind} | {n} devices | {cores} cores | {dtype}"
     path = _cache_file()
     cache: dict[str, Any] = {}
     if path.exists():
