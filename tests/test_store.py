@@ -114,14 +114,14 @@ def _contend(path, barrier, results):
 
 def test_concurrent_acquire_has_exactly_one_winner(tmp_path):
     run = RunStore(tmp_path).ensure(CONFIG)
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork would copy JAX threads and can deadlock
     barrier, results = ctx.Barrier(6), ctx.Queue()
     procs = [ctx.Process(target=_contend, args=(run.path, barrier, results)) for _ in range(6)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(10)
-    winners = [w for w in (results.get(timeout=5) for _ in procs) if w is not None]
+        p.join(60)
+    winners = [w for w in (results.get(timeout=30) for _ in procs) if w is not None]
     assert len(winners) == 1
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import tiny_spec, write_spec
@@ -34,6 +35,21 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
             pytest.fail(f"process ended before {what}: {proc.communicate()[0][-3000:]}")
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def _kill_machine(driver: subprocess.Popen, before: set[int]) -> None:
+    """SIGKILL the driver's process group and every Ray process started since `before` (Ray's daemons
+    start their own sessions, so a process-group kill alone leaves them, and their workers, running)."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if proc.info["pid"] not in before and ("ray" in cmd or "medscale" in cmd) and proc.pid != os.getpid():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    time.sleep(1.0)
 
 
 def _ckpt_steps(run) -> list[int]:
@@ -80,6 +96,7 @@ def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_da
     sizes = TWO_SIZES + [{"d_model": 64, "n_layers": 2, "n_heads": 2}]
     spec = write_spec(tmp_path / "sweep.yaml", tiny_spec(meds, **{"grid.params": sizes}))
     out = tmp_path / "out"
+    before = {p.pid for p in psutil.process_iter()}
     first = subprocess.Popen(MEDSCALE + ["sweep", str(spec), "--out", str(out), "--max-concurrent", "1"],
                              env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
@@ -87,8 +104,8 @@ def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_da
         _wait_for(lambda: any(r.state() == "done" for r in RunStore(out).runs())
                   and _leased_run_with_checkpoint(out), 400, first, "one run done and another checkpointed")
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        first.wait()
+        _kill_machine(first, before)  # the driver, the local Ray it started and its workers, as if the node died
+    before = {p.pid for p in psutil.process_iter()}
     before = {r.run_id: (r.state(), r.status().get("finished_at")) for r in RunStore(out).runs()}
     done_before = {k for k, (state, _) in before.items() if state == "done"}
     assert 1 <= len(done_before) < 3
