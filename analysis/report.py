@@ -280,6 +280,8 @@ def _saturation_section(downstream, out, n_boot, seed, report_json, summary, lab
         by_c = fit_saturation(downstream, x="compute", n_boot=n_boot, seed=seed)
     except AnalysisError:
         by_c = None
+    if by_c is not None and not by_c.fits:  # e.g. every model from one IsoFLOP budget: no compute axis
+        by_c = None
     rank = by_n.ranking()
     if label:
         report_json.setdefault("saturation_by_objective", {})[label] = by_n.to_dict()

@@ -219,7 +219,7 @@ def fit_saturation(
 ) -> SaturationResult:
     """Fit saturation curves per task for every size-dependent mode with at least 4 sizes.
 
-    Rows with no `x` (or modes with a single x) are size-independent baselines (LightGBM, ceiling, ...).
+    Rows with no `x` (or whose x spans less than a doubling) are size-independent baselines (LightGBM, ceiling, ...).
     Tasks are ranked by the first mode of `primary` they have.
     """
     require_columns(downstream, ["task", "mode", "metric", "value", x])
@@ -230,8 +230,9 @@ def fit_saturation(
         )
     d[x] = pd.to_numeric(d[x], errors="coerce")
     has_x = np.isfinite(d[x]) & (d[x] > 0)
-    n_x = d[has_x].groupby(["task", "mode"])[x].nunique()
-    sized = d[has_x & d.set_index(["task", "mode"]).index.isin(n_x[n_x > 1].index)]
+    # a curve needs sizes at least a doubling apart: runs at one IsoFLOP budget share (almost) one compute
+    span = d[has_x].groupby(["task", "mode"])[x].agg(lambda v: v.max() / v.min())
+    sized = d[has_x & d.set_index(["task", "mode"]).index.isin(span[span >= 2.0].index)]
     baselines = d.drop(sized.index)
     z = NormalDist().inv_cdf(0.5 + level / 2)
     fits, skipped = {}, []

@@ -10,7 +10,7 @@
 
 Sweeps are idempotent by path: relaunching computes the same run ids, skips `done`, resumes
 the rest from their checkpoints. Two launches never run one run at once: a run is only trained
-under a lease (created with O_EXCL), and a lease whose heartbeat is older than `stale_after`
+under a lease (created atomically and exclusively), and a lease whose heartbeat is older than `stale_after`
 seconds belongs to a dead holder and may be broken.
 """
 from __future__ import annotations
@@ -185,27 +185,45 @@ class RunDir:
         token = uuid.uuid4().hex
         body = {"token": token, "host": socket.gethostname(), "pid": os.getpid(),
                 "acquired_at": time.time(), "heartbeat_at": time.time()}
+        # The lease appears with its content or not at all: written to a private file, then hard-linked
+        # into place (link fails if the lease exists: an atomic create-exclusive, on NFS too).
+        private = self.path / f".lease.{token}.tmp"
+        with open(private, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            return self._link_lease(private, token, stale_after, heartbeat_s)
+        finally:
+            private.unlink(missing_ok=True)
+
+    def _link_lease(self, private: Path, token: str, stale_after: float, heartbeat_s: float) -> Lease:
         for _ in range(3):
             try:
-                fd = os.open(self.lease_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(private, self.lease_path)
             except FileExistsError:
                 info = self.lease_info()
                 if info is None:
                     continue  # released between our open and read
                 if _lease_live(info, stale_after):
                     raise LeaseHeld(f"run {self.run_id} is held by pid {info.get('pid')} on {info.get('host')}")
-                # Stale: exactly one breaker wins the rename; the others see the file gone or fresh.
+                # Stale: move it aside. If what we moved is not the stale lease we judged (another breaker
+                # replaced it meanwhile with a fresh one), put that one back and yield to its holder.
                 graveyard = self.path / f".lease.stale.{token}"
                 try:
                     os.rename(self.lease_path, graveyard)
-                    graveyard.unlink(missing_ok=True)
                 except FileNotFoundError:
-                    pass
+                    continue
+                moved = read_json(graveyard) or {}
+                if moved.get("token") != info.get("token"):
+                    try:
+                        os.link(graveyard, self.lease_path)
+                    except FileExistsError:
+                        pass
+                    graveyard.unlink(missing_ok=True)
+                    raise LeaseHeld(f"run {self.run_id} was just taken by pid {moved.get('pid')}")
+                graveyard.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f)
-                f.flush()
-                os.fsync(f.fileno())
             return Lease(self.lease_path, token, heartbeat_s).start()
         raise LeaseHeld(f"could not take the lease of run {self.run_id}: contended")
 

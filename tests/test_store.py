@@ -1,6 +1,5 @@
 """Run store: hash-named folders, atomic writes, leases that exclude a second holder."""
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -99,30 +98,35 @@ def test_heartbeat_keeps_lease_fresh(tmp_path):
     lease.release()
 
 
-def _contend(path, barrier, results):
-    from scaling.store import LeaseHeld as Held, RunDir
+CONTENDER = """
+import sys, time
+from scaling.store import LeaseHeld, RunDir
+start_at = float(sys.argv[2])
+while time.time() < start_at:
+    pass
+try:
+    lease = RunDir(sys.argv[1]).acquire_lease(stale_after=60)
+except LeaseHeld:
+    print("held")
+else:
+    print("won")
+    time.sleep(1.0)
+    lease.release()
+"""
 
-    barrier.wait()
-    try:
-        lease = RunDir(path).acquire_lease(stale_after=60)
-        results.put(os.getpid())
-        time.sleep(0.5)
-        lease.release()
-    except Held:
-        results.put(None)
 
-
-def test_concurrent_acquire_has_exactly_one_winner(tmp_path):
+@pytest.mark.parametrize("stale_lease_present", [False, True])
+def test_concurrent_acquire_has_exactly_one_winner(tmp_path, stale_lease_present):
     run = RunStore(tmp_path).ensure(CONFIG)
-    ctx = mp.get_context("spawn")  # fork would copy JAX threads and can deadlock
-    barrier, results = ctx.Barrier(6), ctx.Queue()
-    procs = [ctx.Process(target=_contend, args=(run.path, barrier, results)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    winners = [w for w in (results.get(timeout=30) for _ in procs) if w is not None]
-    assert len(winners) == 1
+    if stale_lease_present:  # contenders must also race to break it, and still only one may win
+        write_json(run.lease_path, {"token": "dead", "host": "gone", "pid": 1, "heartbeat_at": time.time() - 600})
+    start_at = time.time() + 4.0  # every process is up and spinning by then
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(run.path), str(start_at)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outcomes]
+    said = [out.strip() for out, _ in outcomes]
+    assert sorted(said) == ["held"] * 5 + ["won"], said
 
 
 def test_results_table_written_atomically_with_metrics(tmp_path):
