@@ -260,6 +260,23 @@ def _section(name, df, fits, skipped, allocs, at, figs, out) -> str:
     return "\n".join(h)
 
 
+def _downstream_table(downstream: pd.DataFrame, metric: str = "auroc", max_rows: int = 80) -> str:
+    """The measured numbers themselves, whether or not a saturation curve can be fitted to them."""
+    d = downstream[downstream["metric"] == metric] if "metric" in downstream.columns else downstream.iloc[:0]
+    if d.empty:
+        return ""
+    d = d.sort_values(["task", "mode", "params"], na_position="first").head(max_rows)
+    has_gap = "gap" in d.columns
+    rows = ["<table><tr><th>task</th><th>mode</th><th>N</th>"
+            f"<th>{html.escape(metric)} [interval]</th>{'<th>gap to ceiling</th>' if has_gap else ''}</tr>"]
+    for r in d.itertuples():
+        n = "" if pd.isna(r.params) else _g(r.params)
+        gap = f"<td>{r.gap:+.3f}</td>" if has_gap and pd.notna(r.gap) else ("<td></td>" if has_gap else "")
+        rows.append(f"<tr><td>{html.escape(str(r.task))}</td><td>{html.escape(str(r.mode))}</td><td>{n}</td>"
+                    f"<td>{r.value:.3f} <small>[{r.low:.3f}, {r.high:.3f}]</small></td>{gap}</tr>")
+    return "\n".join(rows) + "</table>"
+
+
 def _by_objective(downstream: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
     """Decoders and encoders saturate separately; size-independent baselines (no objective) go with each."""
     if "objective" not in downstream.columns or downstream["objective"].dropna().nunique() <= 1:
@@ -271,6 +288,7 @@ def _by_objective(downstream: pd.DataFrame) -> list[tuple[str | None, pd.DataFra
 
 def _saturation_section(downstream, out, n_boot, seed, report_json, summary, label: str | None = None) -> str:
     h = [f"<h2>Downstream saturation{f' ({html.escape(label)} models)' if label else ''}</h2>"]
+    h.append(_downstream_table(downstream))
     try:
         by_n = fit_saturation(downstream, n_boot=n_boot, seed=seed)
     except AnalysisError as e:
@@ -299,9 +317,11 @@ def _saturation_section(downstream, out, n_boot, seed, report_json, summary, lab
     h.append("</table>")
     if len(rank):
         first, last = rank.iloc[0], rank.iloc[-1]
+        latest = ("is still gaining beyond the sizes trained" if last.beyond_range
+                  else f"latest (about {_g(last.saturation)})")
         summary.append(
-            f"Downstream{f' ({label}s)' if label else ''}, {first.task} stops gaining {by_n.threshold:g} {by_n.metric} per doubling earliest "
-            f"(about {_g(first.saturation)} parameters) and {last.task} latest (about {_g(last.saturation)})."
+            f"Downstream{f' ({label}s)' if label else ''}, {first.task} stops gaining {by_n.threshold:g} "
+            f"{by_n.metric} per doubling earliest (about {_g(first.saturation)} parameters) and {last.task} {latest}."
         )
     if by_n.warnings:
         h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in by_n.warnings)
