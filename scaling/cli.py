@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+
+from scaling.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="medscale: scaling-law studies for medical event foundation models.")
@@ -31,10 +32,6 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from scaling.spec import SpecError
 
     return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError)
-
-
-class UserError(ValueError):
-    """Bad input from the command line itself."""
 
 
 def user_errors(fn: Callable) -> Callable:

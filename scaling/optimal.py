@@ -8,6 +8,7 @@ import pandas as pd
 
 from models.config import param_counts, shape_for_params
 from scaling.spec import shape_for_total_params
+from scaling.errors import UserError
 from scaling.store import RunStore
 
 
@@ -15,8 +16,6 @@ def load_results(runs_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The results and curves of a run store, rebuilt from the run folders (the source of truth)."""
     store = RunStore(runs_dir)
     if not store.runs_dir.exists():
-        from scaling.cli import UserError
-
         raise UserError(f"{runs_dir}: no runs/ folder here; give the --out folder of a `medscale sweep`")
     results = store.write_results()
     curves = store.curves_frame()
