@@ -75,8 +75,9 @@ def estimate(value: float, draws: np.ndarray | None, level: float = DEFAULT_LEVE
 
 
 def _pool_context():
-    # fork is cheap and needs no re-import; elsewhere (macOS, Windows) spawn is the safe choice.
-    if sys.platform.startswith("linux"):
+    # fork is cheap and needs no re-import, but not safe once a multithreaded runtime (JAX, when analysis
+    # runs inside a training process) is loaded; elsewhere (macOS, Windows) spawn is the safe choice.
+    if sys.platform.startswith("linux") and "jax" not in sys.modules:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
