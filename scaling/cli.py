@@ -120,6 +120,13 @@ def _load_spec_and_data(spec_path: Path, out_dir: Path):
     return spec, prepared
 
 
+def _expand_over(spec, prepared, source: Path) -> list[dict]:
+    from scaling.spec import expand
+
+    return expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
+                  dataset_id=prepared.dataset_id, source=str(source))
+
+
 @app.command()
 @user_errors
 def train(
@@ -128,12 +135,10 @@ def train(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="CPU cores to pin this run to (default: the spec's resources.cpus)."),
 ) -> None:
     """Train (or resume) one run in this process."""
-    from scaling.spec import expand
     from scaling.store import RunStore
 
     spec, prepared = _load_spec_and_data(config, out_dir)
-    runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
-                  dataset_id=prepared.dataset_id, source=str(config))
+    runs = _expand_over(spec, prepared, config)
     if len(runs) != 1:
         raise UserError(f"{config}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
                         f"Use `medscale sweep {config}` for a grid.")
@@ -227,12 +232,10 @@ def sweep(
         else:  # total parameter counts depend on the vocabulary: prepare the dataset (reused by the launch)
             console.print("model.param_count is total: preparing the dataset to know its vocabulary")
             spec, prepared = _load_spec_and_data(spec_path, out_dir)
-            runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
-                          dataset_id=prepared.dataset_id, source=str(spec_path))
+            runs = _expand_over(spec, prepared, spec_path)
     else:
         spec, prepared = _load_spec_and_data(spec_path, out_dir)
-        runs = expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
-                      dataset_id=prepared.dataset_id, source=str(spec_path))
+        runs = _expand_over(spec, prepared, spec_path)
     if dry_run:
         table, total_s = _plan_table(runs, out_dir)
         out.print(table)
@@ -403,6 +406,7 @@ def demo(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """The whole study on the synthetic cohort: sweeps, downstream tasks, fits, report, recommendation."""
+    from scaling.dataset import prepare_dataset
     from scaling.demo import PRESETS, Stage, StageClock, spec_path
     from scaling.scheduler import _init_ray
     from scaling.spec import expand, load_spec
@@ -426,9 +430,8 @@ def demo(
         for stage, spec, path in (("decoder IsoFLOP sweep", decoder_spec, decoder_path),
                                   ("encoder ladder", encoder_spec, encoder_path)):
             clock.start(stage)
-            _, data = (spec, prepared) if spec is decoder_spec else _load_spec_and_data(path, out_dir)
-            runs = expand(spec, token_dir=str(data.token_dir.absolute()), vocab_size=data.vocab_size,
-                          dataset_id=data.dataset_id, source=str(path))
+            data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
+            runs = _expand_over(spec, data, path)
             launch_sweep(spec, runs, out_dir, address=address)
             clock.finish(stage)
         clock.start("downstream tasks")
@@ -451,7 +454,7 @@ def demo(
     rec = recommend(results, at, objective="decoder", n_boot=n_boot)
     clock.finish("fits and report")
     fit_json = json.loads(rec["fit"].to_json())
-    out.print(f"decoder L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
+    out.print("decoder L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
         f"{k} = {fit_json[k]['value']:.3g} [{fit_json[k]['interval'][0]:.3g}, {fit_json[k]['interval'][1]:.3g}]"
         for k in ("E", "alpha", "beta", "a", "b")))
     print_recommendation(rec, at)

@@ -144,7 +144,6 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
     for binary tasks, values for regression)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     y_fit = np.asarray(y_fit, np.float32)
     mu, sd = (0.0, 1.0) if kind == "binary" else (float(y_fit.mean()), float(y_fit.std() or 1.0))

@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.config import ModelConfig, ShapeError, param_counts, shape_for_params
+from models.config import ModelConfig, ShapeError, d_ff_for, param_counts, shape_for_params
 from scaling.downstream import DownstreamSpec
 from scaling.store import config_hash
 from scaling.train import steps_for_tokens
@@ -253,7 +253,7 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
     max_len = spec.model.max_len or spec.model.seq_len
     try:
         if isinstance(entry, ExplicitShape):
-            d_ff = entry.d_ff or 32 * math.ceil(8 * entry.d_model / 3 / 32)
+            d_ff = entry.d_ff or d_ff_for(entry.d_model)
             cfg = ModelConfig(vocab_size=vocab_size, d_model=entry.d_model, n_layers=entry.n_layers,
                               n_heads=entry.n_heads, d_ff=d_ff, max_len=max_len, causal=causal)
         elif spec.model.param_count == "total":
