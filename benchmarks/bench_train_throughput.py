@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd PyTorch")
     p.add_argument("--remeasure-peak", action="store_true")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc as it is (medscale runs, and by default both workers here, "
+                        "keep freed memory: scaling.runtime.keep_freed_memory)")
     p.add_argument("--worker", choices=["jax", "torch", "torch.compile"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=float, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -204,7 +207,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
     names = ["jax"] + ([] if args.no_torch else ["torch"] + (["torch.compile"] if args.torch_compile else []))
     passthrough = [f"--vocab={args.vocab}", f"--seq-len={args.seq_len}", f"--batch={args.batch}",
-                   f"--devices={args.devices}"]
+                   f"--devices={args.devices}"] + (["--default-malloc"] if args.default_malloc else [])
     rows = []
     for target in (float(s) for s in args.sizes.split(",")):
         cfg = shape_for_params(target, vocab_size=args.vocab, max_len=args.seq_len)
@@ -248,6 +251,10 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:
+        from scaling.runtime import keep_freed_memory
+
+        if not ARGS.default_malloc:  # what medscale's runs do (scaling/runtime.py), for both
+            keep_freed_memory()
         if ARGS.worker == "jax":
             set_xla_devices(ARGS.devices)
         worker(ARGS)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.config import ModelConfig
+from models.projection import project
 from models.sharding import constrain
 
 ROPE_BASE = 10_000.0
@@ -74,9 +75,10 @@ class Attention(nnx.Module):
                                 ("heads", "head_dim", "embed"), param_dtype)
 
     def qkv(self, x_BxLxD, sin_LxK2, cos_LxK2):
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-            jnp.einsum("bld,dhk->blhk", x_BxLxD, w[...].astype(self.compute_dtype))
-            for w in (self.q_DxHxK, self.k_DxHxK, self.v_DxHxK))
+        B, L, D = x_BxLxD.shape
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (t.reshape(B, L, *t.shape[1:]) for t in project(
+            x_BxLxD.reshape(B * L, D),
+            *(w[...].astype(self.compute_dtype) for w in (self.q_DxHxK, self.k_DxHxK, self.v_DxHxK))))
         q_BxLxHxK = apply_rope(q_BxLxHxK, sin_LxK2, cos_LxK2)
         k_BxLxHxK = apply_rope(k_BxLxHxK, sin_LxK2, cos_LxK2)
         return (constrain(t, ("batch", "length", "act_heads", None))
@@ -104,7 +106,10 @@ class Attention(nnx.Module):
             probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(self.compute_dtype)
             outs.append(jnp.einsum("bhqs,bhsk->bqhk", probs_BxHxQxS, v_BxHxSxK[:, :, :keys]))
         out_BxLxHxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-        return jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_HxKxD[...].astype(self.compute_dtype))
+        B, L, H, K = out_BxLxHxK.shape
+        out_HKxD = self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1)
+        (out_NxD,) = project(out_BxLxHxK.reshape(B * L, H * K), out_HKxD)
+        return out_NxD.reshape(B, L, -1)
 
     def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
         q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
@@ -121,10 +126,12 @@ class SwiGLU(nnx.Module):
                                param_dtype)
 
     def __call__(self, x_BxLxD):
-        gate_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.gate_DxF[...].astype(self.compute_dtype))
-        up_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.up_DxF[...].astype(self.compute_dtype))
-        h_BxLxF = constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF, ("batch", "length", "act_mlp"))
-        return jnp.einsum("blf,fd->bld", h_BxLxF, self.down_FxD[...].astype(self.compute_dtype))
+        B, L, D = x_BxLxD.shape
+        cast = lambda w: w[...].astype(self.compute_dtype)
+        gate_NxF, up_NxF = project(x_BxLxD.reshape(B * L, D), cast(self.gate_DxF), cast(self.up_DxF))
+        h_BxLxF = constrain((jax.nn.silu(gate_NxF) * up_NxF).reshape(B, L, -1), ("batch", "length", "act_mlp"))
+        (out_NxD,) = project(h_BxLxF.reshape(B * L, -1), cast(self.down_FxD))
+        return out_NxD.reshape(B, L, D)
 
 
 class Block(nnx.Module):

@@ -1,11 +1,20 @@
-"""Process set-up that must happen before JAX is imported: CPU pinning, host devices, compile cache.
+"""Process set-up that must happen before JAX is imported: CPU pinning, host devices, compile cache,
+and a malloc that keeps freed memory.
 
 XLA ignores thread-count environment variables but respects the process's CPU affinity, so a run
 that should use k cores is pinned to k cores before `import jax`. On CPU, sharding the batch over
 one host device per core was 1.3-1.4x faster than one device using both cores.
+
+XLA's CPU runtime allocates each execution's scratch buffer (hundreds of MB for a 5M-parameter
+model) with malloc and frees it afterwards. glibc serves such sizes with a fresh mmap every time,
+so every page is faulted in and zeroed by the kernel on every step: 233k page faults and ~500 ms
+of system time per 1 s step. `keep_freed_memory` makes glibc keep one heap and never hand memory
+back, so the scratch buffer is reused (1.5-1.7x training throughput on the 2-core CPU).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import sys
@@ -44,6 +53,32 @@ def claim_cores(n: int) -> list[int]:
     return claimed
 
 
+# mallopt(3) parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_malloc_configured = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc reuse freed memory instead of returning it to the kernel.
+
+    One arena (threads' arenas are capped at 64 MB and fall back to mmap above that), no mmap'd
+    chunks, no trimming. Best called before threads start. Returns False where libc is not glibc.
+    """
+    global _malloc_configured
+    if _malloc_configured:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    _malloc_configured = ok
+    return ok
+
+
 def configure_process(*, cores: int | None = None, host_devices: int | None = None,
                       cache_dir: str | os.PathLike | None = None, platform: str | None = None) -> dict:
     """Pin to `cores` cores and ask XLA for `host_devices` CPU devices. Call before importing jax.
@@ -51,7 +86,7 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
     Returns what was set, for the run's record. If jax is already imported the CPU-device count
     cannot change any more; pinning still applies to threads created later.
     """
-    info: dict = {}
+    info: dict = {"malloc_keeps_freed_memory": keep_freed_memory()}
     if cores:
         chosen = claim_cores(cores)
         os.sched_setaffinity(0, chosen)
