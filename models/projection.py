@@ -1,47 +1,69 @@
-"""x @ W for several weights sharing one input, with a backward pass that transposes x once.
+"""x @ W for one or more weights sharing an input, with a backward pass laid out for XLA's CPU.
 
-Autodiff computes each weight gradient dW = x^T @ dy on its own, and XLA's CPU backend
-then tends to materialise the transposed *output* gradient dy^T (often the larger tensor,
-e.g. [d_ff, tokens]) inside a strided elementwise fusion, which costs as much as the matmul.
-Here the backward transposes the shared input once and contracts it with each dy as is.
+Plain autodiff leaves XLA's CPU backend to choose how to form each weight gradient
+dW = x^T @ dy, and it often materialises the transposed *output* gradient dy^T (for the MLP a
+[d_ff, tokens] tensor) inside a strided elementwise fusion, or falls back to a slow
+transposed-operand dot; either costs as much as the matmul itself. Here the backward pass
+transposes the smaller of the shared input x (once, for all weights) and dy, so every matmul
+is a plain row-major product. On CPU the transpose sits behind an optimization barrier so that
+XLA cannot fold it back into the dot. The values are those of autodiff (tests/test_models_*).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-BARRIER = True
+
+def project(x_NxD: jax.Array, *weights: jax.Array, out_dtype=None) -> tuple[jax.Array, ...]:
+    """(x @ w for w in weights): x is [N, D], each w is [D, ...], each result [N, ...].
+
+    `out_dtype` (e.g. float32 logits from bfloat16 operands) is the matmul's accumulation and
+    result type; by default the operands' type.
+    """
+    return _project(None if out_dtype is None else jnp.dtype(out_dtype), x_NxD, *weights)
 
 
-def _flat(x_NxD, w):
-    return jnp.einsum("nd,de->ne", x_NxD, w.reshape(w.shape[0], -1)).reshape(
-        x_NxD.shape[:1] + w.shape[1:])
+def _matmul(a, b, out_dtype):
+    return jnp.matmul(a, b, preferred_element_type=out_dtype)
 
 
-@jax.custom_vjp
-def project(x_NxD: jax.Array, *weights: jax.Array) -> tuple[jax.Array, ...]:
-    """(x @ w for w in weights); x is [N, D] and each w is [D, ...]."""
-    return tuple(_flat(x_NxD, w) for w in weights)
+def _flat(w):
+    return w.reshape(w.shape[0], -1)
 
 
-def _fwd(x_NxD, *weights):
-    return project(x_NxD, *weights), (x_NxD, weights)
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _project(out_dtype, x_NxD, *weights):
+    return tuple(_matmul(x_NxD, _flat(w), out_dtype).reshape(x_NxD.shape[:1] + w.shape[1:])
+                 for w in weights)
 
 
-def _bwd(res, dys):
+def _fwd(out_dtype, x_NxD, *weights):
+    return _project(out_dtype, x_NxD, *weights), (x_NxD, weights)
+
+
+def _materialised_transpose(a):
+    a_T = a.T
+    # on CPU, keep XLA from folding the transpose back into the dot (see the module docstring)
+    return jax.lax.optimization_barrier(a_T) if jax.default_backend() == "cpu" else a_T
+
+
+def _bwd(out_dtype, res, dys):
     x_NxD, weights = res
-    xT_DxN = x_NxD.T
-    if BARRIER:
-        xT_DxN = jax.lax.optimization_barrier(xT_DxN)
-    dx_NxD = None
-    dws = []
-    for w, dy in zip(weights, dys):
-        dy_NxE = dy.reshape(dy.shape[0], -1)
-        w_DxE = w.reshape(w.shape[0], -1)
-        term = jnp.einsum("ne,de->nd", dy_NxE, w_DxE)
-        dx_NxD = term if dx_NxD is None else dx_NxD + term
-        dws.append(jnp.einsum("dn,ne->de", xT_DxN, dy_NxE).reshape(w.shape))
-    return (dx_NxD, *dws)
+    N, D = x_NxD.shape
+    dys_NxE = [dy.reshape(N, -1) for dy in dys]
+    ws_DxE = [_flat(w) for w in weights]
+    dx_NxD = sum(_matmul(dy.astype(x_NxD.dtype), w.T, jnp.float32)
+                 for dy, w in zip(dys_NxE, ws_DxE)).astype(x_NxD.dtype)
+    if D <= sum(dy.shape[1] for dy in dys_NxE):  # transpose the input once, for every weight
+        x_DxN = _materialised_transpose(x_NxD)
+        dws = [_matmul(x_DxN, dy.astype(x_NxD.dtype), jnp.float32) for dy in dys_NxE]
+    else:  # one weight with a narrow output: dW^T = dy^T x, and transpose the small result
+        dws = [_materialised_transpose(
+                   _matmul(_materialised_transpose(dy.astype(x_NxD.dtype)), x_NxD, jnp.float32))
+               for dy in dys_NxE]
+    return (dx_NxD, *(dw.reshape(w.shape).astype(w.dtype) for dw, w in zip(dws, weights)))
 
 
-project.defvjp(_fwd, _bwd)
+_project.defvjp(_fwd, _bwd)

@@ -178,10 +178,10 @@ class Transformer(nnx.Module):
         return constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
-        logits_BxLxV = jnp.einsum("bld,dv->blv", self.final_norm(x_BxLxD),
-                                  self.head_DxV[...].astype(self.compute_dtype),
-                                  preferred_element_type=jnp.float32)
-        return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
+        B, L, D = x_BxLxD.shape
+        (logits_NxV,) = project(self.final_norm(x_BxLxD).reshape(B * L, D),
+                                self.head_DxV[...].astype(self.compute_dtype), out_dtype=jnp.float32)
+        return constrain(logits_NxV.reshape(B, L, -1), ("batch", "length", "act_vocab"))
 
     def __call__(self, inputs_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
         """float32 logits [B, L, V]. Position l predicts targets[l] (the caller shifts)."""

@@ -1,0 +1,38 @@
+"""scaling.runtime.keep_freed_memory: a freed large buffer is reused, not faulted in again."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import ctypes, resource, sys
+    from scaling.runtime import keep_freed_memory
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 64 * 2**20  # above glibc's largest mmap threshold, as XLA's scratch buffers are
+    def faults_for_one_buffer():  # as XLA does each step: malloc, write every page, free
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(size)
+        ctypes.memset(p, 1, size)
+        libc.free(p)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults_for_one_buffer()
+    print(min(faults_for_one_buffer() for _ in range(3)))
+""")
+
+
+def _faults(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_freed_memory_is_reused_without_page_faults():
+    pages = 64 * 2**20 // 4096
+    assert _faults("default") > pages // 2  # glibc maps and faults every page in, every time
+    assert _faults("keep") < pages // 20
