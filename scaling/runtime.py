@@ -53,18 +53,36 @@ def claim_cores(n: int) -> list[int]:
     return claimed
 
 
-# mallopt(3) parameters
+# mallopt(3) parameters, and the same settings as glibc tunables for processes yet to start
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_TRIM_THRESHOLD = 2**31 - 1
+MALLOC_TUNABLES = {"glibc.malloc.arena_max": 1, "glibc.malloc.mmap_max": 0,
+                   "glibc.malloc.trim_threshold": _TRIM_THRESHOLD}
 _malloc_configured = False
+
+
+def malloc_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """{"GLIBC_TUNABLES": ...}: `env`'s tunables plus the ones `keep_freed_memory` sets.
+
+    For processes started later (Ray workers): glibc reads these before any thread exists, which
+    is the only moment that reliably covers every thread's allocations.
+    """
+    current = (env if env is not None else os.environ).get("GLIBC_TUNABLES", "")
+    tunables = dict(item.split("=", 1) for item in current.split(":") if "=" in item)
+    tunables.update({k: str(v) for k, v in MALLOC_TUNABLES.items()})
+    return {"GLIBC_TUNABLES": ":".join(f"{k}={v}" for k, v in tunables.items())}
 
 
 def keep_freed_memory() -> bool:
     """Make glibc malloc reuse freed memory instead of returning it to the kernel.
 
     One arena (threads' arenas are capped at 64 MB and fall back to mmap above that), no mmap'd
-    chunks, no trimming. Best called before threads start. Returns False where libc is not glibc.
+    chunks, no trimming. This covers threads started afterwards (XLA's) as long as no thread has
+    made an arena of its own yet; child processes get the same settings through GLIBC_TUNABLES.
+    Returns False where libc is not glibc.
     """
     global _malloc_configured
+    os.environ.update(malloc_env())
     if _malloc_configured:
         return True
     try:
@@ -74,7 +92,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
     _malloc_configured = ok
     return ok
 

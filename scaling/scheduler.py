@@ -17,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from scaling.runtime import malloc_env
 from scaling.store import FINAL_STATES, RunDir, RunStore
 
 STALE_AFTER_S = 60.0
@@ -75,6 +76,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.update(malloc_env())  # local workers inherit it; cluster tasks get it in run_sweep
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
@@ -95,8 +97,10 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus))
         resources = {"TPU": tpus} if tpus else None
+        # a worker's malloc settings must be in place when its process starts (scaling/runtime.py)
+        runtime_env = {"env_vars": malloc_env()} if address else None
         task = ray.remote(max_calls=1)(_run_task).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources,
+            num_cpus=cpus, num_gpus=gpus, resources=resources, runtime_env=runtime_env,
             max_retries=ray_max_retries, retry_exceptions=False)
         cache_dir = str((store.root / ".jax_cache").absolute())
 

@@ -36,3 +36,13 @@ def test_freed_memory_is_reused_without_page_faults():
     pages = 64 * 2**20 // 4096
     assert _faults("default") > pages // 2  # glibc maps and faults every page in, every time
     assert _faults("keep") < pages // 20
+
+
+def test_malloc_env_keeps_other_tunables_and_overrides_ours():
+    from scaling.runtime import malloc_env
+
+    env = malloc_env({"GLIBC_TUNABLES": "glibc.pthread.rseq=0:glibc.malloc.arena_max=8"})
+    items = env["GLIBC_TUNABLES"].split(":")
+    assert "glibc.pthread.rseq=0" in items
+    assert "glibc.malloc.arena_max=1" in items and "glibc.malloc.arena_max=8" not in items
+    assert "glibc.malloc.mmap_max=0" in items
