@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.attention_block import attend_block
 from models.config import ModelConfig
 from models.projection import project
 from models.sharding import constrain
@@ -98,14 +99,11 @@ class Attention(nnx.Module):
         for start in range(0, L, QUERY_BLOCK):
             stop = min(start + QUERY_BLOCK, L)
             keys = stop + S - L if self.causal else S  # causal: queries end where keys end
-            logits_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxLxK[:, :, start:stop],
-                                        k_BxHxSxK[:, :, :keys], preferred_element_type=jnp.float32)
-            if mask_Bx1xLxS is not None:
-                logits_BxHxQxS = jnp.where(mask_Bx1xLxS[:, :, start:stop, :keys], logits_BxHxQxS,
-                                           jnp.finfo(jnp.float32).min)
-            probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(self.compute_dtype)
-            outs.append(jnp.einsum("bhqs,bhsk->bqhk", probs_BxHxQxS, v_BxHxSxK[:, :, :keys]))
-        out_BxLxHxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+            mask_Bx1xQxS = None if mask_Bx1xLxS is None else mask_Bx1xLxS[:, :, start:stop, :keys]
+            outs.append(attend_block(q_BxHxLxK[:, :, start:stop], k_BxHxSxK[:, :, :keys],
+                                     v_BxHxSxK[:, :, :keys], mask_Bx1xQxS))
+        out_BxHxLxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+        out_BxLxHxK = out_BxHxLxK.transpose(0, 2, 1, 3)
         B, L, H, K = out_BxLxHxK.shape
         out_HKxD = self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1)
         (out_NxD,) = project(out_BxLxHxK.reshape(B * L, H * K), out_HKxD)
