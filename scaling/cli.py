@@ -498,6 +498,10 @@ def downstream(
 
 
 def main() -> None:
+    from scaling.runtime import keep_freed_memory
+
+    # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
+    keep_freed_memory()
     app()
 
 
