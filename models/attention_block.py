@@ -11,15 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _swap_last(a):
-    a_T = jnp.swapaxes(a, -1, -2)
-    # on CPU, keep XLA from folding the transpose back into the dot
-    return jax.lax.optimization_barrier(a_T) if jax.default_backend() == "cpu" else a_T
+from models.projection import materialised_transpose
 
 
 def _probs(q_BxHxQxK, k_BxHxSxK, mask_Bx1xQxS):
-    logits_BxHxQxS = jnp.matmul(q_BxHxQxK, _swap_last(k_BxHxSxK), preferred_element_type=jnp.float32)
+    logits_BxHxQxS = jnp.matmul(q_BxHxQxK, materialised_transpose(k_BxHxSxK), preferred_element_type=jnp.float32)
     if mask_Bx1xQxS is not None:
         logits_BxHxQxS = jnp.where(mask_Bx1xQxS, logits_BxHxQxS, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits_BxHxQxS, axis=-1)
@@ -43,14 +39,14 @@ def _fwd(q, k, v, mask):
 def _bwd(res, dout_BxHxQxK):
     q, k, v, mask, probs_BxHxQxS = res
     dout = dout_BxHxQxK.astype(v.dtype)
-    dv_BxHxSxK = jnp.matmul(_swap_last(probs_BxHxQxS.astype(v.dtype)), dout)
-    dprobs_BxHxQxS = jnp.matmul(dout, _swap_last(v), preferred_element_type=jnp.float32)
+    dv_BxHxSxK = jnp.matmul(materialised_transpose(probs_BxHxQxS.astype(v.dtype)), dout)
+    dprobs_BxHxQxS = jnp.matmul(dout, materialised_transpose(v), preferred_element_type=jnp.float32)
     # softmax backward; masked positions have probability 0 and so get no gradient
     dlogits = probs_BxHxQxS * (dprobs_BxHxQxS - jnp.sum(dprobs_BxHxQxS * probs_BxHxQxS, axis=-1,
                                                         keepdims=True))
     dlogits = dlogits.astype(q.dtype)
     dq_BxHxQxK = jnp.matmul(dlogits, k)
-    dk_BxHxSxK = jnp.matmul(_swap_last(dlogits), q)
+    dk_BxHxSxK = jnp.matmul(materialised_transpose(dlogits), q)
     return dq_BxHxQxK, dk_BxHxSxK, dv_BxHxSxK.astype(v.dtype), None
 
 

@@ -16,13 +16,22 @@ import jax
 import jax.numpy as jnp
 
 
-def project(x_NxD: jax.Array, *weights: jax.Array, out_dtype=None) -> tuple[jax.Array, ...]:
-    """(x @ w for w in weights): x is [N, D], each w is [D, ...], each result [N, ...].
+def project(x: jax.Array, *weights: jax.Array, out_dtype=None) -> tuple[jax.Array, ...]:
+    """(x @ w for w in weights): x is [..., D], each w is [D, ...], each result [..., w.shape[1:]].
 
     `out_dtype` (e.g. float32 logits from bfloat16 operands) is the matmul's accumulation and
     result type; by default the operands' type.
     """
-    return _project(None if out_dtype is None else jnp.dtype(out_dtype), x_NxD, *weights)
+    lead = x.shape[:-1]
+    outs = _project(None if out_dtype is None else jnp.dtype(out_dtype),
+                    x.reshape(-1, x.shape[-1]), *weights)
+    return tuple(y.reshape(lead + y.shape[1:]) for y in outs)
+
+
+def materialised_transpose(a: jax.Array) -> jax.Array:
+    """`a` with its last two axes swapped; on CPU, kept from being folded back into a dot."""
+    a_T = jnp.swapaxes(a, -1, -2)
+    return jax.lax.optimization_barrier(a_T) if jax.default_backend() == "cpu" else a_T
 
 
 def _matmul(a, b, out_dtype):
@@ -43,12 +52,6 @@ def _fwd(out_dtype, x_NxD, *weights):
     return _project(out_dtype, x_NxD, *weights), (x_NxD, weights)
 
 
-def _materialised_transpose(a):
-    a_T = a.T
-    # on CPU, keep XLA from folding the transpose back into the dot (see the module docstring)
-    return jax.lax.optimization_barrier(a_T) if jax.default_backend() == "cpu" else a_T
-
-
 def _bwd(out_dtype, res, dys):
     x_NxD, weights = res
     N, D = x_NxD.shape
@@ -57,11 +60,11 @@ def _bwd(out_dtype, res, dys):
     dx_NxD = sum(_matmul(dy.astype(x_NxD.dtype), w.T, jnp.float32)
                  for dy, w in zip(dys_NxE, ws_DxE)).astype(x_NxD.dtype)
     if D <= sum(dy.shape[1] for dy in dys_NxE):  # transpose the input once, for every weight
-        x_DxN = _materialised_transpose(x_NxD)
+        x_DxN = materialised_transpose(x_NxD)
         dws = [_matmul(x_DxN, dy.astype(x_NxD.dtype), jnp.float32) for dy in dys_NxE]
     else:  # one weight with a narrow output: dW^T = dy^T x, and transpose the small result
-        dws = [_materialised_transpose(
-                   _matmul(_materialised_transpose(dy.astype(x_NxD.dtype)), x_NxD, jnp.float32))
+        dws = [materialised_transpose(
+                   _matmul(materialised_transpose(dy.astype(x_NxD.dtype)), x_NxD, jnp.float32))
                for dy in dys_NxE]
     return (dx_NxD, *(dw.reshape(w.shape).astype(w.dtype) for dw, w in zip(dws, weights)))
 

@@ -76,10 +76,8 @@ class Attention(nnx.Module):
                                 ("heads", "head_dim", "embed"), param_dtype)
 
     def qkv(self, x_BxLxD, sin_LxK2, cos_LxK2):
-        B, L, D = x_BxLxD.shape
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (t.reshape(B, L, *t.shape[1:]) for t in project(
-            x_BxLxD.reshape(B * L, D),
-            *(w[...].astype(self.compute_dtype) for w in (self.q_DxHxK, self.k_DxHxK, self.v_DxHxK))))
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = project(
+            x_BxLxD, *(w[...].astype(self.compute_dtype) for w in (self.q_DxHxK, self.k_DxHxK, self.v_DxHxK)))
         q_BxLxHxK = apply_rope(q_BxLxHxK, sin_LxK2, cos_LxK2)
         k_BxLxHxK = apply_rope(k_BxLxHxK, sin_LxK2, cos_LxK2)
         return (constrain(t, ("batch", "length", "act_heads", None))
@@ -103,11 +101,10 @@ class Attention(nnx.Module):
             outs.append(attend_block(q_BxHxLxK[:, :, start:stop], k_BxHxSxK[:, :, :keys],
                                      v_BxHxSxK[:, :, :keys], mask_Bx1xQxS))
         out_BxHxLxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
-        out_BxLxHxK = out_BxHxLxK.transpose(0, 2, 1, 3)
-        B, L, H, K = out_BxLxHxK.shape
-        out_HKxD = self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1)
-        (out_NxD,) = project(out_BxLxHxK.reshape(B * L, H * K), out_HKxD)
-        return out_NxD.reshape(B, L, -1)
+        B, H, L, K = out_BxHxLxK.shape
+        out_BxLxHK = out_BxHxLxK.transpose(0, 2, 1, 3).reshape(B, L, H * K)
+        (out_BxLxD,) = project(out_BxLxHK, self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1))
+        return out_BxLxD
 
     def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
         q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
@@ -124,12 +121,11 @@ class SwiGLU(nnx.Module):
                                param_dtype)
 
     def __call__(self, x_BxLxD):
-        B, L, D = x_BxLxD.shape
         cast = lambda w: w[...].astype(self.compute_dtype)
-        gate_NxF, up_NxF = project(x_BxLxD.reshape(B * L, D), cast(self.gate_DxF), cast(self.up_DxF))
-        h_BxLxF = constrain((jax.nn.silu(gate_NxF) * up_NxF).reshape(B, L, -1), ("batch", "length", "act_mlp"))
-        (out_NxD,) = project(h_BxLxF.reshape(B * L, -1), cast(self.down_FxD))
-        return out_NxD.reshape(B, L, D)
+        gate_BxLxF, up_BxLxF = project(x_BxLxD, cast(self.gate_DxF), cast(self.up_DxF))
+        h_BxLxF = constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF, ("batch", "length", "act_mlp"))
+        (out_BxLxD,) = project(h_BxLxF, cast(self.down_FxD))
+        return out_BxLxD
 
 
 class Block(nnx.Module):
@@ -176,10 +172,9 @@ class Transformer(nnx.Module):
         return constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
     def logits(self, x_BxLxD: jax.Array) -> jax.Array:
-        B, L, D = x_BxLxD.shape
-        (logits_NxV,) = project(self.final_norm(x_BxLxD).reshape(B * L, D),
-                                self.head_DxV[...].astype(self.compute_dtype), out_dtype=jnp.float32)
-        return constrain(logits_NxV.reshape(B, L, -1), ("batch", "length", "act_vocab"))
+        (logits_BxLxV,) = project(self.final_norm(x_BxLxD), self.head_DxV[...].astype(self.compute_dtype),
+                                  out_dtype=jnp.float32)
+        return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
 
     def __call__(self, inputs_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
         """float32 logits [B, L, V]. Position l predicts targets[l] (the caller shifts)."""
