@@ -2,7 +2,7 @@
 
 Needs only numpy, scipy, pandas and matplotlib: no JAX, Flax or Ray, so results can be analysed on a laptop.
 
-    from analysis import fit_table, compute_optimal
+    from medscale.analysis import fit_table, compute_optimal
     res = fit_table(df, params="params", loss="loss", tokens="tokens", approach=3)
     print(res.to_json()); compute_optimal(res.fit, 1e21, max_tokens=5e10)
 

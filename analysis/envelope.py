@@ -12,6 +12,7 @@ lower loss than every run of less compute.
 """
 from __future__ import annotations
 
+from .conventions import tokens_for_compute
 import numpy as np
 import pandas as pd
 
@@ -102,7 +103,7 @@ class EnvelopeFit:
         nwin = n[win]
         ok &= (nmin < nwin) & (nwin < nmax)
         C = np.exp(self._grid[ok])
-        return pd.DataFrame({"compute": C, "params": nwin[ok], "tokens": C / (6 * nwin[ok]),
+        return pd.DataFrame({"compute": C, "params": nwin[ok], "tokens": tokens_for_compute(C, nwin[ok]),
                              "loss": Ms[win[ok], np.flatnonzero(ok)]})
 
     # -- final points ----------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class EnvelopeFit:
         on[1:] &= c.loss.to_numpy()[1:] < best[:-1]
         p = c[on]
         return pd.DataFrame({"compute": p.compute.to_numpy(), "params": p.params.to_numpy(),
-                             "tokens": p.compute.to_numpy() / (6 * p.params.to_numpy()), "loss": p.loss.to_numpy()})
+                             "tokens": tokens_for_compute(p.compute.to_numpy(), p.params.to_numpy()), "loss": p.loss.to_numpy()})
 
     # -- shared ----------------------------------------------------------------------------------------
     @staticmethod

@@ -6,6 +6,7 @@ bootstrap resamples runs within each budget, so every resample keeps every budge
 """
 from __future__ import annotations
 
+from .conventions import tokens_for_compute
 import numpy as np
 import pandas as pd
 
@@ -123,7 +124,7 @@ class IsoFlopFit:
                     "n_opt": float(np.exp(xs[0])),
                     "n_opt_low": float(lo[0]),
                     "n_opt_high": float(hi[0]),
-                    "d_opt": float(Cg / (6 * np.exp(xs[0]))),
+                    "d_opt": float(tokens_for_compute(Cg, np.exp(xs[0]))),
                     "loss_min": float(ls[0]),
                     "edge": edge,
                     "convex": bool(np.isfinite(xs[0])),

@@ -8,6 +8,7 @@ also computed for each bootstrap draw of the fit, which gives its interval.
 """
 from __future__ import annotations
 
+from .conventions import params_for_compute, tokens_for_compute
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,9 +57,9 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
     n0, d0 = float(law.n_opt(budget)), float(law.d_opt(budget))
     # D_opt = C/(6 N_opt) holds exactly for Approaches 2 and 3; for Approach 1's separately fitted laws, use it
     # so the allocation spends exactly the budget.
-    d0 = budget / (6 * n0)
+    d0 = tokens_for_compute(budget, n0)
     nd = law.n_opt_draws(budget)[:, 0]
-    dd = budget / (6 * nd)
+    dd = tokens_for_compute(budget, nd)
     notes: list[str] = []
     cap = None
     limited = False
@@ -87,9 +88,9 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
                     "would allow a smaller model; pass max_epochs to allow it"
                 )
         d0 = min(d0, cap)
-        n0 = budget / (6 * d0)
+        n0 = params_for_compute(budget, d0)
         dd = np.minimum(dd, cap)
-        nd = budget / (6 * dd)
+        nd = params_for_compute(budget, dd)
     loss = None
     if hasattr(fit, "predict_draws") and hasattr(fit, "boot_thetas_"):
         pred = float(fit.predict(n0, d0))

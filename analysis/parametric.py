@@ -9,6 +9,7 @@ Minimising L on the line 6ND = C gives, in closed form,
 """
 from __future__ import annotations
 
+from .conventions import compute_6nd
 import numpy as np
 import pandas as pd
 
@@ -172,7 +173,7 @@ class ParametricFit:
     def residuals(self) -> pd.DataFrame:
         """Per point: predicted loss and the residual log L - log L_hat (what the fit minimises)."""
         out = self.data_.copy()
-        out["compute"] = 6 * out["params"] * out["tokens"]
+        out["compute"] = compute_6nd(out["params"], out["tokens"])
         out["predicted"] = self.predict(out["params"], out["tokens"])
         out["residual"] = np.log(out["loss"]) - np.log(out["predicted"])
         return out

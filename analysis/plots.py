@@ -4,6 +4,7 @@ global backend state (safe in notebooks, threads and headless servers).
 """
 from __future__ import annotations
 
+from .conventions import compute_6nd, tokens_for_compute
 from pathlib import Path
 from typing import Sequence
 
@@ -45,7 +46,7 @@ def _compute_range(fits) -> np.ndarray:
         if d is not None and "compute" in d:
             c = d["compute"]
         elif d is not None:
-            c = 6 * d["params"] * d["tokens"]
+            c = compute_6nd(d["params"], d["tokens"])
         else:
             c = f.points_["compute"]
         lo.append(c.min())
@@ -144,10 +145,10 @@ def plot_contours(fit, out, *, formats=FORMATS) -> list[Path]:
     L = fit.predict(NN, DD)
     cs = ax.contourf(NN, DD, L, levels=np.quantile(L, np.linspace(0, 1, 15)), cmap="viridis_r")
     fig.colorbar(cs, ax=ax, label="predicted loss")
-    C = np.geomspace((6 * NN * DD).min(), (6 * NN * DD).max(), 200)
+    C = np.geomspace(compute_6nd(NN, DD).min(), compute_6nd(NN, DD).max(), 200)
     ax.plot(fit.n_opt(C), fit.d_opt(C), color="crimson", lw=2, label="compute-optimal (N_opt, D_opt)")
-    for c in np.geomspace(6 * N[0] * D[0] * 10, 6 * N[-1] * D[-1] / 10, 6):
-        ax.plot(N, c / (6 * N), color="white", lw=0.6, ls="--", alpha=0.7)
+    for c in np.geomspace(compute_6nd(N[0], D[0]) * 10, compute_6nd(N[-1], D[-1]) / 10, 6):
+        ax.plot(N, tokens_for_compute(c, N), color="white", lw=0.6, ls="--", alpha=0.7)
     ax.scatter(d.params, d.tokens, s=8, color="black", alpha=0.6, label="runs")
     ax.set_xscale("log")
     ax.set_yscale("log")

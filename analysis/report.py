@@ -4,6 +4,7 @@ and the PNG/SVG figures into one folder; the HTML references figures by relative
 """
 from __future__ import annotations
 
+from .conventions import compute_6nd
 import html
 import json
 from pathlib import Path
@@ -62,7 +63,7 @@ def _clean(results: pd.DataFrame) -> pd.DataFrame:
     ok = np.all(np.isfinite(df[cols].to_numpy(dtype=float)), axis=1) & np.all(df[cols].to_numpy(dtype=float) > 0, axis=1)
     df = df[ok].copy()
     if "compute" not in df.columns:
-        df["compute"] = 6 * df["params"] * df["tokens"]
+        df["compute"] = compute_6nd(df["params"], df["tokens"])
     return df
 
 
@@ -82,7 +83,7 @@ def _fits_for(df: pd.DataFrame, curves: pd.DataFrame | None, n_boot: int, seed: 
         if curves is not None and "run_id" in df.columns:
             c = curves.merge(df[["run_id", "params"]], on="run_id", how="inner")
             if "compute" not in c.columns:
-                c["compute"] = 6 * c["params"] * c["tokens"]
+                c["compute"] = compute_6nd(c["params"], c["tokens"])
             c = c[np.isfinite(c["loss"]) & (c["loss"] > 0) & (c["compute"] > 0)]
             fits[1] = EnvelopeFit(n_boot=n_boot, seed=seed).fit(c.run_id, c.params, c.compute, c.loss)
         else:

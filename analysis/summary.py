@@ -1,6 +1,7 @@
 """`fit_table`: one call from a results table to a fit with intervals, and its JSON summary (`medscale fit`)."""
 from __future__ import annotations
 
+from .conventions import compute_6nd, tokens_for_compute
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +121,11 @@ def fit_table(
         if compute is not None:
             C = positive(df[compute], compute)
         else:
-            C = 6 * N * D
+            C = compute_6nd(N, D)
             notes.append(f"compute derived as C = 6 N D from {params!r} and {tokens!r}")
     else:
         C = positive(df[compute], compute)
-        D = C / (6 * N)
+        D = tokens_for_compute(C, N)
         notes.append(f"tokens derived as D = C / (6 N) from {compute!r} and {params!r} (no tokens column given)")
     columns = {"params": params, "loss": loss, "tokens": tokens, "compute": compute, "budget": budget_col}
     budget = df[budget_col].to_numpy() if budget_col is not None else None
@@ -153,7 +154,7 @@ def fit_table(
 def _lobo_parametric(fit: ParametricFit, C: np.ndarray, budget, notes: list[str]) -> pd.DataFrame | None:
     if budget is not None:
         return fit.leave_one_budget_out()
-    labels, values = budget_groups(6 * fit.data_["params"].to_numpy() * fit.data_["tokens"].to_numpy())
+    labels, values = budget_groups(compute_6nd(fit.data_["params"].to_numpy(), fit.data_["tokens"].to_numpy()))
     sizes = np.bincount(labels)
     if LOBO_GROUPS[0] <= values.size <= LOBO_GROUPS[1] and sizes.min() >= 3:
         notes.append("leave-one-budget-out groups runs by compute (values within 10% are one budget)")

@@ -5,6 +5,7 @@ fits assume. Every function is seeded.
 """
 from __future__ import annotations
 
+from .conventions import compute_6nd, tokens_for_compute
 import numpy as np
 import pandas as pd
 
@@ -34,7 +35,7 @@ def _shape(N: np.ndarray) -> dict:
 def _table(N, D, L, budget, lr, seed, objective="decoder") -> pd.DataFrame:
     N = np.asarray(N, dtype=float)
     D = np.asarray(D, dtype=float)
-    C = 6 * N * D
+    C = compute_6nd(N, D)
     df = pd.DataFrame(
         {
             "run_id": [f"run{i:04d}" for i in range(N.size)],
@@ -79,7 +80,7 @@ def isoflop_table(
         centre = n_opt(C, law) * offset
         for N in np.geomspace(centre / span, centre * span, sizes):
             for i, lr in enumerate(lrs):
-                rows.append((N, C / (6 * N), C, lr, 1 + lr_penalty * i))
+                rows.append((N, tokens_for_compute(C, N), C, lr, 1 + lr_penalty * i))
     N, D, C, lr, pen = map(np.array, zip(*rows))
     L = loss(N, D, law) * pen * np.exp(rng.normal(0, noise, N.size))
     return _table(N, D, L, C, lr, seed)
@@ -120,12 +121,12 @@ def curves_table(
     sizes = np.geomspace(2e7, 2e10, 16) if sizes is None else np.asarray(sizes, dtype=float)
     results, curves = [], []
     for i, N in enumerate(sizes):
-        d_max = max_compute / (6 * N)
+        d_max = tokens_for_compute(max_compute, N)
         D = np.geomspace(d_max / 1e3, d_max, points)
         L = loss(N, D, law) * np.exp(rng.normal(0, noise, points))
         rid = f"run{i:04d}"
         curves.append(pd.DataFrame({"run_id": rid, "step": np.arange(1, points + 1), "tokens": D,
-                                    "compute": 6 * N * D, "loss": L}))
+                                    "compute": compute_6nd(N, D), "loss": L}))
         results.append((N, d_max, L[-1]))
     N, D, L = map(np.array, zip(*results))
     return _table(N, D, L, np.nan, 3e-4, seed), pd.concat(curves, ignore_index=True)
@@ -155,7 +156,7 @@ def downstream_table(
     rng = np.random.default_rng(seed)
     tasks = SATURATION_TASKS if tasks is None else tasks
     sizes = np.geomspace(1e6, 3e9, 8) if sizes is None else np.asarray(sizes, dtype=float)
-    compute = 6 * sizes * 20 * sizes
+    compute = compute_6nd(sizes, 20 * sizes)
     rows = []
     for task, (m_inf, k, gamma) in tasks.items():
         probe = saturating(sizes, m_inf, k, gamma)

@@ -22,8 +22,8 @@ from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import ParametricFit, lse_huber, synthetic  # noqa: E402
-from analysis._blas import single_threaded_blas  # noqa: E402
+from medscale.analysis import ParametricFit, lse_huber, synthetic  # noqa: E402
+from medscale.analysis._blas import single_threaded_blas  # noqa: E402
 
 
 def plain_loss(theta, logn, logd, y, delta=lse_huber.DEFAULT_DELTA):

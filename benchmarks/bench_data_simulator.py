@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow.dataset as pads  # noqa: E402
 
-from data.parquet_io import write_parquet  # noqa: E402
-from data.simulator import generate_cohort  # noqa: E402
+from medscale.data.parquet_io import write_parquet  # noqa: E402
+from medscale.data.simulator import generate_cohort  # noqa: E402
 
 
 def plain_write_seconds(meds: Path, scratch: Path) -> tuple[float, int]:

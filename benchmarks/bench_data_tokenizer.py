@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from data.simulator import generate_cohort  # noqa: E402
-from data.token_store import tokenize_dataset  # noqa: E402
+from medscale.data.simulator import generate_cohort  # noqa: E402
+from medscale.data.token_store import tokenize_dataset  # noqa: E402
 
 COLUMNS = ["subject_id", "time", "code", "numeric_value"]
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
-from scaling.flops import mfu  # noqa: E402
+from medscale.models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
+from medscale.scaling.flops import mfu  # noqa: E402
 
 LR, WD, CLIP = 1e-3, 0.1, 1.0
 
@@ -80,8 +80,8 @@ class JaxRunner:
     def __init__(self, cfg: ModelConfig, batch: dict[str, np.ndarray]):
         import optax
 
-        from models.sharding import make_mesh, shard_batch
-        from models.step import init_train_state, make_train_step
+        from medscale.models.sharding import make_mesh, shard_batch
+        from medscale.models.step import init_train_state, make_train_step
 
         tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, weight_decay=WD))
         self.mesh = make_mesh()
@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> None:
     set_xla_devices(args.devices)
     import jax
 
-    from scaling.flops import device_peak_flops, measure_matmul_peak
+    from medscale.scaling.flops import device_peak_flops, measure_matmul_peak
 
     peak_dev, source = device_peak_flops(refresh=not args.cached_peak)
     peaks = [peak_dev * jax.device_count()]
@@ -260,7 +260,7 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:
-        from scaling.runtime import keep_freed_memory
+        from medscale.scaling.runtime import keep_freed_memory
 
         if not ARGS.default_malloc:  # what medscale's runs do (scaling/runtime.py), for both
             keep_freed_memory()

@@ -25,8 +25,8 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from data.meds import read_meds
-from data.tokenizer import BIRTH_CODE, PAD, SEX_PREFIXES, Tokenizer
+from medscale.data.meds import read_meds
+from medscale.data.tokenizer import BIRTH_CODE, PAD, SEX_PREFIXES, Tokenizer
 
 PREFIX_TOKENS = 3  # BOS, SEX//x, AGE//a-b
 _EXTRA_EVENTS = 4

@@ -19,9 +19,9 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from data.meds import MedsError
-from data.token_store import TokenWindows
-from data.tokenizer import MASK, N_SPECIAL, PAD
+from medscale.data.meds import MedsError
+from medscale.data.token_store import TokenWindows
+from medscale.data.tokenizer import MASK, N_SPECIAL, PAD
 
 OBJECTIVES = ("next_event", "masked_event")
 _MASK_STREAM = 0x6D61736B  # separates the masking generator from any other use of (seed, step)

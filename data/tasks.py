@@ -217,7 +217,7 @@ def _check_no_leak(task: Task) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def _shard_files(meds_root) -> list[Path]:
-    from data.meds import read_meds  # noqa: PLC0415
+    from medscale.data.meds import read_meds  # noqa: PLC0415
 
     return [s.path for s in read_meds(meds_root).shards]
 
@@ -272,7 +272,7 @@ def _window_sums(rows: pl.DataFrame, task: Task, shards: list[Path]) -> np.ndarr
 
 
 def _ground_truth(meds_root, task: Task) -> pl.DataFrame:
-    from data.ground_truth import read_ground_truth  # noqa: PLC0415
+    from medscale.data.simulator.ground_truth import read_ground_truth  # noqa: PLC0415
 
     truth = read_ground_truth(meds_root, outcome=task.ground_truth)
     if task.target_code is not None:
@@ -289,7 +289,7 @@ def extract_labels(meds_root, task: Task | str, *, use_ground_truth: bool = True
     Columns: subject_id, prediction_time, boolean_value (bool, binary tasks; None otherwise), float_value
     (regression; NaN otherwise), split, truth (NaN without ground truth). Sorted by subject and time.
     """
-    from data.meds import read_meds  # noqa: PLC0415
+    from medscale.data.meds import read_meds  # noqa: PLC0415
 
     task = load_task(task) if isinstance(task, str) else task
     if task.parts:

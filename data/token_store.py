@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.meds import SPLITS, MedsError, read_meds
-from data.parquet_io import _fsync_rename, write_json, write_parquet
-from data.tokenizer import Tokenizer, TokenizerConfig, _CodeCounter
+from medscale.data.meds import SPLITS, MedsError, read_meds
+from medscale.atomic import commit, temporary_path, write_json
+from medscale.data.parquet_io import write_parquet
+from medscale.data.tokenizer import Tokenizer, TokenizerConfig, _CodeCounter
 
 NPY_HEADER_BYTES = 128
 Progress = Callable[[int, int], None]
@@ -44,7 +45,7 @@ class _StreamWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp = temporary_path(path)
         self.f = open(self.tmp, "wb")
         self.f.write(_npy_header(0))
         self.n = 0
@@ -57,7 +58,7 @@ class _StreamWriter:
         self.f.seek(0)
         self.f.write(_npy_header(self.n))
         self.f.close()
-        _fsync_rename(self.tmp, self.path)
+        commit(self.tmp, self.path)
 
 
 def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -150,10 +151,9 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
     results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[0], job[1], COLUMNS, job[2])),
                           with_tables(), workers)
     stats = _write_splits(out, jobs, results, progress, total)
-    write_json({"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
+    write_json(out / "manifest.json", {"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
                 "config": asdict(tokenizer.config), "meds_dir": str(Path(meds_dir).resolve()),
-                "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges)},
-               out / "manifest.json")
+                "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges)})
     return out
 
 

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.parquet_io import write_json
+from medscale.atomic import write_json
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]"]
@@ -144,9 +144,9 @@ class Tokenizer:
     # ----- persistence -----------------------------------------------------------------------------
     def save(self, folder) -> Path:
         folder = Path(folder)
-        write_json({"format_version": FORMAT_VERSION, "config": asdict(self.config), "vocab": self.vocab,
+        write_json(folder / "tokenizer.json", {"format_version": FORMAT_VERSION, "config": asdict(self.config), "vocab": self.vocab,
                     "codes": self.codes, "value_edges": self.value_edges, "code_counts": self.code_counts,
-                    "descriptions": self.descriptions}, folder / "tokenizer.json")
+                    "descriptions": self.descriptions})
         return folder
 
     @classmethod

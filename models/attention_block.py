@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.projection import materialised_transpose
+from medscale.models.projection import materialised_transpose
 
 
 def _probs(q_BxHxQxK, k_BxHxSxK, mask_Bx1xQxS):

@@ -158,3 +158,44 @@ def shape_for_params(target_non_embedding: float, *, vocab_size: int, max_len: i
                 break
     assert best is not None
     return best.validate()
+
+
+def shape_for_total_params(target_total: float, *, vocab_size: int, max_len: int, causal: bool = True) -> ModelConfig:
+    """`shape_for_params`'s rule, aimed at a total (embedding-inclusive) parameter target."""
+    if not target_total > 0:
+        raise ShapeError(f"target_total must be > 0, got {target_total}")
+    best, lo, hi = None, 1.0, float(target_total)
+    for _ in range(48):
+        mid = math.sqrt(lo * hi)
+        cfg = shape_for_params(mid, vocab_size=vocab_size, max_len=max_len, causal=causal)
+        total = param_counts(cfg).total
+        if best is None or abs(math.log(total / target_total)) < abs(math.log(param_counts(best).total / target_total)):
+            best = cfg
+        lo, hi = (mid, hi) if total < target_total else (lo, mid)
+        if hi / lo < 1.001:
+            break
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters N counts: the one place this convention is decided
+# ---------------------------------------------------------------------------------------------
+
+PARAM_CONVENTIONS = ("non_embedding", "total")
+
+
+def counted_params(cfg: ModelConfig, convention: str | None) -> int:
+    """N under a run's convention: `non_embedding` (Kaplan et al. 2020, the default) or `total`
+    (Chinchilla: embeddings and output head included)."""
+    convention = convention or "non_embedding"
+    if convention not in PARAM_CONVENTIONS:
+        raise ShapeError(f"parameter-count convention {convention!r}: choose one of {PARAM_CONVENTIONS}")
+    counts = param_counts(cfg)
+    return counts.total if convention == "total" else counts.non_embedding
+
+
+def shape_for(target: float, convention: str | None, *, vocab_size: int, max_len: int,
+              causal: bool = True) -> ModelConfig:
+    """The shape whose N, counted under `convention`, lands near `target`."""
+    rule = shape_for_total_params if (convention or "non_embedding") == "total" else shape_for_params
+    return rule(target, vocab_size=vocab_size, max_len=max_len, causal=causal)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.transformer import Transformer, rope_tables
+from medscale.models.transformer import Transformer, rope_tables
 
 
 def _valid_mask(lengths_B: jax.Array, L: int) -> jax.Array:

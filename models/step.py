@@ -21,9 +21,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from models.config import ModelConfig
-from models.sharding import batch_sharding, param_shardings, replicated, shard_batch
-from models.transformer import Transformer
+from medscale.models.config import ModelConfig
+from medscale.models.sharding import batch_sharding, param_shardings, replicated, shard_batch
+from medscale.models.transformer import Transformer
 
 TrainState = dict[str, Any]
 Batch = Mapping[str, Any]

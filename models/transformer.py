@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention_block import attend_block
-from models.config import ModelConfig
-from models.projection import project
-from models.sharding import constrain
+from medscale.models.attention_block import attend_block
+from medscale.models.config import ModelConfig
+from medscale.models.projection import project
+from medscale.models.sharding import constrain
 
 ROPE_BASE = 10_000.0
 QUERY_BLOCK = 128

@@ -6,6 +6,7 @@ message and exits with status 2; it never shows a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -15,21 +16,21 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
-from scaling.errors import UserError
+from medscale.scaling.errors import UserError
+from medscale.scaling.pipeline import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="medscale: scaling-law studies for medical event foundation models.")
 console = Console(stderr=True)
 out = Console()
-DRY_RUN_VOCAB = 4096
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from analysis.errors import AnalysisError
-    from data.meds import MedsError
-    from data.tasks import TaskError
-    from models.config import ShapeError
-    from scaling.spec import SpecError
+    from medscale.analysis.errors import AnalysisError
+    from medscale.data.meds import MedsError
+    from medscale.data.tasks import TaskError
+    from medscale.models.config import ShapeError
+    from medscale.scaling.spec import SpecError
 
     return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError)
 
@@ -53,15 +54,38 @@ def _progress_bar(description: str):
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
-def _staged_progress(progress) -> Callable[[str, int, int], None]:
-    tasks: dict[str, int] = {}
+class RichReporter(Reporter):
+    """The pipeline's progress as rich progress bars and live sweep lines (one line per change in logs)."""
 
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total)
-        progress.update(tasks[stage], completed=done, total=total)
+    def say(self, message: str) -> None:
+        out.print(message, highlight=False)
 
-    return update
+    @contextlib.contextmanager
+    def stages(self, label: str):
+        with _progress_bar(label) as progress:
+            tasks: dict[str, int] = {}
+
+            def update(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            yield update
+
+    @contextlib.contextmanager
+    def sweep(self, name: str):
+        from rich.live import Live
+
+        last: list[tuple] = [()]
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            def show(p):
+                if console.is_terminal:
+                    live.update(f"[bold]sweep {name}[/]: {p.line()}")
+                elif (p.done, p.running, p.failed, p.diverged) != last[0]:  # logs: one line per change
+                    last[0] = (p.done, p.running, p.failed, p.diverged)
+                    console.print(f"sweep {name}: {p.line()}", highlight=False)
+
+            yield show
 
 
 @app.command()
@@ -74,7 +98,7 @@ def generate(
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
 ) -> None:
     """Simulate a synthetic MEDS cohort with known ground-truth outcome probabilities."""
-    from data.simulator import generate_cohort
+    from medscale.data.simulator import generate_cohort
 
     t = time.time()
     with _progress_bar("generate") as progress:
@@ -94,8 +118,8 @@ def tokenize(
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
 ) -> None:
     """Validate a MEDS dataset, fit the tokenizer on its train split and write token shards."""
-    from data.token_store import tokenize_dataset
-    from data.tokenizer import TokenizerConfig
+    from medscale.data.token_store import tokenize_dataset
+    from medscale.data.tokenizer import TokenizerConfig
 
     t = time.time()
     with _progress_bar("tokenize") as progress:
@@ -107,26 +131,6 @@ def tokenize(
     out.print(f"vocabulary {manifest['vocab_size']:,} tokens; wrote {path} in {time.time() - t:.1f}s")
 
 
-def _load_spec_and_data(spec_path: Path, out_dir: Path):
-    """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly)."""
-    from scaling.dataset import prepare_dataset
-    from scaling.spec import expand, load_spec
-
-    spec = load_spec(spec_path)
-    if spec.model.param_count == "non_embedding":  # the grid does not depend on the vocabulary: check it now
-        expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(spec_path))
-    with _progress_bar("dataset") as progress:
-        prepared = prepare_dataset(spec, out_dir, progress=_staged_progress(progress))
-    return spec, prepared
-
-
-def _expand_over(spec, prepared, source: Path) -> list[dict]:
-    from scaling.spec import expand
-
-    return expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
-                  dataset_id=prepared.dataset_id, source=str(source))
-
-
 @app.command()
 @user_errors
 def train(
@@ -135,74 +139,32 @@ def train(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="CPU cores to pin this run to (default: the spec's resources.cpus)."),
 ) -> None:
     """Train (or resume) one run in this process."""
-    from scaling.store import RunStore
+    from medscale.scaling.pipeline import train_one
 
-    spec, prepared = _load_spec_and_data(config, out_dir)
-    runs = _expand_over(spec, prepared, config)
-    if len(runs) != 1:
-        raise UserError(f"{config}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
-                        f"Use `medscale sweep {config}` for a grid.")
-    store = RunStore(out_dir)
-    run = store.ensure(runs[0])
-    started = time.time()
-    from scaling.runtime import configure_process
-
-    n_cpus = cpus or spec.resources.cpus
-    configure_process(cores=n_cpus, host_devices=spec.resources.host_devices or n_cpus,
-                      cache_dir=store.root / ".jax_cache")
-    from scaling.train import execute_run
-
-    console.print(f"run {run.run_id} -> {run.path}")
-    state = execute_run(run, log=lambda msg: console.print(f"  {msg}", highlight=False), process_started=started)
-    store.write_results()
+    run, state = train_one(config, out_dir, cpus=cpus, log=lambda msg: console.print(f"  {msg}", highlight=False),
+                           reporter=RichReporter())
     if state == "leased":
         raise UserError(f"run {run.run_id} is being trained by another live process ({run.lease_info()}); not starting it twice")
     metrics = run.metrics() or {}
     out.print(json.dumps({"run_id": run.run_id, "state": state, **{k: metrics.get(k) for k in (
-        "loss", "params", "tokens", "flops_6nd", "flops_full", "tokens_per_sec", "mfu")}}, indent=2))
+        "loss", "params", "tokens", "compute", "flops_full", "tokens_per_sec", "mfu")}}, indent=2))
     if state == "diverged":
         raise typer.Exit(code=3)
 
 
-def _measured_efficiency(out_dir: Path) -> tuple[float, str]:
-    """Median MFU of the finished runs already in the store, else an assumption (said so)."""
-    import statistics
-
-    from scaling.store import RunStore
-
-    mfus = [m["mfu"] for r in RunStore(out_dir).runs() if (m := r.metrics()) and m.get("mfu")]
-    if mfus:
-        return statistics.median(mfus), f"median MFU of {len(mfus)} finished runs"
-    return 0.10, "assumed MFU (no finished runs yet)"
-
-
-def _plan_table(runs: list[dict], out_dir: Path):
+def _plan_table(plan):
     from rich.table import Table
 
-    from models.config import ModelConfig, param_counts
-    from scaling.flops import device_peak_flops, flops_per_token
-
-    peak, source = device_peak_flops()
-    efficiency, how = _measured_efficiency(out_dir)
-    table = Table(title=f"expanded plan: {len(runs)} runs; time at {efficiency:.1%} ({how}) of the peak "
-                        f"{peak / 1e9:.1f} GFLOP/s ({source})")
+    table = Table(title=f"expanded plan: {len(plan.rows)} runs; time at {plan.efficiency:.1%} ({plan.efficiency_source}) "
+                        f"of the peak {plan.peak_flops / 1e9:.1f} GFLOP/s ({plan.peak_source})")
     for col in ("run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
                 "FLOPs full", "lr", "est. time"):
         table.add_column(col, justify="right")
-    from scaling.store import config_hash
-
-    total_s = 0.0
-    for r in runs:
-        cfg = ModelConfig.from_dict(r["model"])
-        fl = flops_per_token(cfg, r["data"]["seq_len"])
-        tokens = r["train"]["tokens"]
-        est = fl.full * tokens / (peak * efficiency)
-        total_s += est
-        table.add_row(config_hash(r), f"{r['budget']:.3g}" if r["budget"] else "-",
-                      f"{cfg.d_model} x {cfg.n_layers} ({cfg.n_heads})", f"{param_counts(cfg).non_embedding:,}",
-                      f"{tokens:,}", f"{r['train']['steps']:,}", f"{fl.six_n * tokens:.3g}", f"{fl.full * tokens:.3g}",
-                      f"{r['train']['lr']:.2e}", f"{est:.0f}s")
-    return table, total_s
+    for r in plan.rows:
+        table.add_row(r["run"], f"{r['budget']:.3g}" if r["budget"] else "-", r["shape"], f"{r['params_non_embedding']:,}",
+                      f"{r['tokens']:,}", f"{r['steps']:,}", f"{r['flops_6nd']:.3g}", f"{r['flops_full']:.3g}",
+                      f"{r['lr']:.2e}", f"{r['est_s']:.0f}s")
+    return table
 
 
 @app.command()
@@ -216,77 +178,20 @@ def sweep(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Give runs that used up their retries another go."),
 ) -> None:
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
-    from scaling.spec import expand, load_spec
+    from medscale.scaling.pipeline import estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep
 
+    reporter = RichReporter()
     if dry_run:
-        from scaling.spec import dataset_id
-
-        spec = load_spec(spec_path)
-        ds_id = dataset_id(spec)
-        manifest = Path(out_dir) / "datasets" / ds_id / "tokens" / "manifest.json"
-        if manifest.exists() or spec.model.param_count == "non_embedding":
-            vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else DRY_RUN_VOCAB
-            if not manifest.exists():
-                console.print(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
-            runs = expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id, source=str(spec_path))
-        else:  # total parameter counts depend on the vocabulary: prepare the dataset (reused by the launch)
-            console.print("model.param_count is total: preparing the dataset to know its vocabulary")
-            spec, prepared = _load_spec_and_data(spec_path, out_dir)
-            runs = _expand_over(spec, prepared, spec_path)
-    else:
-        spec, prepared = _load_spec_and_data(spec_path, out_dir)
-        runs = _expand_over(spec, prepared, spec_path)
-    if dry_run:
-        table, total_s = _plan_table(runs, out_dir)
-        out.print(table)
-        out.print(f"estimated total: {total_s / 60:.1f} device-minutes of training on this machine's "
+        spec, runs = plan_sweep(spec_path, out_dir, reporter)
+        plan = estimate_plan(runs, out_dir)
+        out.print(_plan_table(plan))
+        out.print(f"estimated total: {plan.total_s / 60:.1f} device-minutes of training on this machine's "
                   f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return
-    launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed)
-
-
-def launch_sweep(spec, runs: list[dict], out_dir: Path, *, address=None, max_concurrent=None, retry_failed=False):
-    from rich.live import Live
-
-    from scaling.atomic import write_yaml
-    from scaling.scheduler import run_sweep
-    from scaling.store import RunStore
-
-    store = RunStore(out_dir)
-    write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
-    run_dirs = [store.ensure(r) for r in runs]
-    if retry_failed:
-        for run in run_dirs:
-            if run.state() == "failed":
-                run.set_status("failed", attempts=0)
-    last: list[tuple] = [()]
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        def show(p):
-            if console.is_terminal:
-                live.update(f"[bold]sweep {spec.name}[/]: {p.line()}")
-            elif (p.done, p.running, p.failed, p.diverged) != last[0]:  # logs: one line per change
-                last[0] = (p.done, p.running, p.failed, p.diverged)
-                console.print(f"sweep {spec.name}: {p.line()}", highlight=False)
-
-        results = run_sweep(store, run_dirs, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
-                            tpus=spec.resources.tpus, host_devices=spec.resources.host_devices,
-                            retries=spec.retries, address=address, max_concurrent=max_concurrent, on_progress=show)
-    mine = results[results["sweep"] == spec.name] if len(results) else results
-    counts = mine["status"].value_counts().to_dict() if len(mine) else {}
-    out.print(f"sweep {spec.name}: {counts}; results in {store.root / 'results.parquet'}")
-    if spec.downstream is not None and len(mine):
-        run_downstream(store.root, spec.downstream, runs=list(mine.loc[mine["status"] == "done", "run_id"]))
-    return mine
-
-
-def run_downstream(store_root: Path, downstream_spec, runs: list[str] | None = None):
-    """Evaluate the store's finished runs on downstream tasks, with a progress bar; returns the table."""
-    from scaling.downstream import evaluate_store
-
-    with _progress_bar("downstream") as progress:
-        table = evaluate_store(store_root, downstream_spec, runs=runs, progress=_staged_progress(progress))
-    out.print(f"downstream results: {len(table)} rows in {store_root / 'downstream.csv'}")
-    return table
+    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter)
+    runs = expand_over(spec, prepared, spec_path)
+    launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed,
+                 reporter=reporter)
 
 
 @app.command()
@@ -304,8 +209,8 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
     """Fit a scaling law to any table of runs."""
-    from analysis import fit_table
-    from analysis.errors import AnalysisError
+    from medscale.analysis import fit_table
+    from medscale.analysis.errors import AnalysisError
 
     if tokens is None and compute is None:
         raise UserError("give --tokens COL, --compute COL, or both")
@@ -339,17 +244,9 @@ def analyze(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Fit a sweep's results, plot them and write an HTML report."""
-    from analysis.report import write_report
-    from scaling.optimal import load_results
+    from medscale.scaling.pipeline import analyze_store
 
-    from scaling.downstream import read_downstream, saturation_input
-
-    results, curves = load_results(runs_dir)
-    table = read_downstream(runs_dir)
-    downstream = saturation_input(table) if len(table) else None
-    at = budget or 10 * float(results.loc[results["status"] == "done", "compute"].max())
-    index = write_report(report_dir or runs_dir / "report", results=results, curves=curves, downstream=downstream,
-                         budget=at, max_tokens=max_tokens, n_boot=n_boot)
+    index = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot)
     out.print(f"report: {index}")
 
 
@@ -366,8 +263,9 @@ def optimal(
     """Compute-optimal model size and tokens for a budget, with intervals, a shape and a run spec."""
     import yaml
 
-    from scaling.atomic import write_yaml
-    from scaling.optimal import load_results, recommend, run_spec
+    from medscale.atomic import write_yaml
+    from medscale.scaling.recommend import recommend, run_spec
+    from medscale.scaling.results import load_results
 
     results, _ = load_results(runs_dir)
     rec = recommend(results, compute, objective=objective, max_tokens=max_tokens, n_boot=n_boot)
@@ -406,76 +304,17 @@ def demo(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """The whole study on the synthetic cohort: sweeps, downstream tasks, fits, report, recommendation."""
-    from scaling.dataset import prepare_dataset
-    from scaling.demo import PRESETS, Stage, StageClock, spec_path
-    from scaling.scheduler import _init_ray
-    from scaling.spec import expand, load_spec
+    from medscale.scaling.demo import run_demo
 
-    if size not in PRESETS:
-        raise UserError(f"--size {size!r}: choose one of {', '.join(PRESETS)}")
-    decoder_name, encoder_name, downstream_name = PRESETS[size]
-    stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6), Stage("encoder ladder", 2),
-              Stage("downstream tasks", 2), Stage("fits and report", 1)]
-    clock = StageClock(stages, say=lambda msg: console.print(f"[bold cyan]{msg}[/]", highlight=False))
-    t0 = time.time()
-
-    clock.start("prepare cohort and tokens")
-    decoder_path, encoder_path = spec_path(decoder_name), spec_path(encoder_name)
-    decoder_spec, prepared = _load_spec_and_data(decoder_path, out_dir)
-    encoder_spec = load_spec(encoder_path)
-    expand(encoder_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(encoder_path))
-    clock.finish("prepare cohort and tokens")
-    started_ray = _init_ray(address, None)
-    try:
-        for stage, spec, path in (("decoder IsoFLOP sweep", decoder_spec, decoder_path),
-                                  ("encoder ladder", encoder_spec, encoder_path)):
-            clock.start(stage)
-            data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
-            runs = _expand_over(spec, data, path)
-            launch_sweep(spec, runs, out_dir, address=address)
-            clock.finish(stage)
-        clock.start("downstream tasks")
-        downstream = _demo_downstream(out_dir, downstream_name)
-        clock.finish("downstream tasks")
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-
-    clock.start("fits and report")
-    from analysis.report import write_report
-    from scaling.optimal import load_results, recommend
-
-    results, curves = load_results(out_dir)
-    at = budget or 10 * float(results.loc[results["status"] == "done", "compute"].max())
-    index = write_report(out_dir / "report", results=results, curves=curves, downstream=downstream, budget=at,
-                         n_boot=n_boot, title=f"medscale demo ({size})")
-    rec = recommend(results, at, objective="decoder", n_boot=n_boot)
-    clock.finish("fits and report")
-    fit_json = json.loads(rec["fit"].to_json())
+    result = run_demo(out_dir, size=size, address=address, budget=budget, n_boot=n_boot, reporter=RichReporter(),
+                      say=lambda msg: console.print(f"[bold cyan]{msg}[/]", highlight=False))
+    fit_json = json.loads(result.recommendation["fit"].to_json())
     out.print("decoder L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
         f"{k} = {fit_json[k]['value']:.3g} [{fit_json[k]['interval'][0]:.3g}, {fit_json[k]['interval'][1]:.3g}]"
         for k in ("E", "alpha", "beta", "a", "b")))
-    print_recommendation(rec, at)
-    out.print(f"report: {index}")
-    out.print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
-
-
-def _demo_downstream(out_dir: Path, spec_name: str):
-    """Downstream evaluation of every finished run of the demo, in the report's format."""
-    from scaling.demo import spec_path
-    from scaling.downstream import load_downstream_spec, saturation_input
-
-    from scaling.optimal import load_results
-
-    results, _ = load_results(out_dir)
-    done = results[results["status"] == "done"]
-    # one model per size: the encoder ladder, and the decoders of the largest IsoFLOP budget
-    decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]
-    runs = list(decoders["run_id"]) + list(done.loc[done["objective"] == "encoder", "run_id"])
-    table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)), runs=runs)
-    return saturation_input(table) if len(table) else None
+    print_recommendation(result.recommendation, result.budget)
+    out.print(f"report: {result.report}")
+    out.print(f"demo finished in {result.minutes:.1f} min")
 
 
 @app.command()
@@ -486,7 +325,8 @@ def downstream(
     run_ids: Optional[list[str]] = typer.Option(None, "--run", help="Evaluate only these run ids (repeatable)."),
 ) -> None:
     """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling)."""
-    from scaling.downstream import load_downstream_spec
+    from medscale.scaling.downstream import load_downstream_spec
+    from medscale.scaling.pipeline import run_downstream
 
     if not spec_file.exists():
         raise UserError(f"{spec_file}: no such downstream spec")
@@ -494,11 +334,11 @@ def downstream(
         spec = load_downstream_spec(spec_file)
     except ValueError as err:
         raise UserError(f"{spec_file}: {err}") from None
-    run_downstream(runs_dir, spec, runs=run_ids or None)
+    run_downstream(runs_dir, spec, runs=run_ids or None, reporter=RichReporter())
 
 
 def main() -> None:
-    from scaling.runtime import keep_freed_memory
+    from medscale.scaling.runtime import keep_freed_memory
 
     # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
     keep_freed_memory()

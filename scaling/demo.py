@@ -2,16 +2,19 @@
 
     cohort -> tokens -> decoder IsoFLOP sweep -> encoder ladder -> downstream tasks -> fits -> report
 
-Each stage is the same code path a user runs by hand (`medscale sweep`, `medscale analyze`, ...);
-the presets only choose the specs in experiments/. Everything lands in one run store, so rerunning
-the demo after an interruption resumes it.
+Each stage is the same library call a user makes by hand (medscale.scaling.pipeline, behind `medscale
+sweep`, `medscale downstream`, `medscale analyze`); the presets only choose the specs in experiments/.
+Everything lands in one run store, so rerunning the demo after an interruption resumes it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+from medscale.scaling.errors import UserError
+from medscale.scaling.pipeline import Reporter
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -66,5 +69,84 @@ class StageClock:
 def spec_path(name: str) -> Path:
     path = EXPERIMENTS / name
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the demo's spec is missing; run from a medscale checkout")
+        raise UserError(f"{path}: the demo's spec is missing; run from a medscale checkout")
     return path
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    budget: float
+    recommendation: dict[str, Any]
+    minutes: float
+
+
+def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = None, budget: float | None = None,
+             n_boot: int = 200, reporter: Reporter | None = None,
+             say: Callable[[str], None] | None = None) -> DemoResult:
+    """The whole demo study; rerun after an interruption to resume it."""
+    from medscale.analysis.report import write_report
+    from medscale.scaling.dataset import prepare_dataset
+    from medscale.scaling.pipeline import default_budget, expand_over, launch_sweep, load_spec_and_data
+    from medscale.scaling.recommend import recommend
+    from medscale.scaling.results import load_results
+    from medscale.scaling.scheduler import _init_ray
+    from medscale.scaling.spec import expand, load_spec
+
+    if size not in PRESETS:
+        raise UserError(f"--size {size!r}: choose one of {', '.join(PRESETS)}")
+    out_dir = Path(out_dir)
+    reporter = reporter or Reporter()
+    decoder_name, encoder_name, downstream_name = PRESETS[size]
+    stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6), Stage("encoder ladder", 2),
+              Stage("downstream tasks", 2), Stage("fits and report", 1)]
+    clock = StageClock(stages, say=say or reporter.say)
+    t0 = time.time()
+
+    clock.start("prepare cohort and tokens")
+    decoder_path, encoder_path = spec_path(decoder_name), spec_path(encoder_name)
+    decoder_spec, prepared = load_spec_and_data(decoder_path, out_dir, reporter)
+    encoder_spec = load_spec(encoder_path)
+    expand(encoder_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(encoder_path))
+    clock.finish("prepare cohort and tokens")
+    started_ray = _init_ray(address, None)
+    try:
+        for stage, spec, path in (("decoder IsoFLOP sweep", decoder_spec, decoder_path),
+                                  ("encoder ladder", encoder_spec, encoder_path)):
+            clock.start(stage)
+            data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
+            launch_sweep(spec, expand_over(spec, data, path), out_dir, address=address, reporter=reporter)
+            clock.finish(stage)
+        clock.start("downstream tasks")
+        downstream = _downstream(out_dir, downstream_name, reporter)
+        clock.finish("downstream tasks")
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    clock.start("fits and report")
+    results, curves = load_results(out_dir)
+    at = budget or default_budget(results)
+    index = write_report(out_dir / "report", results=results, curves=curves, downstream=downstream, budget=at,
+                         n_boot=n_boot, title=f"medscale demo ({size})")
+    rec = recommend(results, at, objective="decoder", n_boot=n_boot)
+    clock.finish("fits and report")
+    return DemoResult(index, at, rec, (time.time() - t0) / 60)
+
+
+def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
+    """Downstream evaluation of the demo's models, in the report's format: one model per size (the
+    encoder ladder, and the decoders of the largest IsoFLOP budget)."""
+    from medscale.scaling.downstream import load_downstream_spec
+    from medscale.scaling.downstream.evaluate import saturation_input
+    from medscale.scaling.pipeline import run_downstream
+    from medscale.scaling.results import load_results
+
+    results, _ = load_results(out_dir)
+    done = results[results["status"] == "done"]
+    decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]
+    runs = list(decoders["run_id"]) + list(done.loc[done["objective"] == "encoder", "run_id"])
+    table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)), runs=runs, reporter=reporter)
+    return saturation_input(table) if len(table) else None

@@ -2,8 +2,9 @@
 
 Convention (training FLOPs per token, a multiply-add = 2 FLOPs, backward = 2 x forward):
 
-    six_n = 6 N,  N = non-embedding parameters (models.config.param_counts; Kaplan et al. 2020).
-            This is the C = 6ND used for scaling-law fits.
+    six_n = 6 N,  N = the parameters the run counts (medscale.models.config.counted_params:
+            non-embedding by default, Kaplan et al. 2020; or total). This is the C = 6ND
+            (medscale.analysis.conventions) used for IsoFLOP budgets and scaling-law fits.
     full  = 3 x forward, forward = 2 W + 2 D V + 4 n_layers (H K) ctx, where
             W      = n_layers (3 D H K + H K D + 3 D F): the weights of all matmuls in the blocks;
             2 D V  = the output head;
@@ -29,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from models.config import ModelConfig, param_counts
+from medscale.analysis.conventions import FLOPS_PER_PARAM_TOKEN
+from medscale.atomic import write_json
+from medscale.models.config import ModelConfig, counted_params
 
 
 class FlopCount(NamedTuple):
@@ -37,14 +40,14 @@ class FlopCount(NamedTuple):
     full: float
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> FlopCount:
+def flops_per_token(cfg: ModelConfig, seq_len: int, param_count: str | None = None) -> FlopCount:
     """Training FLOPs per token (forward + backward) at this window length; see module docstring."""
     cfg.validate(seq_len=seq_len)
     d, hk = cfg.d_model, cfg.n_heads * cfg.head_dim
     w = cfg.n_layers * (3 * d * hk + hk * d + 3 * d * cfg.d_ff)
     ctx = (seq_len + 1) / 2 if cfg.causal else seq_len
     forward = 2 * w + 2 * d * cfg.vocab_size + 4 * cfg.n_layers * hk * ctx
-    return FlopCount(six_n=6.0 * param_counts(cfg).non_embedding, full=3.0 * forward)
+    return FlopCount(six_n=float(FLOPS_PER_PARAM_TOKEN * counted_params(cfg, param_count)), full=3.0 * forward)
 
 
 def mfu(tokens_per_s: float, cfg: ModelConfig, seq_len: int, peak: float) -> float:
@@ -153,9 +156,6 @@ def device_peak_flops(device: Any = None, *, refresh: bool = False) -> tuple[flo
         total = measure_matmul_peak(dtype)
         cache[key] = {"flops_per_s_per_device": total / n, "total_flops_per_s": total,
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_json(path, cache)
     entry = cache[key]
     return entry["flops_per_s_per_device"], f"measured {dtype} matmul, cached {entry['measured_at']} ({key})"

@@ -17,8 +17,8 @@ from typing import Callable
 
 import pandas as pd
 
-from scaling.runtime import malloc_env
-from scaling.store import FINAL_STATES, RunDir, RunStore
+from medscale.scaling.runtime import malloc_env
+from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
 
 STALE_AFTER_S = 60.0
 
@@ -52,18 +52,18 @@ def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str
     """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
     XLA host-device flag take effect before JAX is imported."""
     started = time.time()
-    from scaling.runtime import configure_process
+    from medscale.scaling.runtime import configure_process
 
     configure_process(cores=None if on_accelerator else cpus,
                       host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=cache_dir)
-    from scaling.train import execute_run
+    from medscale.scaling.train import execute_run
 
     return execute_run(RunDir(Path(run_path)), stale_after=stale_after, process_started=started)
 
 
 def run_flops(run: RunDir) -> float:
-    from models.config import ModelConfig
-    from scaling.flops import flops_per_token
+    from medscale.models.config import ModelConfig
+    from medscale.scaling.flops import flops_per_token
 
     cfg = run.config()
     return flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full * cfg["train"]["tokens"]

@@ -27,10 +27,12 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.config import ModelConfig, ShapeError, d_ff_for, param_counts, shape_for_params
-from scaling.downstream import DownstreamSpec
-from scaling.store import config_hash
-from scaling.train import steps_for_tokens
+from medscale.analysis.conventions import tokens_for_compute
+from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
+from medscale.scaling.downstream.spec import DownstreamSpec
+from medscale.scaling.steps import identity_hash
+from medscale.scaling.store import config_hash
+from medscale.scaling.train import steps_for_tokens
 
 MIN_STEPS = 10
 _SUFFIX = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "b": 1e9, "B": 1e9, "g": 1e9, "G": 1e9, "t": 1e12, "T": 1e12}
@@ -256,10 +258,8 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
             d_ff = entry.d_ff or d_ff_for(entry.d_model)
             cfg = ModelConfig(vocab_size=vocab_size, d_model=entry.d_model, n_layers=entry.n_layers,
                               n_heads=entry.n_heads, d_ff=d_ff, max_len=max_len, causal=causal)
-        elif spec.model.param_count == "total":
-            cfg = shape_for_total_params(entry, vocab_size=vocab_size, max_len=max_len, causal=causal)
         else:
-            cfg = shape_for_params(int(entry), vocab_size=vocab_size, max_len=max_len, causal=causal)
+            cfg = shape_for(entry, spec.model.param_count, vocab_size=vocab_size, max_len=max_len, causal=causal)
         cfg.validate()
     except ShapeError as err:
         raise SpecError(f"{source}: {key}: {err}") from None
@@ -267,26 +267,6 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
         raise SpecError(f"{source}: model.seq_len: {spec.model.seq_len} is longer than model.max_len {cfg.max_len}; "
                         "raise max_len or shorten seq_len")
     return cfg
-
-
-def counted_params(cfg: ModelConfig, convention: str) -> int:
-    counts = param_counts(cfg)
-    return counts.total if convention == "total" else counts.non_embedding
-
-
-def shape_for_total_params(target: float, *, vocab_size: int, max_len: int, causal: bool) -> ModelConfig:
-    """The shape rule of models/config.py, aimed at a total (embedding-inclusive) parameter target."""
-    best, lo, hi = None, 1.0, float(target)
-    for _ in range(48):
-        mid = math.sqrt(lo * hi)
-        cfg = shape_for_params(mid, vocab_size=vocab_size, max_len=max_len, causal=causal)
-        total = param_counts(cfg).total
-        if best is None or abs(math.log(total / target)) < abs(math.log(param_counts(best).total / target)):
-            best = cfg
-        lo, hi = (mid, hi) if total < target else (lo, mid)
-        if hi / lo < 1.001:
-            break
-    return best
 
 
 def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
@@ -302,7 +282,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
         for c in spec.grid.compute:
             for i, p in enumerate(spec.grid.params):
                 cfg = _shape(spec, p, vocab_size, source, f"grid.params[{i}]")
-                tokens = c / (6 * counted_params(cfg, spec.model.param_count))
+                tokens = tokens_for_compute(c, counted_params(cfg, spec.model.param_count))
                 points.append((cfg, tokens, c))
     runs = []
     for cfg, tokens, budget in points:
@@ -345,4 +325,9 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
 
 
 def dataset_id(spec: SweepSpec) -> str:
-    return config_hash({"dataset": spec.dataset.identity(), "format": 1})
+    """The hash of the fields that define a prepared dataset (its folder is `<kind>-<dataset_id>`)."""
+    return identity_hash({"dataset": spec.dataset.identity(), "format": 1})
+
+
+def dataset_kind(spec: SweepSpec) -> str:
+    return "simulator" if spec.dataset.simulator is not None else "meds"

@@ -18,9 +18,9 @@ from typing import Callable
 
 import pandas as pd
 
-from scaling.atomic import write_json, write_with
-from scaling.flops import device_peak_flops, flops_per_token, mfu
-from scaling.store import LeaseHeld, RunDir
+from medscale.atomic import write_json, write_with
+from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
+from medscale.scaling.store import LeaseHeld, RunDir
 
 OBJECTIVE_TO_LOADER = {"decoder": "next_event", "encoder": "masked_event"}
 
@@ -39,7 +39,7 @@ def make_optimizer(train: dict, total_steps: int):
     """(optax transformation, host-side learning-rate function of the step)."""
     import numpy as np
 
-    from scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
+    from medscale.scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
 
     warmup = int(train.get("warmup_steps", max(1, round(0.05 * total_steps))))
     warmup = min(warmup, max(1, total_steps - 1))
@@ -73,10 +73,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     import jax
     import orbax.checkpoint as ocp
 
-    from data.loader import eval_batches, train_batches
-    from models.config import ModelConfig, param_counts
-    from models.sharding import make_mesh, shard_batch
-    from models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
+    from medscale.data.loader import eval_batches, train_batches
+    from medscale.models.config import ModelConfig, counted_params, param_counts
+    from medscale.models.sharding import make_mesh, shard_batch
+    from medscale.models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
 
     log = log or (lambda msg: None)
     t0 = process_started or time.time()
@@ -117,8 +117,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         log(f"resumed from step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
-    n_counted = counts.total if cfg.get("param_count") == "total" else counts.non_embedding
-    flops = flops_per_token(model_cfg, L)
+    n_counted = counted_params(model_cfg, cfg.get("param_count"))
+    flops = flops_per_token(model_cfg, L, cfg.get("param_count"))
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
     ckpt_every = max(1, cfg.get("checkpoint", {}).get("every_steps", 200))
@@ -128,7 +128,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         loss = _held_out_loss(eval_step, state, held_out, place)
         timing["eval_s"] += time.time() - t
         tokens = step * tokens_per_step
-        curve.append({"step": step, "tokens": tokens, "compute": 6 * n_counted * tokens,
+        curve.append({"step": step, "tokens": tokens, "compute": flops.six_n * tokens,
                       "loss": loss, "train_loss": train_loss, "lr": schedule(max(step - 1, 0))})
         frame = pd.DataFrame(curve)
         write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
@@ -191,8 +191,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "params_total": counts.total,
         "tokens": tokens,
         "steps": total_steps,
-        "compute": 6 * n_counted * tokens,
-        "flops_6nd": flops.six_n * tokens,
+        "compute": flops.six_n * tokens,  # C = 6ND under the run's parameter convention
         "flops_full": flops.full * tokens,
         "tokens_per_sec": tokens_per_sec,
         "mfu": mfu(tokens_per_sec, model_cfg, L, peak * jax.device_count()) if tokens_per_sec else None,

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A small synthetic cohort and its tokens, shared by the tests that train."""
-    from data.simulator import generate_cohort
-    from data.token_store import tokenize_dataset
+    from medscale.data.simulator import generate_cohort
+    from medscale.data.token_store import tokenize_dataset
 
     base = tmp_path_factory.mktemp("tiny_dataset")
     meds = generate_cohort(base / "meds", 400, 0, workers=1)

@@ -1,7 +1,7 @@
 """Bootstrap intervals of the parametric fit cover the truth at about their nominal rate on noisy data."""
 import numpy as np
 
-from analysis import ParametricFit, synthetic
+from medscale.analysis import ParametricFit, synthetic
 
 LEVEL = 0.9
 TRUTH = dict(synthetic.LAW, a=synthetic.LAW["beta"] / (synthetic.LAW["alpha"] + synthetic.LAW["beta"]))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis import AnalysisError, EnvelopeFit, IsoFlopFit, synthetic
+from medscale.analysis import AnalysisError, EnvelopeFit, IsoFlopFit, synthetic
 
 A_TRUE = synthetic.LAW["beta"] / (synthetic.LAW["alpha"] + synthetic.LAW["beta"])
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis import AnalysisError, OffsetPowerLaw
+from medscale.analysis import AnalysisError, OffsetPowerLaw
 
 
 def test_recovers_single_variable_law_and_predicts():

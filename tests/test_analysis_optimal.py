@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis import AnalysisError, ParametricFit, compute_optimal, synthetic
+from medscale.analysis import AnalysisError, ParametricFit, compute_optimal, synthetic
 
 
 @pytest.fixture(scope="module")

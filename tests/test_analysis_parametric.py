@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from analysis import AnalysisError, ParametricFit, lse_huber, synthetic
+from medscale.analysis import AnalysisError, ParametricFit, lse_huber, synthetic
 
 TRUE = synthetic.LAW
 

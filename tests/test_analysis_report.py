@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.image import imread
 
-from analysis import synthetic
-from analysis.report import write_report
+from medscale.analysis import synthetic
+from medscale.analysis.report import write_report
 
 
 def test_report_is_complete(tmp_path):

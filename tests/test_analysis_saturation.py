@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis import SaturationFit, fit_saturation, synthetic
+from medscale.analysis import SaturationFit, fit_saturation, synthetic
 
 
 def _closed_form(k, gamma, threshold):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis import AnalysisError, fit_table, synthetic
+from medscale.analysis import AnalysisError, fit_table, synthetic
 
 KEYS3 = ("E", "A", "B", "alpha", "beta", "a", "b")
 

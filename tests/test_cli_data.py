@@ -3,7 +3,7 @@ message and exit status 2, never a traceback."""
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from scaling.cli import app
+from medscale.scaling.cli import app
 
 
 def test_generate_then_tokenize(tmp_path):

@@ -6,10 +6,10 @@ import polars as pl
 import pytest
 from scipy.stats import rankdata
 
-from data.ground_truth import OUTCOME_NAMES, outcome_spec, read_ground_truth
-from data.meds import MedsError
-from data.outcome_labels import realize
-from data.simulator import generate_cohort
+from medscale.data.simulator.ground_truth import OUTCOME_NAMES, outcome_spec, read_ground_truth
+from medscale.data.meds import MedsError
+from medscale.data.simulator.outcome_labels import realize
+from medscale.data.simulator import generate_cohort
 
 N_SUBJECTS = 3000
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from data.loader import eval_batches, train_batches
-from data.token_store import TokenWindows
-from data.tokenizer import MASK, N_SPECIAL, PAD, Tokenizer
+from medscale.data.loader import eval_batches, train_batches
+from medscale.data.token_store import TokenWindows
+from medscale.data.tokenizer import MASK, N_SPECIAL, PAD, Tokenizer
 
 KEYS = ("inputs", "targets", "weights", "segment_ids")
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.meds import MedsError, read_meds
+from medscale.data.meds import MedsError, read_meds
 
 
 def shard(rows, *, value_type=pa.float32(), time_type=pa.timestamp("us"), code_type=pa.string(), drop=None):

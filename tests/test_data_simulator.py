@@ -7,8 +7,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from data.meds import read_meds
-from data.simulator import generate_cohort
+from medscale.data.meds import read_meds
+from medscale.data.simulator import generate_cohort
 
 
 def digests(root):

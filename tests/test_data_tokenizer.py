@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.meds import read_meds
-from data.token_store import TokenWindows, tokenize_dataset
-from data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, TokenizerConfig
+from medscale.data.meds import read_meds
+from medscale.data.token_store import TokenWindows, tokenize_dataset
+from medscale.data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, TokenizerConfig
 
 T0 = datetime(2010, 1, 1, 8, 0)
 CFG = TokenizerConfig(min_count=2, n_value_bins=4)

@@ -6,9 +6,9 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from data.history import PREFIX_TOKENS, build_histories, count_features, subject_events
-from data.tasks import extract_labels
-from data.tokenizer import Tokenizer
+from medscale.data.history import PREFIX_TOKENS, build_histories, count_features, subject_events
+from medscale.data.tasks import extract_labels
+from medscale.data.tokenizer import Tokenizer
 
 TASKS = ["in_hospital_mortality", "readmission_30d", "dx_heart_failure_1y", "med_start_30d", "next_year_cost"]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, mean_absolute_error, roc_auc_score
 
-from analysis.errors import AnalysisError
-from analysis.metrics import (auprc, auroc, brier, ece, evaluate, gap_to_ceiling, mae,
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.metrics import (auprc, auroc, brier, ece, evaluate, gap_to_ceiling, mae,
                               subject_bootstrap_weights)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_spec
-from scaling.store import RunStore
+from medscale.scaling.store import RunStore
 
 pytestmark = pytest.mark.slow
 SIMPLE, LONG = "med_start_30d", "dx_heart_failure_1y"   # data/ground_truth.py: 'simple' and 'long_history'
@@ -18,10 +18,10 @@ SHAPES = [(16, 1, 1), (32, 2, 1), (64, 2, 2), (96, 3, 3)]
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory):
     """A 2,000-subject cohort and four decoders of growing size trained on it with scaling.train."""
-    from data.simulator import generate_cohort
-    from data.token_store import tokenize_dataset
-    from scaling.spec import expand, parse_spec
-    from scaling.train import execute_run
+    from medscale.data.simulator import generate_cohort
+    from medscale.data.token_store import tokenize_dataset
+    from medscale.scaling.spec import expand, parse_spec
+    from medscale.scaling.train import execute_run
 
     base = tmp_path_factory.mktemp("downstream")
     meds = generate_cohort(base / "meds", 2000, 0, workers=1)
@@ -37,7 +37,7 @@ def ladder(tmp_path_factory):
 
 
 def _spec(**over):
-    from scaling.downstream import DownstreamSpec
+    from medscale.scaling.downstream.evaluate import DownstreamSpec
 
     raw = {"tasks": [SIMPLE, LONG], "modes": ["probe", "lightgbm", "ceiling"], "max_samples": 1500,
            "test_splits": ["tuning", "held_out"], "n_boot": 50}
@@ -46,7 +46,7 @@ def _spec(**over):
 
 
 def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
-    from scaling.downstream import COLUMNS, evaluate_store, read_downstream
+    from medscale.scaling.downstream.evaluate import COLUMNS, evaluate_store, read_downstream
 
     spec = _spec(modes=["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"],
                  label_budgets=[8, "all"], finetune={"steps": 8, "max_runs": 1},
@@ -77,8 +77,15 @@ def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
     t = time.time()
     again = evaluate_store(ladder, spec)
     assert len(again) == len(df) and time.time() - t < 30
-    dropped = on_disk[~((on_disk["mode"] == "probe") & (on_disk["label_budget"] == "8"))]
-    dropped.to_csv(ladder / "downstream.csv", index=False)
+    # each evaluation is a step folder (downstream/eval-<hash>/): drop the probe's 8-shot ones
+    import shutil
+
+    steps = [p.parent for p in (ladder / "downstream").glob("eval-*/identity.json")]
+    doomed = [s for s in steps if json.loads((s / "identity.json").read_text())["mode"] == "probe"
+              and json.loads((s / "identity.json").read_text())["label_budget"] == "8"]
+    assert doomed
+    for s in doomed:
+        shutil.rmtree(s)
     redone = evaluate_store(ladder, spec)
     assert len(redone) == len(df)
     key = ["run_id", "task", "mode", "label_budget", "seed", "metric"]
@@ -87,8 +94,8 @@ def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
 
 
 def test_the_simple_task_saturates_at_a_smaller_size_than_the_long_history_task(ladder):
-    from analysis.saturation import fit_saturation
-    from scaling.downstream import evaluate_store, saturation_input
+    from medscale.analysis.saturation import fit_saturation
+    from medscale.scaling.downstream.evaluate import evaluate_store, saturation_input
 
     df = saturation_input(evaluate_store(ladder, _spec()))
     probe = df[(df["mode"] == "probe") & (df["metric"] == "auroc")].sort_values("params")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data.tasks import CodeMatcher, LabelRule
-from models.config import ModelConfig
-from models.rollout import cached_logits_jit, pooled_jit, sample_continuations
-from models.transformer import Transformer
+from medscale.data.tasks import CodeMatcher, LabelRule
+from medscale.models.config import ModelConfig
+from medscale.models.rollout import cached_logits_jit, pooled_jit, sample_continuations
+from medscale.models.transformer import Transformer
 
 
 def _model(causal=True):
@@ -66,7 +66,7 @@ class _Tok:
 
 
 def test_zero_shot_reads_temporal_and_event_bound_windows():
-    from scaling.downstream_zero_shot import outcome_probabilities
+    from medscale.scaling.downstream.zero_shot import outcome_probabilities
 
     T1, T7, DEATH, DIS, LAB, EOS = 5, 6, 7, 8, 9, 3
     traj = np.array([[[LAB, T1, DEATH, LAB],       # death at +4 days

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.attention_block import attend_block
+from medscale.models.attention_block import attend_block
 
 
 def _reference(q, k, v, mask):

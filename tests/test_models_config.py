@@ -5,8 +5,8 @@ import jax
 import pytest
 from flax import nnx
 
-from models.config import ModelConfig, ShapeError, param_counts, shape_for_params
-from models.transformer import Transformer
+from medscale.models.config import ModelConfig, ShapeError, param_counts, shape_for_params
+from medscale.models.transformer import Transformer
 
 CONFIGS = [
     ModelConfig(vocab_size=37, d_model=32, n_layers=1, n_heads=1, d_ff=96, max_len=16),

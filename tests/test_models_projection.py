@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.projection import project
+from medscale.models.projection import project
 
 
 def _arrays(shapes, seed=0):

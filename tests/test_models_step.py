@@ -6,9 +6,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from models.config import ModelConfig
-from models.sharding import batch_sharding, make_mesh, shard_batch
-from models.step import (abstract_train_state, init_train_state, make_eval_step,
+from medscale.models.config import ModelConfig
+from medscale.models.sharding import batch_sharding, make_mesh, shard_batch
+from medscale.models.step import (abstract_train_state, init_train_state, make_eval_step,
                          make_train_step, weighted_xent)
 
 CFG = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=16)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models.config import ModelConfig
-from models.transformer import Transformer
+from medscale.models.config import ModelConfig
+from medscale.models.transformer import Transformer
 
 V, L = 40, 12
 
@@ -83,7 +83,7 @@ def test_bf16_compute_close_to_f32():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_query_blocks_give_the_same_logits(causal, monkeypatch):
-    import models.transformer as transformer
+    import medscale.models.transformer as transformer
 
     cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16,
                       causal=causal)

@@ -6,10 +6,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from scaling.cli import app
-from scaling.flops import flops_per_token
-from models.config import ModelConfig
-from scaling.spec import SpecError, expand, load_spec, parse_spec
+from medscale.scaling.cli import app
+from medscale.scaling.flops import flops_per_token
+from medscale.models.config import ModelConfig
+from medscale.scaling.spec import SpecError, expand, load_spec, parse_spec
 
 GOOD = {
     "name": "t",
@@ -129,7 +129,7 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
 
 
 def test_total_parameter_convention_sizes_and_tokens():
-    from models.config import param_counts
+    from medscale.models.config import param_counts
 
     raw = _with("model", {"seq_len": 32, "param_count": "total"})
     raw["grid"] = {"mode": "isoflop", "compute": ["1e12"], "params": ["150k", "600k"]}

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from scaling.atomic import write_json
-from scaling.store import LeaseHeld, RunStore, config_hash
+from medscale.atomic import write_json
+from medscale.scaling.store import LeaseHeld, RunStore, config_hash
 
 CONFIG = {
     "sweep": "s", "objective": "decoder", "budget": None,
@@ -44,7 +44,7 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
     class Boom(Exception):
         pass
 
-    from scaling.atomic import write_with
+    from medscale.atomic import write_with
 
     def failing(p):
         p.write_text("{partial")
@@ -100,7 +100,7 @@ def test_heartbeat_keeps_lease_fresh(tmp_path):
 
 CONTENDER = """
 import sys, time
-from scaling.store import LeaseHeld, RunDir
+from medscale.scaling.store import LeaseHeld, RunDir
 start_at = float(sys.argv[2])
 while time.time() < start_at:
     pass

@@ -21,7 +21,7 @@ def test_sweep_with_downstream_then_analyze(tmp_path, tiny_dataset):
     path = write_spec(tmp_path / "sweep.yaml", spec)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = tmp_path / "out"
-    sweep = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(path), "--out", str(out)],
+    sweep = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "sweep", str(path), "--out", str(out)],
                            env=env, capture_output=True, text=True, timeout=600)
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     table = pd.read_csv(out / "downstream.csv")
@@ -32,7 +32,7 @@ def test_sweep_with_downstream_then_analyze(tmp_path, tiny_dataset):
     auroc = table[(table["metric"] == "auroc") & (table["mode"] == "probe")]
     assert auroc["value"].between(0, 1).all() and (auroc["low"] <= auroc["value"]).all()
 
-    analyze = subprocess.run([sys.executable, "-m", "scaling.cli", "analyze", str(out), "--n-boot", "20"],
+    analyze = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "analyze", str(out), "--n-boot", "20"],
                              env=env, capture_output=True, text=True, timeout=600)
     assert analyze.returncode == 0, analyze.stdout + analyze.stderr
     html = (out / "report" / "index.html").read_text()

@@ -11,10 +11,10 @@ import psutil
 import pytest
 
 from conftest import tiny_spec, write_spec
-from scaling.store import RunStore
+from medscale.scaling.store import RunStore
 
 pytestmark = pytest.mark.slow
-MEDSCALE = [sys.executable, "-m", "scaling.cli"]
+MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 TWO_SIZES = [{"d_model": 32, "n_layers": 2, "n_heads": 2}, {"d_model": 48, "n_layers": 2, "n_heads": 2}]
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.ground_truth import _family_codes, outcome_spec
-from data.outcome_labels import realize
-from data.tasks import TaskError, builtin_task_names, extract_labels, label_values, load_task
+from medscale.data.simulator.ground_truth import _family_codes, outcome_spec
+from medscale.data.simulator.outcome_labels import realize
+from medscale.data.tasks import TaskError, builtin_task_names, extract_labels, label_values, load_task
 
 REQUIRED = {"in_hospital_mortality", "readmission_30d", "long_los_7d", "next_year_cost", "med_start_30d",
             "dx_heart_failure_1y", "dx_ckd_1y", "dx_diabetes_t2_1y"}
@@ -29,7 +29,7 @@ def test_builtin_tasks_cover_the_issue_and_point_at_simulator_outcomes():
                                           ("cad", "dx_cad_1y"), ("copd", "dx_copd_1y"),
                                           ("atrial_fibrillation", "dx_atrial_fibrillation_1y")])
 def test_diagnosis_regexes_match_exactly_the_simulator_family(family, task):
-    from data.sim_codebook import codebook
+    from medscale.data.simulator.codebook import codebook
 
     regex = load_task(task).aces_config().predicates["dx"].code["regex"]
     matched = {c for c in codebook().codes if re.search(regex, c)}

@@ -202,7 +202,7 @@ def cli_commands():
     import click
     import typer
 
-    from scaling.cli import app
+    from medscale.scaling.cli import app
 
     group = typer.main.get_command(app)
     ctx = click.Context(group)
@@ -221,7 +221,7 @@ def medscale_invocations() -> list[tuple[str, list[str]]]:
 
 
 def test_console_script_and_commands_exist():
-    assert PYPROJECT["project"]["scripts"]["medscale"] == "scaling.cli:main"
+    assert PYPROJECT["project"]["scripts"]["medscale"] == "medscale.scaling.cli:main"
     commands = cli_commands()
     calls = medscale_invocations()
     assert {c[1][0] for c in calls} >= {"sweep"}

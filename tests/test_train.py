@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_spec, write_spec
-from scaling.store import RunStore
+from medscale.scaling.store import RunStore
 
 pytestmark = pytest.mark.slow
-MEDSCALE = [sys.executable, "-m", "scaling.cli"]
+MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 
 
 def _env() -> dict:
@@ -85,8 +85,8 @@ def test_sigkilled_run_resumes_to_the_same_final_loss(tmp_path, tiny_dataset):
 
 
 def test_nan_loss_marks_run_diverged_with_step(tmp_path, tiny_dataset):
-    from scaling.spec import expand, parse_spec
-    from scaling.train import execute_run
+    from medscale.scaling.spec import expand, parse_spec
+    from medscale.scaling.train import execute_run
 
     meds, tokens = tiny_dataset
     spec = parse_spec(tiny_spec(meds))

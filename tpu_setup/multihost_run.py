@@ -6,7 +6,7 @@
 
 A multi-host slice (v4-16 and up, v5litepod-16 and up, ...) runs one JAX program as SPMD: every
 host starts the same program at the same time, each process calls
-`models.sharding.initialize_distributed()` before any other JAX call, and together they see all
+`medscale.models.sharding.initialize_distributed()` before any other JAX call, and together they see all
 the slice's chips. This helper finds the slice through the resource Ray puts on its worker 0
 (`TPU-<pod type>-head`), then starts one task per host, each holding that host's chips and the
 slice's name resource, so exactly one task lands on each host of that slice. Each task runs the
@@ -30,7 +30,7 @@ import sys
 POD_TYPE = re.compile(r"^(v|tpu)\d+[a-z]*-\d+$")  # v4-32, v5litepod-16, v6e-16, tpu7x-32
 
 CHECK = (
-    "from models.sharding import initialize_distributed\n"
+    "from medscale.models.sharding import initialize_distributed\n"
     "initialize_distributed()\n"
     "import jax, socket\n"
     "print(f'{socket.gethostname()}: process {jax.process_index()}/{jax.process_count()}, '\n"

@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as pads
 
-from data.sim_codebook import codebook
-from data.vocabulary import ICD_PREFIX
+from medscale.data.simulator.codebook import codebook
+from medscale.data.simulator.vocabulary import ICD_PREFIX
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def read_ground_truth(meds_root, *, split: str | None = None, outcome: str | Non
     Columns: subject_id int64, prediction_time datetime64[us], outcome str, value float64,
     target_code str (None except for med_start_30d). Sorted by subject_id, prediction_time, outcome.
     """
-    from data.meds import MedsError  # noqa: PLC0415  (meds imports this module's neighbours)
+    from medscale.data.meds import MedsError  # noqa: PLC0415  (meds imports this module's neighbours)
 
     base = Path(meds_root) / "ground_truth"
     if not base.is_dir():

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from data import sim_params as P
-from data.ground_truth import OUTCOME_NAMES
-from data.sim_codebook import FAMILY_HEAD, CodeBook
-from data.sim_events import AMBULATORY, KEEP, NORMAL, EventBuffer, GroundTruthBuffer, finalize
-from data.sim_labs import LabContext, lab_values, prescribing_signal
-from data.vocabulary import MEDICATIONS
+from medscale.data.simulator import params as P
+from medscale.data.simulator.ground_truth import OUTCOME_NAMES
+from medscale.data.simulator.codebook import FAMILY_HEAD, CodeBook
+from medscale.data.simulator.events import AMBULATORY, KEEP, NORMAL, EventBuffer, GroundTruthBuffer, finalize
+from medscale.data.simulator.labs import LabContext, lab_values, prescribing_signal
+from medscale.data.simulator.vocabulary import MEDICATIONS
 
 DAY = P.MINUTES_PER_DAY
 MED_LIST = list(MEDICATIONS)

@@ -2,31 +2,16 @@
 intervals, from analysis/), a concrete model shape (models/config.py rules) and a ready-to-run spec."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from models.config import param_counts, shape_for_params
-from scaling.spec import shape_for_total_params
-from scaling.errors import UserError
-from scaling.store import RunStore
-
-
-def load_results(runs_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The results and curves of a run store, rebuilt from the run folders (the source of truth)."""
-    store = RunStore(runs_dir)
-    if not store.runs_dir.exists():
-        raise UserError(f"{runs_dir}: no runs/ folder here; give the --out folder of a `medscale sweep`")
-    results = store.write_results()
-    curves = store.curves_frame()
-    return results, (curves if len(curves) else None)
+from medscale.models.config import param_counts, shape_for
 
 
 def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decoder", max_tokens: float | None = None,
               n_boot: int = 200, seed: int = 0) -> dict:
     """Fit L(N, D) (Approach 3) to the objective's finished runs and allocate `compute` FLOPs (6ND)."""
-    from analysis import compute_optimal, fit_table
-    from analysis.errors import AnalysisError
+    from medscale.analysis import compute_optimal, fit_table
+    from medscale.analysis.errors import AnalysisError
 
     done = results[(results["status"] == "done") & (results["objective"] == objective)]
     if done.empty:
@@ -36,9 +21,8 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     allocation = compute_optimal(fit.fit, compute, max_tokens=max_tokens)
     row = done.iloc[0]
     convention = str(row.get("param_count") or "non_embedding")
-    shape_rule = shape_for_total_params if convention == "total" else shape_for_params
-    shape = shape_rule(allocation.n_opt.value, vocab_size=int(row["vocab_size"]), max_len=int(row["seq_len"]),
-                       causal=objective == "decoder")
+    shape = shape_for(allocation.n_opt.value, convention, vocab_size=int(row["vocab_size"]), max_len=int(row["seq_len"]),
+                      causal=objective == "decoder")
     return {"fit": fit, "allocation": allocation, "shape": shape, "params": param_counts(shape),
             "param_count": convention, "seq_len": int(row["seq_len"]), "batch_size": int(row["batch_size"])}
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from scaling.store import RunDir
+from medscale.scaling.store import RunDir
 
 EMBED_BATCH = 64
 
@@ -38,10 +38,10 @@ def load_run_model(run: RunDir) -> LoadedModel:
     import jax
     import orbax.checkpoint as ocp
 
-    from models.config import ModelConfig, param_counts
-    from models.sharding import make_mesh
-    from models.step import abstract_train_state
-    from scaling.train import make_optimizer
+    from medscale.models.config import ModelConfig, counted_params
+    from medscale.models.sharding import make_mesh
+    from medscale.models.step import abstract_train_state
+    from medscale.scaling.train import make_optimizer
 
     cfg = run.config()
     model_cfg = ModelConfig.from_dict(cfg["model"])
@@ -55,8 +55,7 @@ def load_run_model(run: RunDir) -> LoadedModel:
     state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     mngr.close()
     metrics = run.metrics() or {}
-    counts = param_counts(model_cfg)
-    n = int(metrics.get("params") or (counts.total if cfg.get("param_count") == "total" else counts.non_embedding))
+    n = int(metrics.get("params") or counted_params(model_cfg, cfg.get("param_count")))
     return LoadedModel(run.run_id, cfg["objective"], model_cfg, graphdef, state["params"], n,
                        float(metrics.get("compute", np.nan)), cfg["data"]["token_dir"])
 
@@ -64,7 +63,7 @@ def load_run_model(run: RunDir) -> LoadedModel:
 def fresh_params(model_cfg, seed: int) -> tuple[object, dict]:
     from flax import nnx
 
-    from models.transformer import Transformer
+    from medscale.models.transformer import Transformer
 
     model = Transformer(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model, nnx.Param)
@@ -75,7 +74,7 @@ def embed(model: LoadedModel, tokens_NxL: np.ndarray, lengths_N: np.ndarray) -> 
     """Pooled representations [N, D] (float32), in fixed-size batches (one compilation)."""
     import jax.numpy as jnp
 
-    from models.rollout import pooled_jit
+    from medscale.models.rollout import pooled_jit
 
     out = []
     for i in range(0, len(lengths_N), EMBED_BATCH):
@@ -113,7 +112,7 @@ def _train_fns(graphdef, kind: str, recipe: "FinetuneRecipe"):
     import optax
     from flax import nnx
 
-    from models.rollout import pooled
+    from medscale.models.rollout import pooled
 
     def predict(params, head, tokens, lengths):
         rep_BxD = pooled(nnx.merge(graphdef, params), tokens, lengths)

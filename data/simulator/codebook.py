@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from data.vocabulary import (ATC_PREFIX, CPT_PREFIX, EVENT_CODES, ICD_PREFIX, LABS, LOINC_PREFIX, MEDICATIONS,
+from medscale.data.simulator.vocabulary import (ATC_PREFIX, CPT_PREFIX, EVENT_CODES, ICD_PREFIX, LABS, LOINC_PREFIX, MEDICATIONS,
                              PROCEDURES, icd10cm_families)
 
 ZIPF_EXPONENT = 1.1

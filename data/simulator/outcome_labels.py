@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from data.ground_truth import outcome_spec
-from data.meds import read_meds
+from medscale.data.simulator.ground_truth import outcome_spec
+from medscale.data.meds import read_meds
 
 _KEYS = ["subject_id", "time"]
 

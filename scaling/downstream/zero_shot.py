@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.tasks import LabelRule
-from data.tokenizer import BOS, EOS, MASK, PAD, Tokenizer
+from medscale.data.tasks import LabelRule
+from medscale.data.tokenizer import BOS, EOS, MASK, PAD, Tokenizer
 
 
 def gap_seconds(tokenizer: Tokenizer) -> np.ndarray:
@@ -67,7 +67,7 @@ def zero_shot_scores(model, tokens_NxL: np.ndarray, lengths_N: np.ndarray, rule:
     """Probabilities [N] and censored fractions [N] for the histories, K rollouts each."""
     import jax
 
-    from models.rollout import sample_continuations
+    from medscale.models.rollout import sample_continuations
 
     if not model.cfg.causal:
         raise ValueError("zero-shot rollouts need a decoder (causal) model")

@@ -24,11 +24,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from data.ground_truth import OUTCOME_NAMES, outcomes_table
-from data.meds import MEDS_VERSION, MedsError
-from data.parquet_io import write_json, write_parquet
-from data.sim_codebook import codebook
-from data.sim_cohort import simulate_shard
+from medscale.data.simulator.ground_truth import OUTCOME_NAMES, outcomes_table
+from medscale.data.meds import MEDS_VERSION, MedsError
+from medscale.atomic import write_json
+from medscale.data.parquet_io import write_parquet
+from medscale.data.simulator.codebook import codebook
+from medscale.data.simulator.cohort import simulate_shard
 
 SUBJECTS_PER_SHARD = 10_000
 SPLITS = ("train", "tuning", "held_out")
@@ -110,7 +111,7 @@ def _write_metadata(out: Path, n_subjects: int, seed: int, n_shards: int, result
         "split": pa.DictionaryArray.from_arrays(
             pa.array(np.concatenate([r["splits"] for r in results]).astype(np.int32)), split_names).cast(pa.string()),
     }), out / "metadata" / "subject_splits.parquet")
-    write_json({
+    write_json(out / "metadata" / "dataset.json", {
         "dataset_name": "medscale-synthetic",
         "dataset_version": f"n{n_subjects}-seed{seed}-shards{n_shards}",
         "etl_name": "medscale.data.simulator",
@@ -120,8 +121,8 @@ def _write_metadata(out: Path, n_subjects: int, seed: int, n_shards: int, result
                       "events": sum(r["events"] for r in results),
                       "ground_truth_rows": sum(r["ground_truth_rows"] for r in results),
                       "deaths": sum(r["deaths"] for r in results)},
-    }, out / "metadata" / "dataset.json")
-    write_json(outcomes_table(), out / "ground_truth" / "outcomes.json")
+    })
+    write_json(out / "ground_truth" / "outcomes.json", outcomes_table())
 
 
 def generate_cohort(out_dir, n_subjects: int, seed: int, *, n_shards: int | None = None,

@@ -10,9 +10,9 @@ row's seed (EHRSHOT-style few-shot), 'all' takes the whole pool.
 Modes (one result row per metric):
   probe      logistic/ridge regression on the frozen pooled representation (decoder: last position,
              encoder: mean over positions; models/rollout.pooled)
-  finetune   all weights + a linear head trained on the labels (scaling/downstream_model.py)
+  finetune   all weights + a linear head trained on the labels (scaling/downstream/model.py)
   scratch    the same architecture and recipe from a random initialisation
-  zero_shot  decoders only: K rolled-out futures per test sample (scaling/downstream_zero_shot.py);
+  zero_shot  decoders only: K rolled-out futures per test sample (scaling/downstream/zero_shot.py);
              uses no labels (label_budget '0'); also reports `censored` (trajectories cut by the
              token horizon before their window closed)
   lightgbm   LightGBM on age, sex and code counts at the prediction time (size-independent)
@@ -22,9 +22,10 @@ Every row also carries `ceiling` (the true probability's metric on the very same
 Intervals: percentile bootstrap over subjects (analysis/metrics.py).
 
 Results: <store_root>/downstream.csv and .parquet, long format, rewritten atomically after every run
-(scaling/atomic.py). Size-independent rows (lightgbm, ceiling) have run_id 'baseline:<dataset_id>' and no
+(medscale.atomic). Size-independent rows (lightgbm, ceiling) have run_id 'baseline:<dataset_id>' and no
 params/compute, which is how analysis/saturation.fit_saturation tells baselines apart. An evaluation already
-recorded for (run_id, task, mode, label_budget, seed, protocol) is not recomputed, so a rerun resumes.
+is an idempotent step named by the hash of (run_id, task, mode, label_budget, seed) and the spec fields that
+change its result (SHARED_IDENTITY, MODE_IDENTITY): a finished one is not recomputed, so a rerun resumes.
 `saturation_input(df)` reduces the table to what `fit_saturation` / `write_report(downstream=...)` expect:
 one label budget, seeds averaged.
 """
@@ -33,95 +34,22 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, Literal, Union
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scaling.atomic import write_with
-from scaling.store import RunDir, RunStore
+from medscale.atomic import read_json, write_json, write_with
+from medscale.scaling.downstream.spec import DownstreamSpec
+from medscale.scaling.errors import UserError
+from medscale.scaling.steps import StepDir, pick, step_name
+from medscale.scaling.store import RunDir, RunStore
 
-MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
 COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "metric", "value",
            "low", "high", "ceiling", "gap", "n_fit", "n_test", "protocol"]
 KEY = ["run_id", "task", "mode", "label_budget", "seed", "protocol"]
 Progress = Callable[[str, int, int], None]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FinetuneSpec(_Strict):
-    steps: int = Field(200, ge=1, le=100_000)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    max_runs: int | None = Field(None, ge=1, description="fine-tune/scratch only this many runs, spread over sizes")
-
-
-class ZeroShotSpec(_Strict):
-    k: int = Field(8, ge=1, description="trajectories per prediction time")
-    max_new_tokens: int = Field(64, ge=1)
-    max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
-    temperature: float = Field(1.0, gt=0)
-    tasks: list[str] | None = Field(None, description="roll out only these tasks (default: every binary task)")
-
-
-class DownstreamSpec(_Strict):
-    tasks: list[str] = Field(min_length=1)
-    modes: list[Literal["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"]] = Field(
-        default_factory=lambda: ["probe", "lightgbm", "ceiling"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    label_budgets: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: ["all"], min_length=1)
-    max_samples: int = Field(2000, ge=10, description="rows per task in the fit pool and in the test set")
-    fit_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["train"])
-    test_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["held_out"])
-    temporal_cutoff: str | None = Field(None, description="ISO date: fit before it, test at or after it")
-    n_boot: int = Field(200, ge=0)
-    finetune: FinetuneSpec = FinetuneSpec()
-    zero_shot: ZeroShotSpec = ZeroShotSpec()
-    meds: str | None = Field(None, description="MEDS root (default: the one the runs' tokens were made from)")
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        from data.tasks import load_task
-
-        for name in v:
-            load_task(name)  # raises TaskError naming the file and the problem
-        return v
-
-    @field_validator("label_budgets")
-    @classmethod
-    def _positive(cls, v):
-        if any(b != "all" and b < 1 for b in v):
-            raise ValueError(f"label budgets are examples per class (>= 1) or 'all', got {v}")
-        return v
-
-    @field_validator("temporal_cutoff")
-    @classmethod
-    def _date(cls, v):
-        if v is not None:
-            datetime.fromisoformat(v)
-        return v
-
-    @property
-    def protocol(self) -> str:
-        return f"temporal:{self.temporal_cutoff}" if self.temporal_cutoff else "subjects"
-
-
-def load_downstream_spec(raw: dict | str | Path) -> DownstreamSpec:
-    """From a dict (a sweep spec's `downstream:` value) or a YAML file holding one (top level or under
-    `downstream:`)."""
-    import yaml
-
-    if not isinstance(raw, dict):
-        raw = yaml.safe_load(Path(raw).read_text())
-        raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
-    return DownstreamSpec.model_validate(raw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,7 +66,7 @@ class TaskData:
     part_of_test: np.ndarray | None = None   # union tasks: which part each test row came from
 
     def y(self, rows: pd.DataFrame) -> np.ndarray:
-        from data.tasks import label_values
+        from medscale.data.tasks import label_values
 
         return label_values(rows, self.task)
 
@@ -153,8 +81,8 @@ def _cap_by_subject(rows: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.Data
 
 
 def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
-    from data.history import subject_events
-    from data.tasks import extract_labels, load_task
+    from medscale.data.history import subject_events
+    from medscale.data.tasks import extract_labels, load_task
 
     task = load_task(name)
     labels = extract_labels(meds, task)
@@ -226,7 +154,7 @@ def saturation_input(downstream: pd.DataFrame, label_budget: str = "all") -> pd.
 
 def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarray, *, mode: str, budget, seed: int,
                  n_fit: int, spec: DownstreamSpec) -> list[dict]:
-    from analysis.metrics import evaluate, gap_to_ceiling
+    from medscale.analysis.metrics import evaluate, gap_to_ceiling
 
     kind = data.task.kind
     y = data.y(rows)
@@ -248,34 +176,66 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+# The fields of a downstream spec that change an evaluation's result, per mode (the step's identity).
+SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds")
+MODE_IDENTITY = {"finetune": ("finetune",), "scratch": ("finetune",), "zero_shot": ("zero_shot",)}
+
+
 class _Evaluator:
+    """Each (run, task, mode, label budget, seed) evaluation is an idempotent step (medscale.scaling.steps)
+    `<root>/downstream/eval-<hash>/` holding its rows; downstream.csv/.parquet compile the finished ones."""
+
     def __init__(self, root: Path, spec: DownstreamSpec, progress: Progress | None):
         self.root, self.spec = root, spec
         self.progress = progress or (lambda stage, done, total: None)
+        self.steps_root = root / "downstream"
+        legacy = _paths(root)[0]
+        if legacy.exists() and not self.steps_root.exists():
+            raise UserError(f"{legacy}: downstream results from an older medscale (no downstream/ folder); "
+                            f"move the file aside (mv {legacy} {legacy.with_suffix('.legacy.csv')}) and rerun to "
+                            "recompute them as resumable steps")
         self.table = read_downstream(root)
-        self.done = set(map(tuple, self.table[KEY].astype(str).to_numpy().tolist())) if len(self.table) else set()
-        self.new: list[dict] = []
+        self.changed = False
+
+    def step(self, run_id: str, task: str, mode: str, budget, seed: int) -> StepDir:
+        dumped = self.spec.model_dump()
+        identity = {"run_id": run_id, "task": task, "mode": mode, "label_budget": str(budget), "seed": int(seed),
+                    **pick(dumped, SHARED_IDENTITY + MODE_IDENTITY.get(mode, ()))}
+        return StepDir(self.steps_root / step_name("eval", identity)), identity
 
     def todo(self, run_id: str, task: str, mode: str, budget, seed: int) -> bool:
-        return mode in self.spec.modes and (run_id, task, mode, str(budget), str(seed), self.spec.protocol) not in self.done
+        return mode in self.spec.modes and self.step(run_id, task, mode, budget, seed)[0].state() != "done"
 
     def add(self, rows: list[dict]) -> None:
-        self.new.extend(rows)
-        for r in rows:
-            self.done.add(tuple(str(r[k]) for k in KEY))
+        first = rows[0]
+        step, identity = self.step(first["run_id"], first["task"], first["mode"], first["label_budget"], first["seed"])
+        write_json(step.path / "identity.json", identity)
+        write_json(step.path / "rows.json", rows)
+        step.set_status("done", rows=len(rows))
+        self.changed = True
 
     def flush(self) -> None:
-        if not self.new:
+        if not self.changed:
             return
-        fresh = pd.DataFrame(self.new, columns=COLUMNS)
-        self.table = fresh if self.table.empty else pd.concat([self.table, fresh], ignore_index=True)
-        self.new = []
+        self.table = compile_downstream(self.root)
         _write(self.root, self.table)
+        self.changed = False
+
+
+def compile_downstream(store_root: Path | str) -> pd.DataFrame:
+    """The rows of every finished evaluation step under `<store_root>/downstream/`, in a stable order."""
+    rows: list[dict] = []
+    for folder in sorted((Path(store_root) / "downstream").glob("eval-*")):
+        if StepDir(folder).state() == "done":
+            rows.extend(read_json(folder / "rows.json") or [])
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["label_budget"] = frame["label_budget"].astype(str)
+    return frame
 
 
 def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokenizer) -> None:
-    from data.history import count_features
-    from scaling.downstream_baselines import lightgbm_predict
+    from medscale.data.history import count_features
+    from medscale.scaling.downstream.baselines import lightgbm_predict
 
     spec = ev.spec
     meta = {"run_id": f"baseline:{dataset}", "objective": None, "params": np.nan, "compute": np.nan}
@@ -302,10 +262,10 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
 
 def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], tokenizer, finetune_ok: bool,
                   history_cache: dict) -> None:
-    from data.history import build_histories
-    from scaling.downstream_baselines import probe_predict
-    from scaling.downstream_model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
-    from scaling.downstream_zero_shot import zero_shot_scores
+    from medscale.data.history import build_histories
+    from medscale.scaling.downstream.baselines import probe_predict
+    from medscale.scaling.downstream.model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
+    from medscale.scaling.downstream.zero_shot import zero_shot_scores
 
     spec = ev.spec
     rid = run.run_id
@@ -374,7 +334,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
 
 def _part_of_rows(data: TaskData, rows: pd.DataFrame) -> np.ndarray:
     """Which part of a union task each row came from (the first part listing its (subject, time))."""
-    from data.tasks import extract_labels
+    from medscale.data.tasks import extract_labels
 
     if data.part_of_test is not None:
         return data.part_of_test[: len(rows)]
@@ -403,7 +363,7 @@ def _spread(runs: list[RunDir], n: int | None) -> set[str]:
 def evaluate_store(store_root, spec: DownstreamSpec, *, runs=None, progress: Progress | None = None) -> pd.DataFrame:
     """Evaluate every finished run of the store (or the run ids in `runs`) on the spec's tasks; returns the
     whole downstream table (old rows and new). See the module doc."""
-    from data.tokenizer import Tokenizer
+    from medscale.data.tokenizer import Tokenizer
 
     root = Path(store_root)
     store = RunStore(root)

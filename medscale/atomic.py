@@ -1,0 +1,111 @@
+"""Atomic file writes, the one place they are done: write a temporary file in the same folder,
+fsync it, rename it over the target, fsync the folder.
+
+A reader sees either the old file or the new one, never a torn one, even if the writer is killed.
+Files get the permissions the user's umask gives any new file (collaborators on shared storage can
+read them), not the 0600 of a private temporary file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path | str, path: Path | str) -> Path:
+    """fsync `tmp` (already written and closed) and rename it onto `path`."""
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def temporary_path(path: Path | str) -> Path:
+    """A fresh hidden temporary file beside `path`, with the user's umask permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_with(path: Path | str, writer: Callable[[Path], None]) -> Path:
+    """Call `writer(tmp_path)`, then atomically move tmp_path onto `path`."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        writer(tmp)
+        return commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_with(path, lambda p: p.write_text(text))
+
+
+def write_json(path: Path | str, obj: Any) -> Path:
+    """Deterministic JSON (sorted keys): the same object gives the same bytes."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_yaml(path: Path | str, obj: Any) -> Path:
+    return write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_json(path: Path | str, default: Any = None) -> Any:
+    """The parsed file, or `default` when it does not exist. A torn or corrupt file raises CorruptFile."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptFile(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+class CorruptFile(ValueError):
+    """A file that exists but cannot be parsed: written by something else, or damaged."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,84 @@
+"""The downstream spec, the one schema for `downstream:` in a sweep spec and for `medscale downstream --spec`:
+which tasks, modes, seeds and label budgets, and how samples are split."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneSpec(_Strict):
+    steps: int = Field(200, ge=1, le=100_000)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    max_runs: int | None = Field(None, ge=1, description="fine-tune/scratch only this many runs, spread over sizes")
+
+
+class ZeroShotSpec(_Strict):
+    k: int = Field(8, ge=1, description="trajectories per prediction time")
+    max_new_tokens: int = Field(64, ge=1)
+    max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
+    temperature: float = Field(1.0, gt=0)
+    tasks: list[str] | None = Field(None, description="roll out only these tasks (default: every binary task)")
+
+
+class DownstreamSpec(_Strict):
+    tasks: list[str] = Field(min_length=1)
+    modes: list[Literal["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"]] = Field(
+        default_factory=lambda: ["probe", "lightgbm", "ceiling"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    label_budgets: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: ["all"], min_length=1)
+    max_samples: int = Field(2000, ge=10, description="rows per task in the fit pool and in the test set")
+    fit_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["train"])
+    test_splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=lambda: ["held_out"])
+    temporal_cutoff: str | None = Field(None, description="ISO date: fit before it, test at or after it")
+    n_boot: int = Field(200, ge=0)
+    finetune: FinetuneSpec = FinetuneSpec()
+    zero_shot: ZeroShotSpec = ZeroShotSpec()
+    meds: str | None = Field(None, description="MEDS root (default: the one the runs' tokens were made from)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from medscale.data.tasks import load_task
+
+        for name in v:
+            load_task(name)  # raises TaskError naming the file and the problem
+        return v
+
+    @field_validator("label_budgets")
+    @classmethod
+    def _positive(cls, v):
+        if any(b != "all" and b < 1 for b in v):
+            raise ValueError(f"label budgets are examples per class (>= 1) or 'all', got {v}")
+        return v
+
+    @field_validator("temporal_cutoff")
+    @classmethod
+    def _date(cls, v):
+        if v is not None:
+            datetime.fromisoformat(v)
+        return v
+
+    @property
+    def protocol(self) -> str:
+        return f"temporal:{self.temporal_cutoff}" if self.temporal_cutoff else "subjects"
+
+
+def load_downstream_spec(raw: dict | str | Path) -> DownstreamSpec:
+    """From a dict (a sweep spec's `downstream:` value) or a YAML file holding one (top level or under
+    `downstream:`)."""
+    import yaml
+
+    if not isinstance(raw, dict):
+        raw = yaml.safe_load(Path(raw).read_text())
+        raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
+    return DownstreamSpec.model_validate(raw)
