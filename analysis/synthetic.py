@@ -177,3 +177,40 @@ def downstream_table(
     df["low"] = df["value"] - half_width
     df["high"] = df["value"] + half_width
     return df[["run_id", "params", "compute", "task", "mode", "metric", "value", "low", "high"]]
+
+
+# Muennighoff et al. (2023) found R*_D ~ 15: repeated tokens keep most of their value for a few epochs only.
+DATA_LAW = {**LAW, "R_star_D": 15.0}
+
+
+def data_constrained_loss(N, D, U, law: dict = DATA_LAW) -> np.ndarray:
+    from .data_constrained import loss_of
+
+    return loss_of(law, np.asarray(N, float), np.asarray(D, float), np.asarray(U, float))
+
+
+def data_constrained_table(
+    budgets=BUDGETS[:5],
+    *,
+    sizes: int = 7,
+    span: float = 6.0,
+    epochs=(1.0, 2.0, 4.0, 10.0, 25.0, 60.0),
+    law: dict = DATA_LAW,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """IsoFLOP grids where each run draws its D tokens from U = D / epochs unique ones; the true loss follows
+    the data-constrained law (columns unique_tokens and epochs added)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        centre = n_opt(C, law)
+        for N in np.geomspace(centre / span, centre * span, sizes):
+            D = tokens_for_compute(C, N)
+            rows += [(N, D, D / e, C) for e in epochs]
+    N, D, U, C = map(np.array, zip(*rows))
+    L = data_constrained_loss(N, D, U, law) * np.exp(rng.normal(0, noise, N.size))
+    df = _table(N, D, L, C, 3e-4, seed)
+    df["unique_tokens"] = U
+    df["epochs"] = D / U
+    return df
