@@ -150,8 +150,10 @@ def _named(thetas: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def loss_of(p: dict, N, D, U) -> np.ndarray:
-    """The law at (N, D, U) for named parameters p (arrays broadcast: draws x points)."""
-    return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * effective_tokens(D, U, p["R_star_D"]) ** -p["beta"]
+    """The law at (N, D, U) for named parameters p (arrays broadcast: draws x points); without R_star_D (a
+    plain L(N, D) fit) every token counts as new."""
+    Dp = effective_tokens(D, U, p["R_star_D"]) if "R_star_D" in p else np.asarray(D, float) * np.ones_like(U)
+    return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * Dp ** -p["beta"]
 
 
 class DataConstrainedFit:
@@ -258,6 +260,13 @@ class DataConstrainedFit:
             return loss_of(d, N, D, U)
         return loss_of({k: v[:, None] for k, v in d.items()}, N[None], D[None], U[None])
 
+    def param_draws(self) -> dict[str, np.ndarray] | None:
+        if not len(self.boot_thetas_):
+            return None
+        d = _named(self.boot_thetas_)
+        ok = np.all([np.isfinite(d[k]) for k in PARAMS], axis=0)
+        return {k: d[k][ok] for k in PARAMS}
+
     def n_opt(self, compute) -> np.ndarray:
         return self.allocation_.n_opt(compute)
 
@@ -328,11 +337,9 @@ def allocate(fit: DataConstrainedFit, budget: float, unique_tokens: float, *, fl
     n0 = float(_argmin_on_line(point, budget, unique_tokens, fpt, lo, hi)[0])
     d0 = budget / float(fpt(n0))
     l0 = float(loss_of(fit.params_, n0, d0, unique_tokens))
-    draws = {k: v for k, v in _named(fit.boot_thetas_).items() if k in PARAMS} if len(fit.boot_thetas_) else None
+    draws = fit.param_draws()
     nd = dd = ld = None
     if draws is not None:
-        ok = np.all([np.isfinite(v) for v in draws.values()], axis=0)
-        draws = {k: v[ok] for k, v in draws.items()}
         nd = _argmin_on_line(draws, budget, unique_tokens, fpt, lo, hi)
         dd = budget / fpt(nd)
         ld = loss_of(draws, nd, dd, unique_tokens)
