@@ -45,6 +45,7 @@ def full_flops_per_token(params, tokens, flops_full):
     ok = np.sign(share) == sign
     if ok.sum() >= 3 and np.unique(N[ok]).size >= 2 and sign != 0:
         g, logc = np.polyfit(np.log(N[ok]), np.log(np.abs(share[ok])), 1)
-        return lambda n: FLOPS_PER_PARAM_TOKEN * np.asarray(n, float) * (1 + sign * np.exp(logc) * np.asarray(n, float) ** g)
+        return lambda n: FLOPS_PER_PARAM_TOKEN * np.asarray(n, float) * np.maximum(
+            1 + sign * np.exp(logc) * np.asarray(n, float) ** g, 0.05)
     med = float(np.median(share))
     return lambda n: FLOPS_PER_PARAM_TOKEN * np.asarray(n, float) * (1 + med)

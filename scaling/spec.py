@@ -80,6 +80,23 @@ class DatasetSpec(_Strict):
     simulator: SimulatorSpec | None = None
     meds: str | None = None
     tokenizer: TokenizerSpec = TokenizerSpec()
+    # Share of the train subjects a run draws its windows from (a fixed random subset, nested across
+    # fractions); a list makes it a sweep axis, to measure repeated data. Not part of the prepared dataset:
+    # every fraction trains on the same tokens and tokenizer, so vocabularies and shapes stay comparable.
+    train_fraction: Union[float, list[float]] = 1.0
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _fractions(cls, v):
+        values = v if isinstance(v, list) else [v]
+        if not values or any(not 0 < f <= 1 for f in values):
+            raise ValueError(f"every train_fraction must be in (0, 1], got {v}")
+        if isinstance(v, list) and len(set(values)) != len(values):
+            raise ValueError(f"train_fraction lists a value twice: {v}")
+        return v
+
+    def fractions(self) -> list[float]:
+        return list(self.train_fraction) if isinstance(self.train_fraction, list) else [self.train_fraction]
 
     @model_validator(mode="after")
     def one_source(self) -> "DatasetSpec":
@@ -88,7 +105,7 @@ class DatasetSpec(_Strict):
         return self
 
     def identity(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude={"train_fraction"})
 
 
 class ExplicitShape(_Strict):
@@ -293,25 +310,28 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 f"{source}: grid: {what} with {counted_params(cfg, spec.model.param_count):,} params gives only {steps} "
                 f"optimizer steps of {B}x{L} tokens (at least {MIN_STEPS} needed); raise the budget, "
                 "use smaller models, or lower optimizer.batch_size / model.seq_len")
-        for seed in spec.seeds:
-            for mult in spec.optimizer.lr_multipliers:
-                opt = spec.optimizer
-                runs.append({
-                    "sweep": spec.name,
-                    "objective": spec.objective,
-                    "budget": budget,
-                    "model": cfg.to_dict(),
-                    "param_count": spec.model.param_count,
-                    "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
-                             "batch_size": B, "mask_prob": spec.mask_prob},
-                    "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
-                              "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
-                              "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
-                              "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
-                              "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
-                    "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
-                    "checkpoint": {"every_steps": spec.checkpoint.every_steps},
-                })
+        for fraction, seed, mult in ((f, s, m) for f in spec.dataset.fractions() for s in spec.seeds
+                                     for m in spec.optimizer.lr_multipliers):
+            opt = spec.optimizer
+            data = {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L, "batch_size": B,
+                    "mask_prob": spec.mask_prob}
+            if fraction < 1.0:  # absent at 1.0, so runs on all the data keep their ids
+                data["train_fraction"] = fraction
+            runs.append({
+                "sweep": spec.name,
+                "objective": spec.objective,
+                "budget": budget,
+                "model": cfg.to_dict(),
+                "param_count": spec.model.param_count,
+                "data": data,
+                "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
+                          "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
+                          "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
+                          "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
+                          "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
+                "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
+                "checkpoint": {"every_steps": spec.checkpoint.every_steps},
+            })
     seen: dict[str, dict] = {}
     for r in runs:
         other = seen.setdefault(config_hash(r), r)
