@@ -126,7 +126,7 @@ def fit_table(
     seed_col: str | None = "seed",
     lr_col: str | None = "lr",
     params_convention: str | None = None,
-    compute_convention: str = "6nd",
+    compute_convention: str = "auto",
     flops_col: str = "flops_full",
     budget: float | None = None,
     available_tokens: float | None = None,
@@ -141,13 +141,16 @@ def fit_table(
 
     Conventions: `params_convention` ('total' or 'non_embedding') takes N from the table's params_total or
     params_non_embedding column instead of `params`; `compute_convention='full'` spends `budget` on the full
-    FLOP count (`flops_col`, attention and head included) rather than 6N per token. With `budget` (FLOPs) the
+    FLOP count (`flops_col`, attention and head included) rather than 6N per token; 'auto' (the default) is
+    'full' when the table has `flops_col`. With `budget` (FLOPs) the
     result carries `optimal` (N, D, epochs), under a cap of `available_tokens` unique tokens when given.
     """
     if not isinstance(df, pd.DataFrame):
         df = read_table(df)
     if approach not in (1, 2, 3):
         raise AnalysisError(f"approach must be 1 (envelope), 2 (IsoFLOP) or 3 (parametric); got {approach!r}")
+    if compute_convention == "auto":  # the full count when the table has it (docs/SCIENCE.md says why)
+        compute_convention = "full" if flops_col in df.columns else "6nd"
     if compute_convention not in COMPUTE_CONVENTIONS:
         raise AnalysisError(f"compute convention {compute_convention!r}: choose one of {COMPUTE_CONVENTIONS}")
     if params_convention is not None:

@@ -214,3 +214,42 @@ def data_constrained_table(
     df["unique_tokens"] = U
     df["epochs"] = D / U
     return df
+
+
+def _shape_counts(d_model, vocab: int, seq_len: int):
+    """(non-embedding N, total N, full training FLOPs per token) of a decoder with n_layers = d_model / 64 and
+    d_ff = 4 d_model, counted as medscale.scaling.flops does (head 2 d V, attention over (L + 1) / 2 keys)."""
+    d = np.asarray(d_model, dtype=float)
+    layers = d / 64
+    n_ne = 12 * layers * d * d
+    total = n_ne + 2 * vocab * d
+    fpt = 3 * (2 * n_ne + 2 * d * vocab + 4 * layers * d * (seq_len + 1) / 2)
+    return n_ne, total, fpt
+
+
+def convention_table(budgets=(1e17, 3e17, 1e18, 3e18, 1e19), *, sizes: int = 9, vocab: int = 32000,
+                     seq_len: int = 1024, law: dict = LAW, noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP grids in real (full) FLOPs where the true loss is L(total N, D): what a real model does when the
+    head and attention are a large share of its compute. `params` holds non-embedding N (Kaplan's count)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        d_best = true_full_optimum(C, vocab=vocab, seq_len=seq_len, law=law)[0]
+        for d in np.geomspace(d_best / 2.5, d_best * 2.5, sizes):
+            n_ne, total, fpt = _shape_counts(d, vocab, seq_len)
+            rows.append((n_ne, total, C / fpt, C))
+    n_ne, total, D, C = map(np.array, zip(*rows))
+    L = loss(total, D, law) * np.exp(rng.normal(0, noise, D.size))
+    df = _table(n_ne, D, L, C, 3e-4, seed)
+    df["params_non_embedding"] = n_ne
+    df["params_total"] = total
+    df["flops_full"] = C
+    return df
+
+
+def true_full_optimum(C: float, *, vocab: int = 32000, seq_len: int = 1024, law: dict = LAW):
+    """(d_model, total N, non-embedding N) minimising L(total N, C / full FLOPs per token) for that shape family."""
+    d = np.geomspace(4, 1e5, 200_001)
+    n_ne, total, fpt = _shape_counts(d, vocab, seq_len)
+    i = int(np.argmin(loss(total, C / fpt, law)))
+    return float(d[i]), float(total[i]), float(n_ne[i])

@@ -207,7 +207,7 @@ def fit(
     unique_tokens: Optional[str] = typer.Option(None, "--unique-tokens", help="Column of each run's unique training tokens U: fits the data-constrained law L(N, D, U) with R_star_D (Approach 3)."),
     budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs to allocate: adds `optimal` (N, D, epochs) to the output."),
     available_tokens: Optional[float] = typer.Option(None, "--available-tokens", help="Unique tokens available at --budget (repeat them or grow the model)."),
-    compute_convention: str = typer.Option("6nd", "--compute-convention", help="full: spend --budget on the full FLOP count (column --flops-col); 6nd: C = 6ND."),
+    compute_convention: str = typer.Option("auto", "--compute-convention", help="full: spend --budget on the full FLOP count (column --flops-col); 6nd: C = 6ND; auto (default): full when the table has --flops-col."),
     params_convention: Optional[str] = typer.Option(None, "--params-convention", help="total or non_embedding: take N from params_total / params_non_embedding instead of --params."),
     flops_col: str = typer.Option("flops_full", "--flops-col", help="Column of full training FLOPs (for --compute-convention full)."),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
