@@ -208,7 +208,7 @@ def write_report(
                                            "not_fitted": {f"approach_{k}": v for k, v in skipped.items()}}
         body.append(_section(name, df, fits, skipped, allocs, at, figs, out))
         body.append(_extrapolation_section(results_json))
-        body.append(_conventions_section(df, at, max_tokens, min(n_boot, 200), seed, report_json["objectives"][name]))
+        body.append(_conventions_section(df, at, max_tokens, min(n_boot, 100), seed, report_json["objectives"][name]))
         body.append(_data_constrained_section(df_group, at, max_tokens, n_boot, seed, report_json["objectives"][name],
                                               summary, name))
 
