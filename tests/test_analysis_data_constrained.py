@@ -142,3 +142,26 @@ def test_isoflop_drops_edge_minima_and_warns_on_few_sizes():
     assert any("left out of the cross-budget law" in w for w in res.warnings)
     assert any("only 4 sizes" in w for w in res.warnings)
     assert res.fit.minima_["weight"].gt(0).all()
+
+
+def test_cli_fit_reports_r_star_optimal_and_extrapolation(tmp_path):
+    from typer.testing import CliRunner
+
+    from medscale.scaling.cli import app
+
+    path = tmp_path / "runs.csv"
+    synthetic.data_constrained_table(noise=0.005, seed=2).to_csv(path, index=False)
+    args = ["fit", str(path), "--params", "params", "--tokens", "tokens", "--loss", "loss", "--unique-tokens",
+            "unique_tokens", "--budget-col", "budget", "--budget", "1e22", "--available-tokens", "1e10",
+            "--n-boot", "20"]
+    res = CliRunner().invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["R_star_D"]["value"] == pytest.approx(15.0, rel=0.2)
+    assert d["optimal"]["epochs"]["value"] > 4 and d["extrapolation"]["n_opt"]["ratio"] > 0
+    assert d["conventions"]["compute"] == "full"  # the table has flops_full: the full count is used
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0 and "R_star_D" in text.output and "extrapolation" in text.output
+    no_budget = [a for a in args if a not in ("--budget", "1e22")]
+    bad = CliRunner().invoke(app, no_budget)
+    assert bad.exit_code == 2 and "--budget" in bad.output
