@@ -306,7 +306,7 @@ def optimal(
         sweep = str(results.loc[results["objective"] == objective, "sweep"].mode().iloc[0]) if len(results) else None
         source = sweeps.get(sweep) or (next(iter(sweeps.values())) if sweeps else None)
         dataset = source["dataset"] if source else {"simulator": {"subjects": 4000, "seed": 0}}
-        dataset = {k: v for k, v in dataset.items() if v is not None}
+        dataset = {k: v for k, v in dataset.items() if v is not None and k != "train_fraction"}  # all the data
         write_yaml(spec_out, run_spec(rec, name="compute-optimal", dataset=dataset, objective=objective))
         out.print(f"ready-to-run spec: {spec_out}  (medscale train {spec_out} --out DIR)")
 

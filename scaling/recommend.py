@@ -48,6 +48,8 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     convention = str(done["param_count"].mode().iloc[0]) if "param_count" in done and done["param_count"].notna().any() \
         else "non_embedding"
     has_u = "unique_tokens" in done and done["unique_tokens"].notna().all()
+    if not has_u and "train_fraction" in done:  # runs on part of the data repeat it: only L(N, D, U) fits them
+        done = done[done["train_fraction"].fillna(1.0) >= 1.0]
     fit = fit_table(done, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed,
                     budget_col="budget" if done["budget"].notna().any() else None,
                     unique_tokens="unique_tokens" if has_u else None)
@@ -89,6 +91,11 @@ def _lr_rule(done: pd.DataFrame, fit, sweeps: dict[str, dict]) -> dict:
     """The learning-rate rule of the runs (from their sweep spec) with the multiplier that won most often."""
     sweep = str(done["sweep"].mode().iloc[0]) if "sweep" in done and done["sweep"].notna().any() else None
     opt = dict((sweeps.get(sweep) or {}).get("optimizer") or {})
+    if ("lr_multiplier" not in done or done["lr_multiplier"].isna().any()) and opt.get("lr") and "lr" in done:
+        # runs from before lr_multiplier was recorded: lr = lr * (base_width / d_model) * multiplier
+        scale = opt.get("base_width", 128) / done["d_model"] if opt.get("lr_scaling", "inverse_width") == \
+            "inverse_width" else 1.0
+        done = done.assign(lr_multiplier=(done["lr"] / (opt["lr"] * scale)).round(6))
     if "lr_multiplier" in done and done["lr_multiplier"].nunique() > 1:
         key = ["params", "tokens"] + (["unique_tokens"] if "unique_tokens" in done else [])
         mean = done.groupby(key + ["lr_multiplier"], dropna=False)["loss"].mean().reset_index()

@@ -54,3 +54,10 @@ def test_spec_trains_the_shape_it_names_at_the_budget(unique):
     assert run["train"]["tokens"] == pytest.approx(rec["tokens"], rel=0.01)
     assert run["train"]["lr_multiplier"] == 2.0
     assert run["train"]["lr"] == pytest.approx(3e-3 * 128 / rec["shape"].d_model * 2.0)
+
+
+def test_multiplier_is_recovered_from_lr_when_runs_did_not_record_it():
+    df = results_table(False)
+    df["lr"] = 3e-3 * 128 / df["d_model"] * df["lr_multiplier"]
+    rec = recommend(df.drop(columns=["lr_multiplier"]), BUDGET, n_boot=0, sweeps=SWEEPS)
+    assert rec["optimizer"]["lr_multipliers"] == [2.0]
