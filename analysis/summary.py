@@ -142,7 +142,8 @@ def fit_table(
     Conventions: `params_convention` ('total' or 'non_embedding') takes N from the table's params_total or
     params_non_embedding column instead of `params`; `compute_convention='full'` spends `budget` on the full
     FLOP count (`flops_col`, attention and head included) rather than 6N per token; 'auto' (the default) is
-    'full' when the table has `flops_col`. With `budget` (FLOPs) the
+    'full' when the table has `flops_col` and the law is parametric (Approaches 1 and 2 only know the compute
+    their runs were grouped by). With `budget` (FLOPs) the
     result carries `optimal` (N, D, epochs), under a cap of `available_tokens` unique tokens when given.
     """
     if not isinstance(df, pd.DataFrame):
@@ -150,7 +151,7 @@ def fit_table(
     if approach not in (1, 2, 3):
         raise AnalysisError(f"approach must be 1 (envelope), 2 (IsoFLOP) or 3 (parametric); got {approach!r}")
     if compute_convention == "auto":  # the full count when the table has it (docs/SCIENCE.md says why)
-        compute_convention = "full" if flops_col in df.columns else "6nd"
+        compute_convention = "full" if flops_col in df.columns and approach == 3 else "6nd"
     if compute_convention not in COMPUTE_CONVENTIONS:
         raise AnalysisError(f"compute convention {compute_convention!r}: choose one of {COMPUTE_CONVENTIONS}")
     if params_convention is not None:

@@ -165,3 +165,13 @@ def test_cli_fit_reports_r_star_optimal_and_extrapolation(tmp_path):
     no_budget = [a for a in args if a not in ("--budget", "1e22")]
     bad = CliRunner().invoke(app, no_budget)
     assert bad.exit_code == 2 and "--budget" in bad.output
+
+
+def test_isoflop_budget_allocation_uses_its_own_compute():
+    df = synthetic.isoflop_table(noise=0.0)
+    res = fit_table(df, params="params", tokens="tokens", loss="loss", budget_col="budget", approach=2, n_boot=0,
+                    budget=1e22)
+    assert res.optimal.compute_convention == "6nd"
+    with pytest.raises(AnalysisError, match="parametric"):
+        fit_table(df, params="params", tokens="tokens", loss="loss", approach=2, n_boot=0, budget=1e22,
+                  compute_convention="full")
