@@ -315,15 +315,22 @@ def _data_constrained_section(df: pd.DataFrame, at: float, max_tokens, n_boot: i
     try:
         fit = DataConstrainedFit(n_boot=n_boot, seed=seed).fit(
             df.params, df.tokens, df.unique_tokens, df.loss,
+            budget=df["budget"].to_numpy() if "budget" in df else None,
             seed_col=df["seed"].to_numpy() if "seed" in df else None,
             lr=df["lr"].to_numpy(dtype=float) if "lr" in df else None)
     except AnalysisError as e:
         return f"<h3>Data-constrained law</h3><div class='warn'>not fitted: {html.escape(str(e))}</div>"
+    from .extrapolation import hold_out_largest
+    from .summary import _plain_tree
+
     U = float(max_tokens) if max_tokens else float(df["unique_tokens"].max())
     al = fit.allocate(at, U)
     free = compute_optimal(fit, at)
+    ex = hold_out_largest(fit.data_, lambda t: DataConstrainedFit(n_boot=0).fit(
+        t.params, t.tokens, t.unique_tokens, t.loss))
     store["data_constrained"] = {**{k: e.to_dict() for k, e in fit.estimates_.items()},
-                                 "allocation": al.to_dict(), "warnings": list(fit.warnings_) + al.warnings}
+                                 "allocation": al.to_dict(), "extrapolation": _plain_tree(ex),
+                                 "warnings": list(fit.warnings_) + al.warnings}
     r = fit.estimates_["R_star_D"]
     summary.append(
         f"{name}: repeated tokens lose value with R*_D = {_g(r.value)} epochs"
@@ -339,6 +346,13 @@ def _data_constrained_section(df: pd.DataFrame, at: float, max_tokens, n_boot: i
              f"epochs = {_est(al.epochs)}, predicted loss {_est(al.loss)}; with unlimited data N = "
              f"{_est(free.n_opt)}.</p>")
     h += [f"<p>{html.escape(n)}</p>" for n in al.notes]
+    if ex:
+        what = f"budget {_g(ex.get('budget'))}" if ex.get("budget") else f"N {_g(ex.get('params'))}"
+        h.append(f"<p>Extrapolation (refitted without the largest {what}): its best run's loss predicted "
+                 f"{ex['loss']['predicted']:.4f}, observed {ex['loss']['observed']:.4f} "
+                 f"(difference {ex['loss']['difference']:+.4f}; mean absolute {ex['loss']['mean_abs_difference']:.4f})."
+                 + (f" N_opt predicted / observed: {_g(ex['n_opt']['ratio'])}." if ex.get("n_opt") else "")
+                 + "</p>")
     warns = list(fit.warnings_) + al.warnings
     if warns:
         h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
