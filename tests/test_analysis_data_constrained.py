@@ -175,3 +175,22 @@ def test_isoflop_budget_allocation_uses_its_own_compute():
     with pytest.raises(AnalysisError, match="parametric"):
         fit_table(df, params="params", tokens="tokens", loss="loss", approach=2, n_boot=0, budget=1e22,
                   compute_convention="full")
+
+
+def test_report_shows_extrapolation_conventions_and_the_data_constrained_law(tmp_path):
+    from medscale.analysis.report import write_report
+
+    df = synthetic.data_constrained_table(budgets=synthetic.BUDGETS[:4], sizes=5, epochs=(1.0, 4.0, 25.0),
+                                          noise=0.003, seed=4)
+    df["params_non_embedding"] = df["params"] * 0.8
+    df["train_fraction"] = np.where(df["epochs"] > 1, 0.1, 1.0)  # the repeated runs are a partial-data arm
+    index = write_report(tmp_path / "rep", results=df, budget=1e21, max_tokens=2e9, n_boot=10)
+    text = index.read_text()
+    assert "Extrapolation: the largest budget predicted" in text and "under each convention" in text
+    fits = json.loads((index.parent / "fits.json").read_text())["objectives"]["decoder"]
+    assert fits["n_runs"] == int((df["train_fraction"] == 1).sum())  # plain fits: full-data runs only
+    assert fits["fits"]["approach_3"]["extrapolation"]["held_out"] == "largest budget"
+    assert set(fits["conventions"]) == {"total/full", "total/6nd", "non_embedding/full", "non_embedding/6nd"}
+    dc = fits["data_constrained"]
+    assert dc["R_star_D"]["value"] == pytest.approx(15.0, rel=0.2)
+    assert dc["allocation"]["epochs"]["value"] > 1 and dc["extrapolation"]["budget"] == synthetic.BUDGETS[3]
