@@ -240,12 +240,28 @@ class DataConstrainedFit:
                      + ("worthless" if best[0][5] <= lo + 1e-3 else "as good as new") + " in these runs")
         if N.size < diagnostics.FEW_POINTS:
             w.append(f"only {N.size} points for 6 parameters: the fit is fragile")
+        w += self._overfitting()
         if not best[2]:
             w.append(f"L-BFGS-B did not report convergence: {best[3]}")
         w += diagnostics.wide_exponents(self.estimates_)
         w += diagnostics.wide_factors(self.estimates_, ("E", "alpha", "beta", "R_star_D"))
         n_failed = int(np.isnan(self.boot_thetas_).any(axis=1).sum()) if len(self.boot_thetas_) else 0
         w += diagnostics.failed_resamples(n_failed, self.n_boot)
+
+    def _overfitting(self) -> list[str]:
+        """Runs where a larger model reached a higher loss on the same tokens and data: overfitting, which the
+        law (loss falling in N at any D and U) cannot describe; their residuals are then systematic."""
+        d = self.data_
+        worse = []
+        for (_, U), g in d.groupby(["tokens", "unique_tokens"]):
+            g = g.sort_values("params")
+            if len(g) >= 2 and (np.diff(g["loss"].to_numpy()) > 0.01 * g["loss"].to_numpy()[:-1]).any():
+                worse.append(float(g["epochs"].iloc[0]))
+        if not worse:
+            return []
+        return [f"at {len(worse)} (D, U) point(s) (from {min(worse):.3g} epochs) a larger model reached a higher "
+                "loss than a smaller one: overfitting from repeated data, which this law does not model; treat "
+                "recommendations at that many epochs as optimistic"]
 
     # -- model -----------------------------------------------------------------------------------------
     def predict(self, params, tokens, unique_tokens=np.inf) -> np.ndarray:

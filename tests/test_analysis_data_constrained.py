@@ -194,3 +194,14 @@ def test_report_shows_extrapolation_conventions_and_the_data_constrained_law(tmp
     dc = fits["data_constrained"]
     assert dc["R_star_D"]["value"] == pytest.approx(15.0, rel=0.2)
     assert dc["allocation"]["epochs"]["value"] > 1 and dc["extrapolation"]["budget"] == synthetic.BUDGETS[3]
+
+
+def test_overfitting_runs_are_flagged():
+    df = synthetic.data_constrained_table(noise=0.0)
+    clean = DataConstrainedFit(n_boot=0).fit(df.params, df.tokens, df.unique_tokens, df.loss)
+    assert not any("overfitting" in w for w in clean.warnings_)
+    ladder = pd.DataFrame({"params": [1e7, 4e7], "tokens": 1e10, "unique_tokens": 2e8})
+    ladder["loss"] = [3.0, 3.3]  # the larger model is worse after 50 epochs
+    both = pd.concat([df, ladder], ignore_index=True)
+    fit = DataConstrainedFit(n_boot=0).fit(both.params, both.tokens, both.unique_tokens, both.loss)
+    assert any("overfitting" in w and "50 epochs" in w for w in fit.warnings_)
