@@ -310,28 +310,27 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 f"{source}: grid: {what} with {counted_params(cfg, spec.model.param_count):,} params gives only {steps} "
                 f"optimizer steps of {B}x{L} tokens (at least {MIN_STEPS} needed); raise the budget, "
                 "use smaller models, or lower optimizer.batch_size / model.seq_len")
-        for fraction, seed, mult in ((f, s, m) for f in spec.dataset.fractions() for s in spec.seeds
-                                     for m in spec.optimizer.lr_multipliers):
-            opt = spec.optimizer
-            data = {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L, "batch_size": B,
-                    "mask_prob": spec.mask_prob}
-            if fraction < 1.0:  # absent at 1.0, so runs on all the data keep their ids
-                data["train_fraction"] = fraction
-            runs.append({
-                "sweep": spec.name,
-                "objective": spec.objective,
-                "budget": budget,
-                "model": cfg.to_dict(),
-                "param_count": spec.model.param_count,
-                "data": data,
-                "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
-                          "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
-                          "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
-                          "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
-                          "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
-                "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
-                "checkpoint": {"every_steps": spec.checkpoint.every_steps},
-            })
+        for seed in spec.seeds:
+            for mult, fraction in ((m, f) for m in spec.optimizer.lr_multipliers for f in spec.dataset.fractions()):
+                opt = spec.optimizer
+                runs.append({
+                    "sweep": spec.name,
+                    "objective": spec.objective,
+                    "budget": budget,
+                    "model": cfg.to_dict(),
+                    "param_count": spec.model.param_count,
+                    "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
+                             "batch_size": B, "mask_prob": spec.mask_prob,
+                             # absent at 1.0, so runs on all the data keep their ids
+                             **({"train_fraction": fraction} if fraction < 1.0 else {})},
+                    "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
+                              "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
+                              "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
+                              "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
+                              "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
+                    "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
+                    "checkpoint": {"every_steps": spec.checkpoint.every_steps},
+                })
     seen: dict[str, dict] = {}
     for r in runs:
         other = seen.setdefault(config_hash(r), r)
