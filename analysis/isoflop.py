@@ -7,6 +7,8 @@ bootstrap resamples runs within each budget, so every resample keeps every budge
 from __future__ import annotations
 
 from .conventions import tokens_for_compute
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -158,7 +160,11 @@ class IsoFlopFit:
         self.notes_.append("D_opt = C / (6 N_opt) at each budget's parabola minimum")
 
         # Budgets weigh by 1 / variance of their log N_opt over the bootstrap (a sharp minimum counts more).
-        var = np.nanvar(xs_draws, axis=0) if W.shape[0] > 1 else np.full(len(usable), np.nan)
+        var = np.full(len(usable), np.nan)
+        if W.shape[0] > 1:
+            with warnings.catch_warnings():  # a budget whose every resample lacks a minimum: all-NaN column
+                warnings.simplefilter("ignore", RuntimeWarning)
+                var = np.nanvar(xs_draws, axis=0)
         wts = np.where(np.isfinite(var) & (var > 0), 1.0 / np.where(var > 0, var, 1.0), np.nan)
         wts = np.where(np.isfinite(wts), wts, np.nanmax(wts) if np.isfinite(wts).any() else 1.0)
         self.minima_["weight"] = wts / wts[good].sum()
