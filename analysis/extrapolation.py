@@ -14,22 +14,18 @@ import pandas as pd
 from .errors import AnalysisError
 from .isoflop import _minimum, _parabolas
 
-NEAREST_SIZES = 5  # the parabola through the held-out budget uses the sizes nearest its best run
-
-
 def observed_n_opt(params, loss) -> tuple[float, bool]:
-    """(N at the minimum of a parabola in log N through the sizes nearest the lowest loss, inside the sizes?)."""
-    x, y = np.log(np.asarray(params, float)), np.asarray(loss, float)
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if np.unique(x).size < 3:
+    """(N at the minimum of a parabola in log N through all the held-out budget's sizes, inside the sizes?).
+
+    All sizes, as Approach 2 does: on 9 sizes with 1% loss noise the minimum scatters by a factor 1.10 (3 sizes
+    nearest the best: 1.49), at a bias of about 1% from the parabola's shape.
+    """
+    xs, ys = np.log(np.asarray(params, float)), np.asarray(loss, float)
+    if np.unique(xs).size < 3:
         return float("nan"), False
-    i = int(np.argmin(y))
-    lo = max(0, min(i - NEAREST_SIZES // 2, x.size - NEAREST_SIZES))
-    xs, ys = x[lo:lo + NEAREST_SIZES], y[lo:lo + NEAREST_SIZES]
     coef = _parabolas(xs, ys, np.ones((1, xs.size)))
     xm, _ = _minimum(coef, xs.mean())
-    inside = bool(np.isfinite(xm[0]) and x.min() < xm[0] < x.max())
+    inside = bool(np.isfinite(xm[0]) and xs.min() < xm[0] < xs.max())
     return float(np.exp(xm[0])), inside
 
 

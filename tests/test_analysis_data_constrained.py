@@ -91,7 +91,7 @@ def test_extrapolation_is_exact_on_noise_free_isoflop_data():
     assert ex["loss"]["difference"] == pytest.approx(0.0, abs=1e-8)
     assert ex["n_opt"]["predicted"] == pytest.approx(float(synthetic.n_opt(top)), rel=1e-4)
     # the observed N_opt is a parabola's minimum: close to, not exactly, the truth
-    assert ex["n_opt"]["ratio"] == pytest.approx(1.0, abs=0.03)
+    assert ex["n_opt"]["ratio"] == pytest.approx(1.0, abs=0.05)  # 3% on sizes spanning 64x
     biased = synthetic.isoflop_table(noise=0.0, law={**synthetic.LAW, "beta": 0.28})
     biased.loc[biased["budget"] == top, "loss"] *= 1.02  # the largest budget does worse than the law says
     ex2 = fit_table(biased, params="params", tokens="tokens", loss="loss", budget_col="budget", n_boot=0).hold_out
