@@ -92,12 +92,53 @@ def _windows(token_dir, split: str, seq_len: int) -> TokenWindows:
     return windows
 
 
+_SUBSET_STREAM = 0x73756273  # the fixed seed of the subject ranks behind train_fraction
+
+
+class WindowSubset:
+    """The windows of a TokenWindows whose first token belongs to a chosen subject (picklable)."""
+
+    def __init__(self, windows: TokenWindows, fraction: float) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+        self.windows, self.fraction = windows, float(fraction)
+        n_subjects = windows.offsets.size
+        # Each subject gets a fixed random rank, so the subjects of fraction 0.1 are among those of 0.3.
+        rank = np.random.default_rng(_SUBSET_STREAM).permutation(n_subjects)
+        chosen = rank < max(1, round(fraction * n_subjects))
+        first_subject = np.searchsorted(windows.offsets, np.arange(len(windows)) * windows.seq_len, side="right") - 1
+        self.index = np.flatnonzero(chosen[first_subject])
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.windows[int(self.index[i])]
+
+
+def train_windows(token_dir, split: str, seq_len: int, train_fraction: float = 1.0):
+    """The windows a run trains on: all of the split, or those of a fixed random `train_fraction` of its subjects."""
+    windows = _windows(token_dir, split, seq_len)
+    if train_fraction >= 1.0:
+        return windows
+    subset = WindowSubset(windows, train_fraction)
+    if len(subset) == 0:
+        raise MedsError(f"{token_dir}/{split}: train_fraction {train_fraction} keeps no window; use a larger fraction")
+    return subset
+
+
+def unique_train_tokens(token_dir, split: str, seq_len: int, train_fraction: float = 1.0) -> int:
+    """Distinct target tokens a run can see (windows x seq_len): past these, training repeats data."""
+    return len(train_windows(token_dir, split, seq_len, train_fraction)) * int(seq_len)
+
+
 def train_batches(token_dir, split: str = "train", *, seq_len: int, batch_size: int, objective: str, seed: int,
-                  mask_prob: float = 0.15) -> grain.MapDataset:
-    """Infinite grain.MapDataset; `ds[step]` is the batch for that step."""
+                  mask_prob: float = 0.15, train_fraction: float = 1.0) -> grain.MapDataset:
+    """Infinite grain.MapDataset; `ds[step]` is the batch for that step. `train_fraction` < 1 trains on the
+    windows of a fixed random subset of the split's subjects (the same subset for every seed and run)."""
     _check(objective, seq_len, batch_size, seed, mask_prob)
     vocab_size = _vocab_size(token_dir)
-    windows = _windows(token_dir, split, seq_len)
+    windows = train_windows(token_dir, split, seq_len, train_fraction)
     ds = grain.MapDataset.source(windows).shuffle(seed=seed).repeat()
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     return ds.map_with_index(_MakeBatch(objective, seed, mask_prob, vocab_size))

@@ -204,7 +204,13 @@ def fit(
     compute: Optional[str] = typer.Option(None, "--compute", help="Column holding training FLOPs C; with no --tokens, D = C/(6N)."),
     approach: int = typer.Option(3, "--approach", min=1, max=3, help="1: envelope, 2: IsoFLOP profiles (groups by compute), 3: parametric L(N, D)."),
     budget_col: Optional[str] = typer.Option(None, "--budget-col", help="Column naming each run's IsoFLOP budget (default: group by compute)."),
-    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
+    unique_tokens: Optional[str] = typer.Option(None, "--unique-tokens", help="Column of each run's unique training tokens U: fits the data-constrained law L(N, D, U) with R_star_D (Approach 3)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs to allocate: adds `optimal` (N, D, epochs) to the output."),
+    available_tokens: Optional[float] = typer.Option(None, "--available-tokens", help="Unique tokens available at --budget (repeat them or grow the model)."),
+    compute_convention: str = typer.Option("auto", "--compute-convention", help="full: spend --budget on the full FLOP count (column --flops-col); 6nd: C = 6ND; auto (default): full when the table has --flops-col."),
+    params_convention: Optional[str] = typer.Option(None, "--params-convention", help="total or non_embedding: take N from params_total / params_non_embedding instead of --params."),
+    flops_col: str = typer.Option("flops_full", "--flops-col", help="Column of full training FLOPs (for --compute-convention full)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
@@ -217,21 +223,42 @@ def fit(
     if not table.exists():
         raise AnalysisError(f"{table}: no such file")
     result = fit_table(table, params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
-                       n_boot=n_boot, seed=seed, budget_col=budget_col)
+                       n_boot=n_boot, seed=seed, budget_col=budget_col, unique_tokens=unique_tokens,
+                       budget=budget, available_tokens=available_tokens, compute_convention=compute_convention,
+                       params_convention=params_convention, flops_col=flops_col)
     if as_json:
         print(result.to_json())
         return
     payload = json.loads(result.to_json())
     out.print(f"Approach {approach} fit of {table} ({payload.get('n_points')} points)")
-    for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G"):
+    for key in ("E", "A", "B", "alpha", "beta", "R_star_D", "a", "b", "G"):
         if isinstance(payload.get(key), dict):
             v = payload[key]
             lo, hi = v["interval"]
-            out.print(f"  {key:>6} = {v['value']:.4g}   [{lo:.4g}, {hi:.4g}]")
-    for note in payload.get("notes", []):
+            out.print(f"  {key:>8} = {v['value']:.4g}   [{_num(lo)}, {_num(hi)}]")
+    ex = payload.get("extrapolation")
+    if ex:
+        what = f"budget {ex['budget']:.3g}" if ex.get("budget") else f"N {ex['params']:.3g}"
+        parts = []
+        if ex.get("n_opt") and ex["n_opt"].get("ratio"):
+            parts.append(f"N_opt predicted/observed = {ex['n_opt']['ratio']:.3g}")
+        if ex.get("loss"):
+            parts.append(f"loss predicted - observed = {ex['loss']['difference']:+.4g}")
+        out.print(f"  extrapolation (fit without the largest {what}): " + ", ".join(parts))
+    opt = payload.get("optimal")
+    if opt:
+        for key in ("N", "D", "epochs"):
+            if opt.get(key):
+                lo, hi = opt[key]["interval"]
+                out.print(f"  optimal {key:>6} = {opt[key]['value']:.4g}   [{_num(lo)}, {_num(hi)}]")
+    for note in payload.get("notes", []) + (opt or {}).get("notes", []):
         out.print(f"  note: {note}")
     for warning in payload.get("warnings", []):
         out.print(f"  [yellow]warning:[/] {warning}")
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 @app.command()
@@ -253,12 +280,13 @@ def analyze(
 @app.command()
 @user_errors
 def optimal(
-    compute: float = typer.Option(..., "--compute", help="Training budget in FLOPs (6ND convention), e.g. 1e18."),
+    compute: float = typer.Option(..., "--compute", help="Training budget in FLOPs (see --compute-convention), e.g. 1e18."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Run store whose finished runs the law is fitted to."),
     objective: str = typer.Option("decoder", "--objective", help="decoder or encoder runs."),
-    max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Unique tokens available: caps D (medical data is often token-limited)."),
+    available_tokens: Optional[float] = typer.Option(None, "--available-tokens", "--max-tokens", help="Unique tokens available: with runs that record unique tokens, the law decides how many epochs to repeat them; otherwise D is capped."),
+    compute_convention: str = typer.Option("full", "--compute-convention", help="full: the budget buys the full FLOP count the runs recorded (attention and head included); 6nd: C = 6ND."),
     spec_out: Optional[Path] = typer.Option(None, "--spec-out", help="Write a ready-to-run spec for the recommended run here."),
-    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Compute-optimal model size and tokens for a budget, with intervals, a shape and a run spec."""
     import yaml
@@ -267,13 +295,18 @@ def optimal(
     from medscale.scaling.recommend import recommend, run_spec
     from medscale.scaling.results import load_results
 
+    if compute_convention not in ("full", "6nd"):
+        raise UserError(f"--compute-convention {compute_convention!r}: choose full or 6nd")
     results, _ = load_results(runs_dir)
-    rec = recommend(results, compute, objective=objective, max_tokens=max_tokens, n_boot=n_boot)
+    sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
+    rec = recommend(results, compute, objective=objective, max_tokens=available_tokens, n_boot=n_boot,
+                    compute_convention=compute_convention, sweeps=sweeps)
     print_recommendation(rec, compute)
     if spec_out:
-        sweeps = sorted((runs_dir / "sweeps").glob("*.yaml"))
-        dataset = yaml.safe_load(sweeps[0].read_text())["dataset"] if sweeps else {"simulator": {"subjects": 4000, "seed": 0}}
-        dataset = {k: v for k, v in dataset.items() if v is not None}
+        sweep = str(results.loc[results["objective"] == objective, "sweep"].mode().iloc[0]) if len(results) else None
+        source = sweeps.get(sweep) or (next(iter(sweeps.values())) if sweeps else None)
+        dataset = source["dataset"] if source else {"simulator": {"subjects": 4000, "seed": 0}}
+        dataset = {k: v for k, v in dataset.items() if v is not None and k != "train_fraction"}  # all the data
         write_yaml(spec_out, run_spec(rec, name="compute-optimal", dataset=dataset, objective=objective))
         out.print(f"ready-to-run spec: {spec_out}  (medscale train {spec_out} --out DIR)")
 
@@ -282,16 +315,24 @@ def print_recommendation(rec: dict, compute: float) -> None:
     a = rec["allocation"]
     shape = rec["shape"]
     fmt = lambda e: f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"  # noqa: E731
-    out.print(f"compute-optimal at C = {compute:.3g} FLOPs (95% bootstrap intervals):")
+    out.print(f"compute-optimal at C = {compute:.3g} FLOPs ({rec.get('compute_convention', '6nd')} count; "
+              "95% bootstrap intervals):")
     out.print(f"  N_opt = {fmt(a.n_opt)} params ({rec['param_count'].replace('_', '-')} count)")
     out.print(f"  D_opt = {fmt(a.d_opt)} tokens")
+    if a.epochs is not None:
+        out.print(f"  epochs = {fmt(a.epochs)} over {a.max_tokens:.3g} unique tokens")
     out.print(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
     if a.loss is not None:
         out.print(f"  predicted loss = {fmt(a.loss)}")
     out.print(f"  shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
-              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params)")
-    for note in a.notes:
+              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params); "
+              f"trained on {rec['tokens']:.4g} tokens (its own N at the budget)")
+    lo, hi = rec["band"]
+    out.print(f"  sizes within 1% of the best predicted loss: {lo:.3g} to {hi:.3g} params")
+    for note in list(a.notes) + list(rec.get("notes", [])):
         out.print(f"  note: {note}")
+    for warning in a.warnings:
+        out.print(f"  [yellow]warning:[/] {warning}")
 
 
 @app.command()

@@ -80,6 +80,23 @@ class DatasetSpec(_Strict):
     simulator: SimulatorSpec | None = None
     meds: str | None = None
     tokenizer: TokenizerSpec = TokenizerSpec()
+    # Share of the train subjects a run draws its windows from (a fixed random subset, nested across
+    # fractions); a list makes it a sweep axis, to measure repeated data. Not part of the prepared dataset:
+    # every fraction trains on the same tokens and tokenizer, so vocabularies and shapes stay comparable.
+    train_fraction: Union[float, list[float]] = 1.0
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _fractions(cls, v):
+        values = v if isinstance(v, list) else [v]
+        if not values or any(not 0 < f <= 1 for f in values):
+            raise ValueError(f"every train_fraction must be in (0, 1], got {v}")
+        if isinstance(v, list) and len(set(values)) != len(values):
+            raise ValueError(f"train_fraction lists a value twice: {v}")
+        return v
+
+    def fractions(self) -> list[float]:
+        return list(self.train_fraction) if isinstance(self.train_fraction, list) else [self.train_fraction]
 
     @model_validator(mode="after")
     def one_source(self) -> "DatasetSpec":
@@ -88,7 +105,7 @@ class DatasetSpec(_Strict):
         return self
 
     def identity(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude={"train_fraction"})
 
 
 class ExplicitShape(_Strict):
@@ -294,7 +311,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 f"optimizer steps of {B}x{L} tokens (at least {MIN_STEPS} needed); raise the budget, "
                 "use smaller models, or lower optimizer.batch_size / model.seq_len")
         for seed in spec.seeds:
-            for mult in spec.optimizer.lr_multipliers:
+            for mult, fraction in ((m, f) for m in spec.optimizer.lr_multipliers for f in spec.dataset.fractions()):
                 opt = spec.optimizer
                 runs.append({
                     "sweep": spec.name,
@@ -303,7 +320,9 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                     "model": cfg.to_dict(),
                     "param_count": spec.model.param_count,
                     "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
-                             "batch_size": B, "mask_prob": spec.mask_prob},
+                             "batch_size": B, "mask_prob": spec.mask_prob,
+                             # absent at 1.0, so runs on all the data keep their ids
+                             **({"train_fraction": fraction} if fraction < 1.0 else {})},
                     "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
                               "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
                               "warmup_steps": max(1, round(opt.warmup_fraction * steps)),

@@ -36,7 +36,7 @@ FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
 RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint")
-DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob")
+DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_fraction")  # fraction: only when < 1
 
 
 def run_identity(config: dict) -> dict:
@@ -160,4 +160,5 @@ def flatten_run_config(config: dict) -> dict:
         "d_ff": model["d_ff"], "vocab_size": model["vocab_size"],
         "seq_len": config["data"]["seq_len"], "batch_size": config["data"]["batch_size"],
         "lr": train["lr"], "seed": train["seed"], "target_tokens": train["tokens"],
+        "train_fraction": config["data"].get("train_fraction", 1.0),
     }

@@ -73,7 +73,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     import jax
     import orbax.checkpoint as ocp
 
-    from medscale.data.loader import eval_batches, train_batches
+    from medscale.data.loader import eval_batches, train_batches, unique_train_tokens
     from medscale.models.config import ModelConfig, counted_params, param_counts
     from medscale.models.sharding import make_mesh, shard_batch
     from medscale.models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
@@ -101,7 +101,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     place = lambda batch: shard_batch(batch, mesh)  # noqa: E731
 
     batches = train_batches(data_cfg["token_dir"], "train", seq_len=L, batch_size=B, objective=objective,
-                            seed=train_cfg["seed"], mask_prob=data_cfg.get("mask_prob", 0.15))
+                            seed=train_cfg["seed"], mask_prob=data_cfg.get("mask_prob", 0.15),
+                            train_fraction=data_cfg.get("train_fraction", 1.0))
     held_out = list(eval_batches(data_cfg["token_dir"], eval_cfg.get("split", "tuning"), seq_len=L,
                                  batch_size=B, objective=objective, n_batches=eval_cfg["batches"]))
 
@@ -190,6 +191,11 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "params_non_embedding": counts.non_embedding,
         "params_total": counts.total,
         "tokens": tokens,
+        # Unique tokens U of the windows the run draws from; epochs > 1 means it repeated data.
+        "unique_tokens": (unique := unique_train_tokens(data_cfg["token_dir"], "train", L,
+                                                        data_cfg.get("train_fraction", 1.0))),
+        "epochs": tokens / unique, "train_fraction": data_cfg.get("train_fraction", 1.0),
+        "lr_multiplier": train_cfg.get("lr_multiplier"),
         "steps": total_steps,
         "compute": flops.six_n * tokens,  # C = 6ND under the run's parameter convention
         "flops_full": flops.full * tokens,
