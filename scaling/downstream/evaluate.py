@@ -89,7 +89,7 @@ def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
 
         task, labels = label_task(meds, spec.labels, name)
     else:
-        task = load_task(name)
+        task = load_task(name, spec.predicates)
         labels = extract_labels(meds, task)
     fit = labels[labels["split"].isin(spec.fit_splits)]
     test = labels[labels["split"].isin(spec.test_splits)]
@@ -182,7 +182,8 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
 # ------------------------------------------------------------------------------------------------
 
 # The fields of a downstream spec that change an evaluation's result, per mode (the step's identity).
-SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds", "labels")
+SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds", "labels",
+                   "predicates")
 MODE_IDENTITY = {"finetune": ("finetune",), "scratch": ("finetune",), "zero_shot": ("zero_shot",)}
 
 

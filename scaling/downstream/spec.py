@@ -33,6 +33,8 @@ class ZeroShotSpec(_Strict):
 class DownstreamSpec(_Strict):
     # a label folder (data/labels.py): tasks are its sub-folders, labels come from it instead of task files
     labels: str | None = Field(None, description="folder of MEDS label files, one sub-folder per task")
+    # the dataset's predicates file for ACES task files (data/tasks.py; default: the simulator's)
+    predicates: str | None = Field(None, description="predicates file defining the names task files use")
     tasks: list[str] = Field(min_length=1)
     modes: list[Literal["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"]] = Field(
         default_factory=lambda: ["probe", "lightgbm", "ceiling"], min_length=1)
@@ -71,7 +73,7 @@ class DownstreamSpec(_Strict):
                                  f"(tasks there: {', '.join(present)})")
             return v
         for name in v:
-            load_task(name)  # raises TaskError naming the file and the problem
+            load_task(name, info.data.get("predicates"))  # raises TaskError naming the file and the problem
         return v
 
     @model_validator(mode="after")
@@ -98,8 +100,9 @@ class DownstreamSpec(_Strict):
     @model_serializer(mode="wrap")
     def _dump(self, handler):
         dumped = handler(self)
-        if dumped.get("labels") is None:   # specs without a label folder keep their evaluation identities
-            dumped.pop("labels", None)
+        for key in ("labels", "predicates"):   # unset: specs from before them keep their evaluation identities
+            if dumped.get(key) is None:
+                dumped.pop(key, None)
         return dumped
 
     @property
