@@ -136,6 +136,7 @@ def read_label_task(label_dir, task: str, dataset: MedsDataset) -> tuple[pd.Data
             "prediction_time": pc.cast(table["prediction_time"], pa.timestamp("us")).to_numpy(),
             "boolean_value": values.to_numpy(zero_copy_only=False).astype(bool) if kind == "binary" else None,
             "float_value": np.nan if kind == "binary" else values.to_numpy(),
+            "_file": str(path),
         })
         frames.append(frame)
     if not frames:
@@ -150,7 +151,8 @@ def read_label_task(label_dir, task: str, dataset: MedsDataset) -> tuple[pd.Data
     clash = labels.duplicated(["subject_id", "prediction_time"], keep=False)
     if clash.any():
         row = labels[clash].iloc[0]
-        raise LabelError(f"{label_dir}/{task}: {int(clash.sum())} rows give different labels to the same subject and "
+        files = sorted(set(labels.loc[clash, "_file"]))
+        raise LabelError(f"{', '.join(files)}: {int(clash.sum())} rows give different labels to the same subject and "
                          f"prediction time (e.g. subject {row['subject_id']} at {row['prediction_time']}); keep one")
     labels["prediction_time"] = labels["prediction_time"].astype("datetime64[us]")
     labels["split"] = dataset.split_of(labels["subject_id"].to_numpy())
