@@ -30,7 +30,7 @@ from medscale.data.meds import MedsDataset, MedsError
 VALUE_COLUMNS = ("boolean_value", "integer_value", "float_value", "categorical_value")
 _TYPE_CHECKS = {
     "subject_id": (pa.types.is_integer, "an integer type (int64)"),
-    "prediction_time": (pa.types.is_timestamp, "a timestamp (timestamp[us])"),
+    "prediction_time": (pa.types.is_timestamp, "a timestamp (pyarrow timestamp('us'))"),
     "boolean_value": (pa.types.is_boolean, "bool"),
     "integer_value": (pa.types.is_integer, "an integer type (int64)"),
     "float_value": (pa.types.is_floating, "float32 or float64"),
