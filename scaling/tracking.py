@@ -90,19 +90,19 @@ def frame_record(data: bytes) -> bytes:
 
 
 class EventFileWriter:
-    """Appends scalar events to a new event file in `logdir` (flushed after every write)."""
+    """Appends scalar events to a new event file in `logdir`. The file is opened for each append (writes
+    are few: one per held-out evaluation), so a run that dies leaves a complete file and no open handle."""
 
     def __init__(self, logdir: Path | str) -> None:
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
         self.path = self.logdir / name
-        self._file = open(self.path, "ab")
         self._write(encode_event(time.time(), 0, file_version="brain.Event:2"))
 
     def _write(self, event: bytes) -> None:
-        self._file.write(frame_record(event))
-        self._file.flush()
+        with open(self.path, "ab") as f:
+            f.write(frame_record(event))
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
         values = {k: float(v) for k, v in values.items() if v is not None}
@@ -110,7 +110,7 @@ class EventFileWriter:
             self._write(encode_event(time.time(), step, scalars=values))
 
     def close(self) -> None:
-        self._file.close()
+        """Nothing stays open between writes; kept so a writer reads like a file."""
 
 
 # ----- reading back ----------------------------------------------------------------------------------

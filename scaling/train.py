@@ -20,7 +20,6 @@ import pandas as pd
 
 from medscale.atomic import write_json, write_with
 from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
-from medscale.data.token_store import events_per_token
 from medscale.scaling.store import LeaseHeld, RunDir
 from medscale.scaling.tracking import RunTracker
 
@@ -195,6 +194,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     peak, peak_source = device_peak_flops()
     tokens = total_steps * tokens_per_step
     tracker.close()
+    from medscale.data.token_store import events_per_token
+
     per_token = events_per_token(data_cfg["token_dir"])
     return {
         "loss": curve[-1]["loss"],
