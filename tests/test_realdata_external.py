@@ -2,7 +2,9 @@
 folder): tokenized with each tokenizer scheme, one tiny decoder trained on it from a YAML spec, evaluated on
 its label folder with `medscale downstream --labels`, predictions checked with meds-evaluation, exported to
 safetensors and loaded back. Its quirks: static rows with no time (EYE_COLOR, HEIGHT), four codes that
-matter, six subjects, label files named `*.parquet.parquet`, and (with its birth rows removed) no birth."""
+matter, six subjects, label files named `*.parquet.parquet`, and (with its birth rows removed) no birth.
+Its generator's `sample` spec adds a dataset with no birth events at all, one unsplit data folder and gaps of
+years between events (where the interval time scheme keeps absolute time)."""
 import json
 from pathlib import Path
 
@@ -182,3 +184,32 @@ def test_export_round_trips_the_logits(trained, tmp_path):
     segments = jnp.zeros_like(tokens)
     np.testing.assert_array_equal(np.asarray(model(tokens, segments)), np.asarray(reference(tokens, segments)))
     assert sum(t.size for t in tensors.values()) == config["params_total"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """meds-testing-helpers' generator (its `sample` spec): 60 subjects, no birth events, 11 codes, static
+    rows, shards not split by folder, gaps of years between events."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("generated") / "meds"
+    script = Path(sys.executable).with_name("build_sample_MEDS_dataset")
+    subprocess.run([str(script), "seed=1", "N_subjects=60", "do_overwrite=False", f"output_dir={root}",
+                    "dataset_spec/data_generator=sample"], check=True, capture_output=True)
+    return root
+
+
+@pytest.mark.parametrize("scheme", ["bins", "interval"])
+def test_generated_sample_without_births_and_with_long_gaps(generated, tmp_path, scheme):
+    out = tokenize_dataset(generated, tmp_path / scheme, SCHEMES[scheme], workers=1)
+    tok = Tokenizer.load(out)
+    names = np.array(tok.vocab)[np.concatenate([np.load(out / s / "tokens.npy") for s in ("train", "tuning", "held_out")])]
+    rows = pl.read_parquet(sorted((generated / "data").rglob("*.parquet"))).filter(pl.col("time").is_not_null())
+    gap_days = (rows.group_by("subject_id", maintain_order=True)
+                .agg(pl.col("time").diff().dt.total_microseconds() / 86_400e6)["time"].explode().drop_nulls().to_numpy())
+    assert (names == "AGE//UNKNOWN").sum() == 60 and not np.isin(names, [t for t in tok.age_tokens if t != "AGE//UNKNOWN"]).any()
+    if scheme == "bins":
+        assert (names == "TIME//730d+").sum() == (gap_days >= 730).sum() > 0
+    else:   # the unit tokens add up the whole 730-day periods of every gap: absolute time is kept
+        assert (names == "TIME//730d").sum() == np.floor(gap_days / 730).sum() > (gap_days >= 730).sum()
