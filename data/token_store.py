@@ -3,7 +3,7 @@
     out_dir/tokenizer/tokenizer.json
     out_dir/<split>/tokens.npy       int32, every subject of the split as BOS prefix events EOS, packed
     out_dir/<split>/index.parquet    subject_id, offset, length
-    out_dir/manifest.json            vocab_size, token counts, tokens per subject, config (written last)
+    out_dir/manifest.json            vocab_size, token and event counts, tokens per subject, config (written last)
 
 Every file is written to a temporary name and renamed, and manifest.json is written last, so a
 folder with a manifest is complete.
@@ -150,15 +150,16 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
 
     results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[0], job[1], COLUMNS, job[2])),
                           with_tables(), workers)
-    stats = _write_splits(out, jobs, results, progress, total)
+    stats = _write_splits(out, jobs, results, progress, total, tokenizer)
     write_json(out / "manifest.json", {"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
                 "config": asdict(tokenizer.config), "meds_dir": str(Path(meds_dir).resolve()),
                 "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges)})
     return out
 
 
-def _write_splits(out: Path, jobs, results, progress, total) -> dict:
+def _write_splits(out: Path, jobs, results, progress, total, tokenizer: Tokenizer) -> dict:
     writers: dict[str, _StreamWriter] = {}
+    events: dict[str, int] = {}
     index: dict[str, list] = {}
     for done, ((split, _, _), (tokens, subjects, lengths)) in enumerate(zip(jobs, results), start=1):
         if split not in writers:
@@ -169,6 +170,7 @@ def _write_splits(out: Path, jobs, results, progress, total) -> dict:
         offsets = w.n + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths.size else np.zeros(0, np.int64)
         index[split].append((subjects, offsets, lengths))
         w.append(tokens)
+        events[split] = events.get(split, 0) + int(np.count_nonzero(tokenizer.is_event_token(tokens)))
         if progress:
             progress(done, total)
     stats = {}
@@ -179,10 +181,21 @@ def _write_splits(out: Path, jobs, results, progress, total) -> dict:
         write_parquet(pa.table({"subject_id": pa.array(subjects, pa.int64()),
                                 "offset": pa.array(np.concatenate([o for _, o, _ in index[split]]), pa.int64()),
                                 "length": pa.array(lengths, pa.int64())}), out / split / "index.parquet")
-        stats[split] = {"tokens": int(w.n), "subjects": int(subjects.size),
+        stats[split] = {"tokens": int(w.n), "subjects": int(subjects.size), "events": events[split],
+                        "events_per_token": events[split] / w.n if w.n else 0.0,
                         "tokens_per_subject_mean": float(lengths.mean()) if lengths.size else 0.0,
                         "tokens_per_subject_median": float(np.median(lengths)) if lengths.size else 0.0}
     return stats
+
+
+def events_per_token(token_dir, split: str = "train") -> float | None:
+    """Events (codes, one per MEDS row kept) per token of a split, from the manifest: converts tokens seen
+    into events seen, so laws fitted across tokenizations compare in the same unit. None for token folders
+    written before events were counted."""
+    import json
+
+    stats = json.loads((Path(token_dir) / "manifest.json").read_text()).get("splits", {}).get(split, {})
+    return stats.get("events_per_token")
 
 
 class TokenWindows:

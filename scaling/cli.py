@@ -362,20 +362,45 @@ def demo(
 @user_errors
 def downstream(
     runs_dir: Path = typer.Argument(..., help="The --out folder of one or more sweeps."),
-    spec_file: Path = typer.Option(..., "--spec", help="Downstream spec YAML (tasks, modes, seeds, label budgets; see experiments/downstream.yaml)."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Downstream spec YAML (tasks, modes, seeds, label budgets; see experiments/downstream.yaml). Optional with --labels."),
     run_ids: Optional[list[str]] = typer.Option(None, "--run", help="Evaluate only these run ids (repeatable)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label folder in the MEDS label schema, one sub-folder per task (as ACES/MEDS-DEV write them); overrides the spec's labels: key."),
 ) -> None:
-    """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling)."""
+    """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling).
+    Predictions go to RUNS/predictions/ in meds-evaluation's schema."""
     from medscale.scaling.downstream import load_downstream_spec
     from medscale.scaling.pipeline import run_downstream
 
-    if not spec_file.exists():
+    if spec_file is None and labels is None:
+        raise UserError("give --spec FILE (tasks from task files) or --labels DIR (tasks from a label folder)")
+    if spec_file is not None and not spec_file.exists():
         raise UserError(f"{spec_file}: no such downstream spec")
     try:
-        spec = load_downstream_spec(spec_file)
+        if labels is None:
+            spec = load_downstream_spec(spec_file)
+        else:   # the spec's keys (if any) with the label folder: its tasks name sub-folders of it
+            import yaml
+
+            raw = yaml.safe_load(spec_file.read_text()) if spec_file else {"modes": ["probe", "lightgbm"]}
+            raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
+            spec = load_downstream_spec({**raw, "labels": str(labels.resolve())})
     except ValueError as err:
-        raise UserError(f"{spec_file}: {err}") from None
+        raise UserError(f"{spec_file or labels}: {err}") from None
     run_downstream(runs_dir, spec, runs=run_ids or None, reporter=RichReporter())
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder: RUNS/runs/<run_id>."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors, config.json, vocab.json, tokenizer.json."),
+) -> None:
+    """Export a run's parameters as safetensors, with its model config and tokenizer as JSON
+    (load them back with medscale.scaling.export.load_exported)."""
+    from medscale.scaling.export import export_run
+
+    path = export_run(run_dir, out_dir)
+    out.print(f"exported {run_dir.name} to {path} (model.safetensors, config.json, vocab.json, tokenizer.json)")
 
 
 def main() -> None:

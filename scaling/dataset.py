@@ -88,7 +88,6 @@ def _meds_dir(spec: SweepSpec, base: Path) -> Path:
 def _prepare(spec: SweepSpec, base: Path, report: Progress, workers: int | None) -> None:
     from medscale.data.simulator import generate_cohort
     from medscale.data.token_store import tokenize_dataset
-    from medscale.data.tokenizer import TokenizerConfig
 
     if spec.dataset.simulator is not None:
         sim = spec.dataset.simulator
@@ -97,7 +96,7 @@ def _prepare(spec: SweepSpec, base: Path, report: Progress, workers: int | None)
             progress=lambda done, total: report("generate", done, total)))
     tok = spec.dataset.tokenizer
     _build(base / "tokens", lambda out: tokenize_dataset(
-        _meds_dir(spec, base), out, TokenizerConfig(min_count=tok.min_count, n_value_bins=tok.value_bins),
+        _meds_dir(spec, base), out, tok.to_config(),
         workers=workers, progress=lambda done, total: report("tokenize", done, total)))
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from medscale.analysis.conventions import tokens_for_compute
 from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
@@ -72,8 +73,40 @@ class SimulatorSpec(_Strict):
 
 
 class TokenizerSpec(_Strict):
+    """`dataset.tokenizer`: how events become tokens (data/tokenizer.py). Part of the dataset's identity.
+
+    Keys added after the first release (NEWER_KEYS) enter the identity only when set to something other
+    than their default, so a spec written before them keeps its dataset hash (and its prepared folder).
+    """
     min_count: int = Field(5, ge=1)
-    value_bins: int = Field(10, ge=1, le=100)
+    value_bins: Union[int, Literal["none"]] = Field(10, description="quantile bins per numeric code; none/0: no value tokens")
+    time_scheme: Literal["bins", "interval"] = "bins"
+    values: Literal["separate", "fused"] = "separate"
+    demographics: bool = True
+
+    NEWER_KEYS: ClassVar[tuple[str, ...]] = ("time_scheme", "values", "demographics")
+
+    @field_validator("value_bins")
+    @classmethod
+    def _bins(cls, v):
+        v = 0 if v == "none" else v
+        if not 0 <= v <= 100:
+            raise ValueError(f"value_bins must be 1..100, or none (0) for no value tokens, got {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _identity_dump(self, handler):
+        dumped = handler(self)
+        for key in self.NEWER_KEYS:
+            if key in dumped and dumped[key] == type(self).model_fields[key].default:
+                del dumped[key]
+        return dumped
+
+    def to_config(self):
+        from medscale.data.tokenizer import TokenizerConfig
+
+        return TokenizerConfig(min_count=self.min_count, n_value_bins=self.value_bins, time_scheme=self.time_scheme,
+                               value_scheme=self.values, demographics=self.demographics)
 
 
 class DatasetSpec(_Strict):

@@ -21,6 +21,7 @@ import pandas as pd
 from medscale.atomic import write_json, write_with
 from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
 from medscale.scaling.store import LeaseHeld, RunDir
+from medscale.scaling.tracking import RunTracker
 
 OBJECTIVE_TO_LOADER = {"decoder": "next_event", "encoder": "masked_event"}
 
@@ -122,6 +123,9 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     flops = flops_per_token(model_cfg, L, cfg.get("param_count"))
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
+    tracker = RunTracker(run.path, run.run_id, cfg)   # TensorBoard event files under <run>/tb/
+    peak_all = device_peak_flops()[0] * jax.device_count()
+    since = {"time": time.time(), "step": start_step, "grad_norm": None}
     ckpt_every = max(1, cfg.get("checkpoint", {}).get("every_steps", 200))
 
     def record_eval(step: int, train_loss: float | None) -> float:
@@ -133,6 +137,12 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
                       "loss": loss, "train_loss": train_loss, "lr": schedule(max(step - 1, 0))})
         frame = pd.DataFrame(curve)
         write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
+        rate = (step - since["step"]) * tokens_per_step / max(time.time() - since["time"], 1e-9)
+        tracker.log(step, {"loss/held_out": loss, "loss/train": train_loss, "lr": curve[-1]["lr"],
+                           "grad_norm": None if since["grad_norm"] is None else float(since["grad_norm"]),
+                           "tokens_per_sec": rate if step > since["step"] else None,
+                           "mfu": mfu(rate, model_cfg, L, peak_all) if step > since["step"] else None})
+        since.update(time=time.time(), step=step)
         return loss
 
     def check_finite(step: int, loss_value: float) -> None:
@@ -147,6 +157,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     while step < total_steps:
         batch = place(batches[step])
         state, metrics = train_step(state, batch)
+        since["grad_norm"] = metrics.get("grad_norm")
         if step == start_step:
             last_train_loss = float(metrics["loss"])  # the first step in a process includes compilation
             check_finite(step + 1, last_train_loss)
@@ -183,6 +194,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tokens_per_sec = steps_timed * tokens_per_step / timing["train_s"] if steps_timed and timing["train_s"] > 0 else None
     peak, peak_source = device_peak_flops()
     tokens = total_steps * tokens_per_step
+    tracker.close()
+    from medscale.data.token_store import events_per_token
+
+    per_token = events_per_token(data_cfg["token_dir"])
     return {
         "loss": curve[-1]["loss"],
         "train_loss": last_train_loss,
@@ -196,6 +211,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
                                                         data_cfg.get("train_fraction", 1.0))),
         "epochs": tokens / unique, "train_fraction": data_cfg.get("train_fraction", 1.0),
         "lr_multiplier": train_cfg.get("lr_multiplier"),
+        "events": tokens * per_token if per_token else None,   # tokens seen x events per token (manifest)
         "steps": total_steps,
         "compute": flops.six_n * tokens,  # C = 6ND under the run's parameter convention
         "flops_full": flops.full * tokens,

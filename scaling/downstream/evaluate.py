@@ -84,8 +84,13 @@ def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
     from medscale.data.history import subject_events
     from medscale.data.tasks import extract_labels, load_task
 
-    task = load_task(name)
-    labels = extract_labels(meds, task)
+    if spec.labels:   # a label folder (MEDS label schema) instead of a task file
+        from medscale.scaling.downstream.labels_io import label_task
+
+        task, labels = label_task(meds, spec.labels, name)
+    else:
+        task = load_task(name, spec.predicates)
+        labels = extract_labels(meds, task)
     fit = labels[labels["split"].isin(spec.fit_splits)]
     test = labels[labels["split"].isin(spec.test_splits)]
     if spec.temporal_cutoff:
@@ -177,7 +182,8 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
 # ------------------------------------------------------------------------------------------------
 
 # The fields of a downstream spec that change an evaluation's result, per mode (the step's identity).
-SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds")
+SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds", "labels",
+                   "predicates")
 MODE_IDENTITY = {"finetune": ("finetune",), "scratch": ("finetune",), "zero_shot": ("zero_shot",)}
 
 
@@ -206,9 +212,15 @@ class _Evaluator:
     def todo(self, run_id: str, task: str, mode: str, budget, seed: int) -> bool:
         return mode in self.spec.modes and self.step(run_id, task, mode, budget, seed)[0].state() != "done"
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[dict], predictions: tuple | None = None) -> None:
+        """Record a finished evaluation; `predictions` = (label rows, scores, kind) are written in
+        meds-evaluation's schema (scaling/downstream/predictions.py) before the step is marked done."""
+        from medscale.scaling.downstream.predictions import write_predictions
+
         first = rows[0]
         step, identity = self.step(first["run_id"], first["task"], first["mode"], first["label_budget"], first["seed"])
+        if predictions is not None:
+            write_predictions(self.root, rows, *predictions)
         write_json(step.path / "identity.json", identity)
         write_json(step.path / "rows.json", rows)
         step.set_status("done", rows=len(rows))
@@ -243,7 +255,7 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
     for name, data in tasks.items():
         if ev.todo(meta["run_id"], name, "ceiling", "all", 0) and np.all(np.isfinite(data.test["truth"])):
             ev.add(_result_rows(meta, data, data.test, data.test["truth"].to_numpy(), mode="ceiling", budget="all",
-                                seed=0, n_fit=0, spec=spec))
+                                seed=0, n_fit=0, spec=spec), (data.test, data.test["truth"].to_numpy(), data.task.kind))
         pending = [(b, s) for b in spec.label_budgets for s in spec.seeds if ev.todo(meta["run_id"], name, "lightgbm", b, s)]
         if not pending:
             continue
@@ -256,7 +268,7 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
                 continue
             score = lightgbm_predict(X_fit[idx], y_fit[idx], X_test, data.task.kind, seed)
             ev.add(_result_rows(meta, data, data.test, score, mode="lightgbm", budget=budget, seed=seed,
-                                n_fit=len(idx), spec=spec))
+                                n_fit=len(idx), spec=spec), (data.test, score, data.task.kind))
     ev.flush()
 
 
@@ -314,7 +326,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
                 out = _result_rows(meta, data, rows, scores, mode=mode, budget=0, seed=seed, n_fit=0, spec=spec)
                 out.append({**out[0], "metric": "censored", "value": float(cens.mean()), "low": np.nan,
                             "high": np.nan, "ceiling": np.nan, "gap": np.nan})
-                ev.add(out)
+                ev.add(out, (rows, scores, kind))
                 continue
             idx = budget_rows(data, budget, seed)
             if idx is None:
@@ -328,7 +340,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
                                              h_fit.lengths_N[idx], y_fit[idx], h_test.tokens_NxL, h_test.lengths_N,
                                              recipe, seed)
             ev.add(_result_rows(meta, data, data.test, score, mode=mode, budget=budget, seed=seed, n_fit=len(idx),
-                                spec=spec))
+                                spec=spec), (data.test, score, kind))
     ev.flush()
 
 
