@@ -15,11 +15,14 @@ own code (an exception, recorded in the run's status) is not restarted here; the
 
 The strategy: STRICT_SPREAD (one process per node) when the cluster has a node for each process,
 PACK otherwise (a local test, a node whose accelerators a bundle only partly takes);
-MEDSCALE_GANG_PLACEMENT overrides it.
+MEDSCALE_GANG_PLACEMENT overrides it. On TPU a gang is one whole multi-host slice: every bundle also
+asks for the slice's name (a resource each of its hosts has, one unit), so all processes land on the
+hosts of one slice of `hosts` hosts, and JAX reads coordinator and process ids from the slice itself.
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ PLACEMENT_ENV = "MEDSCALE_GANG_PLACEMENT"
 STRATEGIES = ("STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK")
 SETTLE_S = 5.0  # after one process fails, how long the others get to report how they ended
 TEARDOWN_S = 30.0
+_SLICE_HEAD = re.compile(r"^TPU-.+-head$")  # the resource Ray gives worker 0 of a TPU slice
 
 
 class GangMember:
@@ -55,7 +59,7 @@ class GangMember:
         return f"{ray.util.get_node_ip_address()}:{port}"
 
     def train(self, run_path: str, coordinator: str, hosts: int, attempt: int, cpus: int, host_devices: int | None,
-              cache_dir: str, stale_after: float, on_accelerator: bool) -> str:
+              cache_dir: str, stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
         started = time.time()
         from medscale.scaling.runtime import configure_process
 
@@ -68,7 +72,12 @@ class GangMember:
                           start_backend=False)
         from medscale.scaling.distributed import join_gang
 
-        join_gang(coordinator, hosts, self.rank, cpu=not on_accelerator)
+        if tpu_slice:  # the slice's own metadata names the coordinator and each host's process id
+            from medscale.models.sharding import initialize_distributed
+
+            initialize_distributed()
+        else:
+            join_gang(coordinator, hosts, self.rank, cpu=not on_accelerator)
         from medscale.scaling.train import execute_run
 
         return execute_run(run, stale_after=stale_after, process_started=started)
@@ -86,6 +95,27 @@ def placement_strategy(hosts: int, bundle: dict) -> str:
     fitting = [n for n in ray.nodes() if n.get("Alive")
                and all(n.get("Resources", {}).get(k, 0) >= v for k, v in bundle.items() if v)]
     return "STRICT_SPREAD" if len(fitting) >= hosts else "PACK"
+
+
+def tpu_slice_for(hosts: int) -> str:
+    """The name of a TPU slice of exactly `hosts` hosts, preferring one whose hosts are all free."""
+    import ray
+    from ray.util import tpu
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def describe() -> tuple[str, int]:
+        return tpu.get_current_pod_name(), tpu.get_current_pod_worker_count()
+
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and any(map(_SLICE_HEAD.match, n["Resources"]))]
+    slices = ray.get([describe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                      for node in heads])
+    fitting = sorted(name for name, count in slices if count == hosts and name)
+    if not fitting:
+        raise RuntimeError(f"resources.hosts is {hosts} with tpus: no TPU slice of {hosts} hosts in the Ray cluster "
+                           f"(slices: {sorted(slices)}); set hosts to the host count of a slice (v4-32: 4)")
+    free = ray.available_resources()
+    return max(fitting, key=lambda name: free.get(name, 0) >= hosts)
 
 
 def _died(err: BaseException) -> bool:
@@ -122,17 +152,22 @@ class GangRun:
         bundle = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {}),
                   **({"TPU": self.tpus} if self.tpus else {})}
         self.strategy = placement_strategy(self.hosts, bundle)
+        self.tpu_slice = tpu_slice_for(self.hosts) if self.tpus else None
+        if self.tpu_slice:
+            bundle[self.tpu_slice] = 1
         self.pg = placement_group([dict(bundle) for _ in range(self.hosts)], strategy=self.strategy)
         actor = ray.remote(max_restarts=0)(GangMember)
         self.members = [actor.options(
-            num_cpus=self.cpus, num_gpus=self.gpus, resources={"TPU": self.tpus} if self.tpus else None,
+            num_cpus=self.cpus, num_gpus=self.gpus,
+            resources={"TPU": self.tpus, self.tpu_slice: 1} if self.tpus else None,
             runtime_env=self.runtime_env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
         ).remote(rank) for rank in range(self.hosts)]
         self.lead = self.members[0].where.remote()  # who holds the lease, for the clean-up after a death
         coordinator = self.members[0].coordinator.remote()
         self.refs = [m.train.remote(str(self.run.path.absolute()), coordinator, self.hosts, self.attempt, self.cpus,
-                                    self.host_devices, self.cache_dir, self.stale_after, bool(self.gpus or self.tpus))
+                                    self.host_devices, self.cache_dir, self.stale_after, bool(self.gpus or self.tpus),
+                                    self.tpu_slice)
                      for m in self.members]
         self.results: dict = {}
 

@@ -145,11 +145,11 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     if len(runs) != 1:
         raise UserError(f"{config_path}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
                         f"Use `medscale sweep {config_path}` for a grid.")
-    store = RunStore(out_dir)
-    run = store.ensure(runs[0])
     if spec.resources.hosts > 1:
         raise UserError(f"{config_path}: resources.hosts is {spec.resources.hosts}: a run of several processes "
                         f"is started on Ray; use `medscale sweep {config_path}` (it runs this one run as a gang)")
+    store = RunStore(out_dir)
+    run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
     configure_process(cores=n_cpus, host_devices=spec.resources.host_devices or n_cpus,
                       cache_dir=store.root / ".jax_cache")
