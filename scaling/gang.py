@@ -206,7 +206,8 @@ class GangRun:
 
         errors = [first]
         others = [r for r in self.refs if r not in self.results]
-        ready, _ = ray.wait(others, num_returns=len(others), timeout=SETTLE_S)
+        # an exception in one process may be the echo of another's death (a broken collective): look
+        ready, _ = ray.wait(others, num_returns=len(others), timeout=0 if _died(first) else SETTLE_S)
         for r in ready:
             try:
                 ray.get(r)
