@@ -5,6 +5,9 @@ import json
 import os
 import signal
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +34,36 @@ def test_process_shares_are_rows_of_the_global_batch(tiny_dataset, objective):
             for key, value in part[step].items():
                 np.testing.assert_array_equal(value, batch[key][rows], err_msg=f"{key} at step {step}")
         assert not np.array_equal(parts[0][step]["inputs"], parts[1][step]["inputs"])
+
+
+VOTER = """
+import json, sys
+from medscale.scaling.runtime import configure_process
+configure_process(host_devices=2, start_backend=False)
+from medscale.scaling.distributed import Agreement, broadcast_from_primary, join_gang
+rank = int(sys.argv[2])
+join_gang(sys.argv[1], 2, rank, cpu=True)
+agreement = Agreement()
+decisions = [agreement.vote(stop=(rank == 1 and step == 2), checkpoint=(step == 4)) for step in range(7)]
+print("RESULT", json.dumps({"decisions": decisions, "go": broadcast_from_primary(7 if rank == 0 else 0)}))
+"""
+
+
+def test_processes_agree_on_when_to_stop_and_checkpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-c", VOTER, f"127.0.0.1:{port}", str(rank)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    results = [json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+               for out, _ in outs]  # (gloo logs to stdout too)
+    # process 1's stop request (step 2) and process 0's clock (step 4) reach both, one step later
+    expected = [[False, False]] * 3 + [[True, False], [False, False], [False, True], [False, False]]
+    assert results[0]["decisions"] == results[1]["decisions"] == expected
+    assert results[0]["go"] == results[1]["go"] == 7  # process 0's word, everywhere
 
 
 def _ckpt_steps(run) -> list[int]:
@@ -95,3 +128,21 @@ def test_gang_of_two_processes_matches_one_and_survives_a_killed_process(tmp_pat
     assert list(curve_a["step"]) == list(curve_b["step"])
     assert (curve_a["loss"] - curve_b["loss"]).abs().max() <= 1e-5
     assert not killed.lease_path.exists()
+
+
+def test_spec_hosts_and_checkpoint_timing(tiny_dataset):
+    from medscale.scaling.spec import SpecError, expand, parse_spec
+
+    meds, _ = tiny_dataset
+    with pytest.raises(SpecError, match="resources.hosts"):
+        parse_spec(tiny_spec(meds, **{"resources": {"cpus": 1, "hosts": 0}}))
+    spec = parse_spec(tiny_spec(meds, **{"resources": {"cpus": 1, "hosts": 2},
+                                         "checkpoint": {"every_steps": 10, "every_minutes": 5}}))
+    (run,) = expand(spec, token_dir="t", vocab_size=100, dataset_id="d")
+    assert spec.resources.hosts == 2
+    assert run["checkpoint"] == {"every_steps": 10, "every_minutes": 5.0, "grace_seconds": 25.0}
+    (plain,) = expand(parse_spec(tiny_spec(meds)), token_dir="t", vocab_size=100, dataset_id="d")
+    assert plain["checkpoint"] == {"every_steps": 10, "grace_seconds": 25.0}
+    from medscale.scaling.store import run_id
+
+    assert run_id(run) == run_id(plain)  # hosts and checkpoint timing do not change what a run computes
