@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from medscale.atomic import write_json
+from medscale.scaling.errors import UserError
 from medscale.scaling.store import RunDir
 
 PLACEMENT_ENV = "MEDSCALE_GANG_PLACEMENT"
@@ -112,7 +113,7 @@ def tpu_slice_for(hosts: int) -> str:
                       for node in heads])
     fitting = sorted(name for name, count in slices if count == hosts and name)
     if not fitting:
-        raise RuntimeError(f"resources.hosts is {hosts} with tpus: no TPU slice of {hosts} hosts in the Ray cluster "
+        raise UserError(f"resources.hosts is {hosts} with tpus: no TPU slice of {hosts} hosts in the Ray cluster "
                            f"(slices: {sorted(slices)}); set hosts to the host count of a slice (v4-32: 4)")
     free = ray.available_resources()
     return max(fitting, key=lambda name: free.get(name, 0) >= hosts)
