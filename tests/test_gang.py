@@ -78,7 +78,7 @@ def test_gang_of_two_processes_matches_one_and_survives_a_killed_process(tmp_pat
     from medscale.scaling.scheduler import run_sweep
 
     meds, _ = tiny_dataset
-    spec_path = write_spec(tmp_path / "gang.yaml", tiny_spec(meds, **{"grid.tokens": [80 * 8 * 32]}))
+    spec_path = write_spec(tmp_path / "gang.yaml", tiny_spec(meds, **{"checkpoint.every_steps": 20}))  # 60 steps
     spec, prepared = load_spec_and_data(spec_path, tmp_path / "data")
     (config,) = expand_over(spec, prepared, spec_path)
     one, gang = RunStore(tmp_path / "one"), RunStore(tmp_path / "gang")
