@@ -114,7 +114,7 @@ def tpu_slice_for(hosts: int) -> str:
     fitting = sorted(name for name, count in slices if count == hosts and name)
     if not fitting:
         raise UserError(f"resources.hosts is {hosts} with tpus: no TPU slice of {hosts} hosts in the Ray cluster "
-                           f"(slices: {sorted(slices)}); set hosts to the host count of a slice (v4-32: 4)")
+                        f"(slices: {sorted(slices)}); set hosts to the host count of a slice (v4-32: 4)")
     free = ray.available_resources()
     return max(fitting, key=lambda name: free.get(name, 0) >= hosts)
 
@@ -164,7 +164,8 @@ class GangRun:
             runtime_env=self.runtime_env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
         ).remote(rank) for rank in range(self.hosts)]
-        self.lead = self.members[0].where.remote()  # who holds the lease, for the clean-up after a death
+        # where each process is: whichever holds the lease (JAX's process 0), it is cleared after a death
+        self.places = [m.where.remote() for m in self.members]
         coordinator = self.members[0].coordinator.remote()
         self.refs = [m.train.remote(str(self.run.path.absolute()), coordinator, self.hosts, self.attempt, self.cpus,
                                     self.host_devices, self.cache_dir, self.stale_after, bool(self.gpus or self.tpus),
@@ -181,12 +182,15 @@ class GangRun:
             ray.kill(member, no_restart=True)
         ray.wait(self.refs, num_returns=len(self.refs), timeout=TEARDOWN_S)
         remove_placement_group(self.pg)
-        try:
-            lead = ray.get(self.lead, timeout=0.1)
-        except Exception:  # never started: it holds no lease
-            return
+        ready, _ = ray.wait(self.places, num_returns=len(self.places), timeout=0)
+        places = []
+        for ref in ready:
+            try:
+                places.append(ray.get(ref))
+            except Exception:  # noqa: BLE001 - never started: it holds no lease
+                pass
         info = self.run.lease_info() or {}
-        if info.get("host") == lead["host"] and info.get("pid") == lead["pid"]:
+        if any(info.get("host") == p["host"] and info.get("pid") == p["pid"] for p in places):
             self.run.lease_path.unlink(missing_ok=True)  # its holder is dead: no need to wait it out
 
     # driving
