@@ -150,6 +150,10 @@ def train(
         "loss", "params", "tokens", "compute", "flops_full", "tokens_per_sec", "mfu")}}, indent=2))
     if state == "diverged":
         raise typer.Exit(code=3)
+    if state == "preempted":
+        from medscale.scaling.preemption import EXIT_PREEMPTED
+
+        raise typer.Exit(code=EXIT_PREEMPTED)  # resumable: run the same command again
 
 
 def _plan_table(plan):

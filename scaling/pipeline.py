@@ -145,6 +145,9 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     if len(runs) != 1:
         raise UserError(f"{config_path}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
                         f"Use `medscale sweep {config_path}` for a grid.")
+    if spec.resources.hosts > 1:
+        raise UserError(f"{config_path}: resources.hosts is {spec.resources.hosts}: a run of several processes "
+                        f"is started on Ray; use `medscale sweep {config_path}` (it runs this one run as a gang)")
     store = RunStore(out_dir)
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
@@ -178,7 +181,7 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     with reporter.sweep(spec.name) as on_progress:
         results = run_sweep(store, run_dirs, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
                             tpus=spec.resources.tpus, host_devices=spec.resources.host_devices,
-                            retries=spec.retries, address=address, max_concurrent=max_concurrent,
+                            hosts=spec.resources.hosts, retries=spec.retries, address=address, max_concurrent=max_concurrent,
                             on_progress=on_progress)
     mine = results[results["sweep"] == spec.name] if len(results) else results
     counts = mine["status"].value_counts().to_dict() if len(mine) else {}

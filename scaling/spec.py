@@ -225,6 +225,7 @@ class ResourcesSpec(_Strict):
     gpus: float = Field(0, ge=0)
     tpus: int = Field(0, ge=0)
     host_devices: int | None = Field(None, ge=1, description="CPU only: XLA host devices per run (default: cpus)")
+    hosts: int = Field(1, ge=1, description="processes (hosts) per run; cpus/gpus/tpus/host_devices are per host")
 
 
 class EvalSpec(_Strict):
@@ -235,6 +236,8 @@ class EvalSpec(_Strict):
 
 class CheckpointSpec(_Strict):
     every_steps: int = Field(100, ge=1)
+    every_minutes: float | None = Field(None, gt=0, description="also checkpoint after this much training time")
+    grace_seconds: float = Field(25.0, gt=0, description="after SIGTERM, checkpoint and exit within this time")
 
 
 class SweepSpec(_Strict):
@@ -362,7 +365,7 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                               "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
                               "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
                     "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
-                    "checkpoint": {"every_steps": spec.checkpoint.every_steps},
+                    "checkpoint": spec.checkpoint.model_dump(exclude_none=True),
                 })
     seen: dict[str, dict] = {}
     for r in runs:

@@ -31,18 +31,24 @@ from medscale.scaling.steps import LeaseHeld, StepDir, identity_hash, pick
 
 __all__ = ["FINAL_STATES", "LeaseHeld", "RunDir", "RunStore", "STATES", "config_hash", "run_id"]
 
-STATES = ("pending", "running", "done", "failed", "diverged")
+# "preempted": stopped on SIGTERM after saving a checkpoint; resumable, like "running" with a dead lease
+STATES = ("pending", "running", "done", "failed", "diverged", "preempted")
 FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
 RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint")
 DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_fraction")  # fraction: only when < 1
+# Of `checkpoint`, only the key hashed since the first stores (so their run ids stay); when to checkpoint
+# by the clock or on SIGTERM (every_minutes, grace_seconds) never changes what a run computes.
+CHECKPOINT_IDENTITY = ("every_steps",)
 
 
 def run_identity(config: dict) -> dict:
     fields = pick(config, RUN_IDENTITY)
     if "data" in fields:
         fields["data"] = pick(fields["data"], DATA_IDENTITY)
+    if isinstance(fields.get("checkpoint"), dict):
+        fields["checkpoint"] = pick(fields["checkpoint"], CHECKPOINT_IDENTITY)
     return fields
 
 
