@@ -109,3 +109,74 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders: medscale writes only into folders it made (a marker file says so), never over a
+# user's files and never inside its input.
+# ---------------------------------------------------------------------------------------------
+
+MARKER = ".medscale-store.json"
+KINDS = ("tokens", "store", "cohort")
+
+
+class OutDirError(ValueError):
+    """An output folder medscale must not write into; the message names it and what to do."""
+
+
+def marker(path: Path | str) -> dict | None:
+    """The marker of a medscale folder, or None when there is none (or it is unreadable)."""
+    try:
+        body = read_json(Path(path) / MARKER)
+    except (CorruptFile, OSError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def write_marker(path: Path | str, kind: str, **fields: Any) -> None:
+    write_json(Path(path) / MARKER, {"kind": kind, "format": 1, **fields})
+
+
+def claim_dir(path: Path | str, kind: str, *, adopt: Callable[[Path], bool] = lambda p: False,
+              inputs: tuple[Path | str, ...] = (), option: str = "--out") -> Path:
+    """Make `path` a medscale folder of `kind`, or raise OutDirError. Allowed: a folder that is absent,
+    empty, or already a medscale folder of the same kind (or one `adopt` recognises as ours, written
+    before the marker existed). Refused: a file, a folder holding anything else, a folder inside one
+    of `inputs` (the data being read)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}")
+    path = Path(path)
+    what = {"tokens": "token", "store": "run", "cohort": "cohort"}[kind]
+    for source in inputs:
+        src = Path(source).resolve()
+        target = path.resolve()
+        if target == src or src in target.parents:
+            raise OutDirError(f"{option} {path} is inside the input dataset {source}: medscale never writes into "
+                              "its input. Choose a folder outside it.")
+    if path.exists() and not path.is_dir():
+        raise OutDirError(f"{option} {path} is a file, not a folder: give a new or empty folder for the {what} store.")
+    body = marker(path) if path.is_dir() else None
+    if body is not None:
+        if body.get("kind") != kind:
+            raise OutDirError(f"{option} {path} is a medscale {body.get('kind')} folder, not a {what} store: "
+                              "choose another folder.")
+        return path
+    if path.is_dir() and any(path.iterdir()) and not adopt(path):
+        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise OutDirError(f"{option} {path} is not empty ({shown}, ...) and is not a medscale {what} store, so "
+                          "medscale will not write into it (it could overwrite your files). Choose a new or empty "
+                          "folder.")
+    path.mkdir(parents=True, exist_ok=True)
+    write_marker(path, kind)
+    return path
+
+
+def remove_stale_temporaries(folder: Path | str) -> int:
+    """Delete the hidden `.<name>.*.tmp` files a killed writer left in `folder` and below; returns how many.
+    Only for folders one writer owns at a time (a token store being rewritten, a cohort being made)."""
+    n = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n

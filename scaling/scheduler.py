@@ -85,6 +85,24 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
+def refuse_infeasible(cpus: int, gpus: float, tpus: int) -> None:
+    """Refuse (UserError, exit 2) a run size no live node of the cluster can hold: Ray would keep such
+    a task pending forever. (An autoscaling cluster's future nodes are not seen: start them first.)"""
+    import ray
+
+    from medscale.scaling.errors import UserError
+
+    need = {"CPU": cpus, "GPU": gpus, "TPU": tpus}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
+    asked = ", ".join(f"{k.lower()}s: {v:g}" for k, v in need.items() if v)
+    offer = ", ".join(f"{k.lower()}s: {v:g}" for k, v in largest.items())
+    raise UserError(f"resources: each run asks for {asked}, but no node of the Ray cluster ({len(nodes)} node(s)) "
+                    f"offers that (the largest offer {offer}). Lower resources in the spec, or add such a node.")
+
+
 def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: float = 0, tpus: int = 0,
               host_devices: int | None = None, retries: int = 2, address: str | None = None,
               max_concurrent: int | None = None, on_progress: Callable[[SweepProgress], None] | None = None,
@@ -94,6 +112,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
 
     started_here = _init_ray(address, None)
     try:
+        refuse_infeasible(cpus, gpus, tpus)
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus))
         resources = {"TPU": tpus} if tpus else None
