@@ -31,6 +31,7 @@ NPY_HEADER_BYTES = 128
 Progress = Callable[[int, int], None]
 MANIFEST = "manifest.json"
 FEW_DYNAMIC = 0.05  # warn when fewer than this share of a split's rows are timed events
+MANY_DUPLICATES = 0.01  # warn when more than this share of a split's rows repeat an earlier row exactly
 
 
 def _is_token_store(path: Path) -> bool:
@@ -207,7 +208,7 @@ def data_warnings(row_counts: dict[str, dict[str, int]]) -> list[str]:
     """What in the data silently changes results, in words with counts."""
     warnings = []
     for split, c in row_counts.items():
-        if c["duplicate_rows"]:
+        if c["duplicate_rows"] > MANY_DUPLICATES * c["rows"]:
             warnings.append(f"{split}: {c['duplicate_rows']:,} of {c['rows']:,} rows are exact duplicates of another "
                             "row (same subject_id, time, code, numeric_value); they are tokenized as repeated "
                             "events. Deduplicate the export if they are not real repeats.")

@@ -38,12 +38,14 @@ ENVIRONMENT_ERRNOS = {errno.EACCES: "it is not writable (or readable): fix its p
                       errno.EDQUOT: "the disk quota is exceeded: free some space"}
 
 
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that the command unwinds (leases released, Ray shut down)."""
+_received: list[int] = []  # the signals that ended the command (Ray's wait reports them as SystemExit(1))
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _on_signal(signum, frame):
+    """SIGTERM and SIGINT unwind the command as SystemExit (leases released, Ray shut down); the one
+    exception that passes through Ray's native wait cleanly."""
+    _received.append(signum)
+    raise SystemExit(128 + signum)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -88,13 +90,13 @@ def user_errors(fn: Callable) -> Callable:
         except OSError as err:
             raise _os_error(err) from None
         except KeyboardInterrupt:
-            raise _error(f"interrupted; {RESUME_HINT}", 130) from None
-        except Terminated:
-            raise _error(f"terminated (SIGTERM); {RESUME_HINT}", 128 + signal.SIGTERM) from None
-        except SystemExit as err:
-            if err.code == signal.SIGTERM:  # Ray's driver handler turns SIGTERM into sys.exit(15)
-                raise _error(f"terminated (SIGTERM); {RESUME_HINT}", 128 + signal.SIGTERM) from None
-            raise
+            raise _error(f"interrupted (SIGINT); {RESUME_HINT}", 128 + signal.SIGINT) from None
+        except SystemExit:
+            if not _received:
+                raise
+            sig = _received[0]
+            raise _error(f"{'terminated' if sig == signal.SIGTERM else 'interrupted'} ({signal.Signals(sig).name}); "
+                         f"{RESUME_HINT}", 128 + sig) from None
 
     return wrapper
 
@@ -116,7 +118,7 @@ class RichReporter(Reporter):
     """The pipeline's progress as rich progress bars and live sweep lines (one line per change in logs)."""
 
     def say(self, message: str) -> None:
-        out.print(message, highlight=False)
+        out.print(message, highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def stages(self, label: str):
@@ -430,7 +432,8 @@ def main() -> None:
 
     # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
     keep_freed_memory()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     app()
 
 

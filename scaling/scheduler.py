@@ -8,6 +8,7 @@ is retried by this loop up to the spec's `retries`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -77,12 +78,33 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.update(malloc_env())  # local workers inherit it; cluster tasks get it in run_sweep
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
+    with keeping_signal_handlers():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return False
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
     return True
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers():
+    """ray.init replaces the driver's SIGTERM handler (in Python, then natively in its core worker, which
+    dumps a stack and aborts); put the caller's handlers back afterwards, so that SIGTERM and SIGINT
+    unwind as the caller chose (leases released, Ray shut down, a hint that a rerun resumes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def refuse_infeasible(cpus: int, gpus: float, tpus: int) -> None:

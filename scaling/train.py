@@ -71,7 +71,8 @@ def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], 
             return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), int(step)
         except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
             aside = ckpt_dir.parent / "ckpt-damaged" / str(step)
-            log(f"checkpoint at step {step} cannot be restored ({type(err).__name__}: {str(err)[:300]}); "
+            why = (str(err).strip().splitlines() or [""])[0][:160]
+            log(f"checkpoint at step {step} cannot be restored ({type(err).__name__}: {why}); "
                 f"moved to {aside}, trying the one before")
             aside.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(aside, ignore_errors=True)
