@@ -246,15 +246,35 @@ def _format_error(source: str, err: ValidationError) -> str:
 
 
 class SpecLoader(yaml.SafeLoader):
-    """Safe YAML that refuses what silently changes a spec: a repeated key (the last would win) and
-    aliases (`*name`: a few lines of them expand to billions of values, the "billion laughs")."""
+    """Safe YAML that refuses what silently changes a spec or blows up: a repeated key (the last would
+    win) and aliases (`*name`) that expand to more than MAX_ALIAS_NODES values (a few lines of nested
+    aliases expand to billions, the "billion laughs"). Ordinary anchors and aliases, as yaml.dump
+    writes them for shared values, load as usual."""
+
+    MAX_ALIAS_NODES = 10_000
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, "YAML aliases (*name) are not allowed in a spec: write the value out", mark)
+            event = self.peek_event()
+            if event.anchor in self.anchors:
+                self._expanded = getattr(self, "_expanded", 0) + self._size(self.anchors[event.anchor])
+                if self._expanded > self.MAX_ALIAS_NODES:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"aliases (*name) expand to more than {self.MAX_ALIAS_NODES:,} values "
+                        "(nested aliases, a 'billion laughs'?): write the values out", event.start_mark)
         return super().compose_node(parent, index)
+
+    def _size(self, node) -> int:
+        """Values in a composed node, aliases counted as often as they are used (memoised per node)."""
+        sizes = self.__dict__.setdefault("_sizes", {})
+        if id(node) not in sizes:
+            if isinstance(node, yaml.SequenceNode):
+                sizes[id(node)] = 1 + sum(self._size(child) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                sizes[id(node)] = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            else:
+                sizes[id(node)] = 1
+        return sizes[id(node)]
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
