@@ -87,6 +87,10 @@ def read_json(path: Path | str, default: Any = None) -> Any:
         text = path.read_text()
     except FileNotFoundError:
         return default
+    except UnicodeDecodeError:
+        raise CorruptFile(path, "not valid JSON (not UTF-8 text)") from None
+    except IsADirectoryError:
+        raise CorruptFile(path, "a folder where a JSON file belongs") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -148,15 +148,17 @@ class StepDir:
     def history(self) -> list[dict]:
         """Every complete status line, oldest first."""
         try:
-            text = self.history_path.read_text()
+            text = self.history_path.read_bytes()
         except FileNotFoundError:
             return self._legacy_history()
+        except IsADirectoryError:
+            return []
         out = []
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line from a writer killed mid-append
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a torn line from a writer killed mid-append, or damage
             if isinstance(entry, dict) and entry.get("state") in self.STATES:
                 out.append(entry)
         return out
@@ -165,7 +167,7 @@ class StepDir:
         """Stores written before the status history kept one `status.json`; read it as one entry."""
         try:
             body = read_json(self.path / "status.json")
-        except ValueError:
+        except (ValueError, IsADirectoryError):
             return []
         return [body] if isinstance(body, dict) and body.get("state") in self.STATES else []
 

@@ -90,6 +90,8 @@ class RunDir(StepDir):
             body = yaml.safe_load(self.config_path.read_text())
         except yaml.YAMLError as err:
             raise CorruptFile(self.config_path, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise CorruptFile(self.config_path, "not a text file") from None
         if not isinstance(body, dict) or not {"model", "train", "data"} <= set(body):
             raise CorruptFile(self.config_path, "not a run config (torn or overwritten)")
         return body
@@ -115,9 +117,11 @@ class RunDir(StepDir):
         which recomputes them."""
         try:
             self.config()
-        except (CorruptFile, OSError) as err:
+        except (CorruptFile, FileNotFoundError) as err:
             if self.config_path.exists() or self.config_path.is_symlink():
                 say(f"run {self.run_id}: {err}; rewritten from the spec")
+            if self.config_path.is_dir():
+                os.replace(self.config_path, self.path / "config.yaml.corrupt")
             write_yaml(self.config_path, config)
         try:
             self.metrics()
