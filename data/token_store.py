@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medscale.data.meds import SPLITS, MedsError, read_meds
-from medscale.atomic import MARKER, claim_dir, commit, remove_stale_temporaries, temporary_path, write_json
+from medscale.atomic import MARKER, claim_dir, commit, naming, remove_stale_temporaries, temporary_path, write_json
 from medscale.data.parquet_io import write_parquet
 from medscale.data.tokenizer import Tokenizer, TokenizerConfig, _CodeCounter
 
@@ -61,14 +61,16 @@ class _StreamWriter:
         self.n = 0
 
     def append(self, chunk: np.ndarray) -> None:
-        self.f.write(memoryview(np.ascontiguousarray(chunk, dtype="<i4")).cast("B"))
+        with naming(self.path):
+            self.f.write(memoryview(np.ascontiguousarray(chunk, dtype="<i4")).cast("B"))
         self.n += chunk.size
 
     def close(self) -> None:
-        self.f.seek(0)
-        self.f.write(_npy_header(self.n))
-        self.f.close()
-        commit(self.tmp, self.path)
+        with naming(self.path):
+            self.f.seek(0)
+            self.f.write(_npy_header(self.n))
+            self.f.close()
+            commit(self.tmp, self.path)
 
 
 def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:

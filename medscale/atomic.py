@@ -7,6 +7,7 @@ read them), not the 0600 of a private temporary file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -55,16 +56,29 @@ def temporary_path(path: Path | str) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def naming(path: Path | str):
+    """An OSError raised without a file name (a write or fsync on a full disk) gets `path` as its name,
+    so the message can say where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        raise
+
+
 def write_with(path: Path | str, writer: Callable[[Path], None]) -> Path:
     """Call `writer(tmp_path)`, then atomically move tmp_path onto `path`."""
     path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        writer(tmp)
-        return commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with naming(path):
+        tmp = temporary_path(path)
+        try:
+            writer(tmp)
+            return commit(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_text(path: Path | str, text: str) -> Path:

@@ -103,8 +103,15 @@ def user_errors(fn: Callable) -> Callable:
 
 def _print_wide(renderable) -> None:
     """A table at its full width: a file or a pipe gets no 80-column cut (a terminal wraps as usual)."""
-    width = None if out.is_terminal else max(out.width, out.measure(renderable).maximum)
-    out.print(renderable, width=width)
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = max(out.width, out.measure(renderable, options=out.options.update_width(100_000)).maximum)
+    narrow, out.width = out.width, width  # Console.print(width=) cannot exceed the console's own width
+    try:
+        out.print(renderable)
+    finally:
+        out.width = narrow
 
 
 def _progress_bar(description: str):

@@ -96,7 +96,7 @@ def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | 
 
     reporter = reporter or Reporter()
     spec = load_spec(spec_path, max_runs=None if allow_large_grid else MAX_RUNS)
-    reporter.say(f"expanding {grid_size(spec):,} runs of {spec_path}")
+    reporter.say(f"expanding the grid of {spec_path}: {grid_size(spec):,} run(s)")
     ds_id = dataset_id(spec)
     manifest = dataset_path(spec, out_dir) / "tokens" / "manifest.json"
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from medscale.atomic import read_json, write_json
+from medscale.atomic import naming, read_json, write_json
 
 HASH_LENGTH = 12
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -189,10 +189,11 @@ class StepDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if self._torn_tail():
-                os.write(fd, b"\n")  # end a torn line so this entry parses
-            os.write(fd, line)
-            os.fsync(fd)
+            with naming(self.history_path):
+                if self._torn_tail():
+                    os.write(fd, b"\n")  # end a torn line so this entry parses
+                os.write(fd, line)
+                os.fsync(fd)
         finally:
             os.close(fd)
         return self.status()
