@@ -235,3 +235,34 @@ def test_interrupted_generate_is_not_trusted_and_a_rerun_finishes_it(tmp_path):
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.parquet")} == reference
     assert not list(out.rglob("*.tmp"))
     read_meds(out)
+
+
+SWEEP_OUT_CASES = [
+    ("folder of the user's files", lambda tmp, meds: _users_folder(tmp / "mine"), r"is not empty .* not a medscale run"),
+    ("inside the MEDS input", lambda tmp, meds: meds / "runs", r"inside the input dataset"),
+    ("a token store", lambda tmp, meds: _marked(tmp / "tokens", "tokens"), r"medscale tokens folder, not a run store"),
+]
+
+
+@pytest.mark.parametrize("case,make,error", SWEEP_OUT_CASES, ids=[c[0] for c in SWEEP_OUT_CASES])
+def test_sweep_refuses_an_out_folder_it_must_not_write(tmp_path, meds, case, make, error):
+    from conftest import write_spec
+    from medscale.scaling.pipeline import load_spec_and_data
+
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(meds))
+    out = make(tmp_path, meds)
+    before = _snapshot(tmp_path)
+    with pytest.raises(OutDirError, match=error):
+        load_spec_and_data(spec, out)
+    assert _snapshot(tmp_path) == before
+
+
+def test_sweep_adopts_a_run_store_written_before_markers(tmp_path, meds):
+    from conftest import write_spec
+    from medscale.scaling.pipeline import load_spec_and_data
+
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    (out / "results.csv").write_text("run_id\n")
+    load_spec_and_data(write_spec(tmp_path / "spec.yaml", tiny_spec(meds)), out)
+    assert (out / MARKER).exists()
