@@ -133,6 +133,8 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
     """
     workers = max(1, workers or os.cpu_count() or 1)
     out = Path(out_dir)
+    if not (Path(meds_dir) / "data").is_dir():
+        read_meds(meds_dir)  # raises its message about the input before any output folder is made
     claim_dir(out, "tokens", adopt=_is_token_store, inputs=(meds_dir,))  # before reading: refuse early
     ds = read_meds(meds_dir, keep=COLUMNS, keep_max_rows=KEEP_MAX_ROWS, workers=workers)
     if ds.n_subjects("train") == 0:

@@ -48,7 +48,7 @@ def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Rep
     """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly), then check
     that the dataset can serve the runs (splits, size). A grid over spec.MAX_RUNS runs needs allow_large_grid."""
     from medscale.scaling.dataset import check_usable, prepare_dataset
-    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, load_spec
+    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, grid_size, load_spec
     from medscale.scaling.store import RunStore
 
     reporter = reporter or Reporter()
@@ -61,11 +61,8 @@ def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Rep
     store.refuse_mixed_sweep(spec.name, dataset_id(spec), spec.dataset.model_dump())
     with reporter.stages("dataset") as progress:
         prepared = prepare_dataset(spec, Path(out_dir), progress=progress, say=reporter.say)
-    if spec.model.param_count == "non_embedding":
-        check_usable(spec, prepared, str(spec_path), say=reporter.say)
-    else:
-        runs = expand_over(spec, prepared, spec_path)
-        check_usable(spec, prepared, str(spec_path), runs, say=reporter.say)
+    runs = expand_over(spec, prepared, spec_path) if grid_size(spec) <= MAX_RUNS else None  # cheap when small
+    check_usable(spec, prepared, str(spec_path), runs, say=reporter.say)
     return spec, prepared
 
 

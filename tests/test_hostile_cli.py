@@ -271,8 +271,11 @@ def test_sigterm_to_the_sweep_driver_ends_with_a_hint_and_a_rerun_finishes(tmp_p
     assert not any(sign in log for sign in TRACEBACK_SIGNS), log
     assert "error: terminated (SIGTERM); rerun the same command to resume" in log
     again = medscale("sweep", spec, "--out", out, timeout=400)
-    assert again.returncode == 0, again.stdout + again.stderr
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log
     assert [run.state() for run in RunStore(out).runs()] == ["done"]
+    # the live progress reads cleanly in a log: whole lines, no cursor control
+    assert "sweep tiny: 1/1 done, 0 running, 0 failed, 0 diverged" in log and "\r" not in log and "\x1b[" not in log
 
 
 def test_sigint_to_generate_ends_with_a_hint_and_a_rerun_finishes(tmp_path):
