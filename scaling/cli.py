@@ -30,7 +30,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-RESUME_HINT = "rerun the same command to resume: finished work and checkpoints are kept"
+RESUME_HINT = "rerun the same command to resume (finished runs and checkpoints are kept; partial output is redone)"
 ENVIRONMENT_ERRNOS = {errno.EACCES: "it is not writable (or readable): fix its permissions or choose another path",
                       errno.EPERM: "the operation is not permitted there: fix its permissions or choose another path",
                       errno.EROFS: "it is on a read-only file system: choose a writable path",

@@ -280,7 +280,7 @@ def test_sigterm_to_the_sweep_driver_ends_with_a_hint_and_a_rerun_finishes(tmp_p
 
 def test_sigint_to_generate_ends_with_a_hint_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "cohort"
-    args = ["generate", "--subjects", "4000", "--shards", "40", "--workers", "1", "--out", str(out)]
+    args = ["generate", "--subjects", "2000", "--shards", "40", "--workers", "1", "--out", str(out)]
     proc = subprocess.Popen(MEDSCALE + args, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for(lambda: len(list(out.glob("data/*/*.parquet"))) >= 2, proc, "the first shards")
@@ -300,7 +300,7 @@ def test_sigint_to_generate_ends_with_a_hint_and_a_rerun_finishes(tmp_path):
         read_meds(out)  # the partial cohort is never trusted
     again = medscale(*args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert read_meds(out).n_subjects() == 4000 and not list(out.rglob("*.tmp"))
+    assert read_meds(out).n_subjects() == 2000 and not list(out.rglob("*.tmp"))
 
 
 # ---------------------------------------------------------------------------------------------
