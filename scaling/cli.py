@@ -1,14 +1,19 @@
 """The `medscale` command. Heavy imports (JAX, Ray) happen inside the commands that need them,
 so `medscale fit` and `--help` stay fast and work without an accelerator stack.
 
-A user's input error (bad YAML, malformed MEDS, impossible shape, too few points) prints one clear
-message and exits with status 2; it never shows a traceback.
+A user's input error (bad YAML, malformed MEDS, impossible shape, too few points, an output folder
+that is not medscale's) prints one clear message and exits with status 2; an environment failure (a
+read-only path, a full disk) exits with status 1; a sweep with failed runs exits 1 after naming each
+run's error; an interrupt (Ctrl-C: 130, SIGTERM: 143) says that rerunning the command resumes. None of
+these shows a traceback.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,26 +30,88 @@ console = Console(stderr=True)
 out = Console()
 
 
+RESUME_HINT = "rerun the same command to resume (finished runs and checkpoints are kept; partial output is redone)"
+ENVIRONMENT_ERRNOS = {errno.EACCES: "it is not writable (or readable): fix its permissions or choose another path",
+                      errno.EPERM: "the operation is not permitted there: fix its permissions or choose another path",
+                      errno.EROFS: "it is on a read-only file system: choose a writable path",
+                      errno.ENOSPC: "the disk is full: free some space",
+                      errno.EDQUOT: "the disk quota is exceeded: free some space"}
+
+
+_received: list[int] = []  # the signals that ended the command (Ray's wait reports them as SystemExit(1))
+
+
+def _on_signal(signum, frame):
+    """SIGTERM and SIGINT unwind the command as SystemExit (leases released, Ray shut down); the one
+    exception that passes through Ray's native wait cleanly."""
+    _received.append(signum)
+    raise SystemExit(128 + signum)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medscale.analysis.errors import AnalysisError
+    from medscale.atomic import CorruptFile, OutDirError
     from medscale.data.meds import MedsError
     from medscale.data.tasks import TaskError
     from medscale.models.config import ShapeError
     from medscale.scaling.spec import SpecError
 
-    return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError)
+    return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError, OutDirError, CorruptFile)
+
+
+def _error(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code=code)
+
+
+def _os_error(err: OSError) -> typer.Exit:
+    """One line naming the path and what to do. Environment failures exit 1, a wrong path given exit 2."""
+    path = err.filename or ""
+    why = err.strerror or str(err)
+    if err.errno in ENVIRONMENT_ERRNOS:
+        return _error(f"{path}: {why}: {ENVIRONMENT_ERRNOS[err.errno]}; then {RESUME_HINT}", 1)
+    hints = {errno.EISDIR: "a folder was given where a file is expected",
+             errno.ENOTDIR: "a file was given (or is in the way) where a folder is expected",
+             errno.ENOENT: "check the path", errno.EEXIST: "remove it or choose another path"}
+    return _error(f"{path}: {why}: {hints.get(err.errno, 'check the path')}", 2 if err.errno in hints else 1)
 
 
 def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from medscale.scaling.pipeline import SweepFailed
+
         try:
             return fn(*args, **kwargs)
         except _user_error_types() as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            raise _error(str(err), 2) from None
+        except SweepFailed as err:
+            raise _error(str(err), 1) from None
+        except OSError as err:
+            raise _os_error(err) from None
+        except KeyboardInterrupt:
+            raise _error(f"interrupted (SIGINT); {RESUME_HINT}", 128 + signal.SIGINT) from None
+        except SystemExit:
+            if not _received:
+                raise
+            sig = _received[0]
+            raise _error(f"{'terminated' if sig == signal.SIGTERM else 'interrupted'} ({signal.Signals(sig).name}); "
+                         f"{RESUME_HINT}", 128 + sig) from None
 
     return wrapper
+
+
+def _print_wide(renderable) -> None:
+    """A table at its full width: a file or a pipe gets no 80-column cut (a terminal wraps as usual)."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = max(out.width, out.measure(renderable, options=out.options.update_width(100_000)).maximum)
+    narrow, out.width = out.width, width  # Console.print(width=) cannot exceed the console's own width
+    try:
+        out.print(renderable)
+    finally:
+        out.width = narrow
 
 
 def _progress_bar(description: str):
@@ -58,7 +125,7 @@ class RichReporter(Reporter):
     """The pipeline's progress as rich progress bars and live sweep lines (one line per change in logs)."""
 
     def say(self, message: str) -> None:
-        out.print(message, highlight=False)
+        out.print(message, highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def stages(self, label: str):
@@ -128,6 +195,8 @@ def tokenize(
                                 workers=workers,
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
     manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for warning in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(f"vocabulary {manifest['vocab_size']:,} tokens; wrote {path} in {time.time() - t:.1f}s")
 
 
@@ -180,19 +249,20 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (e.g. auto, or ray://head:10001)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Most runs at once (default: cluster CPUs / resources.cpus)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Give runs that used up their retries another go."),
+    allow_large_grid: bool = typer.Option(False, "--allow-large-grid", help="Allow a grid of more than 2,000 runs (MEDSCALE_MAX_RUNS sets the limit)."),
 ) -> None:
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
     from medscale.scaling.pipeline import estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep
 
     reporter = RichReporter()
     if dry_run:
-        spec, runs = plan_sweep(spec_path, out_dir, reporter)
+        spec, runs = plan_sweep(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
         plan = estimate_plan(runs, out_dir)
-        out.print(_plan_table(plan))
+        _print_wide(_plan_table(plan))
         out.print(f"estimated total: {plan.total_s / 60:.1f} device-minutes of training on this machine's "
                   f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return
-    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter)
+    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     runs = expand_over(spec, prepared, spec_path)
     launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed,
                  reporter=reporter)
@@ -220,13 +290,10 @@ def fit(
 ) -> None:
     """Fit a scaling law to any table of runs."""
     from medscale.analysis import fit_table
-    from medscale.analysis.errors import AnalysisError
 
     if tokens is None and compute is None:
         raise UserError("give --tokens COL, --compute COL, or both")
-    if not table.exists():
-        raise AnalysisError(f"{table}: no such file")
-    result = fit_table(table, params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
+    result = fit_table(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
                        n_boot=n_boot, seed=seed, budget_col=budget_col, unique_tokens=unique_tokens,
                        budget=budget, available_tokens=available_tokens, compute_convention=compute_convention,
                        params_convention=params_convention, flops_col=flops_col)
@@ -238,8 +305,8 @@ def fit(
     for key in ("E", "A", "B", "alpha", "beta", "R_star_D", "a", "b", "G"):
         if isinstance(payload.get(key), dict):
             v = payload[key]
-            lo, hi = v["interval"]
-            out.print(f"  {key:>8} = {v['value']:.4g}   [{_num(lo)}, {_num(hi)}]")
+            lo, hi = v.get("interval") or (None, None)
+            out.print(f"  {key:>8} = {_num(v.get('value'))}   [{_num(lo)}, {_num(hi)}]")
     ex = payload.get("extrapolation")
     if ex:
         what = f"budget {ex['budget']:.3g}" if ex.get("budget") else f"N {ex['params']:.3g}"
@@ -261,8 +328,34 @@ def fit(
         out.print(f"  [yellow]warning:[/] {warning}")
 
 
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+def _num(value) -> str:
+    """A fitted number, or n/a where a degenerate fit has none (JSON null)."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _read_runs_table(table: Path):
+    """The table `medscale fit` was given, or a UserError saying why it cannot be one."""
+    import pandas as pd
+
+    from medscale.analysis.summary import read_table
+
+    if not table.exists():
+        raise UserError(f"{table}: no such file")
+    if table.is_dir():
+        raise UserError(f"{table} is a folder: give a CSV or parquet file of runs (e.g. RUNS_DIR/results.csv)")
+    try:
+        df = read_table(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserError(f"{table}: cannot be read as a CSV table ({str(err).splitlines()[0][:200]}); give a CSV "
+                        "with a header row, or a .parquet file") from None
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+        if table.suffix != ".parquet":
+            raise
+        raise UserError(f"{table}: cannot be read as parquet ({type(err).__name__}); give a parquet or CSV "
+                        "file of runs") from None
+    if df.empty:
+        raise UserError(f"{table}: the table has no rows")
+    return df
 
 
 @app.command()
@@ -412,6 +505,8 @@ def main() -> None:
 
     # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
     keep_freed_memory()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     app()
 
 

@@ -13,6 +13,7 @@ SIGTERM ("preempted", checkpoint saved) goes back in the queue without counting 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -83,12 +84,51 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.update(malloc_env())  # local workers inherit it; cluster tasks get it in run_sweep
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
+    with keeping_signal_handlers():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return False
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
     return True
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers():
+    """ray.init replaces the driver's SIGTERM handler (in Python, then natively in its core worker, which
+    dumps a stack and aborts); put the caller's handlers back afterwards, so that SIGTERM and SIGINT
+    unwind as the caller chose (leases released, Ray shut down, a hint that a rerun resumes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def refuse_infeasible(cpus: int, gpus: float, tpus: int) -> None:
+    """Refuse (UserError, exit 2) a run size no live node of the cluster can hold: Ray would keep such
+    a task pending forever. (An autoscaling cluster's future nodes are not seen: start them first.)"""
+    import ray
+
+    from medscale.scaling.errors import UserError
+
+    need = {"CPU": cpus, "GPU": gpus, "TPU": tpus}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
+    asked = ", ".join(f"{k.lower()}s: {v:g}" for k, v in need.items() if v)
+    offer = ", ".join(f"{k.lower()}s: {v:g}" for k, v in largest.items())
+    raise UserError(f"resources: each run asks for {asked}, but no node of the Ray cluster ({len(nodes)} node(s)) "
+                    f"offers that (the largest offer {offer}). Lower resources in the spec, or add such a node.")
 
 
 def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: float = 0, tpus: int = 0,
@@ -103,6 +143,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
     started_here = _init_ray(address, None)
     inflight: dict = {}  # ref -> (run, its GangRun or None for a one-process task)
     try:
+        refuse_infeasible(cpus, gpus, tpus)
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus * hosts))
         resources = {"TPU": tpus} if tpus else None

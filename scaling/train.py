@@ -17,6 +17,8 @@ and every process takes part in saving and restoring checkpoints. Checkpoints ar
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -72,6 +74,27 @@ def _checkpoint_manager(path: Path):
 
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], None]):
+    """(state, step) from the newest checkpoint that restores. One that does not (torn, corrupted) is
+    moved aside to `<run>/ckpt-damaged/<step>` with a message, and the one before it is tried.
+    (None, None) when none restores: the run starts again from step 0."""
+    import orbax.checkpoint as ocp
+
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), int(step)
+        except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+            aside = ckpt_dir.parent / "ckpt-damaged" / str(step)
+            why = (str(err).strip().splitlines() or [""])[0][:160]
+            log(f"checkpoint at step {step} cannot be restored ({type(err).__name__}: {why}); "
+                f"moved to {aside}, trying the one before")
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(ckpt_dir / str(step), aside)
+            mngr.reload()
+    return None, None
 
 
 def _held_out_loss(eval_step, state, batches, place) -> float:
@@ -132,11 +155,13 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     curve: list[dict] = []
     if latest is not None:
         t = time.time()
-        state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+        state, latest = _restore_newest_intact(mngr, abstract, run.ckpt_dir, log)
+        if latest is None:  # no checkpoint restores: start again
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+    if latest is not None:
         start_step = int(latest)
         timing["ckpt_s"] += time.time() - t
-        if run.curve_path.exists():
-            curve = [r for r in pd.read_csv(run.curve_path).to_dict("records") if r["step"] <= start_step]
+        curve = [r for r in run.curve() if r["step"] <= start_step]
         log(f"resumed from step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
