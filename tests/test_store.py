@@ -1,6 +1,5 @@
 """Run store: hash-named folders, atomic writes, leases that exclude a second holder."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -99,18 +98,22 @@ def test_heartbeat_keeps_lease_fresh(tmp_path):
 
 
 CONTENDER = """
-import sys, time
+import os, pathlib, sys, time
 from medscale.scaling.store import LeaseHeld, RunDir
-start_at = float(sys.argv[2])
+start_at, n = float(sys.argv[2]), int(sys.argv[3])
+tried = pathlib.Path(sys.argv[1]).parent / "tried"
 while time.time() < start_at:
     pass
 try:
     lease = RunDir(sys.argv[1]).acquire_lease(stale_after=60)
 except LeaseHeld:
-    print("held")
-else:
-    print("won")
-    time.sleep(1.0)
+    lease = None
+(tried / str(os.getpid())).touch()
+print("held" if lease is None else "won")
+if lease is not None:  # hold it until every contender has tried, however slow the machine
+    deadline = time.time() + 90
+    while len(list(tried.iterdir())) < n and time.time() < deadline:
+        time.sleep(0.05)
     lease.release()
 """
 
@@ -121,7 +124,8 @@ def test_concurrent_acquire_has_exactly_one_winner(tmp_path, stale_lease_present
     if stale_lease_present:  # contenders must also race to break it, and still only one may win
         write_json(run.lease_path, {"token": "dead", "host": "gone", "pid": 1, "heartbeat_at": time.time() - 600})
     start_at = time.time() + 4.0  # every process is up and spinning by then
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(run.path), str(start_at)],
+    (run.path.parent / "tried").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(run.path), str(start_at), "6"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outcomes = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outcomes]
