@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medscale.scaling.errors import UserError
 from medscale.scaling.pipeline import Reporter
@@ -60,7 +61,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _error(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code=code)
 
 
@@ -196,7 +197,7 @@ def tokenize(
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for warning in manifest.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(f"vocabulary {manifest['vocab_size']:,} tokens; wrote {path} in {time.time() - t:.1f}s")
 
 
@@ -325,7 +326,7 @@ def fit(
     for note in payload.get("notes", []) + (opt or {}).get("notes", []):
         out.print(f"  note: {note}")
     for warning in payload.get("warnings", []):
-        out.print(f"  [yellow]warning:[/] {warning}")
+        out.print(f"  [yellow]warning:[/] {escape(warning)}")
 
 
 def _num(value) -> str:
@@ -429,7 +430,7 @@ def print_recommendation(rec: dict, compute: float) -> None:
     for note in list(a.notes) + list(rec.get("notes", [])):
         out.print(f"  note: {note}")
     for warning in a.warnings:
-        out.print(f"  [yellow]warning:[/] {warning}")
+        out.print(f"  [yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()
