@@ -102,6 +102,7 @@ def _store_pointing_at(meds, tmp_path):
     run = tmp_path / "store" / "runs" / "decoder-000000000000"
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(json.dumps({"objective": "decoder", "model": {"d_model": 8, "n_layers": 1},
+                                                 "train": {"steps": 1, "tokens": 1, "seed": 0, "lr": 1e-3},
                                                  "data": {"token_dir": str(tokens), "dataset_id": "x"}}))
     (run / "status.jsonl").write_text(json.dumps({"state": "done"}) + "\n")
     return tmp_path / "store"
