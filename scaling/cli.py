@@ -151,7 +151,7 @@ class RichReporter(Reporter):
                     live.update(f"[bold]sweep {name}[/]: {p.line()}")
                 elif (p.done, p.running, p.failed, p.diverged) != last[0]:  # logs: one line per change
                     last[0] = (p.done, p.running, p.failed, p.diverged)
-                    console.print(f"sweep {name}: {p.line()}", highlight=False)
+                    console.print(f"sweep {name}: {p.line()}", highlight=False, soft_wrap=True)
 
             yield show
 
