@@ -35,7 +35,8 @@ STATES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
-RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint")
+RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint",
+                "options")  # options: how the model is computed (models/options.py), only when not the default
 DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob")
 
 
