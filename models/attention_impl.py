@@ -30,34 +30,37 @@ def resolve_attention(choice: str, backend: str, seq_len: int) -> str:
     return "xla" if backend == "cpu" and seq_len < CPU_FLASH_FROM else "flash"
 
 
-def _cudnn(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, causal, segment_ids_BxL):
-    """cuDNN fused attention; it takes [B, L, H, K], bf16/fp16, and applies the scale itself."""
-    to_blhk = lambda t: t.transpose(0, 2, 1, 3)  # noqa: E731
+def _cudnn(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal, segment_ids_BxL):
+    """cuDNN fused attention: [B, L, H, K], bf16/fp16; scale 1 (q is already scaled)."""
     mask = None
     if segment_ids_BxL is not None:
         mask = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
-    out = jax.nn.dot_product_attention(to_blhk(q_BxHxLxK), to_blhk(k_BxHxSxK), to_blhk(v_BxHxSxK),
-                                       mask=mask, scale=1.0, is_causal=causal, implementation="cudnn")
-    return to_blhk(out)
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, scale=1.0,
+                                        is_causal=causal, implementation="cudnn")
 
 
-def _pallas_tpu(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, causal, segment_ids_BxL):
+def _pallas_tpu(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal, segment_ids_BxL):
+    """Pallas' TPU flash-attention kernel, which takes [B, H, L, K]."""
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa
 
     seg = None
     if segment_ids_BxL is not None:
         seg = tpu_fa.SegmentIds(q=segment_ids_BxL.astype(jnp.int32), kv=segment_ids_BxL.astype(jnp.int32))
-    return tpu_fa.flash_attention(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, segment_ids=seg, causal=causal, sm_scale=1.0)
+    bhlk = lambda t: t.transpose(0, 2, 1, 3)  # noqa: E731
+    out = tpu_fa.flash_attention(bhlk(q_BxLxHxK), bhlk(k_BxSxHxK), bhlk(v_BxSxHxK), segment_ids=seg,
+                                 causal=causal, sm_scale=1.0)
+    return bhlk(out)
 
 
-def memory_efficient_attention(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, *, causal: bool,
+def memory_efficient_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, *, causal: bool,
                                segment_ids_BxL=None) -> jax.Array:
-    """Attention without stored probabilities, with the fastest kernel this backend takes; q is scaled."""
+    """[B, L, H, K] attention without stored probabilities, with the fastest kernel this backend
+    takes; q is already scaled."""
     backend = jax.default_backend()
     kernel = {"gpu": _cudnn, "cuda": _cudnn, "tpu": _pallas_tpu}.get(backend)
-    if kernel is not None and (backend == "tpu" or q_BxHxLxK.dtype != jnp.float32):  # cuDNN: bf16/fp16 only
+    if kernel is not None and (backend == "tpu" or q_BxLxHxK.dtype != jnp.float32):  # cuDNN: bf16/fp16 only
         try:  # trace time: a kernel that does not take these shapes or dtypes falls back
-            return kernel(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, causal, segment_ids_BxL)
+            return kernel(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal, segment_ids_BxL)
         except (ImportError, NotImplementedError, ValueError, TypeError, RuntimeError):
             pass
-    return flash_attention(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, causal=causal, segment_ids_BxL=segment_ids_BxL)
+    return flash_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal=causal, segment_ids_BxL=segment_ids_BxL)

@@ -22,7 +22,7 @@ MESH_AXES = ("data", "fsdp", "tensor")  # models/sharding.py: what each axis spl
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     attention: str = "auto"  # models/attention_impl.py
-    remat: str = "none"  # none | dots (keep matmul outputs, recompute the rest) | full (keep layer inputs)
+    remat: str = "none"  # none | dots (keep matmul outputs, recompute the rest) | full (keep layer inputs); scans
     scan_layers: bool = False  # one traced layer, scanned over stacked weights: compile time flat in depth
     dtype: str = "auto"  # compute dtype; auto: bfloat16 on accelerators, float32 on CPU. Weights stay float32.
     microbatches: int = 1  # gradient accumulation: each step's batch in this many sequential slices

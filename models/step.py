@@ -117,11 +117,7 @@ class _ShardedStep:
         self.fn, self.mesh, self.donate, self.out_metrics = fn, mesh, donate, out_metrics
         self.jitted = None
 
-    def __call__(self, state: TrainState, batch: Batch):
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise KeyError(f"batch lacks {missing}; a batch has {BATCH_KEYS}")
-        batch = shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh)
+    def _jit(self, state: TrainState):
         if self.jitted is None:
             state_sh = _shardings(state)
             batch_sh = {k: batch_sharding(self.mesh) for k in BATCH_KEYS}
@@ -129,8 +125,26 @@ class _ShardedStep:
             out_sh = (state_sh, metrics_sh) if self.out_metrics else metrics_sh
             self.jitted = jax.jit(self.fn, in_shardings=(state_sh, batch_sh), out_shardings=out_sh,
                                   donate_argnums=(0,) if self.donate else ())
+        return self.jitted
+
+    def __call__(self, state: TrainState, batch: Batch):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; a batch has {BATCH_KEYS}")
+        batch = shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh)
+        jitted = self._jit(state)
         with jax.set_mesh(self.mesh):
-            return self.jitted(state, batch)
+            return jitted(state, batch)
+
+    def lower(self, abstract_state: TrainState, batch_size: int, seq_len: int):
+        """The step lowered for an abstract state and batch shape: compile it for its memory
+        analysis without allocating anything (scaling/memory.py)."""
+        sharding = batch_sharding(self.mesh)
+        dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "weights": jnp.float32, "segment_ids": jnp.int32}
+        batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes[k], sharding=sharding) for k in BATCH_KEYS}
+        jitted = self._jit(abstract_state)
+        with jax.set_mesh(self.mesh):
+            return jitted.lower(abstract_state, batch)
 
 
 def microbatched(batch: Batch, k: int, mesh: Mesh | None = None) -> dict[str, jax.Array]:

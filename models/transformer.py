@@ -96,20 +96,24 @@ class Attention(nnx.Module):
         skips most of the masked half of the score matrix.
         """
         K, L, S = q_BxLxHxK.shape[-1], q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
-        q_BxHxLxK = (q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype)).transpose(0, 2, 1, 3)
-        k_BxHxSxK, v_BxHxSxK = k_BxSxHxK.transpose(0, 2, 1, 3), v_BxSxHxK.transpose(0, 2, 1, 3)
-        if kernel == "flash":
-            out_BxHxLxK = memory_efficient_attention(q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, causal=self.causal,
+        q_BxLxHxK = q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype)
+        if kernel == "flash":  # [B, L, H, K] in and out: no transposed copies
+            out_BxLxHxK = memory_efficient_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal=self.causal,
                                                      segment_ids_BxL=segment_ids_BxL)
-        else:
-            outs = []
-            for start in range(0, L, QUERY_BLOCK):
-                stop = min(start + QUERY_BLOCK, L)
-                keys = stop + S - L if self.causal else S  # causal: queries end where keys end
-                mask_Bx1xQxS = None if mask_Bx1xLxS is None else mask_Bx1xLxS[:, :, start:stop, :keys]
-                outs.append(attend_block(q_BxHxLxK[:, :, start:stop], k_BxHxSxK[:, :, :keys],
-                                         v_BxHxSxK[:, :, :keys], mask_Bx1xQxS))
-            out_BxHxLxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+            B, L, H, K = out_BxLxHxK.shape
+            (out_BxLxD,) = project(out_BxLxHxK.reshape(B, L, H * K),
+                                   self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1))
+            return out_BxLxD
+        q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3)
+        k_BxHxSxK, v_BxHxSxK = k_BxSxHxK.transpose(0, 2, 1, 3), v_BxSxHxK.transpose(0, 2, 1, 3)
+        outs = []
+        for start in range(0, L, QUERY_BLOCK):
+            stop = min(start + QUERY_BLOCK, L)
+            keys = stop + S - L if self.causal else S  # causal: queries end where keys end
+            mask_Bx1xQxS = None if mask_Bx1xLxS is None else mask_Bx1xLxS[:, :, start:stop, :keys]
+            outs.append(attend_block(q_BxHxLxK[:, :, start:stop], k_BxHxSxK[:, :, :keys],
+                                     v_BxHxSxK[:, :, :keys], mask_Bx1xQxS))
+        out_BxHxLxK = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
         B, H, L, K = out_BxHxLxK.shape
         out_BxLxHK = out_BxHxLxK.transpose(0, 2, 1, 3).reshape(B, L, H * K)
         (out_BxLxD,) = project(out_BxLxHK, self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1))
@@ -163,7 +167,7 @@ def attention_mask(L: int, causal: bool, segment_ids_BxL: jax.Array | None) -> j
 
 class Transformer(nnx.Module):
     """`attention` (auto | xla | flash), `remat` (none | dots | full) and `scan_layers` change
-    memory and speed, not values (models/options.py)."""
+    memory and speed, not values (models/options.py). Remat implies scanned layers."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
                  compute_dtype=None, attention: str = "auto", remat: str = "none", scan_layers: bool = False):
@@ -225,9 +229,12 @@ class Transformer(nnx.Module):
             return block(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL, kernel)
 
         if self.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)  # scanned
         states = [nnx.to_pure_dict(state) for _, state in splits]
-        if not self.scan_layers:
+        # remat always scans: unrolled, XLA may schedule a layer's recomputation early (the CPU
+        # compiler does), which keeps every layer's activations after all; inside a scan the
+        # recomputation can only run in its own layer's backward step
+        if not self.scan_layers and self.remat == "none":
             for state in states:
                 x_BxLxD = layer(state, x_BxLxD)
             return x_BxLxD
