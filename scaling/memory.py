@@ -155,6 +155,8 @@ def estimate_memory(runs: list[dict], *, devices: int, backend: str, cache_dir: 
 
 def _compile_in_subprocess(keys: dict[str, dict], devices: int, timeout_s: float) -> dict[str, MemoryEstimate]:
     env = dict(os.environ)
+    # XLA's default CPU scheduler (ordered for parallelism) is kept: it plans more memory than a
+    # memory-minimising order would (docs/MEMORY.md), the safe side for refusing runs
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
