@@ -190,6 +190,17 @@ def refuse_if_too_big(plan: Plan, runs: list[dict], source: str) -> None:
     raise SpecError("\n".join(lines))
 
 
+def check_fits(spec, runs: list[dict], out_dir: Path | str, source: str) -> None:
+    """Before a launch: when the spec names a device budget, refuse (SpecError) runs that exceed it."""
+    from medscale.scaling.store import run_id
+
+    if not (spec.resources.device_memory_gb or spec.resources.accelerator) or not runs:
+        return
+    plan = Plan([{"run": run_id(r), "shape": "{d_model} x {n_layers}".format(**r["model"])} for r in runs],
+                0.0, "", 0.0, "")
+    refuse_if_too_big(plan_memory(plan, runs, out_dir, spec.resources), runs, source)
+
+
 def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None = None,
               log: Callable[[str], None] | None = None, reporter: Reporter | None = None) -> tuple[object, str]:
     """Train (or resume) the single run a one-point spec describes, in this process. Returns (run, state);
@@ -205,6 +216,7 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     if len(runs) != 1:
         raise UserError(f"{config_path}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
                         f"Use `medscale sweep {config_path}` for a grid.")
+    check_fits(spec, runs, out_dir, str(config_path))
     store = RunStore(out_dir)
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
@@ -225,14 +237,10 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     has one. Returns this sweep's rows of the results table."""
     from medscale.atomic import write_yaml
     from medscale.scaling.scheduler import run_sweep
-    from medscale.scaling.store import RunStore, run_id
+    from medscale.scaling.store import RunStore
 
     reporter = reporter or Reporter()
-    budget_given = spec.resources.device_memory_gb or spec.resources.accelerator
-    if budget_given and runs:  # a run that cannot fit its device is refused before any compute
-        plan = Plan([{"run": run_id(r), "shape": "{d_model} x {n_layers}".format(**r["model"])} for r in runs],
-                    0.0, "", 0.0, "")
-        refuse_if_too_big(plan_memory(plan, runs, out_dir, spec.resources), runs, spec.name)
+    check_fits(spec, runs, out_dir, spec.name)
     store = RunStore(out_dir)
     write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
     run_dirs = [store.ensure(r) for r in runs]

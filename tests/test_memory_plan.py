@@ -7,6 +7,8 @@ from conftest import tiny_spec, write_spec
 from medscale.models.config import ModelConfig
 from medscale.scaling.cli import app
 from medscale.scaling.memory import compile_estimate, estimate_memory, plan_key
+from medscale.scaling.pipeline import DRY_RUN_VOCAB, launch_sweep
+from medscale.scaling.spec import SpecError, expand, parse_spec
 
 CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=2, d_ff=192, max_len=256)
 
@@ -64,6 +66,13 @@ def test_dry_run_shows_memory_and_refuses_a_run_that_does_not_fit(tmp_path):
     for remedy in ("optimizer.microbatches", "model.remat", "resources.mesh.fsdp", "optimizer.batch_size"):
         assert remedy in result.output
     assert not (tmp_path / "o" / "runs").exists()  # nothing was launched
+
+    # a real launch refuses it too, before any run folder exists (the plan is cached by now)
+    spec = parse_spec(raw)
+    runs = expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="")
+    with pytest.raises(SpecError, match="will not fit"):
+        launch_sweep(spec, runs, tmp_path / "o")
+    assert not (tmp_path / "o" / "runs").exists()
 
     raw["resources"]["device_memory_gb"] = 64
     ok = CliRunner().invoke(app, ["sweep", str(write_spec(tmp_path / "ok.yaml", raw)), "--out", str(tmp_path / "o"),
