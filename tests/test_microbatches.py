@@ -22,10 +22,11 @@ def _batch(seed):
     return dict(inputs=toks[:, :-1], targets=toks[:, 1:], weights=weights, segment_ids=segment_ids)
 
 
-def _train(microbatches, n_steps=2):
+def _train(microbatches, n_steps=1):
     mesh = make_mesh(data=2, devices=jax.devices()[:2])
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-3, weight_decay=0.01))
     graphdef, state = init_train_state(CFG, tx, mesh, seed=0)
+    _train.initial_head = np.asarray(state["params"]["head_DxV"])  # the step donates the state
     step = make_train_step(graphdef, tx, mesh, microbatches=microbatches)
     metrics = []
     for i in range(n_steps):
@@ -43,8 +44,7 @@ def test_four_microbatches_give_the_whole_batch_loss_and_update():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=2e-6),
                  state1["params"], state4["params"])
     # the update itself is not trivially small: parameters moved from their initial values
-    _, init = init_train_state(CFG, optax.adamw(1e-3), make_mesh(devices=jax.devices()[:1]), seed=0)
-    assert not np.allclose(np.asarray(state4["params"]["head_DxV"]), np.asarray(init["params"]["head_DxV"]))
+    assert not np.allclose(np.asarray(state4["params"]["head_DxV"]), _train.initial_head, atol=1e-4)
 
 
 def test_microbatches_must_split_the_batch_over_the_devices():
