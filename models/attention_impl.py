@@ -1,7 +1,8 @@
 """Which attention kernel a model uses, chosen per backend and sequence length.
 
-    xla      the query-blocked softmax of models/attention_block.py: fastest on CPU at the lengths
-             we train, but its backward pass keeps the float32 probabilities, [B, H, L, L] a layer.
+    xla      the query-blocked softmax of models/attention_block.py: on CPU as fast or faster than
+             flash for wider models at short lengths (docs/MEMORY.md), but its backward pass keeps
+             the float32 probabilities, [B, H, L, L] a layer.
     flash    never keeps the probabilities: cuDNN's fused kernel on GPU (`jax.nn.dot_product_attention`),
              Pallas' flash-attention kernel on TPU, and elsewhere (or when those cannot take the
              call) the blocked online-softmax attention of models/flash_attention.py.
