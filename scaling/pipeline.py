@@ -161,7 +161,8 @@ def plan_memory(plan: Plan, runs: list[dict], out_dir: Path | str, resources=Non
         raise SpecError(str(err)) from None
     if plan.budget_gib is None and plan.backend == "cpu":  # host devices share this machine's memory
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-        plan.budget_gib, plan.budget_source = ram / plan.devices, f"this machine's {ram:.0f} GiB / {plan.devices} host devices"
+        plan.budget_gib = ram / plan.devices
+        plan.budget_source = f"this machine's {ram:.0f} GiB / {plan.devices} host devices"
     estimates = estimate_memory(runs, devices=plan.devices, backend=plan.backend,
                                 cache_dir=Path(out_dir) / ".memory_plans")
     for row, est in zip(plan.rows, estimates):
@@ -175,7 +176,6 @@ def refuse_if_too_big(plan: Plan, runs: list[dict], source: str) -> None:
     """SpecError (exit 2) naming every run that will not fit its device, and what to change."""
     from medscale.scaling.memory import remedies
     from medscale.scaling.spec import SpecError
-    from medscale.scaling.store import run_id
 
     big = {r["run"] for r in plan.too_big()}
     if not big:
