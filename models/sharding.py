@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from medscale.models.options import MESH_AXES, mesh_axes  # noqa: F401  (re-exported)
 
 # logical axis -> mesh axis, tuple of mesh axes, or None (replicated)
 RULES: dict[str, str | tuple[str, ...] | None] = {

@@ -9,6 +9,10 @@ nothing at run time (it happens once, at trace time).
 A batch is a dict of arrays [B, L]: `inputs`, `targets` (int32), `weights` (float32, the loss
 weight of each position), `segment_ids` (int32). The loss is sum(weights * CE) / sum(weights),
 in float32. Gradient clipping and the learning-rate schedule belong to the optax `tx`.
+
+`microbatches=K` accumulates the gradient over K slices of the batch, one after another, so a
+step's activations are those of B/K rows; loss and update equal the whole batch's to float
+tolerance (the sums are divided by the whole batch's weight).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from medscale.models.config import ModelConfig
+from medscale.models.options import ModelOptions
 from medscale.models.sharding import batch_sharding, param_shardings, replicated, shard_batch
 from medscale.models.transformer import Transformer
 
@@ -30,15 +35,24 @@ Batch = Mapping[str, Any]
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids")
 
 
+def model_kwargs(options: ModelOptions | None, compute_dtype=None) -> dict[str, Any]:
+    """Transformer keyword arguments for these options (an explicit compute_dtype wins)."""
+    options = options or ModelOptions()
+    if compute_dtype is None and options.dtype != "auto":
+        compute_dtype = options.compute_dtype(jax.default_backend())
+    return {"compute_dtype": compute_dtype, "attention": options.attention, "remat": options.remat,
+            "scan_layers": options.scan_layers}
+
+
 def abstract_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, *,
-                         param_dtype=jnp.float32, compute_dtype=None,
+                         param_dtype=jnp.float32, compute_dtype=None, options: ModelOptions | None = None,
                          ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, train state of jax.ShapeDtypeStruct carrying the shardings on `mesh`).
 
     This is the restore target for orbax, and what `init_train_state` materialises.
     """
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype,
-                                               compute_dtype=compute_dtype))
+    kw = model_kwargs(options, compute_dtype)
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, **kw))
     graphdef, abs_vars = nnx.split(model, nnx.Param)
     params_sh = nnx.to_pure_dict(param_shardings(abs_vars, mesh))
     params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
@@ -59,18 +73,18 @@ def _shardings(tree: Any) -> Any:
 
 def init_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                      seed: int = 0, *, param_dtype=jnp.float32, compute_dtype=None,
-                     ) -> tuple[nnx.GraphDef, TrainState]:
+                     options: ModelOptions | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """Initialise parameters and optimizer state directly in their shards on `mesh`.
 
     Values depend on `seed` only, not on the mesh. compute_dtype defaults to bfloat16 on
     accelerators and float32 on CPU; it is part of the graphdef.
     """
     graphdef, abstract = abstract_train_state(cfg, tx, mesh, param_dtype=param_dtype,
-                                              compute_dtype=compute_dtype)
+                                              compute_dtype=compute_dtype, options=options)
+    kw = model_kwargs(options, compute_dtype)
 
     def init() -> TrainState:
-        model = Transformer(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype,
-                            compute_dtype=compute_dtype)
+        model = Transformer(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, **kw)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
@@ -103,11 +117,7 @@ class _ShardedStep:
         self.fn, self.mesh, self.donate, self.out_metrics = fn, mesh, donate, out_metrics
         self.jitted = None
 
-    def __call__(self, state: TrainState, batch: Batch):
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise KeyError(f"batch lacks {missing}; a batch has {BATCH_KEYS}")
-        batch = shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh)
+    def _jit(self, state: TrainState):
         if self.jitted is None:
             state_sh = _shardings(state)
             batch_sh = {k: batch_sharding(self.mesh) for k in BATCH_KEYS}
@@ -115,11 +125,81 @@ class _ShardedStep:
             out_sh = (state_sh, metrics_sh) if self.out_metrics else metrics_sh
             self.jitted = jax.jit(self.fn, in_shardings=(state_sh, batch_sh), out_shardings=out_sh,
                                   donate_argnums=(0,) if self.donate else ())
+        return self.jitted
+
+    def __call__(self, state: TrainState, batch: Batch):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; a batch has {BATCH_KEYS}")
+        batch = shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh)
+        jitted = self._jit(state)
         with jax.set_mesh(self.mesh):
-            return self.jitted(state, batch)
+            return jitted(state, batch)
+
+    def lower(self, abstract_state: TrainState, batch_size: int, seq_len: int):
+        """The step lowered for an abstract state and batch shape: compile it for its memory
+        analysis without allocating anything (scaling/memory.py)."""
+        sharding = batch_sharding(self.mesh)
+        dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "weights": jnp.float32, "segment_ids": jnp.int32}
+        batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes[k], sharding=sharding) for k in BATCH_KEYS}
+        jitted = self._jit(abstract_state)
+        with jax.set_mesh(self.mesh):
+            return jitted.lower(abstract_state, batch)
+
+
+def microbatched(batch: Batch, k: int, mesh: Mesh | None = None) -> dict[str, jax.Array]:
+    """[B, L] arrays -> [k, B/k, L]: microbatch m holds rows m, m + k, m + 2k, ...
+
+    Strided rather than contiguous slices, so that each device keeps its own rows: the rows a
+    device holds split evenly over the k microbatches, and no microbatch lives on a few devices.
+    """
+    def split(x):
+        B = x.shape[0]
+        x_MxKxL = x.reshape(B // k, k, *x.shape[1:])
+        return jnp.swapaxes(x_MxKxL, 0, 1)  # [k, B/k, L]
+
+    out = {key: split(v) for key, v in batch.items()}
+    if mesh is not None and not jax.sharding.get_abstract_mesh().empty:
+        spec = jax.sharding.PartitionSpec(None, *batch_sharding(mesh).spec)
+        out = {key: jax.lax.with_sharding_constraint(v, spec) for key, v in out.items()}
+    return out
+
+
+def check_microbatches(batch_size: int, microbatches: int, mesh: Mesh) -> None:
+    """Raise ValueError unless the batch splits into microbatches that split over the batch axes."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % microbatches or (batch_size // microbatches) % shards:
+        raise ValueError(f"batch of {batch_size} rows does not split into {microbatches} microbatches of a "
+                         f"multiple of data x fsdp = {shards} rows; choose microbatches dividing "
+                         f"{batch_size // shards if batch_size % shards == 0 else batch_size}")
+
+
+def _value_and_grad(graphdef, params, batch, microbatches: int, mesh: Mesh):
+    """(mean loss over the batch's weights, its gradient), over `microbatches` sequential slices."""
+    if microbatches == 1:
+        def loss_fn(params):
+            loss_sum, weight_sum = _loss_terms(graphdef, params, batch)
+            return loss_sum / jnp.maximum(weight_sum, 1e-9)
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    sum_grad = jax.value_and_grad(lambda p, mb: _loss_terms(graphdef, p, mb), has_aux=True)
+
+    def accumulate(carry, mb):
+        loss_sum, weight_sum, grads = carry
+        (l, w), g = sum_grad(params, mb)
+        return (loss_sum + l, weight_sum + w, jax.tree.map(jnp.add, grads, g)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
+    (loss_sum, weight_sum, grads), _ = jax.lax.scan(accumulate, init, microbatched(batch, microbatches, mesh))
+    denom = jnp.maximum(weight_sum, 1e-9)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
+    return loss_sum / denom, grads
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
+                    microbatches: int = 1,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (new state, {"loss", "grad_norm"})`; the old state is donated.
 
@@ -127,11 +207,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
     """
 
     def train_step(state: TrainState, batch: Batch):
-        def loss_fn(params):
-            loss_sum, weight_sum = _loss_terms(graphdef, params, batch)
-            return loss_sum / jnp.maximum(weight_sum, 1e-9)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        loss, grads = _value_and_grad(graphdef, state["params"], batch, microbatches, mesh)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1,
                      "params": optax.apply_updates(state["params"], updates),

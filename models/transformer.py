@@ -17,12 +17,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medscale.models.attention_block import attend_block
+from medscale.models.attention_impl import memory_efficient_attention, resolve_attention
 from medscale.models.config import ModelConfig
+from medscale.models.options import REMAT
 from medscale.models.projection import project
 from medscale.models.sharding import constrain
 
 ROPE_BASE = 10_000.0
 QUERY_BLOCK = 128
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 def default_compute_dtype() -> jnp.dtype:
@@ -83,15 +87,24 @@ class Attention(nnx.Module):
         return (constrain(t, ("batch", "length", "act_heads", None))
                 for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
 
-    def attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS):
-        """Softmax attention, QUERY_BLOCK queries at a time.
+    def attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, segment_ids_BxL=None, kernel="xla"):
+        """Softmax attention: kernel "flash" keeps no probabilities (models/attention_impl.py);
+        "xla" runs QUERY_BLOCK queries at a time.
 
         Blocks keep the [B, H, block, S] score tensors cache-sized (on CPU the full [B, H, L, L]
         is memory-bound), and a causal block only reads the keys up to its last query, which
         skips most of the masked half of the score matrix.
         """
         K, L, S = q_BxLxHxK.shape[-1], q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
-        q_BxHxLxK = (q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype)).transpose(0, 2, 1, 3)
+        q_BxLxHxK = q_BxLxHxK * jnp.asarray(K**-0.5, q_BxLxHxK.dtype)
+        if kernel == "flash":  # [B, L, H, K] in and out: no transposed copies
+            out_BxLxHxK = memory_efficient_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal=self.causal,
+                                                     segment_ids_BxL=segment_ids_BxL)
+            B, L, H, K = out_BxLxHxK.shape
+            (out_BxLxD,) = project(out_BxLxHxK.reshape(B, L, H * K),
+                                   self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1))
+            return out_BxLxD
+        q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3)
         k_BxHxSxK, v_BxHxSxK = k_BxSxHxK.transpose(0, 2, 1, 3), v_BxSxHxK.transpose(0, 2, 1, 3)
         outs = []
         for start in range(0, L, QUERY_BLOCK):
@@ -106,9 +119,9 @@ class Attention(nnx.Module):
         (out_BxLxD,) = project(out_BxLxHK, self.out_HxKxD[...].astype(self.compute_dtype).reshape(H * K, -1))
         return out_BxLxD
 
-    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
+    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL=None, kernel="xla"):
         q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
-        return self.attend(q, k, v, mask_Bx1xLxL)
+        return self.attend(q, k, v, mask_Bx1xLxL, segment_ids_BxL, kernel)
 
 
 class SwiGLU(nnx.Module):
@@ -136,8 +149,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, **kw)
         self.mlp = SwiGLU(cfg, compute_dtype=compute_dtype, **kw)
 
-    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL):
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin_LxK2, cos_LxK2, mask_Bx1xLxL)
+    def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL=None, kernel="xla"):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin_LxK2, cos_LxK2, mask_Bx1xLxL,
+                                      segment_ids_BxL, kernel)
         x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
         return constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
@@ -152,10 +166,17 @@ def attention_mask(L: int, causal: bool, segment_ids_BxL: jax.Array | None) -> j
 
 
 class Transformer(nnx.Module):
+    """`attention` (auto | xla | flash), `remat` (none | dots | full) and `scan_layers` change
+    memory and speed, not values (models/options.py). Remat implies scanned layers."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 compute_dtype=None):
+                 compute_dtype=None, attention: str = "auto", remat: str = "none", scan_layers: bool = False):
         cfg.validate()
+        resolve_attention(attention, "cpu", 1)  # validates the choice
+        if remat not in REMAT:
+            raise ValueError(f"remat={remat!r}: choose one of {REMAT}")
         self.cfg = cfg
+        self.attention, self.remat, self.scan_layers = attention, remat, bool(scan_layers)
         self.compute_dtype = jnp.dtype(compute_dtype or default_compute_dtype())
         kw = dict(rngs=rngs, param_dtype=param_dtype)
         D, V = cfg.d_model, cfg.vocab_size
@@ -183,8 +204,40 @@ class Transformer(nnx.Module):
         # RoPE scores depend only on i - j, so absolute window positions are right for every
         # packed subject: positions need not restart at each segment.
         sin_LxK2, cos_LxK2 = rope_tables(jnp.arange(L), self.cfg.head_dim)
-        mask_Bx1xLxL = attention_mask(L, self.cfg.causal, segment_ids_BxL)
+        kernel = resolve_attention(self.attention, jax.default_backend(), L)
+        mask_Bx1xLxL = attention_mask(L, self.cfg.causal, segment_ids_BxL) if kernel == "xla" else None
         x_BxLxD = self.embed(inputs_BxL)
-        for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL)
+        if self.remat == "none" and not self.scan_layers:
+            for block in self.blocks:
+                x_BxLxD = block(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL, kernel)
+        else:
+            x_BxLxD = self._blocks_functional(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL, kernel)
         return self.logits(x_BxLxD)
+
+    def _blocks_functional(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL, kernel):
+        """The layers as a function of their weights: rematerialised and/or scanned.
+
+        Every block has the same structure, so one graphdef serves all; scanning stacks the
+        layers' weights on the fly, which keeps the parameter tree (and checkpoints) the same
+        with and without scanning, and traces (and compiles) one layer instead of n_layers.
+        """
+        splits = [nnx.split(block) for block in self.blocks]
+        graphdef = splits[0][0]
+
+        def layer(state, x_BxLxD):
+            block = nnx.merge(graphdef, state)
+            return block(x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL, kernel)
+
+        if self.remat != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)  # scanned
+        states = [nnx.to_pure_dict(state) for _, state in splits]
+        # remat always scans: unrolled, XLA may schedule a layer's recomputation early (the CPU
+        # compiler does), which keeps every layer's activations after all; inside a scan the
+        # recomputation can only run in its own layer's backward step
+        if not self.scan_layers and self.remat == "none":
+            for state in states:
+                x_BxLxD = layer(state, x_BxLxD)
+            return x_BxLxD
+        stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
+        x_BxLxD, _ = jax.lax.scan(lambda x, state: (layer(state, x), None), x_BxLxD, stacked)
+        return x_BxLxD

@@ -229,15 +229,28 @@ def train(
 def _plan_table(plan):
     from rich.table import Table
 
-    table = Table(title=f"expanded plan: {len(plan.rows)} runs; time at {plan.efficiency:.1%} ({plan.efficiency_source}) "
-                        f"of the peak {plan.peak_flops / 1e9:.1f} GFLOP/s ({plan.peak_source})")
-    for col in ("run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
-                "FLOPs full", "lr", "est. time"):
+    title = (f"expanded plan: {len(plan.rows)} runs; time at {plan.efficiency:.1%} ({plan.efficiency_source}) "
+             f"of the peak {plan.peak_flops / 1e9:.1f} GFLOP/s ({plan.peak_source})")
+    if plan.memory_planned:
+        budget = f"{plan.budget_gib:.0f} GiB ({plan.budget_source})" if plan.budget_gib else "unknown"
+        title += (f"\nmemory per device on {plan.devices} {plan.backend} device(s), planned from an AOT compile "
+                  f"of each train step (docs/MEMORY.md); budget {budget}")
+    table = Table(title=title)
+    columns = ["run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
+               "FLOPs full", "lr", "est. time"]
+    if plan.memory_planned:
+        columns += ["GiB params", "GiB opt", "GiB temp", "GiB peak", "fits"]
+    for col in columns:
         table.add_column(col, justify="right")
     for r in plan.rows:
-        table.add_row(r["run"], f"{r['budget']:.3g}" if r["budget"] else "-", r["shape"], f"{r['params_non_embedding']:,}",
-                      f"{r['tokens']:,}", f"{r['steps']:,}", f"{r['flops_6nd']:.3g}", f"{r['flops_full']:.3g}",
-                      f"{r['lr']:.2e}", f"{r['est_s']:.0f}s")
+        cells = [r["run"], f"{r['budget']:.3g}" if r["budget"] else "-", r["shape"], f"{r['params_non_embedding']:,}",
+                 f"{r['tokens']:,}", f"{r['steps']:,}", f"{r['flops_6nd']:.3g}", f"{r['flops_full']:.3g}",
+                 f"{r['lr']:.2e}", f"{r['est_s']:.0f}s"]
+        if plan.memory_planned:
+            fits = "?" if plan.budget_gib is None else "yes" if r["mem_peak_gib"] <= plan.budget_gib else "NO"
+            cells += [f"{r['mem_params_gib']:.2f}", f"{r['mem_opt_gib']:.2f}", f"{r['mem_temp_gib']:.2f}",
+                      f"{r['mem_peak_gib']:.2f}", fits]
+        table.add_row(*cells)
     return table
 
 
@@ -251,15 +264,18 @@ def sweep(
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Most runs at once (default: cluster CPUs / resources.cpus)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Give runs that used up their retries another go."),
     allow_large_grid: bool = typer.Option(False, "--allow-large-grid", help="Allow a grid of more than 2,000 runs (MEDSCALE_MAX_RUNS sets the limit)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Dry run: plan each run's per-device memory (an AOT compile per distinct shape, cached)."),
 ) -> None:
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
-    from medscale.scaling.pipeline import estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep
+    from medscale.scaling.pipeline import (estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep,
+                                           refuse_if_too_big)
 
     reporter = RichReporter()
     if dry_run:
         spec, runs = plan_sweep(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
-        plan = estimate_plan(runs, out_dir)
+        plan = estimate_plan(runs, out_dir, spec.resources, memory=memory)
         _print_wide(_plan_table(plan))
+        refuse_if_too_big(plan, runs, str(spec_path))
         out.print(f"estimated total: {plan.total_s / 60:.1f} device-minutes of training on this machine's "
                   f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return

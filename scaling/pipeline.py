@@ -113,12 +113,24 @@ def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | 
 
 @dataclass
 class Plan:
-    """A dry run's estimate: one row per run, the device speed assumed, the total."""
+    """A dry run's estimate: one row per run, the device speed assumed, the total; with memory
+    planned, each row's per-device memory (scaling/memory.py) against the device budget."""
     rows: list[dict]
     peak_flops: float
     peak_source: str
     efficiency: float
     efficiency_source: str
+    memory_planned: bool = False
+    budget_gib: float | None = None
+    budget_source: str = ""
+    devices: int = 1
+    backend: str = "cpu"
+
+    def too_big(self) -> list[dict]:
+        """The rows whose planned peak exceeds the device budget."""
+        if not self.memory_planned or self.budget_gib is None:
+            return []
+        return [r for r in self.rows if r["mem_peak_gib"] > self.budget_gib]
 
     @property
     def total_s(self) -> float:
@@ -143,8 +155,9 @@ def measured_efficiency(out_dir: Path | str) -> tuple[float, str]:
     return 0.10, "assumed MFU (no finished runs yet)"
 
 
-def estimate_plan(runs: list[dict], out_dir: Path | str) -> Plan:
-    """Per-run size, tokens, FLOPs and estimated time on this machine, for `medscale sweep --dry-run`."""
+def estimate_plan(runs: list[dict], out_dir: Path | str, resources=None, memory: bool = True) -> Plan:
+    """Per-run size, tokens, FLOPs and estimated time on this machine, for `medscale sweep --dry-run`;
+    with `memory`, each run's per-device memory on the devices `resources` (a spec's) gives it."""
     from medscale.models.config import ModelConfig, param_counts
     from medscale.scaling.flops import device_peak_flops, flops_per_token
     from medscale.scaling.store import run_id
@@ -160,7 +173,65 @@ def estimate_plan(runs: list[dict], out_dir: Path | str) -> Plan:
                      "params_non_embedding": param_counts(cfg).non_embedding, "tokens": tokens,
                      "steps": r["train"]["steps"], "flops_6nd": fl.six_n * tokens, "flops_full": fl.full * tokens,
                      "lr": r["train"]["lr"], "est_s": fl.full * tokens / (peak * efficiency)})
-    return Plan(rows, peak, source, efficiency, how)
+    plan = Plan(rows, peak, source, efficiency, how)
+    if memory and runs:
+        plan_memory(plan, runs, out_dir, resources)
+    return plan
+
+
+def plan_memory(plan: Plan, runs: list[dict], out_dir: Path | str, resources=None) -> Plan:
+    """Add each run's per-device memory (an AOT compile of its train step, cached) and the budget."""
+    import os
+
+    from medscale.scaling.memory import GIB, device_budget_gib, estimate_memory, target_backend
+    from medscale.scaling.spec import SpecError
+
+    plan.backend = target_backend(resources)
+    plan.devices = resources.devices_per_run() if resources is not None else 1
+    try:
+        plan.budget_gib, plan.budget_source = device_budget_gib(resources)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+    if plan.budget_gib is None and plan.backend == "cpu":  # host devices share this machine's memory
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+        plan.budget_gib = ram / plan.devices
+        plan.budget_source = f"this machine's {ram:.0f} GiB / {plan.devices} host devices"
+    estimates = estimate_memory(runs, devices=plan.devices, backend=plan.backend,
+                                cache_dir=Path(out_dir) / ".memory_plans")
+    for row, est in zip(plan.rows, estimates):
+        row.update(mem_params_gib=est.params / GIB, mem_opt_gib=est.opt_state / GIB,
+                   mem_temp_gib=est.temporaries / GIB, mem_peak_gib=est.peak_gib)
+    plan.memory_planned = True
+    return plan
+
+
+def refuse_if_too_big(plan: Plan, runs: list[dict], source: str) -> None:
+    """SpecError (exit 2) naming every run that will not fit its device, and what to change."""
+    from medscale.scaling.memory import remedies
+    from medscale.scaling.spec import SpecError
+
+    big = {r["run"] for r in plan.too_big()}
+    if not big:
+        return
+    lines = [f"{source}: {len(big)} run(s) will not fit in {plan.budget_gib:.0f} GiB per device "
+             f"({plan.budget_source}); nothing was launched."]
+    for row, run in zip(plan.rows, runs):
+        if row["run"] in big:
+            lines.append(f"  - {row['run']} ({row['shape']}, batch {run['data']['batch_size']} x "
+                         f"{run['data']['seq_len']}): {row['mem_peak_gib']:.1f} GiB per device on "
+                         f"{plan.devices} {plan.backend} device(s). Remedies: {remedies(run)}")
+    raise SpecError("\n".join(lines))
+
+
+def check_fits(spec, runs: list[dict], out_dir: Path | str, source: str) -> None:
+    """Before a launch: when the spec names a device budget, refuse (SpecError) runs that exceed it."""
+    from medscale.scaling.store import run_id
+
+    if not (spec.resources.device_memory_gb or spec.resources.accelerator) or not runs:
+        return
+    plan = Plan([{"run": run_id(r), "shape": "{d_model} x {n_layers}".format(**r["model"])} for r in runs],
+                0.0, "", 0.0, "")
+    refuse_if_too_big(plan_memory(plan, runs, out_dir, spec.resources), runs, source)
 
 
 def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None = None,
@@ -181,6 +252,7 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     if spec.resources.hosts > 1:
         raise UserError(f"{config_path}: resources.hosts is {spec.resources.hosts}: a run of several processes "
                         f"is started on Ray; use `medscale sweep {config_path}` (it runs this one run as a gang)")
+    check_fits(spec, runs, out_dir, str(config_path))
     store = RunStore(out_dir, say=(reporter or Reporter()).say)
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
@@ -204,6 +276,7 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     from medscale.scaling.store import RunStore
 
     reporter = reporter or Reporter()
+    check_fits(spec, runs, out_dir, spec.name)
     store = RunStore(out_dir, say=reporter.say).claim()
     if runs:
         store.refuse_mixed_sweep(spec.name, runs[0]["data"]["dataset_id"], spec.dataset.model_dump())

@@ -179,6 +179,11 @@ class ModelSpec(_Strict):
     # non-embedding parameters; at small scale, where embeddings and the output head are much of the model,
     # counting them (as Chinchilla does) matches compute better (Pearce & Song 2024).
     param_count: Literal["non_embedding", "total"] = "non_embedding"
+    # How the model is computed (models/options.py): memory and speed, not results (dtype aside)
+    attention: Literal["auto", "xla", "flash"] = "auto"
+    remat: Literal["none", "dots", "full"] = "none"
+    scan_layers: bool = False
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 def _each(v: Any, parse) -> Any:
@@ -231,6 +236,7 @@ class OptimizerSpec(_Strict):
     b1: Real = Field(0.9, ge=0, lt=1)
     b2: Real = Field(0.95, ge=0, lt=1)
     clip: Real = Field(1.0, gt=0)
+    microbatches: Int = Field(1, ge=1, description="gradient accumulation: each step's batch in this many slices")
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -244,12 +250,36 @@ class OptimizerSpec(_Strict):
         return self.lr * scale * multiplier
 
 
+class MeshSpec(_Strict):
+    """Device mesh of one run (models/sharding.py): -1 (or, for data, omitted) takes the remaining devices."""
+    data: int | None = None
+    fsdp: int | None = None
+    tensor: int | None = None
+
+    def requested(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class ResourcesSpec(_Strict):
     cpus: Int = Field(1, ge=1)
     gpus: Real = Field(0, ge=0)
     tpus: Int = Field(0, ge=0)
     host_devices: Int | None = Field(None, ge=1, description="CPU only: XLA host devices per run (default: cpus)")
     hosts: Int = Field(1, ge=1, description="processes (hosts) per run; cpus/gpus/tpus/host_devices are per host")
+    mesh: MeshSpec | None = None
+    device_memory_gb: Real | None = Field(None, gt=0, description="memory of one device (default: accelerator's)")
+    accelerator: str | None = Field(None, description="e.g. h100, a100-40gb, tpu-v5e: the device memory budget")
+
+    def devices_per_run(self) -> int:
+        """The devices one run sees, over all its processes: GPUs, TPU chips or XLA host devices per host,
+        times `hosts`."""
+        if self.gpus:
+            per_host = max(1, int(self.gpus))
+        elif self.tpus:
+            per_host = self.tpus
+        else:
+            per_host = self.host_devices or self.cpus
+        return per_host * self.hosts
 
 
 class EvalSpec(_Strict):
@@ -278,6 +308,18 @@ class SweepSpec(_Strict):
     retries: Int = Field(2, ge=0, le=20)
     mask_prob: Real = Field(0.15, gt=0, lt=1)
     downstream: DownstreamSpec | None = None  # tasks evaluated on every finished run of this sweep
+
+    def model_options(self) -> dict:
+        """The run config's `options`: the non-default ways of computing (models/options.py)."""
+        from medscale.models.options import ModelOptions
+
+        m = self.model
+        return ModelOptions(attention=m.attention, remat=m.remat, scan_layers=m.scan_layers, dtype=m.dtype,
+                            microbatches=self.optimizer.microbatches).validate().to_dict()
+
+    def mesh_config(self) -> dict | None:
+        """The run config's `mesh`, or None (the default: data parallel over every device)."""
+        return None if self.resources.mesh is None else self.resources.mesh.requested()
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -434,10 +476,33 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
     return cfg
 
 
+def check_layout(spec: SweepSpec, source: str = "<spec>") -> dict[str, int]:
+    """The mesh each run gets, checked against its devices, batch and microbatches (SpecError if not)."""
+    from medscale.models.options import mesh_axes
+
+    n = spec.resources.devices_per_run()
+    try:
+        axes = mesh_axes(spec.mesh_config(), n)
+    except ValueError as err:
+        raise SpecError(f"{source}: resources.{err} (a run gets {n} device(s): resources.gpus, "
+                        "resources.tpus, or on CPU resources.host_devices / cpus)") from None
+    B, K = spec.optimizer.batch_size, spec.optimizer.microbatches
+    shards = axes["data"] * axes["fsdp"]
+    if B % K:
+        raise SpecError(f"{source}: optimizer.microbatches: {K} does not divide optimizer.batch_size {B}")
+    if (spec.mesh_config() is not None or K > 1) and (B // K) % shards:
+        raise SpecError(f"{source}: optimizer.microbatches: each of the {K} microbatches has {B // K} rows, "
+                        f"which do not split over resources.mesh data x fsdp = {shards} devices; "
+                        "use fewer microbatches, a larger batch, or a smaller data/fsdp axis")
+    return axes
+
+
 def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
            source: str = "<spec>") -> list[dict]:
     """Every run of the sweep as a resolved config, in grid order. Raises SpecError before any compute."""
     B, L = spec.optimizer.batch_size, spec.model.seq_len
+    check_layout(spec, source)
+    options, mesh = spec.model_options(), spec.mesh_config()
     # (shape, tokens, budget, where): `where` is (params index, budget index), to blame a duplicate run
     points: list[tuple[ModelConfig, float, float | None, tuple[int, int]]] = []
     if isinstance(spec.grid, LadderGrid):
@@ -481,6 +546,9 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                                   "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
                         "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
                         "checkpoint": spec.checkpoint.model_dump(exclude_none=True),
+                        # only when set: runs that use neither keep the ids they always had
+                        **({"options": options} if options else {}),
+                        **({"mesh": mesh} if mesh is not None else {}),
                     })
     seen: dict[str, int] = {}
     for n, r in enumerate(runs):

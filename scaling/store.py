@@ -38,7 +38,8 @@ STATES = ("pending", "running", "done", "failed", "diverged", "preempted")
 FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
-RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint")
+RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint",
+                "options")  # options: how the model is computed (models/options.py), only when not the default
 DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_fraction")  # fraction: only when < 1
 # Of `checkpoint`, only the key hashed since the first stores (so their run ids stay); when to checkpoint
 # by the clock or on SIGTERM (every_minutes, grace_seconds) never changes what a run computes.

@@ -116,8 +116,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
 
     from medscale.data.loader import eval_batches, train_batches, unique_train_tokens
     from medscale.models.config import ModelConfig, counted_params, param_counts
-    from medscale.models.sharding import batch_sharding, make_mesh, shard_batch
-    from medscale.models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
+    from medscale.models.options import ModelOptions
+    from medscale.models.sharding import batch_sharding, make_mesh, mesh_axes, shard_batch
+    from medscale.models.step import (abstract_train_state, check_microbatches, init_train_state, make_eval_step,
+                                      make_train_step)
     from medscale.scaling.distributed import Agreement, is_primary, process_rows
 
     log = log or (lambda msg: None)
@@ -130,15 +132,20 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     total_steps = train_cfg["steps"]
     objective = OBJECTIVE_TO_LOADER[cfg["objective"]]
 
-    mesh = make_mesh(fsdp=cfg.get("mesh", {}).get("fsdp", 1), tensor=cfg.get("mesh", {}).get("tensor", 1))
+    options = ModelOptions.from_dict(cfg.get("options"))
+    try:  # the spec checked this against the devices it expected; this is the devices the run got
+        mesh = make_mesh(**mesh_axes(cfg.get("mesh"), jax.device_count()))
+        check_microbatches(B, options.microbatches, mesh)
+    except ValueError as err:
+        raise RuntimeError(f"{run.path / 'config.yaml'}: {err} (resources.mesh / optimizer.microbatches)") from None
     tx, schedule = make_optimizer(train_cfg, total_steps)
     mngr = _checkpoint_manager(run.ckpt_dir)
     latest = mngr.latest_step()
     if latest is None:
-        graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+        graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     else:
-        graphdef, abstract = abstract_train_state(model_cfg, tx, mesh)
-    train_step = make_train_step(graphdef, tx, mesh)
+        graphdef, abstract = abstract_train_state(model_cfg, tx, mesh, options=options)
+    train_step = make_train_step(graphdef, tx, mesh, microbatches=options.microbatches)
     eval_step = make_eval_step(graphdef, mesh)
     place = lambda batch: shard_batch(batch, mesh)  # noqa: E731
 
