@@ -127,8 +127,20 @@ def _key_hash(key: dict) -> str:
 
     from medscale.scaling.steps import identity_hash
 
-    # the JAX version is part of the key: another XLA assigns buffers differently
-    return identity_hash({**key, "jax": version("jax")})
+    # the JAX version and the model code are part of the key: another XLA assigns buffers differently,
+    # and a change to the model changes what its step keeps
+    return identity_hash({**key, "jax": version("jax"), "model_code": _model_code_fingerprint()})
+
+
+def _model_code_fingerprint() -> str:
+    import hashlib
+
+    import medscale.models
+
+    h = hashlib.sha256()
+    for path in sorted(Path(medscale.models.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def estimate_memory(runs: list[dict], *, devices: int, backend: str, cache_dir: Path | str | None = None,
