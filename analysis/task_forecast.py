@@ -216,3 +216,22 @@ def task_forecasts(downstream: pd.DataFrame, losses: pd.DataFrame, *, metric: st
         row.update({f"holdout_{k}": v for k, v in h.items() if k != "run_id"})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def loss_law_without(runs: pd.DataFrame, run_id, *, n_boot: int = 50, seed: int = 0) -> dict | None:
+    """Step 1 for the validation: L(N, D) (Approach 3) fitted to the finished runs except `run_id`, and its
+    prediction (with draws) for that run's N and D; None when the remaining runs cannot support the fit."""
+    from .parametric import ParametricFit
+
+    rest = runs[runs["run_id"] != run_id]
+    held = runs[runs["run_id"] == run_id]
+    if held.empty:
+        return None
+    try:
+        budget = rest["budget"].to_numpy() if "budget" in rest and rest["budget"].notna().any() else None
+        fit = ParametricFit(n_boot=n_boot, seed=seed).fit(rest["params"], rest["tokens"], rest["loss"], budget=budget)
+    except AnalysisError:
+        return None
+    N, D = float(held["params"].iloc[0]), float(held["tokens"].iloc[0])
+    draws = fit.predict_draws(N, D)[:, 0] if len(fit.boot_thetas_) else None
+    return {"run_id": run_id, "value": float(fit.predict(N, D)), "draws": draws}
