@@ -59,8 +59,9 @@ def pooled(model: Transformer, tokens_BxL: jax.Array, lengths_B: jax.Array) -> j
 
 
 def _prefill(model: Transformer, prompts_BxP, lengths_B, total: int):
-    """Run the prompts; returns (logits at each row's last prompt token [B, V], caches k/v per layer
-    [n_layers, B, total, H, K])."""
+    """Run the prompts; returns (logits at each row's last prompt token [B, V], per-layer tuples of the key
+    and value caches [B, H, total, K]: heads before positions, the layout one query per row reads without a
+    transpose)."""
     B, P = prompts_BxP.shape
     sin, cos = rope_tables(jnp.arange(P), model.cfg.head_dim)
     valid_BxP = _valid_mask(lengths_B, P)
@@ -71,20 +72,22 @@ def _prefill(model: Transformer, prompts_BxP, lengths_B, total: int):
         q, k, v = block.attn.qkv(block.attn_norm(x_BxPxD), sin, cos)
         x_BxPxD = x_BxPxD + block.attn.attend(q, k, v, mask)
         x_BxPxD = x_BxPxD + block.mlp(block.mlp_norm(x_BxPxD))
-        pad = ((0, 0), (0, total - P), (0, 0), (0, 0))
-        ks.append(jnp.pad(k, pad))
-        vs.append(jnp.pad(v, pad))
+        pad = ((0, 0), (0, 0), (0, total - P), (0, 0))
+        ks.append(jnp.pad(k.transpose(0, 2, 1, 3), pad))
+        vs.append(jnp.pad(v.transpose(0, 2, 1, 3), pad))
     last_BxD = x_BxPxD[jnp.arange(B), lengths_B - 1][:, None]
-    return model.logits(last_BxD)[:, 0], jnp.stack(ks), jnp.stack(vs)
+    return model.logits(last_BxD)[:, 0], tuple(ks), tuple(vs)
 
 
-def _decode_step(model: Transformer, token_B, pos_B, k_cache, v_cache):
-    """One new token per row at position pos_B: returns (logits [B, V], updated caches)."""
-    B, S = token_B.shape[0], k_cache.shape[2]
-    inv = model.cfg.head_dim
-    sin_all, cos_all = rope_tables(jnp.arange(S), inv)
+def _decode_step(model: Transformer, token_B, pos_B, k_caches, v_caches):
+    """One new token per row at position pos_B: returns (logits [B, V], updated cache tuples).
+
+    The caches are separate per layer (a while loop updates each in place; a stacked array would be copied
+    every step) and attention for the single query is two einsums over the [B, H, S, K] cache."""
+    B, S = token_B.shape[0], k_caches[0].shape[2]
+    sin_all, cos_all = rope_tables(jnp.arange(S), model.cfg.head_dim)
     sin_B, cos_B = sin_all[pos_B], cos_all[pos_B]  # [B, K/2]
-    mask_Bx1x1xS = (jnp.arange(S)[None, :] <= pos_B[:, None])[:, None, None, :]
+    visible_Bx1xS = (jnp.arange(S)[None, :] <= pos_B[:, None])[:, None, :]
     x_Bx1xD = model.embed(token_B[:, None])
     rows = jnp.arange(B)
     new_k, new_v = [], []
@@ -94,13 +97,17 @@ def _decode_step(model: Transformer, token_B, pos_B, k_cache, v_cache):
         q, k, v = (jnp.einsum("bld,dhk->blhk", h, w[...].astype(cd))
                    for w in (block.attn.q_DxHxK, block.attn.k_DxHxK, block.attn.v_DxHxK))
         q, k = (_rope_rows(t, sin_B, cos_B) for t in (q, k))
-        kc = k_cache[i].at[rows, pos_B].set(k[:, 0])
-        vc = v_cache[i].at[rows, pos_B].set(v[:, 0])
-        x_Bx1xD = x_Bx1xD + block.attn.attend(q, kc, vc, mask_Bx1x1xS)
+        kc = k_caches[i].at[rows, :, pos_B].set(k[:, 0])
+        vc = v_caches[i].at[rows, :, pos_B].set(v[:, 0])
+        q_BxHxK = q[:, 0] * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+        scores_BxHxS = jnp.einsum("bhk,bhsk->bhs", q_BxHxK, kc, preferred_element_type=jnp.float32)
+        probs_BxHxS = jax.nn.softmax(jnp.where(visible_Bx1xS, scores_BxHxS, -jnp.inf), axis=-1)
+        o_BxHxK = jnp.einsum("bhs,bhsk->bhk", probs_BxHxS.astype(vc.dtype), vc)
+        x_Bx1xD = x_Bx1xD + jnp.einsum("bhk,hkd->bd", o_BxHxK, block.attn.out_HxKxD[...].astype(cd))[:, None]
         x_Bx1xD = x_Bx1xD + block.mlp(block.mlp_norm(x_Bx1xD))
         new_k.append(kc)
         new_v.append(vc)
-    return model.logits(x_Bx1xD)[:, 0], jnp.stack(new_k), jnp.stack(new_v)
+    return model.logits(x_Bx1xD)[:, 0], tuple(new_k), tuple(new_v)
 
 
 def _rope_rows(x_Bx1xHxK, sin_BxK2, cos_BxK2):
@@ -110,8 +117,16 @@ def _rope_rows(x_Bx1xHxK, sin_BxK2, cos_BxK2):
 
 
 def _draw(logits_BxV, key, banned_V, temperature):
+    """One token per row from softmax(logits / temperature) by inverting its CDF with one uniform per row
+    (jax.random.categorical draws a Gumbel per vocabulary entry: V random numbers per row and step, which
+    dominated a step's time on CPU)."""
     logits_BxV = jnp.where(banned_V[None, :], -jnp.inf, logits_BxV / temperature)
-    return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+    cdf_BxV = jnp.cumsum(jax.nn.softmax(logits_BxV, axis=-1), axis=-1)
+    u_Bx1 = jax.random.uniform(key, (logits_BxV.shape[0], 1)) * cdf_BxV[:, -1:]
+    token_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1)
+    # never past the last allowed id, whatever the rounding of the last few cumulative sums
+    last_allowed = logits_BxV.shape[-1] - 1 - jnp.argmax(~banned_V[::-1])
+    return jnp.minimum(token_B, last_allowed).astype(jnp.int32)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "k", "total"))
@@ -119,8 +134,8 @@ def _prefill_jit(graphdef, params, prompts_BxP, lengths_B, *, k: int, total: int
     """Each prompt is run once and its cache repeated for its k continuations (rows b*k .. b*k+k-1)."""
     model = nnx.merge(graphdef, params)
     logits_BxV, k_cache, v_cache = _prefill(model, prompts_BxP, lengths_B, total)
-    rep = lambda a, axis: jnp.repeat(a, k, axis=axis)  # noqa: E731
-    return rep(logits_BxV, 0), rep(k_cache, 1), rep(v_cache, 1), rep(lengths_B, 0)
+    rep = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731
+    return (rep(logits_BxV), tuple(map(rep, k_cache)), tuple(map(rep, v_cache)), rep(lengths_B))
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "temperature"), donate_argnums=(2,))

@@ -270,6 +270,10 @@ def optimal(
     results, _ = load_results(runs_dir)
     rec = recommend(results, compute, objective=objective, max_tokens=max_tokens, n_boot=n_boot)
     print_recommendation(rec, compute)
+    from medscale.scaling.downstream.forecast import forecast_lines
+
+    for line in forecast_lines(runs_dir, rec, objective, n_boot):
+        out.print(line)
     if spec_out:
         sweeps = sorted((runs_dir / "sweeps").glob("*.yaml"))
         dataset = yaml.safe_load(sweeps[0].read_text())["dataset"] if sweeps else {"simulator": {"subjects": 4000, "seed": 0}}

@@ -83,3 +83,55 @@ def test_zero_shot_reads_temporal_and_event_bound_windows():
     assert p2[0] == pytest.approx(1 / 3) and c2[0] == pytest.approx(1 / 3)
     negated = LabelRule(within_10d.label, within_10d.horizon_s, None, True, True, False)
     assert outcome_probabilities(traj, negated, _Tok())[0][0] == pytest.approx(0.75)
+
+
+def test_rollouts_stop_when_every_window_has_closed_and_slide_past_max_len():
+    from medscale.models.rollout import sample_until
+
+    cfg, graphdef, params = _model()
+    prompts = np.array([[2, 7, 9, 11, 12, 13, 0, 0], [2, 8, 9, 0, 0, 0, 0, 0]], np.int32)
+    calls = []
+
+    def finished(traj):
+        calls.append(traj.shape[-1])
+        return traj.shape[-1] >= 8
+    early = sample_until(graphdef, params, prompts, [6, 3], k=3, max_new=40, key=jax.random.key(0), chunk=4,
+                         finished=finished, banned=(0, 2, 4))
+    assert early.shape == (2, 3, 8) and calls == [4, 8]      # stopped after two chunks, not ten
+
+    def keep_last(tokens, lengths, keep):                        # a plain most-recent-tokens context
+        out = np.zeros((len(lengths), keep), np.int32)
+        new_len = np.minimum(lengths, keep)
+        for i, n in enumerate(lengths):
+            out[i, :new_len[i]] = tokens[i, n - new_len[i]:n]
+        return out, new_len
+    # prompt (8) + 40 new tokens > max_len 32: the context slides, the shapes stay fixed
+    long = sample_until(graphdef, params, prompts, [6, 3], k=2, max_new=40, key=jax.random.key(1), chunk=8,
+                        max_len=cfg.max_len, recontext=keep_last, banned=(0, 2, 4))
+    assert long.shape == (2, 2, 40) and not np.isin(long, [0, 2, 4]).any()
+    again = sample_until(graphdef, params, prompts, [6, 3], k=2, max_new=40, key=jax.random.key(1), chunk=8,
+                         max_len=cfg.max_len, recontext=keep_last, banned=(0, 2, 4))
+    np.testing.assert_array_equal(long, again)
+
+
+def test_rollout_budget_follows_the_window_and_the_event_rate_up_to_the_cap():
+    from medscale.scaling.downstream.zero_shot import rollout_budget
+
+    month = LabelRule(CodeMatcher(frozenset(["DEATH"])), 30 * 86400, None, True, False, False)
+    b = rollout_budget(month, 0.5, cap=512, factor=2.0)
+    assert (b.tokens, b.wanted, b.capped) == (30, 30, False)
+    b = rollout_budget(month, 4.0, cap=128, factor=2.0)
+    assert (b.tokens, b.wanted, b.capped) == (128, 240, True)
+    stay = LabelRule(CodeMatcher(frozenset(["DEATH"])), None, CodeMatcher(frozenset(["DISCHARGE"])), True, False, False)
+    assert rollout_budget(stay, 4.0, cap=96).tokens == 96
+
+
+def test_inverse_cdf_draws_follow_the_softmax_and_skip_banned_ids():
+    from medscale.models.rollout import _draw
+
+    p = np.array([0.2, 0.5, 0.0, 0.3])
+    logits = jnp.log(jnp.asarray(np.tile(np.where(p > 0, p, 1.0), (20000, 1)), jnp.float32))
+    banned = jnp.asarray([False, False, True, False])
+    tokens = np.asarray(jax.jit(_draw, static_argnums=3)(logits, jax.random.key(0), banned, 1.0))
+    freq = np.bincount(tokens, minlength=4) / tokens.size
+    np.testing.assert_allclose(freq, p, atol=0.015)
