@@ -114,24 +114,27 @@ def test_rollouts_stop_when_every_window_has_closed_and_slide_past_max_len():
     np.testing.assert_array_equal(long, again)
 
 
-def test_rollout_budget_follows_the_window_and_the_event_rate_up_to_the_cap():
-    from medscale.scaling.downstream.zero_shot import rollout_budget
+def test_rollout_budget_is_what_the_window_holds_in_the_data_up_to_the_cap():
+    import pandas as pd
+    import polars as pl
 
-    month = LabelRule(CodeMatcher(frozenset(["DEATH"])), 30 * 86400, None, True, False, False)
-    b = rollout_budget(month, 0.5, cap=512, factor=2.0)
-    assert (b.tokens, b.wanted, b.capped) == (30, 30, False)
-    b = rollout_budget(month, 4.0, cap=128, factor=2.0)
-    assert (b.tokens, b.wanted, b.capped) == (128, 240, True)
-    stay = LabelRule(CodeMatcher(frozenset(["DEATH"])), None, CodeMatcher(frozenset(["DISCHARGE"])), True, False, False)
-    assert rollout_budget(stay, 4.0, cap=96).tokens == 96
+    from medscale.scaling.downstream.zero_shot import rollout_budget, window_events
 
-
-def test_inverse_cdf_draws_follow_the_softmax_and_skip_banned_ids():
-    from medscale.models.rollout import _draw
-
-    p = np.array([0.2, 0.5, 0.0, 0.3])
-    logits = jnp.log(jnp.asarray(np.tile(np.where(p > 0, p, 1.0), (20000, 1)), jnp.float32))
-    banned = jnp.asarray([False, False, True, False])
-    tokens = np.asarray(jax.jit(_draw, static_argnums=3)(logits, jax.random.key(0), banned, 1.0))
-    freq = np.bincount(tokens, minlength=4) / tokens.size
-    np.testing.assert_allclose(freq, p, atol=0.015)
+    t0 = np.datetime64("2020-01-01T00:00:00", "us")
+    day = np.timedelta64(86400 * 10**6, "us")
+    # subject 1: an event a day for 20 days, discharged on day 5; subject 2: nothing after t
+    times = [t0 + i * day for i in range(1, 21)] + [t0 - day]
+    codes = ["LAB"] * 4 + ["DISCHARGE"] + ["LAB"] * 15 + ["LAB"]
+    events = pl.DataFrame({"subject_id": [1] * 20 + [2], "time": np.array(times), "code": codes})
+    samples = pd.DataFrame({"subject_id": [1, 2], "prediction_time": [t0, t0]})
+    week = LabelRule(CodeMatcher(frozenset(["DEATH"])), 7 * 86400, None, True, False, False)
+    stay = LabelRule(CodeMatcher(frozenset(["DEATH"])), None, CodeMatcher(frozenset(["DISCHARGE", "DEATH"])), True,
+                     False, False)
+    assert window_events(events, samples, week, quantile=1.0) == 7
+    assert window_events(events, samples, stay, quantile=1.0) == 5     # up to and including the discharge
+    assert window_events(events, samples, stay, quantile=0.0) == 0
+    b = rollout_budget(7 * 2.0, cap=512, factor=1.5)
+    assert (b.tokens, b.wanted, b.capped) == (21, 21, False)
+    b = rollout_budget(200.0, cap=128, factor=1.5)
+    assert (b.tokens, b.wanted, b.capped) == (128, 300, True)
+    assert rollout_budget(1.0, cap=128).tokens == 16

@@ -364,7 +364,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
     from medscale.data.history import build_histories
     from medscale.scaling.downstream.baselines import probe_predict
     from medscale.scaling.downstream.model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
-    from medscale.scaling.downstream.zero_shot import tokens_per_day
+    from medscale.scaling.downstream.zero_shot import tokens_per_event
 
     spec = ev.spec
     rid = run.run_id
@@ -393,9 +393,9 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
             if mode == "zero_shot":
                 if not model.cfg.causal or kind != "binary" or name not in (spec.zero_shot.tasks or [name]):
                     continue
-                if "rate" not in history_cache:
-                    history_cache["rate"] = tokens_per_day(model.token_dir, tokenizer)
-                ev.add(_zero_shot(meta, data, h_test, model, tokenizer, spec, seed, history_cache["rate"]))
+                if "per_event" not in history_cache:
+                    history_cache["per_event"] = tokens_per_event(model.token_dir, tokenizer)
+                ev.add(_zero_shot(meta, data, h_test, model, tokenizer, spec, seed, history_cache["per_event"]))
                 continue
             idx = budget_rows(data, budget, seed)
             if idx is None:
@@ -414,10 +414,10 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
 
 
 def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: DownstreamSpec, seed: int,
-               rate_per_day: float) -> tuple[list[dict], dict]:
+               per_event: float) -> tuple[list[dict], dict]:
     """K rollouts per test row (the first zero_shot.max_samples) until each window closes; rows for the
     metrics at K plus the K sweep (`auroc_k<k>`), the censored fraction and the rollout budget and cap."""
-    from medscale.scaling.downstream.zero_shot import rollout_budget, zero_shot_scores
+    from medscale.scaling.downstream.zero_shot import rollout_budget, window_events, zero_shot_scores
 
     zs = spec.zero_shot
     rows = data.test.iloc[: zs.max_samples]
@@ -431,9 +431,11 @@ def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: Downs
     for part, sel in parts:
         if not sel.size:
             continue
-        budget = rollout_budget(part.label_rule(), rate_per_day, cap=zs.max_new_tokens, factor=zs.window_factor)
+        rule = part.label_rule()
+        held = window_events(data.events, data.fit, rule) * per_event
+        budget = rollout_budget(held, cap=zs.max_new_tokens, factor=zs.window_factor)
         budgets.append(budget)
-        p, c, pk = zero_shot_scores(model, h_test.tokens_NxL[sel], h_test.lengths_N[sel], part.label_rule(), tokenizer,
+        p, c, pk = zero_shot_scores(model, h_test.tokens_NxL[sel], h_test.lengths_N[sel], rule, tokenizer,
                                     k=zs.k, max_new=budget.tokens, seed=seed, temperature=zs.temperature, ks=ks,
                                     batch_prompts=zs.batch_prompts)
         scores[sel], cens[sel] = p, c
@@ -452,9 +454,7 @@ def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: Downs
     out.append({**out[0], **extra, "metric": "rollout_tokens", "value": float(max(b.tokens for b in budgets))})
     out.append({**out[0], **extra, "metric": "rollout_cap", "value": float(zs.max_new_tokens)})
     out.append({**out[0], **extra, "metric": "rollout_capped", "value": float(any(b.capped for b in budgets))})
-    wanted = [b.wanted for b in budgets if b.wanted is not None]
-    if wanted:
-        out.append({**out[0], **extra, "metric": "rollout_wanted", "value": float(max(wanted))})
+    out.append({**out[0], **extra, "metric": "rollout_wanted", "value": float(max(b.wanted for b in budgets))})
     return out, extras
 
 

@@ -154,11 +154,10 @@ def _split_subjects(groups: np.ndarray, fraction: float, rng) -> tuple[np.ndarra
 
 
 def _selection_score(kind: str, y: np.ndarray, out: np.ndarray) -> float:
-    """Higher is better: AUROC for binary tasks, minus the squared error for regression."""
-    from medscale.analysis.metrics import auroc
-
+    """Higher is better: minus the log-loss of the logits for binary tasks (a proper score, far less noisy
+    than AUROC on a few hundred held-back rows with few cases), minus the squared error for regression."""
     if kind == "binary":
-        return float(auroc(y, out)[0])
+        return -float(np.mean(np.logaddexp(0.0, out) - y * out))
     return -float(np.mean((out - y) ** 2))
 
 
@@ -171,10 +170,11 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
     probe on the frozen representation of the training part (baselines.probe_head, the probe mode's estimator)
     initialises the head, so fine-tuning starts where the probe ends instead of from a zero head that first
     drags the features towards it. Every weight is then trained with AdamW on a warmup-cosine schedule, and the
-    held-back subjects are scored `evals` times along it (AUROC; squared error for regression): the best state
-    is kept, the probe itself (step 0) included, and training stops after `patience` checks without
-    improvement. So the fine-tuned model is never worse than its own probe on the held-back subjects; on test
-    rows it can be worse only by noise. With too few held-back rows (or one class), the training part is used."""
+    held-back subjects are scored `evals` times along it (log-loss; squared error for regression): the best
+    state is kept, the probe itself (step 0) included, and training stops after `patience` checks without
+    improvement. When the probe wins, the result is the probe refitted on the whole fit pool, i.e. the probe
+    mode's own predictions. So the fine-tuned model is never worse than its own probe on the held-back
+    subjects; on test rows it can be worse only by noise. With too few held-back rows (or one class), the training part is used."""
     import jax
     import jax.numpy as jnp
 
@@ -202,7 +202,7 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
             out.append(np.asarray(pred)[: min(EMBED_BATCH, len(lengths) - i)])
         return np.concatenate(out).astype(np.float64)
 
-    best_state = trainable
+    best_state, best_step = trainable, 0
     best = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
     opt_state = tx.init(trainable)
     every = max(1, recipe.steps // max(1, recipe.evals))
@@ -215,11 +215,18 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
         if t % every == 0 or t == recipe.steps:
             score = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
             if score > best:
-                best, best_state, bad = score, trainable, 0
+                best, best_state, best_step, bad = score, trainable, t, 0
             else:
                 bad += 1
                 if bad >= recipe.patience:
                     break
+    if best_step == 0:
+        # no fine-tuned state beat the probe on held-back subjects: the probe on the whole fit pool (the
+        # probe mode's own result), not the one fitted to the training part only
+        w, b = probe_head(_embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths), y_fit, kind, seed)
+        best_state = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
+        if kind == "regression":
+            mu, sd = float(y_fit.mean()), float(y_fit.std() or 1.0)
     raw = outputs(best_state, test_tokens, test_lengths)
     if kind == "binary":
         return np.asarray(jax.nn.sigmoid(raw))

@@ -27,8 +27,8 @@ class ZeroShotSpec(_Strict):
     k_sweep: list[int] = Field(default_factory=lambda: [1, 4, 16], description="AUROC also from the first k of "
                                "the K trajectories, for each k here up to K")
     max_new_tokens: int = Field(512, ge=1, description="hard cap on tokens per trajectory; the budget of each task "
-                                "is its window's length x the train split's tokens per day x window_factor")
-    window_factor: float = Field(2.0, gt=0, description="budget = this x the tokens the window holds on average")
+                                "is what its window holds in the train split (90th percentile) x window_factor")
+    window_factor: float = Field(1.5, gt=0, description="margin on the tokens the window holds")
     max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
     batch_prompts: int = Field(16, ge=1, description="prompts per rollout batch (x K trajectories)")
     temperature: float = Field(1.0, gt=0)

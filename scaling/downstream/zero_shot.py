@@ -11,9 +11,10 @@ off the trajectory:
   first end-event code (in-hospital death: death before discharge).
 
 The probability is the fraction of the K trajectories with the outcome (1 minus it for negated tasks).
-Rollouts run until the window closes: T is a per-task budget, `factor` x the window's length x the train
-split's event rate (tokens per day), capped by the spec's `max_new_tokens` (reported, with whether the cap
-bit); event-bound windows get the cap. Generation goes in chunks and stops as soon as every trajectory of
+Rollouts run until the window closes: T is a per-task budget from the data's event rate in the train split:
+the 90th percentile of the events the task's window holds after the fit samples' prediction times (up to
+H later, or to the first end event), times the tokens per event, times a margin (`window_factor`), capped
+by the spec's `max_new_tokens` (reported, with whether the cap bit). Generation goes in chunks and stops as soon as every trajectory of
 the batch has closed its window (or ended its record), and slides its context when the model's max_len is
 reached (models/rollout.sample_until). A trajectory still open at T is censored and counted as "no
 outcome"; the censored fraction is reported. The K sweep reads the same samples: the probability from the
@@ -76,36 +77,55 @@ def outcome_probabilities(trajectories_BxKxT: np.ndarray, rule: LabelRule, token
     return (1.0 - p if rule.negate else p), censored
 
 
-def tokens_per_day(token_dir, tokenizer: Tokenizer) -> float:
-    """The data's event rate: tokens per day of record in the train split (all tokens over the time the
-    time-gap tokens add up to)."""
+def tokens_per_event(token_dir, tokenizer: Tokenizer) -> float:
+    """The train split's tokens per event (each event is a code token, with its value and time-gap tokens)."""
     from pathlib import Path
 
     tokens = np.load(Path(token_dir) / "train" / "tokens.npy", mmap_mode="r")
-    step = max(1, tokens.size // 2_000_000)   # a strided sample is plenty for a rate
+    step = max(1, tokens.size // 2_000_000)   # a strided sample is plenty for a ratio
     sample = np.asarray(tokens[::step])
-    days = gap_seconds(tokenizer)[sample].sum() / 86400.0
-    return float(sample.size / days) if days > 0 else float("inf")
+    n_codes = int(np.sum(sample >= tokenizer.code_base))
+    return float(sample.size / n_codes) if n_codes else 1.0
+
+
+def window_events(events, samples, rule: LabelRule, quantile: float = 0.9) -> float:
+    """The `quantile` of the number of events inside the label window after each sample's prediction time,
+    in the data (`events`: polars subject_id, time, code; `samples`: subject_id, prediction_time): for
+    (t, t + H], or up to and including the first end event (the record's end when there is none)."""
+    import polars as pl
+
+    s = pl.DataFrame({"_sample": np.arange(len(samples)),
+                      "subject_id": samples["subject_id"].to_numpy(dtype=np.int64),
+                      "t": samples["prediction_time"].to_numpy().astype("datetime64[us]")})
+    after = (s.join(events.select("subject_id", "time", "code").filter(pl.col("time").is_not_null()),
+                    on="subject_id", how="inner").filter(pl.col("time") > pl.col("t")))
+    if rule.horizon_s is not None:
+        inside = after.filter(pl.col("time") <= pl.col("t") + pl.duration(seconds=int(rule.horizon_s)))
+    else:
+        codes = after["code"].unique().to_list()
+        end_codes = [c for c in codes if rule.end(c)]
+        ends = (after.filter(pl.col("code").is_in(end_codes)).group_by("_sample")
+                .agg(pl.col("time").min().alias("end")))
+        inside = (after.join(ends, on="_sample", how="left")
+                  .filter(pl.col("end").is_null() | (pl.col("time") <= pl.col("end"))))
+    counts = np.zeros(len(samples))
+    per = inside.group_by("_sample").len()
+    counts[per["_sample"].to_numpy()] = per["len"].to_numpy()
+    return float(np.quantile(counts, quantile)) if counts.size else 0.0
 
 
 @dataclass(frozen=True)
 class RolloutBudget:
     tokens: int          # tokens rolled out per trajectory at most
-    wanted: int | None   # what the window needs at the data's event rate (None: event-bound window)
+    wanted: int          # what the window holds (quantile of the train split) x the margin
     cap: int             # the hard cap (spec max_new_tokens)
     capped: bool         # the window needs more than the cap allows
 
 
-def rollout_budget(rule: LabelRule, rate_per_day: float, *, cap: int, factor: float = 2.0,
-                   minimum: int = 16) -> RolloutBudget:
-    """Tokens per trajectory for a task: `factor` x the window's expected tokens (window length x the train
-    split's tokens per day; the factor covers patients busier than average), at least `minimum`, at most the
-    hard cap. Event-bound windows (until discharge) have no length to derive: they get the cap, and the
-    rollout stops as soon as every window has closed."""
-    if rule.horizon_s is None:
-        return RolloutBudget(cap, None, cap, False)
-    wanted = int(np.ceil(factor * rule.horizon_s / 86400.0 * rate_per_day)) if np.isfinite(rate_per_day) else cap + 1
-    wanted = max(minimum, wanted)
+def rollout_budget(window_tokens: float, *, cap: int, factor: float = 1.5, minimum: int = 16) -> RolloutBudget:
+    """Tokens per trajectory for a task: `factor` x the tokens its window holds (window_events x
+    tokens_per_event), at least `minimum`, at most the hard cap."""
+    wanted = max(minimum, int(np.ceil(factor * window_tokens)))
     return RolloutBudget(min(cap, wanted), wanted, cap, wanted > cap)
 
 
