@@ -46,6 +46,12 @@ def _iv(v, lo, hi, fmt="{:.3f}") -> str:
     return s
 
 
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows: NaN and infinities as None."""
+    f = frame.replace([np.inf, -np.inf], np.nan)
+    return f.astype(object).where(f.notna(), None).to_dict("records")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     h = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
     return h + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
@@ -173,7 +179,7 @@ def _saturation_html(by_n, downstream, out, seed, summary, label, slot) -> list[
         if mode is None:
             continue
         d = by_n.differences(task, mode)
-        diffs_json[task] = d.replace([np.inf, -np.inf], np.nan).astype(object).where(d.notna(), None).to_dict("records")
+        diffs_json[task] = _records(d)
         for r in d.itertuples():
             diffs_html.append([html.escape(str(task)), html.escape(mode), f"{_g(r._1)} → {_g(r.to)}",
                                _iv(r.difference, r.low, r.high, "{:+.3f}"),
@@ -214,7 +220,7 @@ def _forecast_html(data: DownstreamData, runs, loss_at, n_boot, seed, slot, summ
                            at_loss=loss_at, at_loss_draws=at_draws, holdout_loss=holdout, n_boot=n_boot, seed=seed)
     if table.empty:
         return []
-    slot["forecast"] = table.replace([np.inf, -np.inf], np.nan).astype(object).where(table.notna(), None).to_dict("records")
+    slot["forecast"] = _records(table)
     h = ["<h3>Two-step forecast: pretraining loss → task metric</h3><p>Per task, AUROC = 0.5 + (top - 0.5) / "
          "(1 + exp(s (L - L0))) against each run's pretraining loss L (top at most the ceiling); the recommended "
          "model's metric is read at the loss the fitted law predicts for it"
@@ -270,7 +276,7 @@ def _subgroup_html(subgroups: pd.DataFrame | None, out: Path, slot, label) -> li
     if subgroups is None or subgroups.empty:
         return []
     trend = subgroup_scaling(subgroups)
-    slot["subgroups"] = trend.to_dict("records")
+    slot["subgroups"] = _records(trend)
     h = ["<h3>Subgroups: does scale close the gap?</h3><p>Per task, the gap between the best and the worst group "
          "(by sex, by age band) against log2 N: its change per doubling with an interval; narrows or widens only "
          "when the interval excludes zero.</p>"]

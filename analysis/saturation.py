@@ -230,7 +230,8 @@ class SaturationFit:
     def _x_sat(self, coef) -> np.ndarray:
         k, g = coef[:, 1], coef[:, 2]
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf = never saturates; 0 = flat
-            return np.exp(self.xbar_ + (np.log(k) + np.log1p(-(2.0 ** -g)) - np.log(self.threshold)) / g)
+            x = np.exp(self.xbar_ + (np.log(k) + np.log1p(-(2.0 ** -g)) - np.log(self.threshold)) / g)
+        return np.where(x < 1.0, 0.0, x)  # below one parameter: flat from the start (no denormal sizes)
 
     def predict(self, x) -> np.ndarray:
         return self._curve(self.coef_, np.asarray(x, dtype=float))

@@ -360,7 +360,7 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
 
 
 def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], tokenizer, finetune_ok: bool,
-                  history_cache: dict) -> None:
+                  history_cache: dict, zero_shot_ok: bool = True) -> None:
     from medscale.data.history import build_histories
     from medscale.scaling.downstream.baselines import probe_predict
     from medscale.scaling.downstream.model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
@@ -370,7 +370,8 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
     rid = run.run_id
     wanted = [(n, m, b, s) for n in tasks for m in ("probe", "finetune", "scratch") for b in spec.label_budgets
               for s in spec.seeds if ev.todo(rid, n, m, b, s)]
-    wanted += [(n, "zero_shot", 0, s) for n in tasks for s in spec.seeds if ev.todo(rid, n, "zero_shot", 0, s)]
+    wanted += [(n, "zero_shot", 0, s) for n in tasks for s in spec.seeds
+               if zero_shot_ok and ev.todo(rid, n, "zero_shot", 0, s)]
     if not wanted:
         return
     model = load_run_model(run)
@@ -511,10 +512,12 @@ def evaluate_store(store_root, spec: DownstreamSpec, *, runs=None, progress: Pro
         done += 1
         ev.progress("downstream", done, total)
         finetune_ids = _spread(group, spec.finetune.max_runs)
+        zero_shot_ids = _spread([r for r in group if r.config()["objective"] == "decoder"], spec.zero_shot.max_runs)
         history_cache: dict = {}
         for run in sorted(group, key=lambda r: r.run_id):
             t = time.time()
-            _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache)
+            _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache,
+                          zero_shot_ok=run.run_id in zero_shot_ids)
             done += 1
             ev.progress(f"downstream ({time.time() - t:.0f}s/run)", done, total)
     return ev.table

@@ -96,8 +96,8 @@ class FinetuneRecipe:
     batch_size: int = 32
     weight_decay: float = 0.01
     val_fraction: float = 0.2   # subjects of the fit pool held back for early stopping
-    evals: int = 8              # checks on the held-back subjects over the schedule
-    patience: int = 3           # stop after this many checks without improvement
+    evals: int = 4              # checks on the held-back subjects over the schedule
+    patience: int = 2           # stop after this many checks without improvement
 
 
 @lru_cache(maxsize=32)

@@ -31,6 +31,7 @@ class ZeroShotSpec(_Strict):
     window_factor: float = Field(1.5, gt=0, description="margin on the tokens the window holds")
     max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
     batch_prompts: int = Field(16, ge=1, description="prompts per rollout batch (x K trajectories)")
+    max_runs: int | None = Field(None, ge=1, description="roll out only this many decoders, spread over sizes")
     temperature: float = Field(1.0, gt=0)
     tasks: list[str] | None = Field(None, description="roll out only these tasks (default: every binary task)")
 
