@@ -126,14 +126,15 @@ def test_fine_tuning_is_not_below_the_probe_of_the_same_model_beyond_noise(ladde
     from medscale.analysis.paired import draw_matrix
     from medscale.scaling.downstream.evaluate import evaluate_store, read_draws
 
-    spec = _spec(tasks=[SIMPLE], modes=["probe", "finetune"], finetune={"steps": 30, "lr": 1e-3, "max_runs": 2})
+    spec = _spec(tasks=[SIMPLE], modes=["probe", "finetune"], seeds=[7],
+                 finetune={"steps": 24, "lr": 1e-3, "max_runs": 2})
     df = evaluate_store(ladder, spec)
-    auroc = df[(df["metric"] == "auroc") & (df["task"] == SIMPLE)]
+    auroc = df[(df["metric"] == "auroc") & (df["task"] == SIMPLE) & (df["seed"] == 7) & (df["label_budget"] == "all")]
     tuned = auroc[auroc["mode"] == "finetune"]
     assert len(tuned) == 2
     draws = read_draws(ladder, "auroc")
     for rid in tuned["run_id"]:
-        pair = draws[(draws["run_id"] == rid) & (draws["task"] == SIMPLE)]
+        pair = draws[(draws["run_id"] == rid) & (draws["task"] == SIMPLE) & (draws["seed"] == 7)]
         both = draw_matrix(pair.assign(run_id=pair["mode"]), ["probe", "finetune"])
         assert both is not None
         diff = both[:, 1] - both[:, 0]
