@@ -11,6 +11,7 @@ loaded on first use.
 """
 from .allocation import AllocationLaw
 from .bootstrap import Estimate
+from .data_constrained import DataConstrainedFit
 from .envelope import EnvelopeFit
 from .errors import AnalysisError
 from .isoflop import IsoFlopFit
@@ -24,6 +25,7 @@ __all__ = [
     "AllocationLaw",
     "Allocation",
     "AnalysisError",
+    "DataConstrainedFit",
     "EnvelopeFit",
     "Estimate",
     "FitResult",

@@ -12,16 +12,17 @@ import numpy as np
 from .bootstrap import DEFAULT_LEVEL, Estimate, estimate
 
 
-def loglinear(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(slope, intercept) of the least-squares line y = slope x + intercept."""
+def loglinear(x: np.ndarray, y: np.ndarray, weights=None) -> tuple[float, float]:
+    """(slope, intercept) of the (weighted) least-squares line y = slope x + intercept."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    xm = x.mean()
-    sxx = ((x - xm) ** 2).sum()
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+    sxx = (w * (x - xm) ** 2).sum()
     if x.size < 2 or sxx <= 0:
         return float("nan"), float("nan")
-    slope = ((x - xm) * (y - y.mean())).sum() / sxx
-    return float(slope), float(y.mean() - slope * xm)
+    slope = (w * (x - xm) * (y - ym)).sum() / sxx
+    return float(slope), float(ym - slope * xm)
 
 
 @dataclass
@@ -34,10 +35,10 @@ class AllocationLaw:
     level: float = DEFAULT_LEVEL
 
     @classmethod
-    def from_optima(cls, compute, n_opt, d_opt, draws=None, level=DEFAULT_LEVEL) -> "AllocationLaw":
+    def from_optima(cls, compute, n_opt, d_opt, draws=None, level=DEFAULT_LEVEL, weights=None) -> "AllocationLaw":
         lc = np.log(compute)
-        a, lkn = loglinear(lc, np.log(n_opt))
-        b, lkd = loglinear(lc, np.log(d_opt))
+        a, lkn = loglinear(lc, np.log(n_opt), weights)
+        b, lkd = loglinear(lc, np.log(d_opt), weights)
         return cls(lkn, a, lkd, b, np.empty((0, 4)) if draws is None else np.asarray(draws), level)
 
     def n_opt(self, compute) -> np.ndarray:

@@ -30,7 +30,7 @@ class EnvelopeFit:
 
     approach = 1
 
-    def __init__(self, *, grid_points: int = GRID_POINTS, n_boot: int = 200, level: float = DEFAULT_LEVEL,
+    def __init__(self, *, grid_points: int = GRID_POINTS, n_boot: int = 1000, level: float = DEFAULT_LEVEL,
                  seed: int = 0):
         self.grid_points = grid_points
         self.n_boot = n_boot

@@ -84,3 +84,50 @@ def labels_from(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group rows by exact value of a budget column: (label per row, value per group)."""
     uniq, labels = np.unique(np.asarray(values, dtype=float), return_inverse=True)
     return labels.ravel(), uniq
+
+
+class Replicates:
+    """Per kept point: the mean loss over seeds (`loss`), its spread (`sd`, NaN with one seed), seeds averaged."""
+
+    def __init__(self, loss: np.ndarray, sd: np.ndarray, n_seeds: np.ndarray):
+        self.loss, self.sd, self.n_seeds = loss, sd, n_seeds
+
+
+def average_replicates(keys: dict[str, np.ndarray], loss: np.ndarray, *, seed=None, lr=None
+                       ) -> tuple[np.ndarray, Replicates, list[str]]:
+    """One point per distinct `keys`: seeds averaged, then the best learning rate.
+
+    The minimum over seeds is biased low (it picks the luckiest draw of noise), so seeds are averaged and their
+    spread is each point's noise; learning rates are a choice, so the best one is kept. Without seed and lr
+    labels, rows with equal keys cannot be told apart: the lowest loss is kept (as if they were learning
+    rates) and a note says so. Returns (row index representing each point, Replicates, notes).
+    """
+    loss = np.asarray(loss, dtype=float)
+    n = loss.size
+    frame = pd.DataFrame({f"k{i}": np.round(np.log(np.asarray(v, dtype=float)), 9) for i, v in enumerate(keys.values())})
+    key_cols = list(frame.columns)
+    frame["lr"] = 0.0 if lr is None else np.asarray(lr, dtype=float)
+    frame["seed"] = np.arange(n) if seed is None else np.asarray(seed)
+    frame["loss"] = loss
+    frame["row"] = np.arange(n)
+    notes: list[str] = []
+    if seed is None and lr is None:
+        keep, n_multi = best_per_point(list(keys.values()), loss)
+        if n_multi:
+            notes.append(f"{n_multi} point(s) had several runs and no seed or lr column tells them apart: the lowest "
+                         "loss of each was kept (biased low if they are seeds; give the seed and lr columns)")
+        return keep, Replicates(loss[keep], np.full(keep.size, np.nan), np.ones(keep.size, int)), notes
+    if seed is None:  # rows differing only in lr: each is its own "seed group" of one
+        frame["seed"] = 0
+    by = frame.groupby(key_cols + ["lr"], sort=False)
+    agg = by.agg(loss=("loss", "mean"), sd=("loss", lambda x: x.std(ddof=1) if len(x) > 1 else np.nan),
+                 n_seeds=("loss", "size"), row=("row", "min")).reset_index()
+    best = agg.sort_values("loss", kind="stable").drop_duplicates(key_cols).sort_values("row")
+    n_lrs = agg.groupby(key_cols).size()
+    if (agg["n_seeds"] > 1).any():
+        notes.append(f"{int((agg['n_seeds'] > 1).sum())} point(s) had several seeds: their losses were averaged "
+                     "(the spread is each point's noise); not the minimum, which is biased low")
+    if (n_lrs > 1).any():
+        notes.append(f"{int((n_lrs > 1).sum())} point(s) had several learning rates: the best (seed-averaged) was kept")
+    return (best["row"].to_numpy(), Replicates(best["loss"].to_numpy(), best["sd"].to_numpy(),
+                                                best["n_seeds"].to_numpy()), notes)

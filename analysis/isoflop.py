@@ -7,6 +7,8 @@ bootstrap resamples runs within each budget, so every resample keeps every budge
 from __future__ import annotations
 
 from .conventions import tokens_for_compute
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -14,9 +16,10 @@ from . import diagnostics
 from .allocation import AllocationLaw, loglinear
 from .bootstrap import DEFAULT_LEVEL, interval, stratified_weights
 from .errors import AnalysisError
-from .inputs import best_per_point, budget_groups, labels_from, positive
+from .inputs import average_replicates, budget_groups, labels_from, positive
 
 MIN_SIZES = 3
+FEW_SIZES = 5  # fewer sizes per budget than this: a parabola through them says little about its curvature
 
 
 def _parabolas(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -50,14 +53,17 @@ class IsoFlopFit:
 
     approach = 2
 
-    def __init__(self, *, n_boot: int = 200, level: float = DEFAULT_LEVEL, seed: int = 0):
+    def __init__(self, *, n_boot: int = 1000, level: float = DEFAULT_LEVEL, seed: int = 0):
         self.n_boot = n_boot
         self.level = level
         self.seed = seed
 
-    def fit(self, params, compute, loss, *, budget=None) -> "IsoFlopFit":
-        """Group runs by `budget` labels when given (NaN rows, e.g. ladder runs, are left out), else by compute."""
+    def fit(self, params, compute, loss, *, budget=None, seeds=None, lrs=None) -> "IsoFlopFit":
+        """Group runs by `budget` labels when given (NaN rows, e.g. ladder runs, are left out), else by compute.
+        `seeds` and `lrs` label replicates: seeds are averaged, the best learning rate is kept."""
         N, C, L = positive(params, "params"), positive(compute, "compute"), positive(loss, "loss")
+        seeds = None if seeds is None else np.asarray(seeds)
+        lrs = None if lrs is None else np.asarray(lrs, dtype=float)
         self.notes_: list[str] = []
         self.warnings_: list[str] = []
         if budget is not None:
@@ -66,24 +72,25 @@ class IsoFlopFit:
             if (~has).any():
                 self.notes_.append(f"{int((~has).sum())} run(s) without a budget (ladder runs) were left out")
             N, C, L, b = N[has], C[has], L[has], b[has]
+            seeds = None if seeds is None else seeds[has]
+            lrs = None if lrs is None else lrs[has]
             labels, values = labels_from(b)
             self.notes_.append("runs grouped into IsoFLOP budgets by the budget column")
         else:
             labels, values = budget_groups(C)
             self.notes_.append("runs grouped into IsoFLOP budgets by compute (values within 10% are one budget)")
-        keep, n_multi = best_per_point([N, values[labels]], L)
-        if n_multi:
-            self.notes_.append(
-                f"{n_multi} (N, budget) point(s) had several runs (learning rates or seeds); the lowest loss of "
-                "each was kept"
-            )
-        N, C, L, labels = N[keep], C[keep], L[keep], labels[keep]
+        keep, rep, msgs = average_replicates({"N": N, "C": values[labels]}, L, seed=seeds, lr=lrs)
+        self.notes_ += msgs
+        N, C, L, labels = N[keep], C[keep], rep.loss, labels[keep]
 
         usable = []
         for g in range(values.size):
             n_sizes = np.unique(N[labels == g]).size
             if n_sizes >= MIN_SIZES:
                 usable.append(g)
+                if n_sizes < FEW_SIZES:
+                    self.warnings_.append(f"budget {values[g]:.3g}: only {n_sizes} sizes; at least {FEW_SIZES} "
+                                          "are needed for a parabola whose minimum can be trusted")
             elif n_sizes:
                 self.warnings_.append(
                     f"budget {values[g]:.3g}: only {n_sizes} size(s); at least {MIN_SIZES} are needed, budget skipped"
@@ -139,23 +146,42 @@ class IsoFlopFit:
                     f"budget {r['budget']:.3g}: the minimum is at the edge of the sizes tried "
                     "(extend the sizes on that side); its N_opt is an extrapolation"
                 )
-        good = self.minima_["convex"].to_numpy()
+        good = self.minima_["convex"].to_numpy() & ~self.minima_["edge"].to_numpy()
+        if good.sum() < 2 and (self.minima_["convex"].to_numpy()).sum() >= 2:
+            good = self.minima_["convex"].to_numpy()
+            self.warnings_.append("fewer than 2 budgets have their minimum inside the sizes tried: edge minima "
+                                  "were used for the law after all; its exponents are extrapolations")
+        elif (self.minima_["convex"] & self.minima_["edge"]).any():
+            self.warnings_.append(f"{int((self.minima_['convex'] & self.minima_['edge']).sum())} budget(s) with the "
+                                  "minimum at the edge were left out of the cross-budget law")
         if good.sum() < 2:
             raise AnalysisError("Approach 2 needs at least 2 budgets whose loss has a minimum in log N")
+        self.minima_["in_law"] = good
         self.notes_.append("D_opt = C / (6 N_opt) at each budget's parabola minimum")
 
+        # Budgets weigh by 1 / variance of their log N_opt over the bootstrap (a sharp minimum counts more).
+        var = np.full(len(usable), np.nan)
+        if W.shape[0] > 1:
+            with warnings.catch_warnings():  # a budget whose every resample lacks a minimum: all-NaN column
+                warnings.simplefilter("ignore", RuntimeWarning)
+                var = np.nanvar(xs_draws, axis=0)
+        wts = np.where(np.isfinite(var) & (var > 0), 1.0 / np.where(var > 0, var, 1.0), np.nan)
+        wts = np.where(np.isfinite(wts), wts, np.nanmax(wts) if np.isfinite(wts).any() else 1.0)
+        self.minima_["weight"] = wts / wts[good].sum()
+        if np.isfinite(var).any():
+            self.notes_.append("budgets weighted by the inverse bootstrap variance of their log N_opt")
         Cs = self.minima_["budget"].to_numpy()
         draws = np.full((W.shape[0], 4), np.nan)
         for i in range(W.shape[0]):
             ok = good & np.isfinite(xs_draws[i])
             if ok.sum() >= 2:
-                a, lkn = loglinear(np.log(Cs[ok]), xs_draws[i, ok])
-                b, lkd = loglinear(np.log(Cs[ok]), np.log(Cs[ok] / 6) - xs_draws[i, ok])
+                a, lkn = loglinear(np.log(Cs[ok]), xs_draws[i, ok], wts[ok])
+                b, lkd = loglinear(np.log(Cs[ok]), np.log(Cs[ok] / 6) - xs_draws[i, ok], wts[ok])
                 draws[i] = (lkn, a, lkd, b)
         n_failed = int(np.isnan(draws).any(axis=1).sum())
         m = self.minima_[good]
         self.allocation_ = AllocationLaw.from_optima(
-            m["budget"], m["n_opt"], m["d_opt"], draws[~np.isnan(draws).any(axis=1)], self.level
+            m["budget"], m["n_opt"], m["d_opt"], draws[~np.isnan(draws).any(axis=1)], self.level, weights=wts[good]
         )
         self.estimates_ = self.allocation_.estimates
         if good.sum() == 2:

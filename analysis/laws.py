@@ -29,7 +29,7 @@ class OffsetPowerLaw:
         variable: str = "x",
         *,
         delta: float = lse_huber.DEFAULT_DELTA,
-        n_boot: int = 200,
+        n_boot: int = 1000,
         level: float = DEFAULT_LEVEL,
         seed: int = 0,
         n_jobs: int | None = 1,

@@ -27,6 +27,9 @@ class Allocation:
     token_limited: bool
     max_tokens: float | None
     notes: list[str] = field(default_factory=list)
+    epochs: Estimate | None = None  # passes over the unique tokens (data-constrained law only)
+    warnings: list[str] = field(default_factory=list)
+    compute_convention: str = "6nd"
 
     def to_dict(self) -> dict:
         return {
@@ -38,20 +41,33 @@ class Allocation:
             "token_limited": self.token_limited,
             "max_tokens": self.max_tokens,
             "notes": list(self.notes),
+            "epochs": None if self.epochs is None else self.epochs.to_dict(),
+            "warnings": list(self.warnings),
+            "compute_convention": self.compute_convention,
         }
 
 
-def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_epochs: float = 1.0) -> Allocation:
-    """N_opt, D_opt, tokens per parameter (and predicted loss for Approach 3) at compute `budget` (FLOPs, 6ND).
+def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_epochs: float = 1.0,
+                    flops_per_token=None) -> Allocation:
+    """N_opt, D_opt, tokens per parameter (and predicted loss for Approach 3) at compute `budget` (FLOPs).
 
-    `fit` is any fitted EnvelopeFit, IsoFlopFit or ParametricFit. `max_tokens` is the number of unique tokens
-    available; `max_epochs` > 1 allows that many passes over them (the fits assume unique tokens, so a
-    repeated token is counted as if it were new: optimistic beyond a few epochs).
+    `fit` is any fitted EnvelopeFit, IsoFlopFit, ParametricFit or DataConstrainedFit. `max_tokens` is the
+    number of unique tokens available. With a DataConstrainedFit the allocation chooses how many epochs to
+    repeat them (the law prices repeats); with the others `max_epochs` > 1 allows that many passes, each
+    repeated token counted as if it were new (optimistic beyond a few epochs). `flops_per_token(N)` (e.g.
+    `full_flops_per_token` of the runs) spends the budget on the full FLOP count instead of 6N; Approach 3 only.
     """
     if not hasattr(fit, "allocation_"):
         raise AnalysisError("compute_optimal needs a fitted EnvelopeFit, IsoFlopFit or ParametricFit")
     if not np.isfinite(budget) or budget <= 0:
         raise AnalysisError(f"budget must be a positive number of FLOPs; got {budget!r}")
+    if hasattr(fit, "allocate") and max_tokens is not None:
+        return _from_repeats(fit.allocate(budget, max_tokens, flops_per_token=flops_per_token), flops_per_token)
+    if flops_per_token is not None:
+        if not hasattr(fit, "params_"):
+            raise AnalysisError("the full FLOP convention needs a parametric fit (Approach 3): Approaches 1 and 2 "
+                                "only know the compute their runs were grouped by")
+        return _on_line(fit, budget, max_tokens, max_epochs, flops_per_token)
     law = fit.allocation_
     level = law.level
     n0, d0 = float(law.n_opt(budget)), float(law.d_opt(budget))
@@ -106,3 +122,45 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
         max_tokens=cap,
         notes=notes,
     )
+
+
+def _from_repeats(r, fpt) -> Allocation:
+    tpp = Estimate(r.d_opt.value / r.n_opt.value)
+    return Allocation(budget=r.budget, n_opt=r.n_opt, d_opt=r.d_opt, tokens_per_param=tpp, loss=r.loss,
+                      token_limited=r.epochs.value > 1, max_tokens=r.unique_tokens, notes=list(r.notes),
+                      epochs=r.epochs, warnings=list(r.warnings), compute_convention="6nd" if fpt is None else "full")
+
+
+def _on_line(fit, budget, max_tokens, max_epochs, fpt) -> Allocation:
+    """Approach 3 with the budget spent on fpt(N) FLOPs per token: minimise L(N, C / fpt(N)) numerically."""
+    from .data_constrained import _argmin_on_line, _solve_n
+
+    level = fit.allocation_.level
+    n_free = float(fit.allocation_.n_opt(budget))
+    lo, hi = n_free / 1e4, n_free * 1e4
+    point = {k: np.atleast_1d(v) for k, v in fit.params_.items()}
+    draws = fit.param_draws()
+    cap = None if max_tokens is None else float(max_tokens) * float(max_epochs)
+
+    def solve(p):
+        n = _argmin_on_line(p, budget, np.inf, fpt, lo, hi)
+        if cap is not None:
+            d = budget / fpt(n)
+            n = np.where(d > cap, [_solve_n(budget, cap, fpt, lo, hi)] * n.size, n)
+        return n
+
+    n0 = float(solve(point)[0])
+    d0 = float(budget / fpt(n0))
+    nd = solve(draws) if draws is not None else np.empty(0)
+    dd = budget / fpt(nd) if nd.size else np.empty(0)
+    notes = ["the budget is spent on the full FLOP count (attention and output head included), not 6N"]
+    limited = cap is not None and d0 >= cap * (1 - 1e-9)
+    if limited:
+        notes.append(f"token-limited: D capped at {cap:.3g} tokens; the budget goes to a larger model")
+    pred = float(fit.predict(n0, d0))
+    ld = fit.predict_draws(nd, dd, paired=True) if nd.size else None
+    return Allocation(budget=float(budget), n_opt=estimate(n0, nd if nd.size else None, level),
+                      d_opt=estimate(d0, dd if nd.size else None, level),
+                      tokens_per_param=estimate(d0 / n0, (dd / nd) if nd.size else None, level),
+                      loss=estimate(pred, ld, level), token_limited=bool(limited), max_tokens=cap, notes=notes,
+                      compute_convention="full")

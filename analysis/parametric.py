@@ -17,7 +17,7 @@ from . import diagnostics, lse_huber
 from .allocation import AllocationLaw
 from .bootstrap import DEFAULT_LEVEL, Estimate, estimate
 from .errors import AnalysisError
-from .inputs import best_per_point, need_points, positive
+from .inputs import average_replicates, need_points, positive
 from .power_sum import fit_power_sum, refit
 
 PARAMS = ("E", "A", "B", "alpha", "beta")
@@ -44,7 +44,7 @@ class ParametricFit:
         self,
         *,
         delta: float = lse_huber.DEFAULT_DELTA,
-        n_boot: int = 200,
+        n_boot: int = 1000,
         level: float = DEFAULT_LEVEL,
         seed: int = 0,
         n_jobs: int | None = 1,
@@ -57,20 +57,17 @@ class ParametricFit:
         self.n_jobs = n_jobs
         self.boot_starts = boot_starts
 
-    def fit(self, params, tokens, loss, *, budget=None) -> "ParametricFit":
-        """Fit to runs with N = params, D = tokens; `budget` (optional, one label per run) is kept for plots."""
+    def fit(self, params, tokens, loss, *, budget=None, seeds=None, lrs=None) -> "ParametricFit":
+        """Fit to runs with N = params, D = tokens; `budget` (optional, one label per run) is kept for plots.
+        `seeds` and `lrs` label replicates: seeds are averaged, the best learning rate is kept."""
         N, D, L = positive(params, "params"), positive(tokens, "tokens"), positive(loss, "loss")
         if not (N.size == D.size == L.size):
             raise AnalysisError("params, tokens and loss must have the same length")
         self.notes_: list[str] = []
         self.warnings_: list[str] = []
-        keep, n_multi = best_per_point([N, D], L)
-        if n_multi:
-            self.notes_.append(
-                f"{n_multi} (N, D) point(s) had several runs (learning rates or seeds); the lowest loss of each "
-                f"was kept ({N.size - keep.size} run(s) set aside), since tuning per size moves the exponents"
-            )
-        N, D, L = N[keep], D[keep], L[keep]
+        keep, rep, msgs = average_replicates({"N": N, "D": D}, L, seed=seeds, lr=lrs)
+        self.notes_ += msgs
+        N, D, L = N[keep], D[keep], rep.loss
         need_points(N.size, len(PARAMS) + 1, "Approach 3 (5 parameters: E, A, B, alpha, beta)")
         for name, v in (("model sizes (params)", N), ("token counts", D)):
             if np.unique(v).size < 3:
@@ -163,6 +160,14 @@ class ParametricFit:
             return d["E"] + d["A"] * N ** -d["alpha"] + d["B"] * D ** -d["beta"]
         E, A, B, al, be = (d[k][:, None] for k in PARAMS)
         return E + A * N[None] ** -al + B * D[None] ** -be
+
+    def param_draws(self) -> dict[str, np.ndarray] | None:
+        """Bootstrap draws of E, A, B, alpha, beta (failed resamples dropped), or None without a bootstrap."""
+        if not len(self.boot_thetas_):
+            return None
+        d = _named(self.boot_thetas_)
+        ok = np.all([np.isfinite(d[k]) for k in PARAMS], axis=0)
+        return {k: d[k][ok] for k in PARAMS}
 
     def n_opt(self, compute) -> np.ndarray:
         return self.allocation_.n_opt(compute)

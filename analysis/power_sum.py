@@ -52,7 +52,7 @@ def fit_power_sum(
     y: np.ndarray,
     *,
     delta: float = lse_huber.DEFAULT_DELTA,
-    n_boot: int = 200,
+    n_boot: int = 1000,
     seed: int = 0,
     n_jobs: int | None = 1,
     boot_starts: int = 3,

@@ -70,12 +70,14 @@ def _fits_for(df: pd.DataFrame, curves: pd.DataFrame | None, n_boot: int, seed: 
     """Every approach that the data support; a reason for each that they do not."""
     fits, skipped = {}, {}
     budget = df["budget"].to_numpy() if "budget" in df.columns else None
+    reps = {"seeds": df["seed"].to_numpy() if "seed" in df.columns else None,
+            "lrs": df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None}
     try:
-        fits[3] = ParametricFit(n_boot=n_boot, seed=seed).fit(df.params, df.tokens, df.loss, budget=budget)
+        fits[3] = ParametricFit(n_boot=n_boot, seed=seed).fit(df.params, df.tokens, df.loss, budget=budget, **reps)
     except AnalysisError as e:
         skipped[3] = str(e)
     try:
-        fits[2] = IsoFlopFit(n_boot=n_boot, seed=seed).fit(df.params, df.compute, df.loss, budget=budget)
+        fits[2] = IsoFlopFit(n_boot=n_boot, seed=seed).fit(df.params, df.compute, df.loss, budget=budget, **reps)
     except AnalysisError as e:
         skipped[2] = str(e)
     try:
@@ -157,7 +159,7 @@ def write_report(
     title: str = "medscale scaling report",
     summary_lines: list[str] | None = None,
     max_tokens: float | None = None,
-    n_boot: int = 200,
+    n_boot: int = 1000,
     seed: int = 0,
 ) -> Path:
     """Fit every approach the results support (per objective), plot, and write out_dir/index.html + fits.json.
@@ -177,9 +179,10 @@ def write_report(
     report_json: dict = {"title": title, "budget": at, "max_tokens": max_tokens, "objectives": {}}
     runs_by_objective, loss_at = {}, {}  # for the downstream forecast: each objective's runs and predicted loss
 
-    for name, df in groups:
+    for name, df_group in groups:
         name = str(name)
         slug = "".join(ch if ch.isalnum() else "_" for ch in name)
+        df = _full_data(df_group)
         fits, skipped = _fits_for(df, curves, n_boot, seed)
         allocs = {k: compute_optimal(f, at, max_tokens=max_tokens) for k, f in fits.items()}
         runs_by_objective[name], loss_at[name] = df, (allocs[3].loss if 3 in allocs else None)
@@ -197,7 +200,7 @@ def write_report(
         results_json = {}
         for k, f in fits.items():
             fr = FitResult(approach=k, fit=f, n_points=f.n_points_, columns={}, warnings=list(f.warnings_),
-                           notes=list(f.notes_), extrapolation=_lobo(f))
+                           notes=list(f.notes_), extrapolation=_lobo(f), hold_out=_hold_out_of(f))
             d = fr.to_dict()
             d.pop("columns")
             d["allocation"] = allocs[k].to_dict()
@@ -205,6 +208,10 @@ def write_report(
         report_json["objectives"][name] = {"n_runs": int(len(df)), "fits": results_json,
                                            "not_fitted": {f"approach_{k}": v for k, v in skipped.items()}}
         body.append(_section(name, df, fits, skipped, allocs, at, figs, out))
+        body.append(_extrapolation_section(results_json))
+        body.append(_conventions_section(df, at, max_tokens, min(n_boot, 100), seed, report_json["objectives"][name]))
+        body.append(_data_constrained_section(df_group, at, max_tokens, n_boot, seed, report_json["objectives"][name],
+                                              summary, name))
 
     if downstream is not None:
         from .report_downstream import downstream_sections
@@ -217,6 +224,142 @@ def write_report(
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _full_data(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs on all the data: runs restricted to a fraction of the cohort (a data-constrained arm) repeat
+    their data by design and are fitted only by the data-constrained law."""
+    if "train_fraction" in df.columns:
+        return df[df["train_fraction"].fillna(1.0).astype(float) >= 1.0]
+    return df
+
+
+def _hold_out_of(fit):
+    from .extrapolation import hold_out_largest, isoflop_hold_out
+
+    try:
+        if fit.approach == 2:
+            return isoflop_hold_out(fit)
+        if fit.approach == 3:
+            return hold_out_largest(fit.data_, lambda t: ParametricFit(n_boot=0).fit(t.params, t.tokens, t.loss))
+    except AnalysisError:
+        pass
+    return None
+
+
+def _extrapolation_section(results_json: dict) -> str:
+    """The headline reliability figure: each fit without its largest budget (or N), predicting it."""
+    rows = []
+    for key, d in results_json.items():
+        ex = d.get("extrapolation")
+        if not ex:
+            continue
+        what = f"budget {_g(ex.get('budget'))}" if ex.get("budget") else f"N {_g(ex.get('params'))}"
+        n, lo = ex.get("n_opt") or {}, ex.get("loss") or {}
+        diff = "" if lo.get("difference") is None else f"{lo['difference']:+.4f}"
+        rows.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td><td>{what}</td>"
+                    f"<td>{_g(n.get('predicted'))}</td><td>{_g(n.get('observed'))}</td><td>{_g(n.get('ratio'))}</td>"
+                    f"<td>{_g(lo.get('predicted'))}</td><td>{_g(lo.get('observed'))}</td>"
+                    f"<td>{diff}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Extrapolation: the largest budget predicted from the others</h3>"
+            "<p>Each law is refitted without its largest budget (ladders: its largest N) and asked for that "
+            "budget's N_opt (against the minimum of a parabola through its runs: a ratio) and its best run's loss "
+            "(a difference). This is the error a recommendation one step beyond the runs pays.</p>"
+            "<table><tr><th>fit</th><th>held out</th><th>N_opt predicted</th><th>N_opt observed</th>"
+            "<th>ratio</th><th>loss predicted</th><th>loss observed</th><th>difference</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _conventions_section(df: pd.DataFrame, at: float, max_tokens, n_boot: int, seed: int, store: dict) -> str:
+    """The Approach 3 recommendation under each parameter and compute convention, side by side."""
+    from .conventions import PARAMS_COLUMNS
+    from .summary import fit_table
+
+    if "flops_full" not in df.columns or not np.isfinite(df["flops_full"].astype(float)).all():
+        return ""
+    rows, out = [], {}
+    for pc, col in PARAMS_COLUMNS.items():
+        if col not in df.columns:
+            continue
+        for cc in ("full", "6nd"):
+            try:
+                r = fit_table(df, params=col, tokens="tokens", loss="loss", approach=3, n_boot=n_boot, seed=seed,
+                              compute_convention=cc, budget=at, available_tokens=max_tokens)
+            except AnalysisError as e:
+                rows.append(f"<tr><td>{pc}</td><td>{cc}</td><td colspan='3'>{html.escape(str(e))}</td></tr>")
+                continue
+            a = r.optimal
+            out[f"{pc}/{cc}"] = {"N": a.n_opt.to_dict(), "D": a.d_opt.to_dict(),
+                                 "loss": None if a.loss is None else a.loss.to_dict()}
+            rows.append(f"<tr><td>{pc.replace('_', '-')}</td><td>{cc}</td><td>{_est(a.n_opt)}</td>"
+                        f"<td>{_est(a.d_opt)}</td><td>{_est(a.loss)}</td></tr>")
+    if not rows:
+        return ""
+    store["conventions"] = out
+    return (f"<h3>The recommendation under each convention at {at:.3g} FLOPs</h3>"
+            "<p>N counted with or without embeddings and the head; the budget spent on 6N FLOPs per token or on the "
+            "full count (attention and head included). medscale recommends total parameters and the full count "
+            "(docs/SCIENCE.md): at small sizes the head and attention are much of the compute, and 6N with "
+            "non-embedding N misplaces the optimum.</p><table><tr><th>N counts</th><th>compute</th><th>N_opt</th>"
+            "<th>D_opt</th><th>predicted loss</th></tr>" + "".join(rows) + "</table>")
+
+
+def _data_constrained_section(df: pd.DataFrame, at: float, max_tokens, n_boot: int, seed: int, store: dict,
+                              summary: list[str], name: str) -> str:
+    """The data-constrained law when runs record their unique tokens and some repeat their data."""
+    from .data_constrained import DataConstrainedFit
+
+    if "unique_tokens" not in df.columns or not np.isfinite(df["unique_tokens"].astype(float)).all():
+        return ""
+    if not (df["tokens"] > df["unique_tokens"] * (1 + 1e-9)).any():
+        return ""
+    try:
+        fit = DataConstrainedFit(n_boot=n_boot, seed=seed).fit(
+            df.params, df.tokens, df.unique_tokens, df.loss,
+            budget=df["budget"].to_numpy() if "budget" in df else None,
+            seed_col=df["seed"].to_numpy() if "seed" in df else None,
+            lr=df["lr"].to_numpy(dtype=float) if "lr" in df else None)
+    except AnalysisError as e:
+        return f"<h3>Data-constrained law</h3><div class='warn'>not fitted: {html.escape(str(e))}</div>"
+    from .extrapolation import hold_out_largest
+    from .summary import _plain_tree
+
+    U = float(max_tokens) if max_tokens else float(df["unique_tokens"].max())
+    al = fit.allocate(at, U)
+    free = compute_optimal(fit, at)
+    ex = hold_out_largest(fit.data_, lambda t: DataConstrainedFit(n_boot=0).fit(
+        t.params, t.tokens, t.unique_tokens, t.loss))
+    store["data_constrained"] = {**{k: e.to_dict() for k, e in fit.estimates_.items()},
+                                 "allocation": al.to_dict(), "extrapolation": _plain_tree(ex),
+                                 "warnings": list(fit.warnings_) + al.warnings}
+    r = fit.estimates_["R_star_D"]
+    summary.append(
+        f"{name}: repeated tokens lose value with R*_D = {_g(r.value)} epochs"
+        + (f" (interval {_g(r.low)} to {_g(r.high)})" if np.isfinite(r.low) else "")
+        + f"; with {U:.3g} unique tokens at {at:.3g} FLOPs, train {_g(al.n_opt.value)} parameters for "
+        f"{al.epochs.value:.2g} epochs (unlimited data would suggest {_g(free.n_opt.value)}).")
+    h = ["<h3>Data-constrained law (Muennighoff et al. 2023)</h3>",
+         "<p>L = E + A/N^alpha + B/D'^beta with D' = U + U R*_D (1 - exp(-(D/U - 1)/R*_D)): a repeated token is "
+         "worth less than a fresh one.</p><table><tr><th>quantity</th><th>estimate [95% interval]</th></tr>"]
+    h += [f"<tr><td>{k}</td><td>{_est(fit.estimates_[k])}</td></tr>" for k in ("R_star_D", "E", "alpha", "beta")]
+    h.append("</table>")
+    h.append(f"<p>At {at:.3g} FLOPs with {U:.3g} unique tokens: N = {_est(al.n_opt)}, D = {_est(al.d_opt)}, "
+             f"epochs = {_est(al.epochs)}, predicted loss {_est(al.loss)}; with unlimited data N = "
+             f"{_est(free.n_opt)}.</p>")
+    h += [f"<p>{html.escape(n)}</p>" for n in al.notes]
+    if ex:
+        what = f"budget {_g(ex.get('budget'))}" if ex.get("budget") else f"N {_g(ex.get('params'))}"
+        h.append(f"<p>Extrapolation (refitted without the largest {what}): its best run's loss predicted "
+                 f"{ex['loss']['predicted']:.4f}, observed {ex['loss']['observed']:.4f} "
+                 f"(difference {ex['loss']['difference']:+.4f}; mean absolute {ex['loss']['mean_abs_difference']:.4f})."
+                 + (f" N_opt predicted / observed: {_g(ex['n_opt']['ratio'])}." if ex.get("n_opt") else "")
+                 + "</p>")
+    warns = list(fit.warnings_) + al.warnings
+    if warns:
+        h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
+    return "\n".join(h)
 
 
 def _json_default(o):

@@ -1,7 +1,8 @@
 """`fit_table`: one call from a results table to a fit with intervals, and its JSON summary (`medscale fit`)."""
 from __future__ import annotations
 
-from .conventions import compute_6nd, tokens_for_compute
+from .conventions import (COMPUTE_CONVENTIONS, PARAMS_COLUMNS, PARAMS_CONVENTIONS, compute_6nd,
+                          full_flops_per_token, tokens_for_compute)
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import Estimate
+from .data_constrained import DataConstrainedFit
 from .envelope import EnvelopeFit
+from .extrapolation import hold_out_largest, isoflop_hold_out
 from .errors import AnalysisError
 from .inputs import budget_groups, positive, require_columns
 from .isoflop import IsoFlopFit
@@ -29,7 +32,10 @@ class FitResult:
     columns: dict
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    extrapolation: pd.DataFrame | None = None
+    extrapolation: pd.DataFrame | None = None  # leave-one-budget-out
+    hold_out: dict | None = None  # the largest budget (or N) predicted from the rest
+    optimal: Allocation | None = None
+    conventions: dict = field(default_factory=dict)
 
     @property
     def estimates(self) -> dict[str, Estimate]:
@@ -50,12 +56,33 @@ class FitResult:
             out["envelope_points"] = int(len(self.fit.points_))
         if self.extrapolation is not None and len(self.extrapolation):
             out["leave_one_budget_out"] = _records(self.extrapolation)
+        out["law"] = getattr(self.fit, "law", "chinchilla") if self.approach == 3 else None
+        if self.conventions:
+            out["conventions"] = dict(self.conventions)
+        out["extrapolation"] = _plain_tree(self.hold_out)
+        if self.optimal is not None:
+            out["optimal"] = _optimal_dict(self.optimal)
         out["warnings"] = list(self.warnings)
         out["notes"] = list(self.notes)
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _optimal_dict(a: Allocation) -> dict:
+    d = {"budget": a.budget, "available_tokens": a.max_tokens, "N": a.n_opt.to_dict(), "D": a.d_opt.to_dict()}
+    d["epochs"] = (a.epochs.to_dict() if a.epochs is not None else
+                   {"value": a.d_opt.value / a.max_tokens, "interval": [None, None]} if a.max_tokens else None)
+    d.update({"loss": None if a.loss is None else a.loss.to_dict(), "compute_convention": a.compute_convention,
+              "token_limited": a.token_limited, "notes": list(a.notes), "warnings": list(a.warnings)})
+    return d
+
+
+def _plain_tree(v):
+    if isinstance(v, dict):
+        return {k: _plain_tree(x) for k, x in v.items()}
+    return _plain(v) if v is not None else None
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -90,27 +117,57 @@ def fit_table(
     tokens: str | None = None,
     compute: str | None = None,
     approach: int = 3,
-    n_boot: int = 200,
+    n_boot: int = 1000,
     seed: int = 0,
     budget_col: str | None = None,
     run_col: str = "run_id",
     n_jobs: int | None = 1,
+    unique_tokens: str | None = None,
+    seed_col: str | None = "seed",
+    lr_col: str | None = "lr",
+    params_convention: str | None = None,
+    compute_convention: str = "auto",
+    flops_col: str = "flops_full",
+    budget: float | None = None,
+    available_tokens: float | None = None,
 ) -> FitResult:
     """Fit a scaling law to a table (DataFrame, or a .csv/.parquet path) by column names.
 
     Approach 1: envelope (one point per run here, unless rows share a `run_col` value and form curves);
-    2: IsoFLOP parabolas grouped by `budget_col` or, without it, by compute; 3: parametric L(N, D).
-    Give tokens, compute, or both: D = C / (6N) or C = 6ND fills the missing one.
+    2: IsoFLOP parabolas grouped by `budget_col` or, without it, by compute; 3: parametric L(N, D), or with
+    `unique_tokens` (a column of each run's unique training tokens U) the data-constrained L(N, D, U).
+    Give tokens, compute, or both: D = C / (6N) or C = 6ND fills the missing one. Rows that share a point
+    are replicates: seeds (`seed_col`) are averaged, the best learning rate (`lr_col`) is kept.
+
+    Conventions: `params_convention` ('total' or 'non_embedding') takes N from the table's params_total or
+    params_non_embedding column instead of `params`; `compute_convention='full'` spends `budget` on the full
+    FLOP count (`flops_col`, attention and head included) rather than 6N per token; 'auto' (the default) is
+    'full' when the table has `flops_col` and the law is parametric (Approaches 1 and 2 only know the compute
+    their runs were grouped by). With `budget` (FLOPs) the
+    result carries `optimal` (N, D, epochs), under a cap of `available_tokens` unique tokens when given.
     """
     if not isinstance(df, pd.DataFrame):
         df = read_table(df)
     if approach not in (1, 2, 3):
         raise AnalysisError(f"approach must be 1 (envelope), 2 (IsoFLOP) or 3 (parametric); got {approach!r}")
+    if compute_convention == "auto":  # the full count when the table has it (docs/SCIENCE.md says why)
+        compute_convention = "full" if flops_col in df.columns and approach == 3 else "6nd"
+    if compute_convention not in COMPUTE_CONVENTIONS:
+        raise AnalysisError(f"compute convention {compute_convention!r}: choose one of {COMPUTE_CONVENTIONS}")
+    if params_convention is not None:
+        if params_convention not in PARAMS_CONVENTIONS:
+            raise AnalysisError(f"params convention {params_convention!r}: choose one of {PARAMS_CONVENTIONS}")
+        params = PARAMS_COLUMNS[params_convention] if PARAMS_COLUMNS[params_convention] in df.columns else params
+        require_columns(df, [PARAMS_COLUMNS[params_convention]])
     if params is None:
         raise AnalysisError("a params column (N, non-embedding parameters) is needed for every approach")
     if tokens is None and compute is None:
         raise AnalysisError("give a tokens column, a compute column, or both")
-    require_columns(df, [c for c in (params, loss, tokens, compute, budget_col) if c is not None])
+    if unique_tokens is not None and approach != 3:
+        raise AnalysisError("--unique-tokens fits the data-constrained law, which is Approach 3")
+    require_columns(df, [c for c in (params, loss, tokens, compute, budget_col, unique_tokens) if c is not None])
+    if compute_convention == "full":
+        require_columns(df, [flops_col])
     if len(df) == 0:
         raise AnalysisError("the table has no rows")
     notes: list[str] = []
@@ -127,28 +184,64 @@ def fit_table(
         C = positive(df[compute], compute)
         D = tokens_for_compute(C, N)
         notes.append(f"tokens derived as D = C / (6 N) from {compute!r} and {params!r} (no tokens column given)")
-    columns = {"params": params, "loss": loss, "tokens": tokens, "compute": compute, "budget": budget_col}
-    budget = df[budget_col].to_numpy() if budget_col is not None else None
+    columns = {"params": params, "loss": loss, "tokens": tokens, "compute": compute, "budget": budget_col,
+               "unique_tokens": unique_tokens}
+    labels = df[budget_col].to_numpy() if budget_col is not None else None
+    reps = {"seeds": df[seed_col].to_numpy() if seed_col and seed_col in df.columns else None,
+            "lrs": df[lr_col].to_numpy(dtype=float) if lr_col and lr_col in df.columns else None}
+    fpt = None
+    if compute_convention == "full":
+        fpt = full_flops_per_token(N, D, positive(df[flops_col], flops_col))
+        notes.append(f"compute convention full: FLOPs per token as a function of N fitted from {flops_col!r}")
 
-    extrapolation = None
-    if approach == 3:
-        fit = ParametricFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(N, D, L, budget=budget)
-        extrapolation = _lobo_parametric(fit, C, budget, notes)
+    extrapolation = hold = None
+    if approach == 3 and unique_tokens is not None:
+        U = positive(df[unique_tokens], unique_tokens)
+        fit = DataConstrainedFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(
+            N, D, U, L, budget=labels, seed_col=reps["seeds"], lr=reps["lrs"])
+        hold = _hold_out(fit, lambda t: DataConstrainedFit(n_boot=0).fit(
+            t.params, t.tokens, t.unique_tokens, t.loss))
+    elif approach == 3:
+        fit = ParametricFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(N, D, L, budget=labels, **reps)
+        extrapolation = _lobo_parametric(fit, C, labels, notes)
+        hold = _hold_out(fit, lambda t: ParametricFit(n_boot=0).fit(t.params, t.tokens, t.loss))
     elif approach == 2:
-        fit = IsoFlopFit(n_boot=n_boot, seed=seed).fit(N, C, L, budget=budget)
+        fit = IsoFlopFit(n_boot=n_boot, seed=seed).fit(N, C, L, budget=labels, **reps)
         extrapolation = fit.leave_one_budget_out()
+        hold = isoflop_hold_out(fit)
     else:
         run_id = df[run_col].to_numpy() if run_col in df.columns else np.arange(len(df))
         fit = EnvelopeFit(n_boot=n_boot, seed=seed).fit(run_id, N, C, L)
+    optimal = None
+    if budget is not None:
+        optimal = compute_optimal(fit, budget, max_tokens=available_tokens, flops_per_token=fpt)
+    elif available_tokens is not None:
+        raise AnalysisError("--available-tokens needs --budget (the FLOPs to allocate)")
     return FitResult(
         approach=approach,
         fit=fit,
         n_points=fit.n_points_,
         columns=columns,
-        warnings=list(fit.warnings_),
+        warnings=list(fit.warnings_) + (list(optimal.warnings) if optimal is not None else []),
         notes=notes + list(fit.notes_),
         extrapolation=extrapolation,
+        hold_out=hold,
+        optimal=optimal,
+        conventions={"params": params_convention or f"column {params}", "compute": compute_convention},
     )
+
+
+def _hold_out(fit, refit) -> dict | None:
+    """Hold out the largest budget (budget labels, or compute groups that look like IsoFLOP budgets) or N."""
+    data = fit.data_.copy()
+    if "budget" not in data or not np.isfinite(data["budget"].astype(float)).any():
+        labels, values = budget_groups(compute_6nd(data["params"].to_numpy(), data["tokens"].to_numpy()))
+        sizes = np.bincount(labels)
+        if LOBO_GROUPS[0] <= values.size <= LOBO_GROUPS[1] and sizes.min() >= 3:
+            data["budget"] = values[labels]
+        else:
+            data = data.drop(columns=["budget"], errors="ignore")
+    return hold_out_largest(data, refit)
 
 
 def _lobo_parametric(fit: ParametricFit, C: np.ndarray, budget, notes: list[str]) -> pd.DataFrame | None:

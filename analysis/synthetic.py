@@ -177,3 +177,79 @@ def downstream_table(
     df["low"] = df["value"] - half_width
     df["high"] = df["value"] + half_width
     return df[["run_id", "params", "compute", "task", "mode", "metric", "value", "low", "high"]]
+
+
+# Muennighoff et al. (2023) found R*_D ~ 15: repeated tokens keep most of their value for a few epochs only.
+DATA_LAW = {**LAW, "R_star_D": 15.0}
+
+
+def data_constrained_loss(N, D, U, law: dict = DATA_LAW) -> np.ndarray:
+    from .data_constrained import loss_of
+
+    return loss_of(law, np.asarray(N, float), np.asarray(D, float), np.asarray(U, float))
+
+
+def data_constrained_table(
+    budgets=BUDGETS[:5],
+    *,
+    sizes: int = 7,
+    span: float = 6.0,
+    epochs=(1.0, 2.0, 4.0, 10.0, 25.0, 60.0),
+    law: dict = DATA_LAW,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """IsoFLOP grids where each run draws its D tokens from U = D / epochs unique ones; the true loss follows
+    the data-constrained law (columns unique_tokens and epochs added)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        centre = n_opt(C, law)
+        for N in np.geomspace(centre / span, centre * span, sizes):
+            D = tokens_for_compute(C, N)
+            rows += [(N, D, D / e, C) for e in epochs]
+    N, D, U, C = map(np.array, zip(*rows))
+    L = data_constrained_loss(N, D, U, law) * np.exp(rng.normal(0, noise, N.size))
+    df = _table(N, D, L, C, 3e-4, seed)
+    df["unique_tokens"] = U
+    df["epochs"] = D / U
+    return df
+
+
+def _shape_counts(d_model, vocab: int, seq_len: int):
+    """(non-embedding N, total N, full training FLOPs per token) of a decoder with n_layers = d_model / 64 and
+    d_ff = 4 d_model, counted as medscale.scaling.flops does (head 2 d V, attention over (L + 1) / 2 keys)."""
+    d = np.asarray(d_model, dtype=float)
+    layers = d / 64
+    n_ne = 12 * layers * d * d
+    total = n_ne + 2 * vocab * d
+    fpt = 3 * (2 * n_ne + 2 * d * vocab + 4 * layers * d * (seq_len + 1) / 2)
+    return n_ne, total, fpt
+
+
+def convention_table(budgets=(1e17, 3e17, 1e18, 3e18, 1e19), *, sizes: int = 9, vocab: int = 32000,
+                     seq_len: int = 1024, law: dict = LAW, noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP grids in real (full) FLOPs where the true loss is L(total N, D): what a real model does when the
+    head and attention are a large share of its compute. `params` holds non-embedding N (Kaplan's count)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        d_best = true_full_optimum(C, vocab=vocab, seq_len=seq_len, law=law)[0]
+        for d in np.geomspace(d_best / 2.5, d_best * 2.5, sizes):
+            n_ne, total, fpt = _shape_counts(d, vocab, seq_len)
+            rows.append((n_ne, total, C / fpt, C))
+    n_ne, total, D, C = map(np.array, zip(*rows))
+    L = loss(total, D, law) * np.exp(rng.normal(0, noise, D.size))
+    df = _table(n_ne, D, L, C, 3e-4, seed)
+    df["params_non_embedding"] = n_ne
+    df["params_total"] = total
+    df["flops_full"] = C
+    return df
+
+
+def true_full_optimum(C: float, *, vocab: int = 32000, seq_len: int = 1024, law: dict = LAW):
+    """(d_model, total N, non-embedding N) minimising L(total N, C / full FLOPs per token) for that shape family."""
+    d = np.geomspace(4, 1e5, 200_001)
+    n_ne, total, fpt = _shape_counts(d, vocab, seq_len)
+    i = int(np.argmin(loss(total, C / fpt, law)))
+    return float(d[i]), float(total[i]), float(n_ne[i])

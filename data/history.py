@@ -28,7 +28,7 @@ import pyarrow as pa
 from medscale.data.meds import read_meds
 from medscale.data.tokenizer import BIRTH_CODE, PAD, SEX_PREFIXES, Tokenizer
 
-PREFIX_TOKENS = 3  # BOS, SEX//x, AGE//a-b
+PREFIX_TOKENS = 3  # BOS, SEX//x, AGE//a-b (the default tokenizer's prefix; Tokenizer.prefix_len in general)
 _EXTRA_EVENTS = 4
 _US_PER_YEAR = 365.25 * 86_400 * 1_000_000
 
@@ -71,8 +71,9 @@ def _visible(samples: pd.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
 def build_histories(meds_root, samples: pd.DataFrame, tokenizer: Tokenizer, max_len: int,
                     events: pl.DataFrame | None = None) -> Histories:
     """Tokens each (subject_id, prediction_time) row of `samples` may see; see the module doc."""
-    if max_len <= PREFIX_TOKENS:
-        raise ValueError(f"max_len must exceed the {PREFIX_TOKENS}-token demographic prefix, got {max_len}")
+    prefix = tokenizer.prefix_len
+    if max_len <= prefix:
+        raise ValueError(f"max_len must exceed the {prefix}-token demographic prefix, got {max_len}")
     n = len(samples)
     if n == 0:
         return Histories(np.zeros((0, max_len), np.int32), np.zeros(0, np.int64))
@@ -98,14 +99,14 @@ def build_histories(meds_root, samples: pd.DataFrame, tokenizer: Tokenizer, max_
     out_len = np.zeros(n, dtype=np.int64)
     starts = np.r_[0, np.cumsum(lengths)[:-1]]
     value_lo, value_hi = tokenizer.value_base, tokenizer.code_base
-    empty = np.array([2, tokenizer.token_id["SEX//UNKNOWN"], tokenizer.token_id["AGE//UNKNOWN"]], np.int32)
+    empty = tokenizer.empty_history()
     seqs: dict[int, np.ndarray] = {int(s): tokens[o:o + ln - 1] for s, o, ln in zip(subjects, starts, lengths)}
     for i in range(n):
         seq = seqs.get(i, empty)  # without EOS
         if seq.size > max_len:
-            tail = seq[seq.size - (max_len - PREFIX_TOKENS):]
+            tail = seq[seq.size - (max_len - prefix):]
             lead = int(np.argmax((tail < value_lo) | (tail >= value_hi))) if tail.size else 0
-            seq = np.concatenate([seq[:PREFIX_TOKENS], tail[lead:]])
+            seq = np.concatenate([seq[:prefix], tail[lead:]])
         out[i, :seq.size] = seq
         out_len[i] = seq.size
     return Histories(out, out_len)

@@ -12,6 +12,7 @@ columns a caller needs next instead and hands them over, so tokenization reads e
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,49 @@ EXPECTED_TYPES = {"subject_id": "int64", "time": "timestamp[us]", "code": "strin
 
 class MedsError(ValueError):
     """A MEDS dataset that cannot be used as given; the message says where, what and what to do."""
+
+
+FOOTER_MAX_BYTES = 1 << 20  # a parquet footer larger than this is hashed by its last MiB
+
+
+def _footer_hash(path: Path, size: int) -> str:
+    """sha256 of a parquet file's footer (schema, row groups, column statistics and offsets): it changes
+    with the data. Files that are not parquet are hashed by their last MiB."""
+    with open(path, "rb") as f:
+        tail = min(size, 8)
+        f.seek(size - tail)
+        end = f.read(tail)
+        n = int.from_bytes(end[:4], "little") + 8 if len(end) == 8 and end[4:] == b"PAR1" else FOOTER_MAX_BYTES
+        n = min(n, size, FOOTER_MAX_BYTES)
+        f.seek(size - n)
+        return hashlib.sha256(f.read(n)).hexdigest()
+
+
+def meds_fingerprint(root) -> str:
+    """A fingerprint of the MEDS dataset at `root` as it is now: every file under data/ and metadata/
+    (path, size, modification time, footer hash). Reads a few KiB per file."""
+    root = Path(root)
+    entries = []
+    for folder in ("data", "metadata"):
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            st = path.stat()
+            entries.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns,
+                            _footer_hash(path, st.st_size) if st.st_size else ""))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _refuse_incomplete_cohort(root: Path) -> None:
+    """A cohort `generate` was still writing (killed, or running) is never read as a dataset."""
+    try:
+        body = json.loads((root / ".medscale-store.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(body, dict) and body.get("kind") == "cohort" and not body.get("complete"):
+        raise MedsError(f"{root}: this synthetic cohort is incomplete (`medscale generate` was interrupted or is "
+                        "still running). Rerun the same generate command to finish it.")
 
 
 def _rows(n: int) -> str:
@@ -59,6 +103,7 @@ class Shard:
     split: str | None         # the one split of all its subjects, or None when it mixes splits
     n_rows: int
     n_subjects: int
+    n_static: int = 0         # rows with null time (static rows)
 
 
 @dataclass
@@ -88,6 +133,11 @@ class MedsDataset:
     def subject_splits(self) -> dict[int, str]:
         """subject_id -> split (a Python dict; use split_of for many subjects)."""
         return dict(zip(self.subject_ids.tolist(), (SPLITS[i] for i in self.subject_split_codes)))
+
+    def rows_of(self, split: str) -> tuple[int, int]:
+        """(rows, static rows) of the shards holding `split` (a mixed shard counts whole: an upper bound)."""
+        shards = self.shards_of(split)
+        return sum(s.n_rows for s in shards), sum(s.n_static for s in shards)
 
     def n_subjects(self, split: str | None = None) -> int:
         if split is None:
@@ -303,6 +353,7 @@ def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max
     root = Path(root)
     if not root.is_dir():
         raise MedsError(f"{root} is not a folder: pass the root of a MEDS dataset (the folder holding data/).")
+    _refuse_incomplete_cohort(root)
     data = root / "data"
     if not data.is_dir():
         raise MedsError(f"{root} has no data/ folder: a MEDS dataset keeps its parquet shards under <root>/data/. "
@@ -330,7 +381,8 @@ def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max
                 pending[nxt] = pool.submit(_read_kept, nxt, list(keep))
             pf = _check_schema(path, rel)
             subjects = _check_rows(path, rel, pf, table) if pf.metadata.num_rows else np.zeros(0, np.int64)
-            shard_info.append((path, rel, pf.metadata.num_rows, subjects))
+            n_static = _null_count(pf, path, "time") if pf.metadata.num_rows else 0
+            shard_info.append((path, rel, pf.metadata.num_rows, subjects, n_static))
             if table is not None:
                 tables[path] = table
         for future in pending.values():
@@ -362,7 +414,7 @@ def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max
         subject_codes = split_codes[pos]
     else:
         folder_split = []
-        for _, rel, _, _ in shard_info:
+        for _, rel, _, _, _ in shard_info:
             top = rel.split("/")[0] if "/" in rel else None
             if top not in SPLITS:
                 raise MedsError(f"data/{rel}: no metadata/subject_splits.parquet and the shard is not in a split "
@@ -372,10 +424,10 @@ def read_meds(root, *, keep: list[str] | tuple[str, ...] | None = None, keep_max
         subject_codes = np.array(folder_split, dtype=np.int8)[owner] if owner.size else np.zeros(0, np.int8)
 
     shards = []
-    for i, (path, rel, n_rows, subjects) in enumerate(shard_info):
+    for i, (path, rel, n_rows, subjects, n_static) in enumerate(shard_info):
         codes_here = np.unique(subject_codes[owner == i])
         split = SPLITS[codes_here[0]] if codes_here.size == 1 else None
-        shards.append(Shard(path, rel, split, int(n_rows), int(subjects.size)))
+        shards.append(Shard(path, rel, split, int(n_rows), int(subjects.size), int(n_static)))
     codes = None
     codes_path = root / "metadata" / "codes.parquet"
     if codes_path.exists():

@@ -1,8 +1,15 @@
 """Downstream tasks: ACES task files in, MEDS label tables out (with the simulator's ceiling when known).
 
 A task is an ACES configuration (https://eventstreamaces.readthedocs.io): predicates, a trigger and
-windows, read and run by the `es-aces` package itself (`aces.config.TaskExtractorConfig.load`,
-`aces.predicates.get_predicates_df`, `aces.query.query`, one MEDS shard at a time). ACES ignores a
+windows, read and run by the `es-aces` package itself. As MEDS-DEV organises them, the built-in task files
+name their predicates and a per-dataset predicates file defines them (`TaskExtractorConfig.load(task,
+predicates_path)`): `task_configs/predicates/simulator.yaml` for the simulator (the default for built-in
+tasks), `task_configs/predicates/mimic_iv_example.yaml` as a documented example for MIMIC-IV codes; the
+same task runs on a dataset with other codes by passing that dataset's file (`load_task(name,
+predicates=PATH)`, `predicates:` in the downstream spec). A task file of one's own may define its
+predicates inline (no predicates file) or take them from a file too (the file's definitions win). Tasks run
+through ACES (`aces.config.TaskExtractorConfig.load`, `aces.predicates.get_predicates_df`,
+`aces.query.query`, one MEDS shard at a time). ACES ignores a
 file's `metadata:` block; medscale reads `metadata.medscale` for what ACES cannot say:
 
     ground_truth: <outcome>   the simulator outcome (data/ground_truth.py) whose true probability at the
@@ -41,6 +48,8 @@ import polars as pl
 import yaml
 
 TASK_DIR = Path(__file__).with_name("task_configs")
+PREDICATES_DIR = TASK_DIR / "predicates"
+SIMULATOR_PREDICATES = PREDICATES_DIR / "simulator.yaml"
 _DURATION = re.compile(r"^\s*start\s*\+\s*(\d+(?:\.\d+)?)\s*(d|h|m|s|y)\s*$")
 _EVENT_BOUND = re.compile(r"^\s*start\s*->\s*(\w+)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
@@ -89,6 +98,7 @@ class Task:
     negate: bool = False
     value: str | None = None
     parts: tuple["Task", ...] = field(default_factory=tuple)
+    predicates: Path | None = None   # the dataset's predicates file (None: the task file's own)
 
     @property
     def kind(self) -> str:
@@ -97,7 +107,9 @@ class Task:
     def aces_config(self):
         if self.parts:
             raise TaskError(f"{self.path}: {self.name} is a union of tasks and has no ACES configuration itself")
-        return _aces_config(str(self.path), self.path.read_text())
+        preds = self.predicates
+        return _aces_config(str(self.path), self.path.read_text(), str(preds or ""),
+                            preds.read_text() if preds else "")
 
     def label_rule(self) -> LabelRule:
         """How the label reads off a continuation (for zero-shot); union tasks use their first part's rule
@@ -127,12 +139,19 @@ class Task:
 
 
 @lru_cache(maxsize=64)
-def _aces_config(path: str, text: str):
-    """ACES's parse of the file at `path` (cached by path and content, `text`)."""
+def _aces_config(path: str, text: str, predicates: str = "", predicates_text: str = ""):
+    """ACES's parse of the task file at `path` with the predicates file `predicates` (cached by paths and
+    contents)."""
     from aces import config as aces_config  # noqa: PLC0415  (heavy: hydra, bigtree)
 
     with _quiet_aces():
-        return aces_config.TaskExtractorConfig.load(Path(path))
+        try:
+            return aces_config.TaskExtractorConfig.load(Path(path), Path(predicates) if predicates else None)
+        except KeyError as err:   # ACES: a referenced predicate is defined nowhere
+            where = f"the predicates file {predicates}" if predicates else "the task file (no predicates file given)"
+            raise TaskError(f"{path}: {err.args[0] if err.args else err} Define it in {where}, or pass a "
+                            "predicates file that does (load_task(..., predicates=PATH), `predicates:` in "
+                            "the downstream spec).") from None
 
 
 class _quiet_aces:
@@ -170,13 +189,22 @@ def builtin_task_names() -> list[str]:
     return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
 
 
-def load_task(name_or_path) -> Task:
-    """A built-in task by name (data/task_configs/<name>.yaml) or any task file by path."""
+def load_task(name_or_path, predicates=None) -> Task:
+    """A built-in task by name (data/task_configs/<name>.yaml) or any task file by path, with its predicates
+    from `predicates` (a dataset's predicates file; default: the simulator's for built-in tasks, none for
+    other files)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = TASK_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise TaskError(f"no task {name_or_path!r}: give a file path or one of {', '.join(builtin_task_names())}")
+    if predicates is None and path.resolve().parent == TASK_DIR.resolve():
+        predicates = SIMULATOR_PREDICATES
+    if predicates is not None:
+        predicates = Path(predicates)
+        if not predicates.is_file():
+            raise TaskError(f"{predicates}: no such predicates file (a YAML file with `predicates:`, e.g. "
+                            f"{SIMULATOR_PREDICATES})")
     raw = yaml.safe_load(path.read_text()) or {}
     meta = ((raw.get("metadata") or {}).get("medscale") or {})
     unknown = set(meta) - {"ground_truth", "target_code", "negate", "value", "union"}
@@ -184,10 +212,11 @@ def load_task(name_or_path) -> Task:
         raise TaskError(f"{path}: unknown metadata.medscale keys {sorted(unknown)}")
     if meta.get("value") not in (None, "sum"):
         raise TaskError(f"{path}: metadata.medscale.value must be 'sum', got {meta['value']!r}")
-    parts = tuple(load_task(path.parent / f"{p}.yaml") for p in meta.get("union", []))
+    parts = tuple(load_task(path.parent / f"{p}.yaml", predicates) for p in meta.get("union", []))
     task = Task(name=path.stem, path=path, description=" ".join(str(raw.get("description", "")).split()),
                 ground_truth=meta.get("ground_truth"), target_code=meta.get("target_code"),
-                negate=bool(meta.get("negate", False)), value=meta.get("value"), parts=parts)
+                negate=bool(meta.get("negate", False)), value=meta.get("value"), parts=parts,
+                predicates=predicates)
     if not parts:
         _check_no_leak(task)
     elif "trigger" in raw:

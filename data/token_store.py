@@ -3,10 +3,11 @@
     out_dir/tokenizer/tokenizer.json
     out_dir/<split>/tokens.npy       int32, every subject of the split as BOS prefix events EOS, packed
     out_dir/<split>/index.parquet    subject_id, offset, length
-    out_dir/manifest.json            vocab_size, token counts, tokens per subject, config (written last)
+    out_dir/manifest.json            vocab_size, token and event counts, tokens per subject, config (written last)
+    out_dir/.medscale-store.json     marks the folder as a token store (medscale writes only into its own)
 
-Every file is written to a temporary name and renamed, and manifest.json is written last, so a
-folder with a manifest is complete.
+Every file is written to a temporary name and renamed, and manifest.json is written last (and removed
+first when a store is rewritten), so a folder with a manifest is complete; readers refuse one without.
 """
 from __future__ import annotations
 
@@ -22,12 +23,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medscale.data.meds import SPLITS, MedsError, read_meds
-from medscale.atomic import commit, temporary_path, write_json
+from medscale.atomic import MARKER, claim_dir, commit, naming, remove_stale_temporaries, temporary_path, write_json
 from medscale.data.parquet_io import write_parquet
 from medscale.data.tokenizer import Tokenizer, TokenizerConfig, _CodeCounter
 
 NPY_HEADER_BYTES = 128
 Progress = Callable[[int, int], None]
+MANIFEST = "manifest.json"
+FEW_DYNAMIC = 0.05  # warn when fewer than this share of a split's rows are timed events
+MANY_DUPLICATES = 0.01  # warn when more than this share of a split's rows repeat an earlier row exactly
+
+
+def _is_token_store(path: Path) -> bool:
+    """A token folder written before the marker existed: adopt it."""
+    names = {p.name for p in path.iterdir()} - {MARKER}
+    return (path / "tokenizer").is_dir() and names <= {MANIFEST, "tokenizer", *SPLITS}
 
 
 def _npy_header(n: int) -> bytes:
@@ -51,14 +61,16 @@ class _StreamWriter:
         self.n = 0
 
     def append(self, chunk: np.ndarray) -> None:
-        self.f.write(memoryview(np.ascontiguousarray(chunk, dtype="<i4")).cast("B"))
+        with naming(self.path):
+            self.f.write(memoryview(np.ascontiguousarray(chunk, dtype="<i4")).cast("B"))
         self.n += chunk.size
 
     def close(self) -> None:
-        self.f.seek(0)
-        self.f.write(_npy_header(self.n))
-        self.f.close()
-        commit(self.tmp, self.path)
+        with naming(self.path):
+            self.f.seek(0)
+            self.f.write(_npy_header(self.n))
+            self.f.close()
+            commit(self.tmp, self.path)
 
 
 def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -120,12 +132,21 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
     over the tables in memory, `workers` threads at a time.
     """
     workers = max(1, workers or os.cpu_count() or 1)
+    out = Path(out_dir)
+    if not (Path(meds_dir) / "data").is_dir():
+        read_meds(meds_dir)  # raises its message about the input before any output folder is made
+    claim_dir(out, "tokens", adopt=_is_token_store, inputs=(meds_dir,))  # before reading: refuse early
     ds = read_meds(meds_dir, keep=COLUMNS, keep_max_rows=KEEP_MAX_ROWS, workers=workers)
     if ds.n_subjects("train") == 0:
         raise MedsError(f"{meds_dir}: the train split is empty, so there is nothing to fit the tokenizer on. "
                         "Assign subjects to 'train' in metadata/subject_splits.parquet or data/train/.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rows, static = ds.rows_of("train")
+    if rows == static:
+        raise MedsError(f"{meds_dir}: every one of the {rows:,} rows of the train split is a static row (null "
+                        "'time'): there are no events to model, so training would only memorise the static codes. "
+                        "Check the export: timed events are missing.")
+    (out / MANIFEST).unlink(missing_ok=True)  # the store is incomplete from here until the new manifest
+    remove_stale_temporaries(out)
     descriptions = {}
     if ds.codes is not None and "description" in ds.codes.column_names:
         descriptions = {c: d for c, d in zip(ds.codes["code"].to_pylist(), ds.codes["description"].to_pylist())
@@ -148,17 +169,63 @@ def tokenize_dataset(meds_dir, out_dir, config: TokenizerConfig = TokenizerConfi
             table = ds.tables.pop(path, None) if last_use[path] == i else ds.tables.get(path)
             yield str(path), keep, table
 
-    results = bounded_map(lambda job: tokenizer.encode_table(_read_shard(job[0], job[1], COLUMNS, job[2])),
-                          with_tables(), workers)
-    stats = _write_splits(out, jobs, results, progress, total)
-    write_json(out / "manifest.json", {"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
+    row_counts: dict[str, dict[str, int]] = {}
+
+    def encode(job):
+        table = _read_shard(job[0], job[1], COLUMNS, job[2])
+        return tokenizer.encode_table(table), _row_counts(table)
+
+    def counted(results):  # in job order, in this thread
+        for (split, _, _), (encoded, counts) in zip(jobs, results):
+            into = row_counts.setdefault(split, {"rows": 0, "static_rows": 0, "duplicate_rows": 0})
+            for key, value in counts.items():
+                into[key] += value
+            yield encoded
+
+    results = counted(bounded_map(encode, with_tables(), workers))
+    stats = _write_splits(out, jobs, results, progress, total, tokenizer)
+    for split, counts in row_counts.items():
+        stats[split].update(counts)
+    write_json(out / MANIFEST, {"format_version": 1, "vocab_size": tokenizer.vocab_size, "splits": stats,
                 "config": asdict(tokenizer.config), "meds_dir": str(Path(meds_dir).resolve()),
-                "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges)})
+                "n_codes": len(tokenizer.codes), "n_binned_codes": len(tokenizer.value_edges),
+                "warnings": data_warnings(row_counts)})
     return out
 
 
-def _write_splits(out: Path, jobs, results, progress, total) -> dict:
+def _row_counts(table: pa.Table) -> dict[str, int]:
+    """Rows, static rows (null time) and exact duplicate rows (same subject, time, code and value as an
+    earlier row) of one shard's table."""
+    n = table.num_rows
+    if not n:
+        return {"rows": 0, "static_rows": 0, "duplicate_rows": 0}
+    code = table["code"]
+    if pa.types.is_dictionary(code.type):
+        code = code.cast(pa.string())
+    keyed = pa.table({"s": table["subject_id"], "t": table["time"].cast(pa.int64()), "c": code,
+                      "v": table["numeric_value"].cast(pa.float64())})
+    groups = keyed.group_by(["s", "t", "c", "v"]).aggregate([]).num_rows
+    return {"rows": n, "static_rows": int(table["time"].null_count), "duplicate_rows": n - groups}
+
+
+def data_warnings(row_counts: dict[str, dict[str, int]]) -> list[str]:
+    """What in the data silently changes results, in words with counts."""
+    warnings = []
+    for split, c in row_counts.items():
+        if c["duplicate_rows"] > MANY_DUPLICATES * c["rows"]:
+            warnings.append(f"{split}: {c['duplicate_rows']:,} of {c['rows']:,} rows are exact duplicates of another "
+                            "row (same subject_id, time, code, numeric_value); they are tokenized as repeated "
+                            "events. Deduplicate the export if they are not real repeats.")
+        dynamic = c["rows"] - c["static_rows"]
+        if c["rows"] and dynamic < FEW_DYNAMIC * c["rows"]:
+            warnings.append(f"{split}: only {dynamic:,} of {c['rows']:,} rows are timed events (the rest are static, "
+                            "null time): a model of this split learns little beyond the static codes.")
+    return warnings
+
+
+def _write_splits(out: Path, jobs, results, progress, total, tokenizer: Tokenizer) -> dict:
     writers: dict[str, _StreamWriter] = {}
+    events: dict[str, int] = {}
     index: dict[str, list] = {}
     for done, ((split, _, _), (tokens, subjects, lengths)) in enumerate(zip(jobs, results), start=1):
         if split not in writers:
@@ -169,6 +236,7 @@ def _write_splits(out: Path, jobs, results, progress, total) -> dict:
         offsets = w.n + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths.size else np.zeros(0, np.int64)
         index[split].append((subjects, offsets, lengths))
         w.append(tokens)
+        events[split] = events.get(split, 0) + int(np.count_nonzero(tokenizer.is_event_token(tokens)))
         if progress:
             progress(done, total)
     stats = {}
@@ -179,10 +247,21 @@ def _write_splits(out: Path, jobs, results, progress, total) -> dict:
         write_parquet(pa.table({"subject_id": pa.array(subjects, pa.int64()),
                                 "offset": pa.array(np.concatenate([o for _, o, _ in index[split]]), pa.int64()),
                                 "length": pa.array(lengths, pa.int64())}), out / split / "index.parquet")
-        stats[split] = {"tokens": int(w.n), "subjects": int(subjects.size),
+        stats[split] = {"tokens": int(w.n), "subjects": int(subjects.size), "events": events[split],
+                        "events_per_token": events[split] / w.n if w.n else 0.0,
                         "tokens_per_subject_mean": float(lengths.mean()) if lengths.size else 0.0,
                         "tokens_per_subject_median": float(np.median(lengths)) if lengths.size else 0.0}
     return stats
+
+
+def events_per_token(token_dir, split: str = "train") -> float | None:
+    """Events (codes, one per MEDS row kept) per token of a split, from the manifest: converts tokens seen
+    into events seen, so laws fitted across tokenizations compare in the same unit. None for token folders
+    written before events were counted."""
+    import json
+
+    stats = json.loads((Path(token_dir) / "manifest.json").read_text()).get("splits", {}).get(split, {})
+    return stats.get("events_per_token")
 
 
 class TokenWindows:
@@ -198,6 +277,9 @@ class TokenWindows:
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         folder = self.token_dir / split
+        if self.token_dir.is_dir() and not (self.token_dir / MANIFEST).is_file():
+            raise MedsError(f"{self.token_dir} is an incomplete token store (no {MANIFEST}: tokenizing was "
+                            "interrupted or is still running). Rerun `medscale tokenize` with the same --out.")
         if not (folder / "tokens.npy").is_file():
             have = sorted(p.name for p in self.token_dir.iterdir() if (p / "tokens.npy").is_file()) \
                 if self.token_dir.is_dir() else []

@@ -6,10 +6,23 @@ A subject becomes  BOS SEX//x AGE//a-b  [TIME//gap] code [VALUE//Qk]  ...  EOS
 - value tokens: VALUE//Q1..Qn are shared by all codes; for each code, the bin edges are that code's
   train quantiles (deciles by default), so `LOINC//4548-4 VALUE//Q10` reads 'HbA1c in its top tenth'.
   Codes with fewer than `min_count` train values, or unknown codes, get no value token.
-- time tokens: the gap since the subject's previous event, binned by `time_bins` (ETHOS/CEHR-BERT
-  style); gaps shorter than the first edge (simultaneous events) get none.
-- prefix: sex from the subject's GENDER//* or SEX//* code, age at the first event (after birth) in
-  `age_bin_years` bins from MEDS_BIRTH; those rows are not repeated as events.
+- time tokens: the gap since the subject's previous event, binned by `time_bins` (CEHR-BERT style);
+  gaps shorter than the first edge (simultaneous events) get none. `time_scheme`:
+    bins      (default) one token per gap; every gap past the last edge is TIME//730d+ (absolute time
+              is lost past it)
+    interval  ETHOS style: a gap of k whole last-edge units and a remainder r is k repeats of the unit
+              token TIME//730d followed by r's bin token (none when r is below the first edge), so
+              the sum of a subject's time tokens tracks elapsed time at any distance (k <= MAX_REPEATS)
+- values: `n_value_bins` quantiles per code (0: no value tokens at all). `value_scheme`:
+    separate  (default) `code VALUE//Qk`, two tokens, the bin tokens shared by all codes
+    fused     one token `code//Qk` per (binned code, bin): one token per event, a larger vocabulary
+- prefix (`demographics: true`, default): sex from the subject's GENDER//* or SEX//* code, age at the
+  first event (after birth) in `age_bin_years` bins from MEDS_BIRTH; those rows are not repeated as
+  events. With `demographics: false` the prefix is BOS alone (the SEX/AGE tokens stay in the vocabulary,
+  never emitted) and the sex and birth rows are still dropped. `prefix_len` says which.
+
+Static rows (null time: eye colour, height) are events without a time token, at the start of the
+subject; a subject without MEDS_BIRTH gets AGE//UNKNOWN.
 
 Special ids: PAD=0, UNK=1, BOS=2, EOS=3, MASK=4 (ids below N_SPECIAL are never masked or predicted
 as masked tokens).
@@ -37,6 +50,9 @@ SEX_TOKENS = ["SEX//F", "SEX//M", "SEX//UNKNOWN"]
 US = {"s": 1_000_000, "min": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 DEFAULT_TIME_BINS = ("5min", "1h", "1d", "7d", "30d", "90d", "180d", "365d", "730d")
 FORMAT_VERSION = 1
+MAX_REPEATS = 64     # interval scheme: at most this many unit tokens for one gap (128 years of 730d)
+TIME_SCHEMES = ("bins", "interval")
+VALUE_SCHEMES = ("separate", "fused")
 ENCODE_ROWS = 1 << 17   # rows encoded at a time (whole subjects): cache-sized temporaries
 _BIRTH_MARK = -1   # _code_column: the birth row (sex rows are minus their sex token, all < -1)
 
@@ -57,20 +73,35 @@ class TokenizerConfig:
     age_bin_years: int = 5
     max_age_years: int = 100
     fit_max_value_rows: int = 20_000_000   # numeric values used for the quantiles (first train shards)
+    time_scheme: str = "bins"         # bins | interval (see the module doc)
+    value_scheme: str = "separate"    # separate | fused
+    demographics: bool = True         # BOS SEX AGE prefix (True) or BOS alone
 
     def __post_init__(self) -> None:
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
-        if not 1 <= self.n_value_bins <= 100:
-            raise ValueError(f"n_value_bins must be in 1..100, got {self.n_value_bins}")
+        if not 0 <= self.n_value_bins <= 100:
+            raise ValueError(f"n_value_bins must be in 0..100 (0: no value tokens), got {self.n_value_bins}")
+        if self.time_scheme not in TIME_SCHEMES:
+            raise ValueError(f"time_scheme must be one of {', '.join(TIME_SCHEMES)}, got {self.time_scheme!r}")
+        if self.value_scheme not in VALUE_SCHEMES:
+            raise ValueError(f"value_scheme must be one of {', '.join(VALUE_SCHEMES)}, got {self.value_scheme!r}")
         edges = [parse_duration(b) for b in self.time_bins]
         if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"time_bins must be non-empty and increasing, got {self.time_bins}")
         object.__setattr__(self, "time_bins", tuple(self.time_bins))
 
 
-def _time_token_names(bins: tuple[str, ...]) -> list[str]:
-    return [f"TIME//{lo}-{hi}" for lo, hi in zip(bins, bins[1:])] + [f"TIME//{bins[-1]}+"]
+def _time_token_names(bins: tuple[str, ...], scheme: str = "bins") -> list[str]:
+    last = f"TIME//{bins[-1]}" if scheme == "interval" else f"TIME//{bins[-1]}+"
+    return [f"TIME//{lo}-{hi}" for lo, hi in zip(bins, bins[1:])] + [last]
+
+
+def config_from_dict(raw: dict) -> TokenizerConfig:
+    """A TokenizerConfig from its asdict() form (older files lack the newer keys: their defaults)."""
+    raw = dict(raw)
+    raw["time_bins"] = tuple(raw["time_bins"])
+    return TokenizerConfig(**raw)
 
 
 def _age_token_names(cfg: TokenizerConfig) -> list[str]:
@@ -88,17 +119,23 @@ class Tokenizer:
     descriptions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.time_tokens = _time_token_names(self.config.time_bins)
-        self.age_tokens = _age_token_names(self.config)
-        self.value_tokens = [f"VALUE//Q{i + 1}" for i in range(self.config.n_value_bins)]
+        cfg = self.config
+        self.time_tokens = _time_token_names(cfg.time_bins, cfg.time_scheme)
+        self.age_tokens = _age_token_names(cfg)
+        fused = cfg.value_scheme == "fused"
+        self.value_tokens = [] if fused else [f"VALUE//Q{i + 1}" for i in range(cfg.n_value_bins)]
+        # fused: n_value_bins tokens per binned code, in the order of sorted(value_edges), after the codes
+        self.fused_tokens = ([f"{c}//Q{i + 1}" for c in sorted(self.value_edges) for i in range(cfg.n_value_bins)]
+                             if fused else [])
         self.vocab = (SPECIAL_TOKENS + SEX_TOKENS + self.age_tokens + self.time_tokens + self.value_tokens
-                      + list(self.codes))
+                      + list(self.codes) + self.fused_tokens)
         self.token_id = {t: i for i, t in enumerate(self.vocab)}
         self.sex_base = N_SPECIAL
         self.age_base = self.sex_base + len(SEX_TOKENS)
         self.time_base = self.age_base + len(self.age_tokens)
         self.value_base = self.time_base + len(self.time_tokens)
         self.code_base = self.value_base + len(self.value_tokens)
+        self.fused_base = self.code_base + len(self.codes)
         self.time_edges_us = np.array([parse_duration(b) for b in self.config.time_bins], dtype=np.int64)
         # flattened per-code edges for the vectorized binning
         self._binned_codes = sorted(self.value_edges)
@@ -121,6 +158,21 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens before a subject's first event: BOS SEX AGE, or BOS alone without demographics."""
+        return 3 if self.config.demographics else 1
+
+    def empty_history(self) -> np.ndarray:
+        """The tokens of a subject with no events (no EOS)."""
+        prefix = [BOS, self.token_id["SEX//UNKNOWN"], self.token_id["AGE//UNKNOWN"]]
+        return np.array(prefix[: self.prefix_len], dtype=np.int32)
+
+    def is_event_token(self, tokens: np.ndarray) -> np.ndarray:
+        """Which tokens stand for one event each (a code, UNK, or a fused code+value)."""
+        tokens = np.asarray(tokens)
+        return (tokens >= self.code_base) | (tokens == UNK)
 
     # ----- fitting ---------------------------------------------------------------------------------
     @classmethod
@@ -160,9 +212,7 @@ class Tokenizer:
         else:
             raise FileNotFoundError(f"no tokenizer.json at {path} (nor in {path}/tokenizer/)")
         blob = json.loads(path.read_text())
-        cfg = blob["config"]
-        cfg["time_bins"] = tuple(cfg["time_bins"])
-        tok = cls(TokenizerConfig(**cfg), blob["codes"], {k: list(v) for k, v in blob["value_edges"].items()},
+        tok = cls(config_from_dict(blob["config"]), blob["codes"], {k: list(v) for k, v in blob["value_edges"].items()},
                   blob.get("code_counts", {}), blob.get("descriptions", {}))
         if tok.vocab != blob["vocab"]:
             raise ValueError(f"{path}: stored vocabulary does not match its config (written by another version?)")
@@ -250,29 +300,51 @@ class Tokenizer:
         k = np.flatnonzero(gap_ok)
         del gap_ok
         gap_rows = timed[k + 1]
-        time_tok = (self.time_base - 1) + np.searchsorted(self.time_edges_us, gap[k], side="right")
-        del timed, gap, k
+        gap = gap[k]
+        del timed, k
+        if self.config.time_scheme == "interval":
+            gap_rows, time_tok, n_time = self._interval_tokens(gap_rows, gap)
+        else:
+            time_tok = (self.time_base - 1) + np.searchsorted(self.time_edges_us, gap, side="right")
+            n_time = None
+        del gap
         val_rows, val_tok = self._value_rows(code, value, has_value, event)
+        fused = self.config.value_scheme == "fused"
+        if fused and val_rows.size:   # the value's bin picks the code's own token: one token per event
+            code = code.copy()
+            slot = self._slot_of_token[code[val_rows]]
+            code[val_rows] = self.fused_base + slot * self.config.n_value_bins + (val_tok - self.value_base)
+            val_rows, val_tok = val_rows[:0], val_tok[:0]
+        prefix = self.prefix_len
 
-        # tokens per row (+4 at each subject's first row: its BOS, sex, age and EOS); with their running
-        # sum `end`, row r's tokens end just before end[r] - 1 (the one slot left for its subject's EOS)
-        index_type = np.int32 if 7 * n < 2**31 - 8 else np.int64   # at most 3 tokens a row + 4 a subject
+        # tokens per row (+prefix+1 at each subject's first row: its BOS [sex, age] and EOS); with their
+        # running sum `end`, row r's tokens end just before end[r] - 1 (the one slot left for its subject's
+        # EOS); a row's time tokens come first, at end[r] - width[r] - 1
+        max_time = 1 if n_time is None else MAX_REPEATS + 1
+        index_type = np.int32 if (6 + max_time) * n < 2**31 - 8 else np.int64
         width = event.view(np.int8).astype(index_type)
-        width[gap_rows] += 1
+        if n_time is None:
+            width[gap_rows] += 1
+        else:
+            np.add.at(width, gap_rows, 1)   # a row may carry several time tokens
         width[val_rows] += 1
-        width[starts] += 4
+        width[starts] += prefix + 1
         end = np.cumsum(width, dtype=index_type)
         total = int(end[-1])
         subj_start = (end[starts] - width[starts]).astype(np.int64)
         tokens = np.zeros(total + 1, dtype=np.int32)   # every position is written below (PAD=0); +1 scratch
         tokens[subj_start] = BOS
-        tokens[subj_start + 1] = sex
-        tokens[subj_start + 2] = age
+        if prefix == 3:
+            tokens[subj_start + 1] = sex
+            tokens[subj_start + 2] = age
         subj_end = np.empty(n_subj, dtype=np.int64)
         subj_end[:-1] = subj_start[1:]
         subj_end[-1] = total
         tokens[subj_end - 1] = EOS
-        tokens[end[gap_rows] - width[gap_rows] - 1] = time_tok   # gap rows never start a subject
+        first_time_slot = end[gap_rows] - width[gap_rows] - 1   # gap rows never start a subject
+        if n_time is not None:   # the j-th time token of a row: its first slot + j
+            first_time_slot = first_time_slot + n_time
+        tokens[first_time_slot] = time_tok
         del width
         val_end = end[val_rows]
         end -= 2                        # the code token of rows without a value; prefix rows write nothing:
@@ -282,6 +354,25 @@ class Tokenizer:
         tokens[val_end - 3] = code[val_rows]
         tokens[val_end - 2] = val_tok
         return tokens[:total], subjects, np.diff(subj_start, append=total)
+
+    def _interval_tokens(self, rows: np.ndarray, gap: np.ndarray):
+        """ETHOS-style time tokens for gaps >= the first edge: per gap, k = gap // unit repeats of the unit
+        token (unit = the last edge; k <= MAX_REPEATS), then the remainder's bin token if it reaches the
+        first edge. Returns (row of each token, token, index of the token within its row), rows in order."""
+        edges = self.time_edges_us
+        unit = edges[-1]
+        k = np.minimum(gap // unit, MAX_REPEATS)
+        rest = np.minimum(gap - k * unit, unit - 1)
+        has_rest = rest >= edges[0]
+        count = k + has_rest
+        row = np.repeat(rows, count)
+        # position of each token within its row's run: 0..count-1
+        run_start = np.repeat(np.cumsum(count) - count, count)
+        j = np.arange(row.size) - run_start
+        is_unit = j < np.repeat(k, count)
+        rest_tok = (self.time_base - 1) + np.searchsorted(edges, rest, side="right")
+        tok = np.where(is_unit, self.time_base + len(self.time_tokens) - 1, np.repeat(rest_tok, count))
+        return row, tok, j
 
     def encode_events(self, events, *, until=None, add_eos: bool = False) -> np.ndarray:
         """Tokens of ONE subject's events (pandas/polars DataFrame or arrow table), optionally only
@@ -299,7 +390,7 @@ class Tokenizer:
         table = table.take(pa.array(order))
         tokens, _, _ = self.encode_table(table)
         if tokens.size == 0:
-            return np.array([BOS, self.token_id["SEX//UNKNOWN"], self.token_id["AGE//UNKNOWN"]], dtype=np.int32)
+            return self.empty_history()
         return tokens if add_eos else tokens[:-1]
 
     def _code_column(self, column: pa.ChunkedArray) -> np.ndarray:
@@ -391,8 +482,13 @@ class Tokenizer:
             name = self.vocab[tok] if 0 <= tok < self.vocab_size else f"<invalid {tok}>"
             if tok in (PAD, BOS, EOS, MASK) or name.startswith(("SEX//", "AGE//")) or not 0 <= tok < self.vocab_size:
                 events.append({"token": name})
-            elif name.startswith("TIME//"):
-                gap = name.removeprefix("TIME//")
+            elif name.startswith("TIME//"):   # interval scheme: a gap may be several tokens, joined by +
+                gap = name.removeprefix("TIME//") if gap is None else f"{gap}+{name.removeprefix('TIME//')}"
+            elif tok >= self.fused_base:
+                code, q = name.rsplit("//Q", 1)
+                events.append({"code": code, "gap": gap, "description": self.descriptions.get(code),
+                               "value_bin": int(q), "value_range": self.value_range(code, int(q))})
+                gap = None
             elif name.startswith("VALUE//") and events and "code" in events[-1]:
                 events[-1]["value_bin"] = int(name.removeprefix("VALUE//Q"))
                 events[-1]["value_range"] = self.value_range(events[-1]["code"], events[-1]["value_bin"])
@@ -491,7 +587,7 @@ class _CodeCounter:
 
     def quantile_edges(self, kept: set[str], n_bins: int, min_count: int) -> dict[str, list[float]]:
         """Per kept code with >= min_count values: sorted unique inner quantiles (linear interpolation)."""
-        if not self.values:
+        if not self.values or n_bins < 1:
             return {}
         gid = np.concatenate(self.value_gid)
         vals = np.concatenate(self.values)

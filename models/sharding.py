@@ -129,7 +129,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return out
 
 
-def initialize_distributed(**kwargs: Any) -> None:
+def initialize_distributed(cpu_collectives: str | None = None, **kwargs: Any) -> None:
     """Join a multi-host JAX job; call once per process before any other JAX call.
 
     Only needed when several processes (hosts) form one job, e.g. a TPU pod slice or several
@@ -138,7 +138,9 @@ def initialize_distributed(**kwargs: Any) -> None:
     process's id are detected from the environment, so no arguments are needed. Elsewhere set
     JAX_COORDINATOR_ADDRESS=host:port (process 0's address), and pass num_processes and
     process_id (e.g. from your launcher's rank variables); JAX_LOCAL_DEVICE_IDS restricts the
-    local devices. Keyword arguments go to `jax.distributed.initialize` unchanged. Afterwards
+    local devices. Keyword arguments go to `jax.distributed.initialize` unchanged. Processes on
+    the CPU backend need `cpu_collectives="gloo"` (XLA's CPU client has no cross-process
+    collectives otherwise); it is ignored by GPU and TPU. Afterwards
     `jax.devices()` lists every device of the job, `make_mesh()` spans all hosts, and each
     process feeds its own rows through `shard_batch`.
 
@@ -146,4 +148,6 @@ def initialize_distributed(**kwargs: Any) -> None:
     """
     if jax.distributed.is_initialized():
         return
+    if cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(**kwargs)

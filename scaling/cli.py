@@ -1,20 +1,26 @@
 """The `medscale` command. Heavy imports (JAX, Ray) happen inside the commands that need them,
 so `medscale fit` and `--help` stay fast and work without an accelerator stack.
 
-A user's input error (bad YAML, malformed MEDS, impossible shape, too few points) prints one clear
-message and exits with status 2; it never shows a traceback.
+A user's input error (bad YAML, malformed MEDS, impossible shape, too few points, an output folder
+that is not medscale's) prints one clear message and exits with status 2; an environment failure (a
+read-only path, a full disk) exits with status 1; a sweep with failed runs exits 1 after naming each
+run's error; an interrupt (Ctrl-C: 130, SIGTERM: 143) says that rerunning the command resumes. None of
+these shows a traceback.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medscale.scaling.errors import UserError
 from medscale.scaling.pipeline import Reporter
@@ -25,26 +31,88 @@ console = Console(stderr=True)
 out = Console()
 
 
+RESUME_HINT = "rerun the same command to resume (finished runs and checkpoints are kept; partial output is redone)"
+ENVIRONMENT_ERRNOS = {errno.EACCES: "it is not writable (or readable): fix its permissions or choose another path",
+                      errno.EPERM: "the operation is not permitted there: fix its permissions or choose another path",
+                      errno.EROFS: "it is on a read-only file system: choose a writable path",
+                      errno.ENOSPC: "the disk is full: free some space",
+                      errno.EDQUOT: "the disk quota is exceeded: free some space"}
+
+
+_received: list[int] = []  # the signals that ended the command (Ray's wait reports them as SystemExit(1))
+
+
+def _on_signal(signum, frame):
+    """SIGTERM and SIGINT unwind the command as SystemExit (leases released, Ray shut down); the one
+    exception that passes through Ray's native wait cleanly."""
+    _received.append(signum)
+    raise SystemExit(128 + signum)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medscale.analysis.errors import AnalysisError
+    from medscale.atomic import CorruptFile, OutDirError
     from medscale.data.meds import MedsError
     from medscale.data.tasks import TaskError
     from medscale.models.config import ShapeError
     from medscale.scaling.spec import SpecError
 
-    return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError)
+    return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError, OutDirError, CorruptFile)
+
+
+def _error(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code=code)
+
+
+def _os_error(err: OSError) -> typer.Exit:
+    """One line naming the path and what to do. Environment failures exit 1, a wrong path given exit 2."""
+    path = err.filename or ""
+    why = err.strerror or str(err)
+    if err.errno in ENVIRONMENT_ERRNOS:
+        return _error(f"{path}: {why}: {ENVIRONMENT_ERRNOS[err.errno]}; then {RESUME_HINT}", 1)
+    hints = {errno.EISDIR: "a folder was given where a file is expected",
+             errno.ENOTDIR: "a file was given (or is in the way) where a folder is expected",
+             errno.ENOENT: "check the path", errno.EEXIST: "remove it or choose another path"}
+    return _error(f"{path}: {why}: {hints.get(err.errno, 'check the path')}", 2 if err.errno in hints else 1)
 
 
 def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from medscale.scaling.pipeline import SweepFailed
+
         try:
             return fn(*args, **kwargs)
         except _user_error_types() as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            raise _error(str(err), 2) from None
+        except SweepFailed as err:
+            raise _error(str(err), 1) from None
+        except OSError as err:
+            raise _os_error(err) from None
+        except KeyboardInterrupt:
+            raise _error(f"interrupted (SIGINT); {RESUME_HINT}", 128 + signal.SIGINT) from None
+        except SystemExit:
+            if not _received:
+                raise
+            sig = _received[0]
+            raise _error(f"{'terminated' if sig == signal.SIGTERM else 'interrupted'} ({signal.Signals(sig).name}); "
+                         f"{RESUME_HINT}", 128 + sig) from None
 
     return wrapper
+
+
+def _print_wide(renderable) -> None:
+    """A table at its full width: a file or a pipe gets no 80-column cut (a terminal wraps as usual)."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = max(out.width, out.measure(renderable, options=out.options.update_width(100_000)).maximum)
+    narrow, out.width = out.width, width  # Console.print(width=) cannot exceed the console's own width
+    try:
+        out.print(renderable)
+    finally:
+        out.width = narrow
 
 
 def _progress_bar(description: str):
@@ -58,7 +126,7 @@ class RichReporter(Reporter):
     """The pipeline's progress as rich progress bars and live sweep lines (one line per change in logs)."""
 
     def say(self, message: str) -> None:
-        out.print(message, highlight=False)
+        out.print(message, highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def stages(self, label: str):
@@ -128,6 +196,8 @@ def tokenize(
                                 workers=workers,
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
     manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for warning in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(f"vocabulary {manifest['vocab_size']:,} tokens; wrote {path} in {time.time() - t:.1f}s")
 
 
@@ -150,6 +220,10 @@ def train(
         "loss", "params", "tokens", "compute", "flops_full", "tokens_per_sec", "mfu")}}, indent=2))
     if state == "diverged":
         raise typer.Exit(code=3)
+    if state == "preempted":
+        from medscale.scaling.preemption import EXIT_PREEMPTED
+
+        raise typer.Exit(code=EXIT_PREEMPTED)  # resumable: run the same command again
 
 
 def _plan_table(plan):
@@ -176,19 +250,20 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (e.g. auto, or ray://head:10001)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Most runs at once (default: cluster CPUs / resources.cpus)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Give runs that used up their retries another go."),
+    allow_large_grid: bool = typer.Option(False, "--allow-large-grid", help="Allow a grid of more than 2,000 runs (MEDSCALE_MAX_RUNS sets the limit)."),
 ) -> None:
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
     from medscale.scaling.pipeline import estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep
 
     reporter = RichReporter()
     if dry_run:
-        spec, runs = plan_sweep(spec_path, out_dir, reporter)
+        spec, runs = plan_sweep(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
         plan = estimate_plan(runs, out_dir)
-        out.print(_plan_table(plan))
+        _print_wide(_plan_table(plan))
         out.print(f"estimated total: {plan.total_s / 60:.1f} device-minutes of training on this machine's "
                   f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return
-    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter)
+    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     runs = expand_over(spec, prepared, spec_path)
     launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed,
                  reporter=reporter)
@@ -204,34 +279,84 @@ def fit(
     compute: Optional[str] = typer.Option(None, "--compute", help="Column holding training FLOPs C; with no --tokens, D = C/(6N)."),
     approach: int = typer.Option(3, "--approach", min=1, max=3, help="1: envelope, 2: IsoFLOP profiles (groups by compute), 3: parametric L(N, D)."),
     budget_col: Optional[str] = typer.Option(None, "--budget-col", help="Column naming each run's IsoFLOP budget (default: group by compute)."),
-    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
+    unique_tokens: Optional[str] = typer.Option(None, "--unique-tokens", help="Column of each run's unique training tokens U: fits the data-constrained law L(N, D, U) with R_star_D (Approach 3)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs to allocate: adds `optimal` (N, D, epochs) to the output."),
+    available_tokens: Optional[float] = typer.Option(None, "--available-tokens", help="Unique tokens available at --budget (repeat them or grow the model)."),
+    compute_convention: str = typer.Option("auto", "--compute-convention", help="full: spend --budget on the full FLOP count (column --flops-col); 6nd: C = 6ND; auto (default): full when the table has --flops-col."),
+    params_convention: Optional[str] = typer.Option(None, "--params-convention", help="total or non_embedding: take N from params_total / params_non_embedding instead of --params."),
+    flops_col: str = typer.Option("flops_full", "--flops-col", help="Column of full training FLOPs (for --compute-convention full)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
     """Fit a scaling law to any table of runs."""
     from medscale.analysis import fit_table
-    from medscale.analysis.errors import AnalysisError
 
     if tokens is None and compute is None:
         raise UserError("give --tokens COL, --compute COL, or both")
-    if not table.exists():
-        raise AnalysisError(f"{table}: no such file")
-    result = fit_table(table, params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
-                       n_boot=n_boot, seed=seed, budget_col=budget_col)
+    result = fit_table(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
+                       n_boot=n_boot, seed=seed, budget_col=budget_col, unique_tokens=unique_tokens,
+                       budget=budget, available_tokens=available_tokens, compute_convention=compute_convention,
+                       params_convention=params_convention, flops_col=flops_col)
     if as_json:
         print(result.to_json())
         return
     payload = json.loads(result.to_json())
     out.print(f"Approach {approach} fit of {table} ({payload.get('n_points')} points)")
-    for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G"):
+    for key in ("E", "A", "B", "alpha", "beta", "R_star_D", "a", "b", "G"):
         if isinstance(payload.get(key), dict):
             v = payload[key]
-            lo, hi = v["interval"]
-            out.print(f"  {key:>6} = {v['value']:.4g}   [{lo:.4g}, {hi:.4g}]")
-    for note in payload.get("notes", []):
+            lo, hi = v.get("interval") or (None, None)
+            out.print(f"  {key:>8} = {_num(v.get('value'))}   [{_num(lo)}, {_num(hi)}]")
+    ex = payload.get("extrapolation")
+    if ex:
+        what = f"budget {ex['budget']:.3g}" if ex.get("budget") else f"N {ex['params']:.3g}"
+        parts = []
+        if ex.get("n_opt") and ex["n_opt"].get("ratio"):
+            parts.append(f"N_opt predicted/observed = {ex['n_opt']['ratio']:.3g}")
+        if ex.get("loss"):
+            parts.append(f"loss predicted - observed = {ex['loss']['difference']:+.4g}")
+        out.print(f"  extrapolation (fit without the largest {what}): " + ", ".join(parts))
+    opt = payload.get("optimal")
+    if opt:
+        for key in ("N", "D", "epochs"):
+            if opt.get(key):
+                lo, hi = opt[key]["interval"]
+                out.print(f"  optimal {key:>6} = {opt[key]['value']:.4g}   [{_num(lo)}, {_num(hi)}]")
+    for note in payload.get("notes", []) + (opt or {}).get("notes", []):
         out.print(f"  note: {note}")
     for warning in payload.get("warnings", []):
-        out.print(f"  [yellow]warning:[/] {warning}")
+        out.print(f"  [yellow]warning:[/] {escape(warning)}")
+
+
+def _num(value) -> str:
+    """A fitted number, or n/a where a degenerate fit has none (JSON null)."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _read_runs_table(table: Path):
+    """The table `medscale fit` was given, or a UserError saying why it cannot be one."""
+    import pandas as pd
+
+    from medscale.analysis.summary import read_table
+
+    if not table.exists():
+        raise UserError(f"{table}: no such file")
+    if table.is_dir():
+        raise UserError(f"{table} is a folder: give a CSV or parquet file of runs (e.g. RUNS_DIR/results.csv)")
+    try:
+        df = read_table(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserError(f"{table}: cannot be read as a CSV table ({str(err).splitlines()[0][:200]}); give a CSV "
+                        "with a header row, or a .parquet file") from None
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+        if table.suffix != ".parquet":
+            raise
+        raise UserError(f"{table}: cannot be read as parquet ({type(err).__name__}); give a parquet or CSV "
+                        "file of runs") from None
+    if df.empty:
+        raise UserError(f"{table}: the table has no rows")
+    return df
 
 
 @app.command()
@@ -253,12 +378,13 @@ def analyze(
 @app.command()
 @user_errors
 def optimal(
-    compute: float = typer.Option(..., "--compute", help="Training budget in FLOPs (6ND convention), e.g. 1e18."),
+    compute: float = typer.Option(..., "--compute", help="Training budget in FLOPs (see --compute-convention), e.g. 1e18."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Run store whose finished runs the law is fitted to."),
     objective: str = typer.Option("decoder", "--objective", help="decoder or encoder runs."),
-    max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Unique tokens available: caps D (medical data is often token-limited)."),
+    available_tokens: Optional[float] = typer.Option(None, "--available-tokens", "--max-tokens", help="Unique tokens available: with runs that record unique tokens, the law decides how many epochs to repeat them; otherwise D is capped."),
+    compute_convention: str = typer.Option("full", "--compute-convention", help="full: the budget buys the full FLOP count the runs recorded (attention and head included); 6nd: C = 6ND."),
     spec_out: Optional[Path] = typer.Option(None, "--spec-out", help="Write a ready-to-run spec for the recommended run here."),
-    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Compute-optimal model size and tokens for a budget, with intervals, a shape and a run spec."""
     import yaml
@@ -267,17 +393,22 @@ def optimal(
     from medscale.scaling.recommend import recommend, run_spec
     from medscale.scaling.results import load_results
 
+    if compute_convention not in ("full", "6nd"):
+        raise UserError(f"--compute-convention {compute_convention!r}: choose full or 6nd")
     results, _ = load_results(runs_dir)
-    rec = recommend(results, compute, objective=objective, max_tokens=max_tokens, n_boot=n_boot)
+    sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
+    rec = recommend(results, compute, objective=objective, max_tokens=available_tokens, n_boot=n_boot,
+                    compute_convention=compute_convention, sweeps=sweeps)
     print_recommendation(rec, compute)
     from medscale.scaling.downstream.forecast import forecast_lines
 
     for line in forecast_lines(runs_dir, rec, objective, n_boot):
         out.print(line)
     if spec_out:
-        sweeps = sorted((runs_dir / "sweeps").glob("*.yaml"))
-        dataset = yaml.safe_load(sweeps[0].read_text())["dataset"] if sweeps else {"simulator": {"subjects": 4000, "seed": 0}}
-        dataset = {k: v for k, v in dataset.items() if v is not None}
+        sweep = str(results.loc[results["objective"] == objective, "sweep"].mode().iloc[0]) if len(results) else None
+        source = sweeps.get(sweep) or (next(iter(sweeps.values())) if sweeps else None)
+        dataset = source["dataset"] if source else {"simulator": {"subjects": 4000, "seed": 0}}
+        dataset = {k: v for k, v in dataset.items() if v is not None and k != "train_fraction"}  # all the data
         write_yaml(spec_out, run_spec(rec, name="compute-optimal", dataset=dataset, objective=objective))
         out.print(f"ready-to-run spec: {spec_out}  (medscale train {spec_out} --out DIR)")
 
@@ -286,16 +417,24 @@ def print_recommendation(rec: dict, compute: float) -> None:
     a = rec["allocation"]
     shape = rec["shape"]
     fmt = lambda e: f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"  # noqa: E731
-    out.print(f"compute-optimal at C = {compute:.3g} FLOPs (95% bootstrap intervals):")
+    out.print(f"compute-optimal at C = {compute:.3g} FLOPs ({rec.get('compute_convention', '6nd')} count; "
+              "95% bootstrap intervals):")
     out.print(f"  N_opt = {fmt(a.n_opt)} params ({rec['param_count'].replace('_', '-')} count)")
     out.print(f"  D_opt = {fmt(a.d_opt)} tokens")
+    if a.epochs is not None:
+        out.print(f"  epochs = {fmt(a.epochs)} over {a.max_tokens:.3g} unique tokens")
     out.print(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
     if a.loss is not None:
         out.print(f"  predicted loss = {fmt(a.loss)}")
     out.print(f"  shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
-              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params)")
-    for note in a.notes:
+              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params); "
+              f"trained on {rec['tokens']:.4g} tokens (its own N at the budget)")
+    lo, hi = rec["band"]
+    out.print(f"  sizes within 1% of the best predicted loss: {lo:.3g} to {hi:.3g} params")
+    for note in list(a.notes) + list(rec.get("notes", [])):
         out.print(f"  note: {note}")
+    for warning in a.warnings:
+        out.print(f"  [yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()
@@ -325,20 +464,45 @@ def demo(
 @user_errors
 def downstream(
     runs_dir: Path = typer.Argument(..., help="The --out folder of one or more sweeps."),
-    spec_file: Path = typer.Option(..., "--spec", help="Downstream spec YAML (tasks, modes, seeds, label budgets; see experiments/downstream.yaml)."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Downstream spec YAML (tasks, modes, seeds, label budgets; see experiments/downstream.yaml). Optional with --labels."),
     run_ids: Optional[list[str]] = typer.Option(None, "--run", help="Evaluate only these run ids (repeatable)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label folder in the MEDS label schema, one sub-folder per task (as ACES/MEDS-DEV write them); overrides the spec's labels: key."),
 ) -> None:
-    """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling)."""
+    """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling).
+    Predictions go to RUNS/predictions/ in meds-evaluation's schema."""
     from medscale.scaling.downstream import load_downstream_spec
     from medscale.scaling.pipeline import run_downstream
 
-    if not spec_file.exists():
+    if spec_file is None and labels is None:
+        raise UserError("give --spec FILE (tasks from task files) or --labels DIR (tasks from a label folder)")
+    if spec_file is not None and not spec_file.exists():
         raise UserError(f"{spec_file}: no such downstream spec")
     try:
-        spec = load_downstream_spec(spec_file)
+        if labels is None:
+            spec = load_downstream_spec(spec_file)
+        else:   # the spec's keys (if any) with the label folder: its tasks name sub-folders of it
+            import yaml
+
+            raw = yaml.safe_load(spec_file.read_text()) if spec_file else {"modes": ["probe", "lightgbm"]}
+            raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
+            spec = load_downstream_spec({**raw, "labels": str(labels.resolve())})
     except ValueError as err:
-        raise UserError(f"{spec_file}: {err}") from None
+        raise UserError(f"{spec_file or labels}: {err}") from None
     run_downstream(runs_dir, spec, runs=run_ids or None, reporter=RichReporter())
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder: RUNS/runs/<run_id>."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors, config.json, vocab.json, tokenizer.json."),
+) -> None:
+    """Export a run's parameters as safetensors, with its model config and tokenizer as JSON
+    (load them back with medscale.scaling.export.load_exported)."""
+    from medscale.scaling.export import export_run
+
+    path = export_run(run_dir, out_dir)
+    out.print(f"exported {run_dir.name} to {path} (model.safetensors, config.json, vocab.json, tokenizer.json)")
 
 
 def main() -> None:
@@ -346,6 +510,8 @@ def main() -> None:
 
     # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
     keep_freed_memory()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     app()
 
 

@@ -1,6 +1,11 @@
 """The demo: a small but real scaling study on the synthetic cohort, end to end.
 
-    cohort -> tokens -> decoder IsoFLOP sweep -> encoder ladder -> downstream tasks -> fits -> report
+    cohort -> tokens -> decoder IsoFLOP sweep -> data-constrained arm -> encoder ladder -> downstream tasks
+           -> fits -> report
+
+The data-constrained arm trains two decoders on a small fraction of the cohort for many epochs, so the
+report can fit the value of a repeated token (R*_D) and the recommendation can say, for this cohort's
+unique tokens, whether to repeat the data or grow the model.
 
 Each stage is the same library call a user makes by hand (medscale.scaling.pipeline, behind `medscale
 sweep`, `medscale downstream`, `medscale analyze`); the presets only choose the specs in experiments/.
@@ -24,6 +29,8 @@ PRESETS = {
     "hours": ("decoder_isoflop.yaml", "encoder_ladder.yaml", "downstream.yaml"),
     "cluster": ("cluster_decoder_isoflop.yaml", "cluster_encoder_ladder.yaml", "downstream.yaml"),
 }
+# The data-constrained arm per preset (None: skipped). Its runs share the decoder sweep's prepared dataset.
+DATA_CONSTRAINED = {"small": "demo_data_constrained.yaml", "hours": None, "cluster": None}
 
 
 @dataclass
@@ -79,6 +86,7 @@ class DemoResult:
     budget: float
     recommendation: dict[str, Any]
     minutes: float
+    data_constrained: dict[str, Any] | None = None  # the recommendation with the cohort's unique tokens
 
 
 def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = None, budget: float | None = None,
@@ -98,8 +106,10 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     out_dir = Path(out_dir)
     reporter = reporter or Reporter()
     decoder_name, encoder_name, downstream_name = PRESETS[size]
-    stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6), Stage("encoder ladder", 2),
-              Stage("downstream tasks", 2), Stage("fits and report", 1)]
+    arm_name = DATA_CONSTRAINED.get(size)
+    stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6)]
+    stages += [Stage("data-constrained arm", 1.5)] if arm_name else []
+    stages += [Stage("encoder ladder", 2), Stage("downstream tasks", 2), Stage("fits and report", 1)]
     clock = StageClock(stages, say=say or reporter.say)
     t0 = time.time()
 
@@ -109,10 +119,16 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     encoder_spec = load_spec(encoder_path)
     expand(encoder_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(encoder_path))
     clock.finish("prepare cohort and tokens")
+    arms = [("decoder IsoFLOP sweep", decoder_spec, decoder_path)]
+    if arm_name:
+        arm_path = spec_path(arm_name)
+        arm_spec = load_spec(arm_path)
+        expand(arm_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(arm_path))
+        arms.append(("data-constrained arm", arm_spec, arm_path))
+    arms.append(("encoder ladder", encoder_spec, encoder_path))
     started_ray = _init_ray(address, None)
     try:
-        for stage, spec, path in (("decoder IsoFLOP sweep", decoder_spec, decoder_path),
-                                  ("encoder ladder", encoder_spec, encoder_path)):
+        for stage, spec, path in arms:
             clock.start(stage)
             data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
             launch_sweep(spec, expand_over(spec, data, path), out_dir, address=address, reporter=reporter)
@@ -132,8 +148,30 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     index = write_report(out_dir / "report", results=results, curves=curves, downstream=downstream, budget=at,
                          n_boot=n_boot, title=f"medscale demo ({size})")
     rec = recommend(results, at, objective="decoder", n_boot=n_boot)
+    constrained = _data_constrained_effect(results, at, n_boot, say or reporter.say) if arm_name else None
     clock.finish("fits and report")
-    return DemoResult(index, at, rec, (time.time() - t0) / 60)
+    return DemoResult(index, at, rec, (time.time() - t0) / 60, constrained)
+
+
+def _data_constrained_effect(results, at: float, n_boot: int, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The recommendation when the cohort's unique tokens are all there is, against unlimited data."""
+    from medscale.analysis.errors import AnalysisError
+    from medscale.scaling.recommend import recommend
+
+    done = results[(results["status"] == "done") & (results["objective"] == "decoder")]
+    if "unique_tokens" not in done or done["unique_tokens"].isna().any():
+        return None
+    cohort = float(done["unique_tokens"].max())  # the whole train split: what this hospital has
+    try:
+        rec = recommend(results, at, objective="decoder", max_tokens=cohort, n_boot=n_boot)
+    except AnalysisError as err:
+        say(f"data-constrained law not fitted: {err}")
+        return None
+    a, r = rec["allocation"], rec["fit"].estimates["R_star_D"]
+    say(f"data-constrained: R*_D = {r.value:.3g} [{r.low:.3g}, {r.high:.3g}] epochs; with the cohort's {cohort:.3g} "
+        f"unique tokens at {at:.3g} FLOPs: N = {a.n_opt.value:.3g} for {a.epochs.value:.3g} epochs "
+        f"(unlimited data: N = {float(rec['fit'].fit.n_opt(at)):.3g})")
+    return rec
 
 
 def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):

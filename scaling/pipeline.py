@@ -11,7 +11,6 @@ Progress is reported through plain callbacks; a `Reporter` bundles the ones a lo
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +43,37 @@ class Reporter:
 # Specs, datasets and runs
 # ---------------------------------------------------------------------------------------------
 
-def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | None = None):
-    """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly)."""
-    from medscale.scaling.dataset import prepare_dataset
-    from medscale.scaling.spec import expand, load_spec
+def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | None = None, *,
+                       allow_large_grid: bool = False):
+    """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly), then check
+    that the dataset can serve the runs (splits, size). A grid over spec.MAX_RUNS runs needs allow_large_grid."""
+    from medscale.scaling.dataset import check_usable, prepare_dataset
+    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, grid_size, load_spec
+    from medscale.scaling.store import RunStore
 
     reporter = reporter or Reporter()
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, max_runs=None if allow_large_grid else MAX_RUNS)
     if spec.model.param_count == "non_embedding":  # the grid does not depend on the vocabulary: check it now
         expand(spec, token_dir="", vocab_size=DRY_RUN_VOCAB, dataset_id="", source=str(spec_path))
+    store = RunStore(out_dir, say=reporter.say)
+    _refuse_out_inside_input(spec, out_dir)
+    store.claim()
+    store.refuse_mixed_sweep(spec.name, dataset_id(spec), spec.dataset.model_dump())
     with reporter.stages("dataset") as progress:
-        prepared = prepare_dataset(spec, Path(out_dir), progress=progress)
+        prepared = prepare_dataset(spec, Path(out_dir), progress=progress, say=reporter.say)
+    runs = expand_over(spec, prepared, spec_path) if grid_size(spec) <= MAX_RUNS else None  # cheap when small
+    check_usable(spec, prepared, str(spec_path), runs, say=reporter.say)
     return spec, prepared
+
+
+def _refuse_out_inside_input(spec, out_dir: Path | str) -> None:
+    from medscale.atomic import OutDirError
+
+    if spec.dataset.meds is not None:
+        meds, out = Path(spec.dataset.meds).resolve(), Path(out_dir).resolve()
+        if out == meds or meds in out.parents:
+            raise OutDirError(f"--out {out_dir} is inside the input dataset {spec.dataset.meds}: medscale never "
+                              "writes into its input. Choose a folder outside it.")
 
 
 def expand_over(spec, prepared, source: Path | str) -> list[dict]:
@@ -66,23 +84,30 @@ def expand_over(spec, prepared, source: Path | str) -> list[dict]:
                   dataset_id=prepared.dataset_id, source=str(source))
 
 
-def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | None = None):
+def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | None = None, *,
+               allow_large_grid: bool = False):
     """(spec, runs) for a dry run: prepares nothing unless the run shapes depend on the vocabulary."""
+    from medscale.atomic import CorruptFile, read_json
     from medscale.scaling.dataset import dataset_path
-    from medscale.scaling.spec import dataset_id, expand, load_spec
+    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, grid_size, load_spec
 
     reporter = reporter or Reporter()
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, max_runs=None if allow_large_grid else MAX_RUNS)
+    reporter.say(f"expanding the grid of {spec_path}: {grid_size(spec):,} run(s)")
     ds_id = dataset_id(spec)
     manifest = dataset_path(spec, out_dir) / "tokens" / "manifest.json"
-    if manifest.exists() or spec.model.param_count == "non_embedding":
-        vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else DRY_RUN_VOCAB
-        if not manifest.exists():
+    try:
+        vocab = (read_json(manifest) or {}).get("vocab_size")
+    except CorruptFile:
+        vocab = None
+    if vocab or spec.model.param_count == "non_embedding":
+        if not vocab:
+            vocab = DRY_RUN_VOCAB
             reporter.say(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
         return spec, expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id,
                             source=str(spec_path))
     reporter.say("model.param_count is total: preparing the dataset to know its vocabulary")
-    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter)
+    spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     return spec, expand_over(spec, prepared, spec_path)
 
 
@@ -104,7 +129,15 @@ def measured_efficiency(out_dir: Path | str) -> tuple[float, str]:
     """Median MFU of the finished runs already in the store, else an assumption (said so)."""
     from medscale.scaling.store import RunStore
 
-    mfus = [m["mfu"] for r in RunStore(out_dir).runs() if (m := r.metrics()) and m.get("mfu")]
+    from medscale.atomic import CorruptFile
+
+    def mfu_of(run) -> float | None:
+        try:
+            return (run.metrics() or {}).get("mfu")
+        except CorruptFile:
+            return None
+
+    mfus = [m for r in RunStore(out_dir).runs() if (m := mfu_of(r))]
     if mfus:
         return statistics.median(mfus), f"median MFU of {len(mfus)} finished runs"
     return 0.10, "assumed MFU (no finished runs yet)"
@@ -145,7 +178,10 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     if len(runs) != 1:
         raise UserError(f"{config_path}: the grid expands to {len(runs)} runs; `medscale train` runs one. "
                         f"Use `medscale sweep {config_path}` for a grid.")
-    store = RunStore(out_dir)
+    if spec.resources.hosts > 1:
+        raise UserError(f"{config_path}: resources.hosts is {spec.resources.hosts}: a run of several processes "
+                        f"is started on Ray; use `medscale sweep {config_path}` (it runs this one run as a gang)")
+    store = RunStore(out_dir, say=(reporter or Reporter()).say)
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
     configure_process(cores=n_cpus, host_devices=spec.resources.host_devices or n_cpus,
@@ -168,7 +204,9 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     from medscale.scaling.store import RunStore
 
     reporter = reporter or Reporter()
-    store = RunStore(out_dir)
+    store = RunStore(out_dir, say=reporter.say).claim()
+    if runs:
+        store.refuse_mixed_sweep(spec.name, runs[0]["data"]["dataset_id"], spec.dataset.model_dump())
     write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
     run_dirs = [store.ensure(r) for r in runs]
     if retry_failed:
@@ -178,15 +216,36 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     with reporter.sweep(spec.name) as on_progress:
         results = run_sweep(store, run_dirs, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
                             tpus=spec.resources.tpus, host_devices=spec.resources.host_devices,
-                            retries=spec.retries, address=address, max_concurrent=max_concurrent,
+                            hosts=spec.resources.hosts, retries=spec.retries, address=address, max_concurrent=max_concurrent,
                             on_progress=on_progress)
     mine = results[results["sweep"] == spec.name] if len(results) else results
     counts = mine["status"].value_counts().to_dict() if len(mine) else {}
     reporter.say(f"sweep {spec.name}: {counts}; results in {store.root / 'results.parquet'}")
+    failed = mine.loc[mine["status"] == "failed", "run_id"].tolist() if len(mine) else []
+    if failed:  # the truth, in the exit status: the CLI exits 1
+        errors = [f"  {run_id}: {first_error(store.run_dir(run_id))}" for run_id in failed]
+        raise SweepFailed(f"sweep {spec.name}: {len(failed)} of {len(mine)} runs failed (each after "
+                          f"{spec.retries + 1} attempts):\n" + "\n".join(errors) +
+                          "\nFix the cause, then rerun with --retry-failed; finished runs are kept.", mine)
     if spec.downstream is not None and len(mine):
         run_downstream(store.root, spec.downstream, runs=list(mine.loc[mine["status"] == "done", "run_id"]),
                        reporter=reporter)
     return mine
+
+
+class SweepFailed(RuntimeError):
+    """A sweep ended with failed runs; the message gives the first error of each."""
+
+    def __init__(self, message: str, results: pd.DataFrame):
+        super().__init__(message)
+        self.results = results
+
+
+def first_error(run) -> str:
+    """The first line of the error a failed run recorded last (its last line when it is a traceback)."""
+    error = str(run.status().get("error") or "no error recorded (the worker died?)").strip()
+    lines = error.splitlines()
+    return (lines[-1] if lines and lines[0].startswith("Traceback") else lines[0] if lines else error)[:500]
 
 
 def run_downstream(store_root: Path | str, downstream_spec, runs: list[str] | None = None,

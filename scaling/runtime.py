@@ -98,11 +98,13 @@ def keep_freed_memory() -> bool:
 
 
 def configure_process(*, cores: int | None = None, host_devices: int | None = None,
-                      cache_dir: str | os.PathLike | None = None, platform: str | None = None) -> dict:
+                      cache_dir: str | os.PathLike | None = None, platform: str | None = None,
+                      start_backend: bool = True) -> dict:
     """Pin to `cores` cores and ask XLA for `host_devices` CPU devices. Call before importing jax.
 
     Returns what was set, for the run's record. If jax is already imported the CPU-device count
-    cannot change any more; pinning still applies to threads created later.
+    cannot change any more; pinning still applies to threads created later. `start_backend=False`
+    leaves JAX's backend unstarted (a process of a multi-process job must join it first).
     """
     info: dict = {"malloc_keeps_freed_memory": keep_freed_memory()}
     if cores:
@@ -125,6 +127,8 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         info["compile_cache"] = str(cache_dir)
+    if not start_backend:
+        return info
     info["backend"] = jax.default_backend()
     info["devices"] = jax.device_count()
     return info

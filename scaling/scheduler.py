@@ -5,9 +5,15 @@ So a relaunch after a crash recomputes the same run ids, skips finished runs, re
 and waits for runs another live launch holds. Ray retries a task whose worker or node died
 (`max_retries`); the retry resumes from the run's last checkpoint. A run that fails in our own code
 is retried by this loop up to the spec's `retries`.
+
+A run with `hosts` > 1 is a gang of processes instead (scaling/gang.py: a placement group, one actor
+per process), driven from this loop too: its processes' refs are waited on like tasks, and a gang
+one of whose processes died is torn down and restarted from the last checkpoint. A run stopped by
+SIGTERM ("preempted", checkpoint saved) goes back in the queue without counting as a failure.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -17,6 +23,7 @@ from typing import Callable
 
 import pandas as pd
 
+from medscale.scaling.gang import GangRun
 from medscale.scaling.runtime import malloc_env
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
 
@@ -77,25 +84,68 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.update(malloc_env())  # local workers inherit it; cluster tasks get it in run_sweep
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
+    with keeping_signal_handlers():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return False
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
     return True
 
 
+@contextlib.contextmanager
+def keeping_signal_handlers():
+    """ray.init replaces the driver's SIGTERM handler (in Python, then natively in its core worker, which
+    dumps a stack and aborts); put the caller's handlers back afterwards, so that SIGTERM and SIGINT
+    unwind as the caller chose (leases released, Ray shut down, a hint that a rerun resumes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def refuse_infeasible(cpus: int, gpus: float, tpus: int) -> None:
+    """Refuse (UserError, exit 2) a run size no live node of the cluster can hold: Ray would keep such
+    a task pending forever. (An autoscaling cluster's future nodes are not seen: start them first.)"""
+    import ray
+
+    from medscale.scaling.errors import UserError
+
+    need = {"CPU": cpus, "GPU": gpus, "TPU": tpus}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
+    asked = ", ".join(f"{k.lower()}s: {v:g}" for k, v in need.items() if v)
+    offer = ", ".join(f"{k.lower()}s: {v:g}" for k, v in largest.items())
+    raise UserError(f"resources: each run asks for {asked}, but no node of the Ray cluster ({len(nodes)} node(s)) "
+                    f"offers that (the largest offer {offer}). Lower resources in the spec, or add such a node.")
+
+
 def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: float = 0, tpus: int = 0,
-              host_devices: int | None = None, retries: int = 2, address: str | None = None,
+              host_devices: int | None = None, hosts: int = 1, retries: int = 2, address: str | None = None,
               max_concurrent: int | None = None, on_progress: Callable[[SweepProgress], None] | None = None,
               stale_after: float = STALE_AFTER_S, ray_max_retries: int = 3) -> pd.DataFrame:
-    """Run every run in `run_dirs` not yet finished; returns the results table."""
+    """Run every run in `run_dirs` not yet finished; returns the results table.
+
+    cpus, gpus, tpus and host_devices are per process; a run is `hosts` processes (one per host)."""
     import ray
 
     started_here = _init_ray(address, None)
+    inflight: dict = {}  # ref -> (run, its GangRun or None for a one-process task)
     try:
+        refuse_infeasible(cpus, gpus, tpus)
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-        limit = max_concurrent or max(1, cluster_cpus // max(1, cpus))
+        limit = max_concurrent or max(1, cluster_cpus // max(1, cpus * hosts))
         resources = {"TPU": tpus} if tpus else None
         # a worker's malloc settings must be in place when its process starts (scaling/runtime.py)
         runtime_env = {"env_vars": malloc_env()} if address else None
@@ -119,11 +169,13 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
                 progress.failed += 1
             else:
                 queue.append(run)
-        inflight: dict = {}
         held_elsewhere: list[RunDir] = []
 
+        def n_running() -> int:  # a gang is one run however many refs it has
+            return len({run.run_id for run, _ in inflight.values()})
+
         def report() -> None:
-            progress.running = len(inflight) + len(held_elsewhere)
+            progress.running = n_running() + len(held_elsewhere)
             if on_progress:
                 on_progress(progress)
 
@@ -135,6 +187,9 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
                 progress.diverged += 1
             elif state == "leased":
                 held_elsewhere.append(run)
+                return
+            elif state == "preempted":  # checkpoint saved on SIGTERM: resume it, not a failure
+                queue.append(run)
                 return
             else:
                 status = run.status()
@@ -148,18 +203,37 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
 
         report()
         while queue or inflight or held_elsewhere:
-            while queue and len(inflight) < limit:
+            while queue and n_running() < limit:
                 run = queue.popleft()
                 if run.state() in FINAL_STATES:
                     continue
-                ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after,
-                                  bool(gpus or tpus))
-                inflight[ref] = run
+                if hosts > 1:
+                    gang = GangRun(run, hosts=hosts, cpus=cpus, gpus=gpus, tpus=tpus, host_devices=host_devices,
+                                   cache_dir=cache_dir, stale_after=stale_after, restarts=ray_max_retries,
+                                   runtime_env=runtime_env)
+                    inflight.update({ref: (run, gang) for ref in gang.refs})
+                else:
+                    ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after,
+                                      bool(gpus or tpus))
+                    inflight[ref] = (run, None)
             report()
             if inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    run = inflight.pop(ref)
+                    if ref not in inflight:
+                        continue  # a gang's ref dropped when the gang ended or restarted
+                    run, gang = inflight.pop(ref)
+                    if gang is not None:
+                        state = gang.resolve(ref)
+                        for old in [r for r, (_, g) in inflight.items() if g is gang and r not in gang.refs]:
+                            del inflight[old]  # refs of a torn-down attempt
+                        if state is None:
+                            inflight.update({r: (run, gang) for r in gang.refs if r not in gang.results})
+                            continue
+                        for r in gang.refs:
+                            inflight.pop(r, None)
+                        finish(run, state)
+                        continue
                     try:
                         state = ray.get(ref)
                     except Exception:  # failure already recorded by the task, or the worker died
@@ -178,5 +252,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         report()
         return store.write_results()
     finally:
+        for gang in {id(g): g for _, g in inflight.values() if g is not None}.values():
+            gang.teardown()  # interrupted: leave no processes or reserved bundles behind
         if started_here:
             ray.shutdown()

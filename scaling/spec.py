@@ -20,12 +20,14 @@ and expansion into resolved run configs (each of which hashes to its run folder)
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from medscale.analysis.conventions import tokens_for_compute
 from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
@@ -35,6 +37,8 @@ from medscale.scaling.store import config_hash
 from medscale.scaling.train import steps_for_tokens
 
 MIN_STEPS = 10
+MAX_RUNS = 2000  # a grid larger than this needs max_runs=None (`--allow-large-grid`); MEDSCALE_MAX_RUNS overrides
+SHOWN_CHARS = 120  # a rejected value is shown up to this many characters
 _SUFFIX = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "b": 1e9, "B": 1e9, "g": 1e9, "G": 1e9, "t": 1e12, "T": 1e12}
 
 
@@ -62,24 +66,94 @@ def parse_quantity(value: Any) -> float:
 Quantity = float
 
 
+def _real(value: Any) -> Any:
+    """A real number: int or float (YAML reads `3e-3` as a string, so numeric strings too), never a bool."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {shorten(repr(value))}") from None
+    return value
+
+
+# YAML `true` must not become 1, nor `16.5` a batch of 16: integers are strict, reals take numbers only
+Int = Annotated[int, Strict()]
+Real = Annotated[float, BeforeValidator(_real)]
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class SimulatorSpec(_Strict):
-    subjects: int = Field(gt=0)
-    seed: int = 0
+    subjects: Int = Field(gt=0)
+    seed: Int = 0
 
 
 class TokenizerSpec(_Strict):
-    min_count: int = Field(5, ge=1)
-    value_bins: int = Field(10, ge=1, le=100)
+    """`dataset.tokenizer`: how events become tokens (data/tokenizer.py). Part of the dataset's identity.
+
+    Keys added after the first release (NEWER_KEYS) enter the identity only when set to something other
+    than their default, so a spec written before them keeps its dataset hash (and its prepared folder).
+    """
+    min_count: Int = Field(5, ge=1)
+    value_bins: Union[Int, Literal["none"]] = Field(10, description="quantile bins per numeric code; none/0: no value tokens")
+    time_scheme: Literal["bins", "interval"] = "bins"
+    values: Literal["separate", "fused"] = "separate"
+    demographics: bool = True
+
+    NEWER_KEYS: ClassVar[tuple[str, ...]] = ("time_scheme", "values", "demographics")
+
+    @field_validator("value_bins")
+    @classmethod
+    def _bins(cls, v):
+        v = 0 if v == "none" else v
+        if not 0 <= v <= 100:
+            raise ValueError(f"value_bins must be 1..100, or none (0) for no value tokens, got {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _identity_dump(self, handler):
+        dumped = handler(self)
+        for key in self.NEWER_KEYS:
+            if key in dumped and dumped[key] == type(self).model_fields[key].default:
+                del dumped[key]
+        return dumped
+
+    def to_config(self):
+        from medscale.data.tokenizer import TokenizerConfig
+
+        return TokenizerConfig(min_count=self.min_count, n_value_bins=self.value_bins, time_scheme=self.time_scheme,
+                               value_scheme=self.values, demographics=self.demographics)
 
 
 class DatasetSpec(_Strict):
     simulator: SimulatorSpec | None = None
     meds: str | None = None
     tokenizer: TokenizerSpec = TokenizerSpec()
+    # Share of the train subjects a run draws its windows from (a fixed random subset, nested across
+    # fractions); a list makes it a sweep axis, to measure repeated data. Not part of the prepared dataset:
+    # every fraction trains on the same tokens and tokenizer, so vocabularies and shapes stay comparable.
+    train_fraction: Union[float, list[float]] = 1.0
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _fractions(cls, v):
+        values = v if isinstance(v, list) else [v]
+        if not values or any(not 0 < f <= 1 for f in values):
+            raise ValueError(f"every train_fraction must be in (0, 1], got {v}")
+        if isinstance(v, list) and len(set(values)) != len(values):
+            raise ValueError(f"train_fraction lists a value twice: {v}")
+        return v
+
+    def fractions(self) -> list[float]:
+        return list(self.train_fraction) if isinstance(self.train_fraction, list) else [self.train_fraction]
 
     @model_validator(mode="after")
     def one_source(self) -> "DatasetSpec":
@@ -88,19 +162,19 @@ class DatasetSpec(_Strict):
         return self
 
     def identity(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude={"train_fraction"})
 
 
 class ExplicitShape(_Strict):
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int | None = None
+    d_model: Int
+    n_layers: Int
+    n_heads: Int
+    d_ff: Int | None = None
 
 
 class ModelSpec(_Strict):
-    seq_len: int = Field(128, gt=1)
-    max_len: int | None = None
+    seq_len: Int = Field(128, gt=1)
+    max_len: Int | None = None
     # Which parameters N counts, for grid sizes, IsoFLOP tokens (D = C / 6N) and the fits. Kaplan counts
     # non-embedding parameters; at small scale, where embeddings and the output head are much of the model,
     # counting them (as Chinchilla does) matches compute better (Pearce & Song 2024).
@@ -146,17 +220,17 @@ class IsoFlopGrid(_Strict):
 
 
 class OptimizerSpec(_Strict):
-    batch_size: int = Field(16, gt=0)
-    lr: float = Field(3e-3, gt=0, lt=1)
+    batch_size: Int = Field(16, gt=0)
+    lr: Real = Field(3e-3, gt=0, lt=1)
     lr_scaling: Literal["constant", "inverse_width"] = "inverse_width"
-    base_width: int = Field(128, gt=0)
-    lr_multipliers: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0)
-    b1: float = Field(0.9, ge=0, lt=1)
-    b2: float = Field(0.95, ge=0, lt=1)
-    clip: float = Field(1.0, gt=0)
+    base_width: Int = Field(128, gt=0)
+    lr_multipliers: list[Real] = Field(default_factory=lambda: [1.0], min_length=1)
+    warmup_fraction: Real = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: Real = Field(0.1, ge=0, le=1)
+    weight_decay: Real = Field(0.1, ge=0)
+    b1: Real = Field(0.9, ge=0, lt=1)
+    b2: Real = Field(0.95, ge=0, lt=1)
+    clip: Real = Field(1.0, gt=0)
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -171,20 +245,23 @@ class OptimizerSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    cpus: int = Field(1, ge=1)
-    gpus: float = Field(0, ge=0)
-    tpus: int = Field(0, ge=0)
-    host_devices: int | None = Field(None, ge=1, description="CPU only: XLA host devices per run (default: cpus)")
+    cpus: Int = Field(1, ge=1)
+    gpus: Real = Field(0, ge=0)
+    tpus: Int = Field(0, ge=0)
+    host_devices: Int | None = Field(None, ge=1, description="CPU only: XLA host devices per run (default: cpus)")
+    hosts: Int = Field(1, ge=1, description="processes (hosts) per run; cpus/gpus/tpus/host_devices are per host")
 
 
 class EvalSpec(_Strict):
-    n_evals: int = Field(8, ge=1)
-    batches: int = Field(4, ge=1)
+    n_evals: Int = Field(8, ge=1)
+    batches: Int = Field(4, ge=1)
     split: Literal["tuning", "held_out"] = "tuning"
 
 
 class CheckpointSpec(_Strict):
-    every_steps: int = Field(100, ge=1)
+    every_steps: Int = Field(100, ge=1)
+    every_minutes: Real | None = Field(None, gt=0, description="also checkpoint after this much training time")
+    grace_seconds: Real = Field(25.0, gt=0, description="after SIGTERM, checkpoint and exit within this time")
 
 
 class SweepSpec(_Strict):
@@ -193,13 +270,13 @@ class SweepSpec(_Strict):
     dataset: DatasetSpec
     model: ModelSpec = ModelSpec()
     grid: Union[LadderGrid, IsoFlopGrid] = Field(discriminator="mode")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1)
     optimizer: OptimizerSpec = OptimizerSpec()
     resources: ResourcesSpec = ResourcesSpec()
     eval: EvalSpec = EvalSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
-    retries: int = Field(2, ge=0, le=20)
-    mask_prob: float = Field(0.15, gt=0, lt=1)
+    retries: Int = Field(2, ge=0, le=20)
+    mask_prob: Real = Field(0.15, gt=0, lt=1)
     downstream: DownstreamSpec | None = None  # tasks evaluated on every finished run of this sweep
 
 
@@ -213,22 +290,107 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key (check its spelling and the allowed keys in experiments/README.md)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        shown = "" if e["type"] == "missing" else f" (got {got!r})" if not isinstance(got, dict) else ""
-        lines.append(f"  - {loc or '<top>'}: {msg}{shown}")
+        shown = "" if e["type"] == "missing" else f" (got {shorten(repr(got))})" if not isinstance(got, dict) else ""
+        lines.append(f"  - {loc or '<top>'}: {shorten(msg, 4 * SHOWN_CHARS)}{shown}")
+        if len(lines) > 20:
+            lines.append(f"  ... and {err.error_count() - 20} more")
+            break
     return "\n".join(lines)
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: no such sweep spec file")
+class SpecLoader(yaml.SafeLoader):
+    """Safe YAML that refuses what silently changes a spec or blows up: a repeated key (the last would
+    win) and aliases (`*name`) that expand to more than MAX_ALIAS_NODES values (a few lines of nested
+    aliases expand to billions, the "billion laughs"). Ordinary anchors and aliases, as yaml.dump
+    writes them for shared values, load as usual."""
+
+    MAX_ALIAS_NODES = 10_000
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self.anchors:
+                self._expanded = getattr(self, "_expanded", 0) + self._size(self.anchors[event.anchor])
+                if self._expanded > self.MAX_ALIAS_NODES:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"aliases (*name) expand to more than {self.MAX_ALIAS_NODES:,} values "
+                        "(nested aliases, a 'billion laughs'?): write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def _size(self, node) -> int:
+        """Values in a composed node, aliases counted as often as they are used (memoised per node)."""
+        sizes = self.__dict__.setdefault("_sizes", {})
+        if id(node) not in sizes:
+            if isinstance(node, yaml.SequenceNode):
+                sizes[id(node)] = 1 + sum(self._size(child) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                sizes[id(node)] = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            else:
+                sizes[id(node)] = 1
+        return sizes[id(node)]
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shorten(repr(key))} appears twice (first at line {first + 1}); "
+                    "keep one (YAML would silently use the last)", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, what: str = "spec") -> Any:
+    """Parse a YAML file with SpecLoader; every problem is a SpecError naming the file and line."""
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder: give the {what} YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file: give the {what} YAML file") from None
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    return parse_spec(raw, source=str(path), base_dir=path.parent)
+        raise SpecError(f"{path}: not valid YAML{where}: {shorten(str(getattr(err, 'problem', err)), 400)}") from None
+
+
+def load_spec(path: str | Path, *, max_runs: int | None = MAX_RUNS) -> SweepSpec:
+    """Read and validate a sweep spec. A relative `dataset.meds` is relative to the spec file's folder.
+    A grid of more than `max_runs` runs is refused (None: no limit)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such sweep spec file")
+    spec = parse_spec(read_yaml(path), source=str(path), base_dir=path.parent)
+    check_grid_size(spec, max_runs, str(path))
+    return spec
+
+
+def grid_size(spec: "SweepSpec") -> int:
+    """How many runs the grid expands to (counted, not expanded)."""
+    grid = spec.grid
+    budgets = grid.tokens if isinstance(grid, LadderGrid) else grid.compute
+    return len(grid.params) * len(budgets) * len(spec.seeds) * len(spec.optimizer.lr_multipliers)
+
+
+def check_grid_size(spec: "SweepSpec", max_runs: int | None, source: str) -> None:
+    if max_runs is None:
+        return
+    max_runs = int(os.environ.get("MEDSCALE_MAX_RUNS", max_runs))
+    n = grid_size(spec)
+    if n > max_runs:
+        grid = spec.grid
+        budgets = ("tokens", grid.tokens) if isinstance(grid, LadderGrid) else ("compute", grid.compute)
+        raise SpecError(
+            f"{source}: the grid expands to {n:,} runs (grid.params {len(grid.params)} x grid.{budgets[0]} "
+            f"{len(budgets[1])} x seeds {len(spec.seeds)} x optimizer.lr_multipliers "
+            f"{len(spec.optimizer.lr_multipliers)}), more than {max_runs:,}. If that is intended, pass "
+            "--allow-large-grid; otherwise check the lists for a mistake.")
 
 
 def parse_spec(raw: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> SweepSpec:
@@ -240,12 +402,15 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base_dir: Path | None = None
     except ValidationError as err:
         raise SpecError(_format_error(source, err)) from None
     if spec.dataset.meds is not None:
+        # one meaning wherever it is launched from: relative to the spec file (to the working
+        # directory only for a spec given as a dict without base_dir)
         meds = Path(spec.dataset.meds).expanduser()
-        if not meds.is_absolute() and base_dir is not None and not meds.exists():
-            meds = (base_dir / meds)
+        if not meds.is_absolute():
+            meds = (base_dir if base_dir is not None else Path.cwd()) / meds
         if not meds.exists():
-            raise SpecError(f"{source}: dataset.meds: {spec.dataset.meds!r} does not exist; "
-                            "give the root folder of a MEDS dataset (holding data/ and metadata/)")
+            raise SpecError(f"{source}: dataset.meds: {shorten(repr(spec.dataset.meds))} does not exist (a relative path "
+                            f"is relative to the spec's folder: {meds}); give the root folder of a MEDS dataset "
+                            "(holding data/ and metadata/)")
         spec.dataset.meds = str(meds.resolve())
     return spec
 
@@ -273,19 +438,20 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
            source: str = "<spec>") -> list[dict]:
     """Every run of the sweep as a resolved config, in grid order. Raises SpecError before any compute."""
     B, L = spec.optimizer.batch_size, spec.model.seq_len
-    points: list[tuple[ModelConfig, float, float | None]] = []  # (shape, tokens, budget)
+    # (shape, tokens, budget, where): `where` is (params index, budget index), to blame a duplicate run
+    points: list[tuple[ModelConfig, float, float | None, tuple[int, int]]] = []
     if isinstance(spec.grid, LadderGrid):
         for i, p in enumerate(spec.grid.params):
             cfg = _shape(spec, p, vocab_size, source, f"grid.params[{i}]")
-            points += [(cfg, t, None) for t in spec.grid.tokens]
+            points += [(cfg, t, None, (i, j)) for j, t in enumerate(spec.grid.tokens)]
     else:
-        for c in spec.grid.compute:
+        for j, c in enumerate(spec.grid.compute):
             for i, p in enumerate(spec.grid.params):
                 cfg = _shape(spec, p, vocab_size, source, f"grid.params[{i}]")
                 tokens = tokens_for_compute(c, counted_params(cfg, spec.model.param_count))
-                points.append((cfg, tokens, c))
-    runs = []
-    for cfg, tokens, budget in points:
+                points.append((cfg, tokens, c, (i, j)))
+    runs, origins = [], []
+    for cfg, tokens, budget, (i, j) in points:
         steps = steps_for_tokens(int(tokens), B, L)
         if steps < MIN_STEPS:
             what = f"compute {budget:.3g}" if budget else f"tokens {tokens:.3g}"
@@ -293,40 +459,67 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 f"{source}: grid: {what} with {counted_params(cfg, spec.model.param_count):,} params gives only {steps} "
                 f"optimizer steps of {B}x{L} tokens (at least {MIN_STEPS} needed); raise the budget, "
                 "use smaller models, or lower optimizer.batch_size / model.seq_len")
-        for seed in spec.seeds:
-            for mult in spec.optimizer.lr_multipliers:
-                opt = spec.optimizer
-                runs.append({
-                    "sweep": spec.name,
-                    "objective": spec.objective,
-                    "budget": budget,
-                    "model": cfg.to_dict(),
-                    "param_count": spec.model.param_count,
-                    "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
-                             "batch_size": B, "mask_prob": spec.mask_prob},
-                    "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
-                              "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
-                              "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
-                              "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
-                              "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
-                    "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
-                    "checkpoint": {"every_steps": spec.checkpoint.every_steps},
-                })
-    seen: dict[str, dict] = {}
-    for r in runs:
-        other = seen.setdefault(config_hash(r), r)
-        if other is not r:
-            m = r["model"]
-            raise SpecError(
-                f"{source}: grid.params: two entries give the same model (d_model {m['d_model']}, {m['n_layers']} "
-                f"layers, {m['n_heads']} heads) at the same tokens: shapes come in steps at small sizes; "
-                "space the sizes further apart (e.g. by 2x or more) or give explicit shapes")
+        for k, seed in enumerate(spec.seeds):
+            for m, mult in enumerate(spec.optimizer.lr_multipliers):
+                for fraction in spec.dataset.fractions():
+                    opt = spec.optimizer
+                    origins.append((i, j, k, m))
+                    runs.append({
+                        "sweep": spec.name,
+                        "objective": spec.objective,
+                        "budget": budget,
+                        "model": cfg.to_dict(),
+                        "param_count": spec.model.param_count,
+                        "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
+                                 "batch_size": B, "mask_prob": spec.mask_prob,
+                                 # absent at 1.0, so runs on all the data keep their ids
+                                 **({"train_fraction": fraction} if fraction < 1.0 else {})},
+                        "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
+                                  "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
+                                  "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
+                                  "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
+                                  "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
+                        "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
+                        "checkpoint": spec.checkpoint.model_dump(exclude_none=True),
+                    })
+    seen: dict[str, int] = {}
+    for n, r in enumerate(runs):
+        first = seen.setdefault(config_hash(r), n)
+        if first != n:
+            raise SpecError(_duplicate_message(spec, runs[n], origins[first], origins[n], source))
     return runs
 
 
+def _duplicate_message(spec: SweepSpec, run: dict, a: tuple, b: tuple, source: str) -> str:
+    """Two grid points give one run: blame the list whose entries collide (the first index that differs)."""
+    budget_key = "grid.tokens" if isinstance(spec.grid, LadderGrid) else "grid.compute"
+    budgets = spec.grid.tokens if isinstance(spec.grid, LadderGrid) else spec.grid.compute
+    m, t = run["model"], run["train"]
+    if a[2] != b[2]:
+        return (f"{source}: seeds: seed {spec.seeds[b[2]]} is listed twice (items [{a[2]}] and [{b[2]}]); "
+                "each seed gives one run, so list each once")
+    if a[3] != b[3]:
+        return (f"{source}: optimizer.lr_multipliers: items [{a[3]}] and [{b[3]}] are the same "
+                f"({spec.optimizer.lr_multipliers[b[3]]}); list each multiplier once")
+    if a[0] == b[0]:
+        return (f"{source}: {budget_key}: items [{a[1]}] and [{b[1]}] ({budgets[a[1]]:.4g} and {budgets[b[1]]:.4g}) "
+                f"give the same run ({t['steps']} steps of {run['data']['batch_size']}x{run['data']['seq_len']} "
+                f"tokens for the model of grid.params[{a[0]}]); remove one or space them further apart")
+    return (f"{source}: grid.params: two entries give the same model (items [{a[0]}] and [{b[0]}]: d_model "
+            f"{m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads) at the same tokens: shapes come in steps at small "
+            "sizes; space the sizes further apart (e.g. by 2x or more) or give explicit shapes")
+
+
 def dataset_id(spec: SweepSpec) -> str:
-    """The hash of the fields that define a prepared dataset (its folder is `<kind>-<dataset_id>`)."""
-    return identity_hash({"dataset": spec.dataset.identity(), "format": 1})
+    """The hash of the fields that define a prepared dataset (its folder is `<kind>-<dataset_id>`): the
+    dataset section of the spec and, for a MEDS path, a fingerprint of what is there now (file sizes,
+    modification times, parquet footers), so data replaced at the same path is a new dataset."""
+    fields: dict[str, Any] = {"dataset": spec.dataset.identity(), "format": 1}
+    if spec.dataset.meds is not None:
+        from medscale.data.meds import meds_fingerprint
+
+        fields["input"] = meds_fingerprint(spec.dataset.meds)
+    return identity_hash(fields)
 
 
 def dataset_kind(spec: SweepSpec) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from medscale.atomic import read_json, write_json
+from medscale.atomic import naming, read_json, write_json
 
 HASH_LENGTH = 12
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -148,15 +148,17 @@ class StepDir:
     def history(self) -> list[dict]:
         """Every complete status line, oldest first."""
         try:
-            text = self.history_path.read_text()
+            text = self.history_path.read_bytes()
         except FileNotFoundError:
             return self._legacy_history()
+        except IsADirectoryError:
+            return []
         out = []
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line from a writer killed mid-append
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a torn line from a writer killed mid-append, or damage
             if isinstance(entry, dict) and entry.get("state") in self.STATES:
                 out.append(entry)
         return out
@@ -165,7 +167,7 @@ class StepDir:
         """Stores written before the status history kept one `status.json`; read it as one entry."""
         try:
             body = read_json(self.path / "status.json")
-        except ValueError:
+        except (ValueError, IsADirectoryError):
             return []
         return [body] if isinstance(body, dict) and body.get("state") in self.STATES else []
 
@@ -187,10 +189,11 @@ class StepDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if self._torn_tail():
-                os.write(fd, b"\n")  # end a torn line so this entry parses
-            os.write(fd, line)
-            os.fsync(fd)
+            with naming(self.history_path):
+                if self._torn_tail():
+                    os.write(fd, b"\n")  # end a torn line so this entry parses
+                os.write(fd, line)
+                os.fsync(fd)
         finally:
             os.close(fd)
         return self.status()

@@ -20,29 +20,37 @@ reaches such a run renames its folder to the prefixed name and carries on from i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import yaml
 
-from medscale.atomic import read_json, write_with, write_yaml
+from medscale.atomic import CorruptFile, claim_dir, read_json, write_with, write_yaml
+from medscale.scaling.errors import UserError
 from medscale.scaling.steps import LeaseHeld, StepDir, identity_hash, pick
 
 __all__ = ["FINAL_STATES", "LeaseHeld", "RunDir", "RunStore", "STATES", "config_hash", "run_id"]
 
-STATES = ("pending", "running", "done", "failed", "diverged")
+# "preempted": stopped on SIGTERM after saving a checkpoint; resumable, like "running" with a dead lease
+STATES = ("pending", "running", "done", "failed", "diverged", "preempted")
 FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
 RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint")
-DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob")
+DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_fraction")  # fraction: only when < 1
+# Of `checkpoint`, only the key hashed since the first stores (so their run ids stay); when to checkpoint
+# by the clock or on SIGTERM (every_minutes, grace_seconds) never changes what a run computes.
+CHECKPOINT_IDENTITY = ("every_steps",)
 
 
 def run_identity(config: dict) -> dict:
     fields = pick(config, RUN_IDENTITY)
     if "data" in fields:
         fields["data"] = pick(fields["data"], DATA_IDENTITY)
+    if isinstance(fields.get("checkpoint"), dict):
+        fields["checkpoint"] = pick(fields["checkpoint"], CHECKPOINT_IDENTITY)
     return fields
 
 
@@ -83,18 +91,87 @@ class RunDir(StepDir):
         return self.path / "ckpt"
 
     def config(self) -> dict:
-        return yaml.safe_load(self.config_path.read_text())
+        """The run's config; CorruptFile when it is torn or not a run config."""
+        try:
+            body = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as err:
+            raise CorruptFile(self.config_path, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise CorruptFile(self.config_path, "not a text file") from None
+        if not isinstance(body, dict) or not {"model", "train", "data"} <= set(body):
+            raise CorruptFile(self.config_path, "not a run config (torn or overwritten)")
+        return body
 
     def metrics(self) -> dict | None:
-        return read_json(self.metrics_path)
+        """Final metrics, None before the run is done; CorruptFile when the file is damaged."""
+        body = read_json(self.metrics_path)
+        if body is not None and not isinstance(body, dict):
+            raise CorruptFile(self.metrics_path, "not a metrics object")
+        return body
+
+    def curve(self) -> list[dict]:
+        """The recorded held-out curve, [] when there is none or it cannot be read (it is then rebuilt
+        from the next evaluations on)."""
+        try:
+            return pd.read_csv(self.curve_path).to_dict("records") if self.curve_path.exists() else []
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return []
+
+    def repair(self, config: dict, say: Callable[[str], None]) -> None:
+        """Make a crash's leftovers readable: a damaged config is rewritten from the spec's (it is derived);
+        damaged metrics of a finished run are set aside and the run resumed from its last checkpoint,
+        which recomputes them."""
+        try:
+            self.config()
+        except (CorruptFile, FileNotFoundError) as err:
+            if self.config_path.exists() or self.config_path.is_symlink():
+                say(f"run {self.run_id}: {err}; rewritten from the spec")
+            if self.config_path.is_dir():
+                os.replace(self.config_path, self.path / "config.yaml.corrupt")
+            write_yaml(self.config_path, config)
+        try:
+            self.metrics()
+        except CorruptFile as err:
+            os.replace(self.metrics_path, self.metrics_path.with_name("metrics.json.corrupt"))
+            if self.state() in ("done", "diverged"):
+                say(f"run {self.run_id}: {err}; resuming the run from its last checkpoint to recompute it")
+                self.set_status("pending", error=f"{err}; recomputed from the last checkpoint")
 
 
 class RunStore:
     """All runs of a sweep (or of any set of launches) under one root."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, say: Callable[[str], None] | None = None):
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
+        self.say = say or (lambda message: print(message, file=sys.stderr))
+
+    def claim(self) -> "RunStore":
+        """Make the root a run store (or refuse: OutDirError) before writing anything into it."""
+        claim_dir(self.root, "store", adopt=lambda p: (p / "runs").is_dir() or (p / "datasets").is_dir())
+        return self
+
+    def refuse_mixed_sweep(self, name: str, dataset_id: str, dataset: dict) -> None:
+        """One sweep name, one dataset: refuse a spec whose dataset (its content or its tokenizer) differs
+        from that of the runs of the same sweep name already here, naming both."""
+        for run in self.runs():
+            try:
+                cfg = run.config()
+            except (CorruptFile, OSError):
+                continue
+            theirs = cfg.get("data", {}).get("dataset_id")
+            if cfg.get("sweep") != name or not theirs or theirs == dataset_id:
+                continue
+            before = self.root / "sweeps" / f"{name}.yaml"
+            try:
+                old = (yaml.safe_load(before.read_text()) or {}).get("dataset") if before.exists() else None
+            except yaml.YAMLError:
+                old = None
+            raise UserError(
+                f"{self.root} already holds runs of sweep {name!r} over dataset {theirs} "
+                f"({_describe(old) if old else cfg['data'].get('token_dir')}); this spec's dataset is {dataset_id} "
+                f"({_describe(dataset)}). The data at that path or the tokenizer settings changed. Pooling both "
+                "would fit one law to two datasets: use another --out, or rename the sweep (name:).")
 
     def run_dir(self, run_id: str) -> RunDir:
         return RunDir(self.runs_dir / run_id)
@@ -106,8 +183,7 @@ class RunStore:
         if not run.path.exists() and legacy.path.is_dir() and not legacy.lease_is_live(60.0):
             os.rename(legacy.path, run.path)  # a store from before the kind prefix: adopt its run
         run.path.mkdir(parents=True, exist_ok=True)
-        if not run.config_path.exists():
-            write_yaml(run.config_path, config)
+        run.repair(config, self.say)
         if not run.history():
             run.set_status("pending", attempts=0)
         return run
@@ -123,8 +199,16 @@ class RunStore:
             status = run.status()
             row: dict[str, Any] = {"run_id": run.run_id, "status": status["state"],
                                    "attempts": status.get("attempts", 0)}
-            row.update(flatten_run_config(run.config()))
-            row.update(run.metrics() or {})
+            try:
+                row.update(flatten_run_config(run.config()))
+            except (CorruptFile, KeyError, TypeError) as err:
+                self.say(f"skipping run {run.run_id}: {err} (a rerun of its sweep rewrites it)")
+                continue
+            try:
+                row.update(run.metrics() or {})
+            except CorruptFile as err:
+                self.say(f"run {run.run_id}: {err}; left out of the fits (a rerun of its sweep recomputes it)")
+                row["status"] = "damaged"
             if status["state"] == "diverged":
                 row["diverged_step"] = status.get("diverged_step")
             rows.append(row)
@@ -133,8 +217,9 @@ class RunStore:
     def curves_frame(self) -> pd.DataFrame:
         frames = []
         for run in self.runs():
-            if run.curve_path.exists():
-                df = pd.read_csv(run.curve_path)
+            records = run.curve()
+            if records:
+                df = pd.DataFrame(records)
                 df.insert(0, "run_id", run.run_id)
                 frames.append(df)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -149,6 +234,11 @@ class RunStore:
         return df
 
 
+def _describe(dataset: dict) -> str:
+    source = dataset.get("meds") or f"simulator {dataset.get('simulator')}"
+    return f"{source}, tokenizer {dataset.get('tokenizer')}"
+
+
 def flatten_run_config(config: dict) -> dict:
     """The columns of a run's config that the results table and analysis need."""
     model, train = config["model"], config["train"]
@@ -160,4 +250,5 @@ def flatten_run_config(config: dict) -> dict:
         "d_ff": model["d_ff"], "vocab_size": model["vocab_size"],
         "seq_len": config["data"]["seq_len"], "batch_size": config["data"]["batch_size"],
         "lr": train["lr"], "seed": train["seed"], "target_tokens": train["tokens"],
+        "train_fraction": config["data"].get("train_fraction", 1.0),
     }

@@ -7,10 +7,18 @@ exact resume, held-out loss at intervals, NaN/inf -> `diverged` with the step.
 Exact resume rests on three facts: the batch for step s depends only on (seed, s); the state
 (params, optimizer, step) is checkpointed whole; the same program is compiled on restart. So a
 run killed at any point and resumed ends with the same loss as one never interrupted.
+
+A run may be one process or a gang of several (scaling/gang.py), one per host: each feeds only the
+batch rows its devices hold, process 0 alone takes the lease and writes status, curve and metrics,
+and every process takes part in saving and restoring checkpoints. Checkpoints are taken every
+`checkpoint.every_steps` steps, every `checkpoint.every_minutes` minutes of training, and on SIGTERM
+(scaling/preemption.py), after which the run stops with the resumable state "preempted".
 """
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -20,9 +28,19 @@ import pandas as pd
 
 from medscale.atomic import write_json, write_with
 from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
+from medscale.scaling.preemption import DEFAULT_GRACE_S, PreemptionGuard
 from medscale.scaling.store import LeaseHeld, RunDir
+from medscale.scaling.tracking import RunTracker
 
 OBJECTIVE_TO_LOADER = {"decoder": "next_event", "encoder": "masked_event"}
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; the run saved a checkpoint at `step` and stopped."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}")
+        self.step = step
 
 
 class Diverged(RuntimeError):
@@ -58,6 +76,27 @@ def _checkpoint_manager(path: Path):
     return ocp.CheckpointManager(path.absolute(), options=options)
 
 
+def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], None]):
+    """(state, step) from the newest checkpoint that restores. One that does not (torn, corrupted) is
+    moved aside to `<run>/ckpt-damaged/<step>` with a message, and the one before it is tried.
+    (None, None) when none restores: the run starts again from step 0."""
+    import orbax.checkpoint as ocp
+
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), int(step)
+        except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+            aside = ckpt_dir.parent / "ckpt-damaged" / str(step)
+            why = (str(err).strip().splitlines() or [""])[0][:160]
+            log(f"checkpoint at step {step} cannot be restored ({type(err).__name__}: {why}); "
+                f"moved to {aside}, trying the one before")
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(ckpt_dir / str(step), aside)
+            mngr.reload()
+    return None, None
+
+
 def _held_out_loss(eval_step, state, batches, place) -> float:
     loss_sum, weight_sum = 0.0, 0.0
     outs = [eval_step(state, place(b)) for b in batches]
@@ -68,15 +107,18 @@ def _held_out_loss(eval_step, state, batches, place) -> float:
 
 
 def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
-              process_started: float | None = None) -> dict:
-    """Train (or resume) the run in `run`'s folder to its token budget; returns its final metrics."""
+              process_started: float | None = None, preemption: PreemptionGuard | None = None) -> dict:
+    """Train (or resume) the run in `run`'s folder to its token budget; returns its final metrics.
+
+    Raises Preempted once `preemption` saw SIGTERM and the checkpoint is saved."""
     import jax
     import orbax.checkpoint as ocp
 
-    from medscale.data.loader import eval_batches, train_batches
+    from medscale.data.loader import eval_batches, train_batches, unique_train_tokens
     from medscale.models.config import ModelConfig, counted_params, param_counts
-    from medscale.models.sharding import make_mesh, shard_batch
+    from medscale.models.sharding import batch_sharding, make_mesh, shard_batch
     from medscale.models.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
+    from medscale.scaling.distributed import Agreement, is_primary, process_rows
 
     log = log or (lambda msg: None)
     t0 = process_started or time.time()
@@ -100,20 +142,26 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     eval_step = make_eval_step(graphdef, mesh)
     place = lambda batch: shard_batch(batch, mesh)  # noqa: E731
 
+    primary = is_primary()
+    # with several processes each loads only the rows its devices hold
+    rows = process_rows(batch_sharding(mesh), B, L) if jax.process_count() > 1 else None
     batches = train_batches(data_cfg["token_dir"], "train", seq_len=L, batch_size=B, objective=objective,
-                            seed=train_cfg["seed"], mask_prob=data_cfg.get("mask_prob", 0.15))
+                            seed=train_cfg["seed"], mask_prob=data_cfg.get("mask_prob", 0.15),
+                            train_fraction=data_cfg.get("train_fraction", 1.0), rows=rows)
     held_out = list(eval_batches(data_cfg["token_dir"], eval_cfg.get("split", "tuning"), seq_len=L,
-                                 batch_size=B, objective=objective, n_batches=eval_cfg["batches"]))
+                                 batch_size=B, objective=objective, n_batches=eval_cfg["batches"], rows=rows))
 
     start_step = 0
     curve: list[dict] = []
     if latest is not None:
         t = time.time()
-        state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+        state, latest = _restore_newest_intact(mngr, abstract, run.ckpt_dir, log)
+        if latest is None:  # no checkpoint restores: start again
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+    if latest is not None:
         start_step = int(latest)
         timing["ckpt_s"] += time.time() - t
-        if run.curve_path.exists():
-            curve = [r for r in pd.read_csv(run.curve_path).to_dict("records") if r["step"] <= start_step]
+        curve = [r for r in run.curve() if r["step"] <= start_step]
         log(f"resumed from step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
@@ -121,7 +169,13 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     flops = flops_per_token(model_cfg, L, cfg.get("param_count"))
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
+    tracker = RunTracker(run.path, run.run_id, cfg) if primary else None  # TensorBoard files under <run>/tb/
+    peak_all = device_peak_flops()[0] * jax.device_count()
+    since = {"time": time.time(), "step": start_step, "grad_norm": None}
     ckpt_every = max(1, cfg.get("checkpoint", {}).get("every_steps", 200))
+    ckpt_minutes = cfg.get("checkpoint", {}).get("every_minutes")
+    agreement = Agreement()
+    last_save = time.time()
 
     def record_eval(step: int, train_loss: float | None) -> float:
         t = time.time()
@@ -130,8 +184,15 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         tokens = step * tokens_per_step
         curve.append({"step": step, "tokens": tokens, "compute": flops.six_n * tokens,
                       "loss": loss, "train_loss": train_loss, "lr": schedule(max(step - 1, 0))})
-        frame = pd.DataFrame(curve)
-        write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
+        rate = (step - since["step"]) * tokens_per_step / max(time.time() - since["time"], 1e-9)
+        if primary:
+            frame = pd.DataFrame(curve)
+            write_with(run.curve_path, lambda p: frame.to_csv(p, index=False))
+            tracker.log(step, {"loss/held_out": loss, "loss/train": train_loss, "lr": curve[-1]["lr"],
+                               "grad_norm": None if since["grad_norm"] is None else float(since["grad_norm"]),
+                               "tokens_per_sec": rate if step > since["step"] else None,
+                               "mfu": mfu(rate, model_cfg, L, peak_all) if step > since["step"] else None})
+        since.update(time=time.time(), step=step)
         return loss
 
     def check_finite(step: int, loss_value: float) -> None:
@@ -146,6 +207,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     while step < total_steps:
         batch = place(batches[step])
         state, metrics = train_step(state, batch)
+        since["grad_norm"] = metrics.get("grad_norm")
         if step == start_step:
             last_train_loss = float(metrics["loss"])  # the first step in a process includes compilation
             check_finite(step + 1, last_train_loss)
@@ -155,8 +217,13 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
             check_finite(step, last_train_loss)
         pending_loss = metrics["loss"]
         step += 1
+        clock_due = bool(ckpt_minutes) and time.time() - last_save >= 60.0 * ckpt_minutes
+        if clock_due:
+            last_save = time.time()  # asked for once; with several processes it is saved a step later
+        stop, clock_ckpt = agreement.vote(bool(preemption and preemption.requested), clock_due)
+        stop = stop and step < total_steps
         do_eval = step % eval_every == 0 or step == total_steps
-        do_ckpt = step % ckpt_every == 0 or step == total_steps
+        do_ckpt = step % ckpt_every == 0 or step == total_steps or clock_ckpt or stop
         if do_eval or do_ckpt:
             last_train_loss = float(pending_loss)
             check_finite(step, last_train_loss)
@@ -167,8 +234,13 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
                 tc = time.time()
                 mngr.save(step, args=ocp.args.StandardSave(state))
                 timing["ckpt_s"] += time.time() - tc
+                last_save = time.time()
             in_loop_other += time.time() - t
             log(f"step {step}/{total_steps} train_loss {last_train_loss:.4f}")
+        if stop:
+            mngr.wait_until_finished()
+            mngr.close()
+            raise Preempted(step)
     loop_s = time.time() - t_loop
     t = time.time()
     mngr.wait_until_finished()
@@ -182,6 +254,11 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tokens_per_sec = steps_timed * tokens_per_step / timing["train_s"] if steps_timed and timing["train_s"] > 0 else None
     peak, peak_source = device_peak_flops()
     tokens = total_steps * tokens_per_step
+    if tracker is not None:
+        tracker.close()
+    from medscale.data.token_store import events_per_token
+
+    per_token = events_per_token(data_cfg["token_dir"])
     return {
         "loss": curve[-1]["loss"],
         "train_loss": last_train_loss,
@@ -190,6 +267,12 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "params_non_embedding": counts.non_embedding,
         "params_total": counts.total,
         "tokens": tokens,
+        # Unique tokens U of the windows the run draws from; epochs > 1 means it repeated data.
+        "unique_tokens": (unique := unique_train_tokens(data_cfg["token_dir"], "train", L,
+                                                        data_cfg.get("train_fraction", 1.0))),
+        "epochs": tokens / unique, "train_fraction": data_cfg.get("train_fraction", 1.0),
+        "lr_multiplier": train_cfg.get("lr_multiplier"),
+        "events": tokens * per_token if per_token else None,   # tokens seen x events per token (manifest)
         "steps": total_steps,
         "compute": flops.six_n * tokens,  # C = 6ND under the run's parameter convention
         "flops_full": flops.full * tokens,
@@ -198,6 +281,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "peak_flops": peak * jax.device_count(),
         "peak_source": peak_source,
         "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "backend": jax.default_backend(),
         "resumed_from_step": start_step,
         **{f"time_{k}": v for k, v in timing.items()},
@@ -210,24 +294,52 @@ def execute_run(run: RunDir, *, stale_after: float = 60.0, log: Callable[[str], 
 
     Returns "leased" without touching anything when another live process holds the run.
     A failure is recorded in status.json and re-raised, so a scheduler sees it too.
+    "preempted": SIGTERM arrived, a checkpoint was saved; the run resumes from it when relaunched.
+
+    In a gang (several JAX processes) every process calls this; process 0 alone reads the status,
+    takes the lease and writes, and tells the others whether to train.
     """
-    if run.state() in ("done", "diverged"):
+    from medscale.scaling.distributed import broadcast_from_primary, is_primary
+
+    grace = float((run.config().get("checkpoint") or {}).get("grace_seconds") or DEFAULT_GRACE_S)
+    if not is_primary():
+        go = broadcast_from_primary(0)
+        if go:
+            with PreemptionGuard(grace) as guard:
+                try:
+                    train_run(run, log=log, process_started=process_started, preemption=guard)
+                except Diverged:
+                    return "diverged"
+                except Preempted:
+                    return "preempted"
         return run.state()
-    try:
-        lease = run.acquire_lease(stale_after=stale_after)
-    except LeaseHeld:
-        return "leased"
+    lease = None
+    if run.state() not in ("done", "diverged"):
+        try:
+            lease = run.acquire_lease(stale_after=stale_after)
+        except LeaseHeld:
+            pass
+    go = lease is not None and run.status()["state"] not in ("done", "diverged")
+    broadcast_from_primary(int(go))
+    if lease is None:
+        return "leased" if run.state() not in ("done", "diverged") else run.state()
     with lease:
         status = run.status()
-        if status["state"] in ("done", "diverged"):
+        if not go:
             return status["state"]
         run.set_status("running", attempts=int(status.get("attempts", 0)) + 1, started_at=time.time(),
                        error=None)
+        expired = lambda: run.set_status("preempted", error="grace period ran out before the checkpoint")  # noqa: E731
         try:
-            metrics = train_run(run, log=log, process_started=process_started)
+            with PreemptionGuard(grace, on_expire=expired) as guard:
+                metrics = train_run(run, log=log, process_started=process_started, preemption=guard)
         except Diverged as err:
             run.set_status("diverged", diverged_step=err.step, error=str(err))
             return "diverged"
+        except Preempted as err:
+            run.set_status("preempted", preempted_step=err.step, error=None)
+            log and log(str(err))
+            return "preempted"
         except BaseException as err:
             run.set_status("failed", error="".join(traceback.format_exception_only(type(err), err)).strip(),
                            traceback=traceback.format_exc()[-4000:])

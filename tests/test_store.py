@@ -1,6 +1,5 @@
 """Run store: hash-named folders, atomic writes, leases that exclude a second holder."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -99,18 +98,22 @@ def test_heartbeat_keeps_lease_fresh(tmp_path):
 
 
 CONTENDER = """
-import sys, time
+import os, pathlib, sys, time
 from medscale.scaling.store import LeaseHeld, RunDir
-start_at = float(sys.argv[2])
+start_at, n = float(sys.argv[2]), int(sys.argv[3])
+tried = pathlib.Path(sys.argv[1]).parent / "tried"
 while time.time() < start_at:
     pass
 try:
     lease = RunDir(sys.argv[1]).acquire_lease(stale_after=60)
 except LeaseHeld:
-    print("held")
-else:
-    print("won")
-    time.sleep(1.0)
+    lease = None
+(tried / str(os.getpid())).touch()
+print("held" if lease is None else "won")
+if lease is not None:  # hold it until every contender has tried, however slow the machine
+    deadline = time.time() + 90
+    while len(list(tried.iterdir())) < n and time.time() < deadline:
+        time.sleep(0.05)
     lease.release()
 """
 
@@ -121,7 +124,8 @@ def test_concurrent_acquire_has_exactly_one_winner(tmp_path, stale_lease_present
     if stale_lease_present:  # contenders must also race to break it, and still only one may win
         write_json(run.lease_path, {"token": "dead", "host": "gone", "pid": 1, "heartbeat_at": time.time() - 600})
     start_at = time.time() + 4.0  # every process is up and spinning by then
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(run.path), str(start_at)],
+    (run.path.parent / "tried").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(run.path), str(start_at), "6"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outcomes = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outcomes]
@@ -140,3 +144,52 @@ def test_results_table_written_atomically_with_metrics(tmp_path):
     assert df.loc[0, "loss"] == 2.5 and df.loc[0, "status"] == "done" and df.loc[0, "d_model"] == 32
     assert pd.read_parquet(tmp_path / "results.parquet").loc[0, "params"] == 1234
     assert pd.read_csv(tmp_path / "results.csv").loc[0, "run_id"] == run.run_id
+
+
+def test_run_folders_are_named_by_kind_and_hash_of_their_defining_fields(tmp_path):
+    from medscale.scaling.store import run_id
+
+    run = RunStore(tmp_path).ensure(CONFIG)
+    assert run.run_id == run_id(CONFIG) == f"decoder-{config_hash(CONFIG)}"
+    undefined = json.loads(json.dumps(CONFIG))
+    undefined["notes"] = "a field no run identity lists"  # only the listed fields define a run
+    assert run_id(undefined) == run.run_id
+
+
+def test_status_history_is_append_only_and_survives_a_torn_line(tmp_path):
+    run = RunStore(tmp_path).ensure(CONFIG)
+    run.set_status("running", attempts=1)
+    run.set_status("failed", error="boom")
+    with open(run.history_path, "a") as f:
+        f.write('{"state": "done", "at"')  # a writer killed mid-append
+    assert [e["state"] for e in run.history()] == ["pending", "running", "failed"]
+    assert run.status()["attempts"] == 1 and run.state() == "failed"  # fields accumulate over the history
+    run.set_status("running", attempts=2)
+    assert [e["state"] for e in run.history()] == ["pending", "running", "failed", "running"]
+
+
+def test_a_store_from_the_previous_layout_is_read_and_adopted(tmp_path):
+    import yaml
+
+    legacy = tmp_path / "runs" / config_hash(CONFIG)
+    legacy.mkdir(parents=True)
+    (legacy / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    write_json(legacy / "status.json", {"state": "done", "attempts": 1})
+    write_json(legacy / "metrics.json", {"loss": 3.0, "params": 10, "tokens": 1280})
+    store = RunStore(tmp_path)
+    (only,) = store.results_frame().to_dict("records")
+    assert only["status"] == "done" and only["loss"] == 3.0  # still read as it is
+    run = store.ensure(CONFIG)  # a sweep reaching it renames it to the prefixed name, state and all
+    assert run.run_id.startswith("decoder-") and run.state() == "done" and not legacy.exists()
+    assert run.metrics()["loss"] == 3.0
+
+
+def test_downstream_results_of_the_previous_layout_are_refused_with_what_to_do(tmp_path):
+    from medscale.scaling.downstream import load_downstream_spec
+    from medscale.scaling.downstream.evaluate import evaluate_store
+    from medscale.scaling.errors import UserError
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "downstream.csv").write_text("run_id,task\nabc,t\n")
+    with pytest.raises(UserError, match="mv .*downstream.csv .*legacy"):
+        evaluate_store(tmp_path, load_downstream_spec({"tasks": ["med_start_30d"]}))

@@ -31,7 +31,8 @@ def test_builtin_tasks_cover_the_issue_and_point_at_simulator_outcomes():
 def test_diagnosis_regexes_match_exactly_the_simulator_family(family, task):
     from medscale.data.simulator.codebook import codebook
 
-    regex = load_task(task).aces_config().predicates["dx"].code["regex"]
+    cfg = load_task(task).aces_config()
+    regex = cfg.predicates[cfg.windows[cfg.label_window].label].code["regex"]
     matched = {c for c in codebook().codes if re.search(regex, c)}
     assert matched == set(_family_codes(family))
 

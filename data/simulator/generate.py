@@ -8,6 +8,7 @@ Layout written under `out_dir`:
     metadata/codes.parquet                code, description, parent_codes
     metadata/subject_splits.parquet       subject_id, split
     metadata/dataset.json
+    .medscale-store.json                  {"kind": "cohort", "complete": false}, true once everything is written
 
 Shard s is simulated from SeedSequence([seed, s]) alone, so the files do not depend on the number
 of workers, and the same (n_subjects, seed, n_shards) gives byte-identical files.
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from medscale.data.simulator.ground_truth import OUTCOME_NAMES, outcomes_table
 from medscale.data.meds import MEDS_VERSION, MedsError
-from medscale.atomic import write_json
+from medscale.atomic import OutDirError, marker, remove_stale_temporaries, write_json, write_marker
 from medscale.data.parquet_io import write_parquet
 from medscale.data.simulator.codebook import codebook
 from medscale.data.simulator.cohort import simulate_shard
@@ -133,15 +134,13 @@ def generate_cohort(out_dir, n_subjects: int, seed: int, *, n_shards: int | None
         raise MedsError(f"cannot generate {n_subjects} subjects: ask for at least 1 (--subjects N).")
     if not 0 <= seed < 2**63:
         raise MedsError(f"seed {seed} is out of range: use an integer between 0 and 2**63-1.")
-    if out.exists() and any(out.iterdir()):
-        raise MedsError(f"output folder {out} is not empty: choose a new folder or delete it first.")
+    _claim_out(out)
     n_shards = n_shards or max(1, math.ceil(n_subjects / SUBJECTS_PER_SHARD))
     n_shards = min(n_shards, n_subjects)
     sizes = shard_sizes(n_subjects, n_shards)
     firsts = np.concatenate([[1], 1 + np.cumsum(sizes)[:-1]]).tolist()
     workers = max(1, min(workers or os.cpu_count() or 1, n_shards))
     jobs = [(str(out), s, sizes[s], int(firsts[s]), seed, n_shards) for s in range(n_shards)]
-    out.mkdir(parents=True, exist_ok=True)
     results, done = [], 0
     if progress:
         progress(0, n_subjects)
@@ -161,4 +160,25 @@ def generate_cohort(out_dir, n_subjects: int, seed: int, *, n_shards: int | None
                 if progress:
                     progress(done, n_subjects)
     _write_metadata(out, n_subjects, seed, n_shards, results)
+    write_marker(out, "cohort", complete=True)  # last: readers refuse a cohort without it
     return out
+
+
+def _claim_out(out: Path) -> None:
+    """`out` must be absent, empty, or a cohort an earlier `generate` left incomplete (killed): that one is
+    cleared and made again. Anything else is refused, so no file of the user's is ever overwritten."""
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"--out {out} is a file, not a folder: give a new or empty folder for the cohort.")
+    body = marker(out) if out.is_dir() else None
+    if body is not None and body.get("kind") == "cohort" and not body.get("complete"):
+        import shutil
+
+        for name in ("data", "ground_truth", "metadata"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        remove_stale_temporaries(out)
+    elif out.is_dir() and any(out.iterdir()):
+        what = "a complete synthetic cohort" if body is not None and body.get("kind") == "cohort" else "files"
+        raise OutDirError(f"output folder {out} is not empty (it holds {what}): choose a new folder or delete it "
+                          "first; medscale never writes over existing files.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "cohort", complete=False)

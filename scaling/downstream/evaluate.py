@@ -85,8 +85,13 @@ def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
     from medscale.data.history import subject_events
     from medscale.data.tasks import extract_labels, load_task
 
-    task = load_task(name)
-    labels = extract_labels(meds, task)
+    if spec.labels:   # a label folder (MEDS label schema) instead of a task file
+        from medscale.scaling.downstream.labels_io import label_task
+
+        task, labels = label_task(meds, spec.labels, name)
+    else:
+        task = load_task(name, spec.predicates)
+        labels = extract_labels(meds, task)
     fit = labels[labels["split"].isin(spec.fit_splits)]
     test = labels[labels["split"].isin(spec.test_splits)]
     if spec.temporal_cutoff:
@@ -217,7 +222,8 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
 # ------------------------------------------------------------------------------------------------
 
 # The fields of a downstream spec that change an evaluation's result, per mode (the step's identity).
-SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds")
+SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds", "labels",
+                   "predicates")
 # bumped when an evaluation's recipe changes without a spec field changing (2: paired draws, subgroups,
 # LP-FT fine-tuning, zero-shot rollouts until the window closes with a K sweep)
 EVAL_VERSION = 2
@@ -249,10 +255,17 @@ class _Evaluator:
     def todo(self, run_id: str, task: str, mode: str, budget, seed: int) -> bool:
         return mode in self.spec.modes and self.step(run_id, task, mode, budget, seed)[0].state() != "done"
 
-    def add(self, result: tuple[list[dict], dict]) -> None:
+    def add(self, result: tuple[list[dict], dict], predictions: tuple | None = None) -> None:
+        """Record a finished evaluation: `result` = (rows, extras) from _result_rows (extras: paired draws and
+        subgroup metrics); `predictions` = (label rows, scores, kind) are written in meds-evaluation's schema
+        (scaling/downstream/predictions.py) before the step is marked done."""
+        from medscale.scaling.downstream.predictions import write_predictions
+
         rows, extras = result
         first = rows[0]
         step, identity = self.step(first["run_id"], first["task"], first["mode"], first["label_budget"], first["seed"])
+        if predictions is not None:
+            write_predictions(self.root, rows, *predictions)
         write_json(step.path / "identity.json", identity)
         write_json(step.path / "draws.json", {"resample": extras["resample"], "draws": extras["draws"]})
         write_json(step.path / "subgroups.json", extras["subgroups"])
@@ -342,7 +355,7 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
     for name, data in tasks.items():
         if ev.todo(meta["run_id"], name, "ceiling", "all", 0) and np.all(np.isfinite(data.test["truth"])):
             ev.add(_result_rows(meta, data, data.test, data.test["truth"].to_numpy(), mode="ceiling", budget="all",
-                                seed=0, n_fit=0, spec=spec))
+                                seed=0, n_fit=0, spec=spec), (data.test, data.test["truth"].to_numpy(), data.task.kind))
         pending = [(b, s) for b in spec.label_budgets for s in spec.seeds if ev.todo(meta["run_id"], name, "lightgbm", b, s)]
         if not pending:
             continue
@@ -355,7 +368,7 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
                 continue
             score = lightgbm_predict(X_fit[idx], y_fit[idx], X_test, data.task.kind, seed)
             ev.add(_result_rows(meta, data, data.test, score, mode="lightgbm", budget=budget, seed=seed,
-                                n_fit=len(idx), spec=spec))
+                                n_fit=len(idx), spec=spec), (data.test, score, data.task.kind))
     ev.flush()
 
 
@@ -396,7 +409,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
                     continue
                 if "per_event" not in history_cache:
                     history_cache["per_event"] = tokens_per_event(model.token_dir, tokenizer)
-                ev.add(_zero_shot(meta, data, h_test, model, tokenizer, spec, seed, history_cache["per_event"]))
+                ev.add(*_zero_shot(meta, data, h_test, model, tokenizer, spec, seed, history_cache["per_event"]))
                 continue
             idx = budget_rows(data, budget, seed)
             if idx is None:
@@ -410,14 +423,15 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
                                              h_fit.lengths_N[idx], y_fit[idx], h_test.tokens_NxL, h_test.lengths_N,
                                              recipe, seed, groups=data.fit["subject_id"].to_numpy()[idx])
             ev.add(_result_rows(meta, data, data.test, score, mode=mode, budget=budget, seed=seed, n_fit=len(idx),
-                                spec=spec))
+                                spec=spec), (data.test, score, kind))
     ev.flush()
 
 
 def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: DownstreamSpec, seed: int,
-               per_event: float) -> tuple[list[dict], dict]:
-    """K rollouts per test row (the first zero_shot.max_samples) until each window closes; rows for the
-    metrics at K plus the K sweep (`auroc_k<k>`), the censored fraction and the rollout budget and cap."""
+               per_event: float) -> tuple[tuple[list[dict], dict], tuple]:
+    """K rollouts per test row (the first zero_shot.max_samples) until each window closes: ((rows, extras),
+    predictions) for _Evaluator.add; rows for the metrics at K plus the K sweep (`auroc_k<k>`), the censored
+    fraction and the rollout budget and cap."""
     from medscale.scaling.downstream.zero_shot import rollout_budget, window_events, zero_shot_scores
 
     zs = spec.zero_shot
@@ -456,7 +470,7 @@ def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: Downs
     out.append({**out[0], **extra, "metric": "rollout_cap", "value": float(zs.max_new_tokens)})
     out.append({**out[0], **extra, "metric": "rollout_capped", "value": float(any(b.capped for b in budgets))})
     out.append({**out[0], **extra, "metric": "rollout_wanted", "value": float(max(b.wanted for b in budgets))})
-    return out, extras
+    return (out, extras), (rows, scores, "binary")
 
 
 def _part_of_rows(data: TaskData, rows: pd.DataFrame) -> np.ndarray:

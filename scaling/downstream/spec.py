@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
 
@@ -37,6 +37,10 @@ class ZeroShotSpec(_Strict):
 
 
 class DownstreamSpec(_Strict):
+    # a label folder (data/labels.py): tasks are its sub-folders, labels come from it instead of task files
+    labels: str | None = Field(None, description="folder of MEDS label files, one sub-folder per task")
+    # the dataset's predicates file for ACES task files (data/tasks.py; default: the simulator's)
+    predicates: str | None = Field(None, description="predicates file defining the names task files use")
     tasks: list[str] = Field(min_length=1)
     modes: list[Literal["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"]] = Field(
         default_factory=lambda: ["probe", "lightgbm", "ceiling"], min_length=1)
@@ -51,14 +55,39 @@ class DownstreamSpec(_Strict):
     zero_shot: ZeroShotSpec = ZeroShotSpec()
     meds: str | None = Field(None, description="MEDS root (default: the one the runs' tokens were made from)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_of_label_folder(cls, raw):
+        if isinstance(raw, dict) and raw.get("labels") and not raw.get("tasks"):
+            from medscale.data.labels import label_task_files
+
+            raw = {**raw, "tasks": list(label_task_files(raw["labels"]))}
+        return raw
+
     @field_validator("tasks")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str], info) -> list[str]:
         from medscale.data.tasks import load_task
 
+        if info.data.get("labels"):
+            from medscale.data.labels import LabelError, label_task_files
+
+            present = label_task_files(info.data["labels"])
+            missing = [name for name in v if name not in present]
+            if missing:
+                raise LabelError(f"{info.data['labels']}: no labels for task(s) {', '.join(missing)} "
+                                 f"(tasks there: {', '.join(present)})")
+            return v
         for name in v:
-            load_task(name)  # raises TaskError naming the file and the problem
+            load_task(name, info.data.get("predicates"))  # raises TaskError naming the file and the problem
         return v
+
+    @model_validator(mode="after")
+    def _label_folder_modes(self):
+        if self.labels and "zero_shot" in self.modes:
+            raise ValueError("modes: zero_shot reads the label off generated events, which needs an ACES task "
+                             "file; tasks from a label folder (labels:) take probe, finetune, scratch and lightgbm")
+        return self
 
     @field_validator("label_budgets")
     @classmethod
@@ -73,6 +102,14 @@ class DownstreamSpec(_Strict):
         if v is not None:
             datetime.fromisoformat(v)
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        dumped = handler(self)
+        for key in ("labels", "predicates"):   # unset: specs from before them keep their evaluation identities
+            if dumped.get(key) is None:
+                dumped.pop(key, None)
+        return dumped
 
     @property
     def protocol(self) -> str:

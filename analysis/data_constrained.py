@@ -1,0 +1,400 @@
+"""The data-constrained law (Muennighoff et al. 2023): loss when tokens repeat.
+
+    L(N, D, U) = E + A / N^alpha + B / D'^beta,
+    D' = U + U R*_D (1 - exp(-R_D / R*_D)),   R_D = max(D / U - 1, 0)   (repeats of the U unique tokens)
+
+A repeated token is worth less than a fresh one: the first repeats almost a full token each, and the value of
+more repeats decays with a half-life of about R*_D ln 2 epochs; D' never exceeds U (1 + R*_D). With U >= D
+(one epoch or less) D' = D and the law is Hoffmann et al.'s L(N, D).
+
+Fitted like Approach 3: Huber loss on log L summed over points, L-BFGS-B with the exact gradient (theta =
+[log A, log B, alpha, beta, log E, log R*_D]), starts screened from the Hoffmann grid at several R*_D, and a
+bootstrap over points from the full-data basins. R*_D is identified only by runs that repeat their data
+(D > U); without them it stays at its start and is reported as not determined.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from . import diagnostics, lse_huber
+from ._blas import single_threaded_blas
+from .allocation import AllocationLaw
+from .bootstrap import DEFAULT_LEVEL, Estimate, estimate, parallel_map, resample_weights, split
+from .errors import AnalysisError
+from .inputs import average_replicates, need_points, positive
+
+PARAMS = ("E", "A", "B", "alpha", "beta", "R_star_D")
+DERIVED = ("a", "b", "G")
+R_STAR_STARTS = (2.0, 15.0, 100.0)
+BOUND_LOG_R_STAR = (np.log(0.05), np.log(1e4))
+# Epochs past which a recommendation leans on the law's decay term rather than on runs that saw them.
+FEW_EPOCHS = 4.0
+
+
+def effective_tokens(tokens, unique_tokens, r_star) -> np.ndarray:
+    """D' = U + U R* (1 - exp(-R_D / R*)), R_D = max(D / U - 1, 0)."""
+    D, U = np.asarray(tokens, dtype=float), np.asarray(unique_tokens, dtype=float)
+    with np.errstate(invalid="ignore"):
+        R = np.maximum(D / U - 1.0, 0.0)
+        boosted = np.minimum(D, U) + U * r_star * -np.expm1(-R / r_star)
+    return np.where(np.isinf(U), D, boosted)  # unlimited data: every token is new
+
+
+def _log_boost(R: np.ndarray, log_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """g = log(D'/U) for R = R_D >= 0 (U <= D) and dg/dlog R*."""
+    s = np.exp(log_s)
+    q = R / s
+    one_minus = -np.expm1(-q)
+    f = s * one_minus
+    g = np.log1p(f)  # D' = U (1 + f) when D >= U
+    dg = s * (one_minus - q * np.exp(-q)) / (1.0 + f)
+    return g, dg
+
+
+def _objective(theta, x_n, x_u, R, y, w, delta):
+    """Huber objective and exact gradient; x_n = log N and x_u = log min(U, D), both centred."""
+    cA, cB, al, be, e, ls = theta
+    g, dg = _log_boost(R, ls)
+    x_d = x_u + g
+    z = np.vstack([cA - al * x_n, cB - be * x_d, np.full_like(x_n, e)])
+    m = z.max(axis=0)
+    s = np.exp(z - m)
+    tot = s.sum(axis=0)
+    r = np.log(tot) + m - y
+    c = np.clip(r, -delta, delta)
+    f = float(np.dot(w, 0.5 * c * c + delta * (np.abs(r) - np.abs(c))))
+    sg = s * (w * c / tot)
+    grad = np.array([
+        sg[0].sum(), sg[1].sum(), -(sg[0] * x_n).sum(), -(sg[1] * x_d).sum(), sg[2].sum(),
+        -be * (sg[1] * dg).sum(),
+    ])
+    return f, grad
+
+
+@dataclass
+class _Data:
+    x_n: np.ndarray
+    x_u: np.ndarray
+    R: np.ndarray
+    y: np.ndarray
+    mu: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    @classmethod
+    def of(cls, N, D, U, L) -> "_Data":
+        lu = np.log(np.minimum(U, D))
+        mu = np.array([np.log(N).mean(), lu.mean()])
+        return cls(np.log(N) - mu[0], lu - mu[1], np.maximum(D / U - 1.0, 0.0), np.log(L), mu)
+
+    def centre(self, theta):
+        t = np.array(theta, dtype=float)
+        t[0] -= t[2] * self.mu[0]
+        t[1] -= t[3] * self.mu[1]
+        return t
+
+    def uncentre(self, t):
+        theta = np.array(t, dtype=float)
+        theta[0] += theta[2] * self.mu[0]
+        theta[1] += theta[3] * self.mu[1]
+        return theta
+
+
+def _bounds():
+    c = lse_huber.BOUND_LOG_COEF_CENTRED
+    return [c, c, lse_huber.BOUND_EXPONENT, lse_huber.BOUND_EXPONENT, lse_huber.BOUND_LOG_OFFSET, BOUND_LOG_R_STAR]
+
+
+def _minimise(theta0, data: _Data, w, delta):
+    res = minimize(_objective, data.centre(theta0), args=(data.x_n, data.x_u, data.R, data.y, w, delta),
+                   jac=True, method="L-BFGS-B", bounds=_bounds(), options=lse_huber.LBFGS_OPTIONS)
+    return data.uncentre(res.x), float(res.fun), bool(res.success), str(res.message)
+
+
+def _starts(N, D, U, L, delta) -> np.ndarray:
+    """Hoffmann-grid starts (best per exponent pair) screened at each R*_D start value; best five of each."""
+    grid = lse_huber.initialisation_grid(2)
+    out = []
+    for r0 in R_STAR_STARTS:
+        logx = np.vstack([np.log(N), np.log(effective_tokens(D, U, r0))])
+        best = lse_huber.screen_grid(grid, logx, np.log(L), np.ones(N.size), delta)[:5]
+        out += [np.r_[b, np.log(r0)] for b in best]
+    return np.array(out)
+
+
+def _best_of(starts, data, w, delta) -> np.ndarray:
+    best, fun = None, np.inf
+    for s in starts:
+        theta, f, _, _ = _minimise(s, data, w, delta)
+        if np.isfinite(f) and f < fun:
+            best, fun = theta, f
+    return best if best is not None else np.full(len(PARAMS), np.nan)
+
+
+def _boot_chunk(args) -> np.ndarray:
+    starts, data, weights, delta = args
+    with single_threaded_blas():
+        return np.array([_best_of(starts, data, w, delta) for w in weights]).reshape(len(weights), -1)
+
+
+def _named(thetas: np.ndarray) -> dict[str, np.ndarray]:
+    t = np.atleast_2d(thetas)
+    al, be = t[:, 2], t[:, 3]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = al + be
+        G = np.exp((np.log(al) + t[:, 0] - np.log(be) - t[:, 1]) / s)
+        return {"E": np.exp(t[:, 4]), "A": np.exp(t[:, 0]), "B": np.exp(t[:, 1]), "alpha": al, "beta": be,
+                "R_star_D": np.exp(t[:, 5]), "a": be / s, "b": al / s, "G": G}
+
+
+def loss_of(p: dict, N, D, U) -> np.ndarray:
+    """The law at (N, D, U) for named parameters p (arrays broadcast: draws x points); without R_star_D (a
+    plain L(N, D) fit) every token counts as new."""
+    Dp = effective_tokens(D, U, p["R_star_D"]) if "R_star_D" in p else np.asarray(D, float) * np.ones_like(U)
+    return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * Dp ** -p["beta"]
+
+
+class DataConstrainedFit:
+    """`fit(params, tokens, unique_tokens, loss)`, then `predict(N, D, U)`, `estimates_` (R_star_D among them),
+    `allocate(budget, unique_tokens)`; `allocation_` is the unconstrained (unlimited data) law."""
+
+    approach = 3
+    law = "data_constrained"
+
+    def __init__(self, *, delta: float = lse_huber.DEFAULT_DELTA, n_boot: int = 1000, level: float = DEFAULT_LEVEL,
+                 seed: int = 0, n_jobs: int | None = 1, boot_starts: int = 2):
+        self.delta, self.n_boot, self.level, self.seed = delta, n_boot, level, seed
+        self.n_jobs, self.boot_starts = n_jobs, boot_starts
+
+    def fit(self, params, tokens, unique_tokens, loss, *, budget=None, seed_col=None, lr=None):
+        N, D = positive(params, "params"), positive(tokens, "tokens")
+        U, L = positive(unique_tokens, "unique_tokens"), positive(loss, "loss")
+        if not (N.size == D.size == U.size == L.size):
+            raise AnalysisError("params, tokens, unique_tokens and loss must have the same length")
+        self.notes_: list[str] = []
+        self.warnings_: list[str] = []
+        keep, noise, msgs = average_replicates({"N": N, "D": D, "U": U}, L, seed=seed_col, lr=lr)
+        self.notes_ += msgs
+        N, D, U, L = N[keep], D[keep], U[keep], noise.loss
+        need_points(N.size, len(PARAMS) + 1, "the data-constrained law (6 parameters)")
+        epochs = D / U
+        self.data_ = pd.DataFrame({"params": N, "tokens": D, "unique_tokens": U, "epochs": epochs, "loss": L})
+        if budget is not None:
+            self.data_["budget"] = np.asarray(budget, dtype=float)[keep]
+        self.max_epochs_seen_ = float(epochs.max())
+        self.repeated_runs_ = int((epochs > 1.0 + 1e-9).sum())
+
+        data = _Data.of(N, D, U, L)
+        w = np.ones(N.size)
+        with single_threaded_blas():
+            sols = sorted((_minimise(s, data, w, self.delta) for s in _starts(N, D, U, L, self.delta)),
+                          key=lambda s: s[1])
+        best = sols[0]
+        near = [s[0] for s in sols if s[1] <= 1.5 * best[1] + 1e-12]
+        distinct = []
+        for t in near:
+            if all(np.max(np.abs(t[2:4] - d[2:4])) > 1e-2 or abs(t[5] - d[5]) > 0.1 for d in distinct):
+                distinct.append(t)
+        self.starts_ = np.array(distinct[: max(1, self.boot_starts)])
+        self.theta_ = best[0]
+        boot = np.empty((0, len(PARAMS)))
+        if self.n_boot > 0:
+            weights = resample_weights(N.size, self.n_boot, np.random.default_rng(self.seed))
+            chunks = [(self.starts_, data, wc, self.delta) for wc in split(weights, self.n_jobs)]
+            boot = np.vstack(parallel_map(_boot_chunk, chunks, self.n_jobs))
+        self.boot_thetas_ = boot
+        point = {k: float(v[0]) for k, v in _named(self.theta_).items()}
+        draws = _named(boot) if len(boot) else None
+        self.params_ = {k: point[k] for k in PARAMS}
+        self.estimates_: dict[str, Estimate] = {
+            k: estimate(point[k], None if draws is None else draws[k], self.level) for k in PARAMS + DERIVED}
+        self.allocation_ = self._unconstrained(point, draws)
+        self.n_points_ = int(N.size)
+        self.notes_.append(
+            f"data-constrained law (Muennighoff et al. 2023) fitted to {N.size} points, {self.repeated_runs_} of them "
+            f"repeating their data (up to {self.max_epochs_seen_:.3g} epochs); Huber (delta={self.delta:g}) on log L")
+        self._diagnose(best, N, D)
+        return self
+
+    def _unconstrained(self, point, draws) -> AllocationLaw:
+        def law(p):
+            lg = np.log(p["G"])
+            return np.column_stack([lg - p["a"] * np.log(6), p["a"], -lg - p["b"] * np.log(6), p["b"]])
+
+        pt = law({k: np.atleast_1d(v) for k, v in point.items()})[0]
+        return AllocationLaw(*pt, draws=law(draws) if draws is not None else np.empty((0, 4)), level=self.level)
+
+    def _diagnose(self, best, N, D) -> None:
+        w = self.warnings_
+        if self.repeated_runs_ == 0:
+            w.append("no run repeats its data (every D <= U): R_star_D is not determined by these runs; add runs "
+                     "on a fraction of the data trained for several epochs")
+        elif self.max_epochs_seen_ < 2:
+            w.append(f"the most repeated run saw only {self.max_epochs_seen_:.3g} epochs: R_star_D is weakly "
+                     "determined")
+        lo, hi = BOUND_LOG_R_STAR
+        if self.repeated_runs_ and not lo + 1e-3 < best[0][5] < hi - 1e-3:
+            w.append(f"R_star_D = {np.exp(best[0][5]):.3g} is at its bound: repeated tokens look "
+                     + ("worthless" if best[0][5] <= lo + 1e-3 else "as good as new") + " in these runs")
+        if N.size < diagnostics.FEW_POINTS:
+            w.append(f"only {N.size} points for 6 parameters: the fit is fragile")
+        w += self._overfitting()
+        if not best[2]:
+            w.append(f"L-BFGS-B did not report convergence: {best[3]}")
+        w += diagnostics.wide_exponents(self.estimates_)
+        w += diagnostics.wide_factors(self.estimates_, ("E", "alpha", "beta", "R_star_D"))
+        n_failed = int(np.isnan(self.boot_thetas_).any(axis=1).sum()) if len(self.boot_thetas_) else 0
+        w += diagnostics.failed_resamples(n_failed, self.n_boot)
+
+    def _overfitting(self) -> list[str]:
+        """Runs where a larger model reached a higher loss on the same tokens and data: overfitting, which the
+        law (loss falling in N at any D and U) cannot describe; their residuals are then systematic."""
+        d = self.data_
+        worse = []
+        for (_, U), g in d.groupby(["tokens", "unique_tokens"]):
+            g = g.sort_values("params")
+            if len(g) >= 2 and (np.diff(g["loss"].to_numpy()) > 0.01 * g["loss"].to_numpy()[:-1]).any():
+                worse.append(float(g["epochs"].iloc[0]))
+        if not worse:
+            return []
+        return [f"at {len(worse)} (D, U) point(s) (from {min(worse):.3g} epochs) a larger model reached a higher "
+                "loss than a smaller one: overfitting from repeated data, which this law does not model; treat "
+                "recommendations at that many epochs as optimistic"]
+
+    # -- model -----------------------------------------------------------------------------------------
+    def predict(self, params, tokens, unique_tokens=np.inf) -> np.ndarray:
+        return loss_of(self.params_, np.asarray(params, float), np.asarray(tokens, float),
+                       np.asarray(unique_tokens, float))
+
+    def predict_draws(self, params, tokens, unique_tokens=np.inf, *, paired: bool = False) -> np.ndarray:
+        d = _named(self.boot_thetas_)
+        N, D = np.atleast_1d(np.asarray(params, float)), np.atleast_1d(np.asarray(tokens, float))
+        U = np.broadcast_to(np.asarray(unique_tokens, float), D.shape)
+        if paired:
+            return loss_of(d, N, D, U)
+        return loss_of({k: v[:, None] for k, v in d.items()}, N[None], D[None], U[None])
+
+    def param_draws(self) -> dict[str, np.ndarray] | None:
+        if not len(self.boot_thetas_):
+            return None
+        d = _named(self.boot_thetas_)
+        ok = np.all([np.isfinite(d[k]) for k in PARAMS], axis=0)
+        return {k: d[k][ok] for k in PARAMS}
+
+    def n_opt(self, compute) -> np.ndarray:
+        return self.allocation_.n_opt(compute)
+
+    def d_opt(self, compute) -> np.ndarray:
+        return self.allocation_.d_opt(compute)
+
+    def residuals(self) -> pd.DataFrame:
+        out = self.data_.copy()
+        out["compute"] = 6 * out["params"] * out["tokens"]
+        out["predicted"] = self.predict(out["params"], out["tokens"], out["unique_tokens"])
+        out["residual"] = np.log(out["loss"]) - np.log(out["predicted"])
+        return out
+
+    def allocate(self, budget: float, unique_tokens: float, *, flops_per_token=None) -> "RepeatAllocation":
+        """Compute-optimal N, D and epochs at `budget` FLOPs with `unique_tokens` of data: repeat or grow."""
+        return allocate(self, budget, unique_tokens, flops_per_token=flops_per_token)
+
+
+def _argmin_on_line(p: dict, budget: float, U: float, fpt, lo: float, hi: float, n_grid: int = 400):
+    """N minimising L(N, C / fpt(N), U) for each row of p (arrays of draws); two passes of a log grid."""
+    rows = np.atleast_1d(p["E"]).size
+    lo_b, hi_b = np.full(rows, np.log(lo)), np.full(rows, np.log(hi))
+    for _ in range(3):
+        x = lo_b[:, None] + (hi_b - lo_b)[:, None] * np.linspace(0, 1, n_grid)[None]
+        N = np.exp(x)
+        L = loss_of({k: np.atleast_1d(v)[:, None] for k, v in p.items()}, N, budget / fpt(N), U)
+        L = np.where(np.isfinite(L), L, np.inf)
+        i = np.argmin(L, axis=1)
+        step = (hi_b - lo_b) / (n_grid - 1)
+        centre = x[np.arange(rows), i]
+        lo_b, hi_b = centre - 2 * step, centre + 2 * step
+    return np.exp(centre)
+
+
+@dataclass(frozen=True)
+class RepeatAllocation:
+    budget: float
+    unique_tokens: float
+    n_opt: Estimate
+    d_opt: Estimate
+    epochs: Estimate
+    loss: Estimate
+    loss_one_epoch: float  # predicted loss of the best allocation that never repeats (D <= U)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "available_tokens": self.unique_tokens, "N": self.n_opt.to_dict(),
+                "D": self.d_opt.to_dict(), "epochs": self.epochs.to_dict(), "loss": self.loss.to_dict(),
+                "loss_without_repeats": _num(self.loss_one_epoch), "notes": list(self.notes),
+                "warnings": list(self.warnings)}
+
+
+def _num(x):
+    return float(x) if np.isfinite(x) else None
+
+
+def allocate(fit: DataConstrainedFit, budget: float, unique_tokens: float, *, flops_per_token=None) -> RepeatAllocation:
+    """Minimise the fitted L(N, D, U) on the line fpt(N) D = C (fpt = 6N unless given), per bootstrap draw."""
+    if not np.isfinite(budget) or budget <= 0:
+        raise AnalysisError(f"budget must be a positive number of FLOPs; got {budget!r}")
+    if not np.isfinite(unique_tokens) or unique_tokens <= 0:
+        raise AnalysisError(f"available tokens must be a positive number; got {unique_tokens!r}")
+    fpt = flops_per_token or (lambda N: 6.0 * N)
+    n_free = float(fit.allocation_.n_opt(budget))
+    lo, hi = n_free / 1e4, n_free * 1e4
+    point = {k: np.atleast_1d(v) for k, v in fit.params_.items()}
+    n0 = float(_argmin_on_line(point, budget, unique_tokens, fpt, lo, hi)[0])
+    d0 = budget / float(fpt(n0))
+    l0 = float(loss_of(fit.params_, n0, d0, unique_tokens))
+    draws = fit.param_draws()
+    nd = dd = ld = None
+    if draws is not None:
+        nd = _argmin_on_line(draws, budget, unique_tokens, fpt, lo, hi)
+        dd = budget / fpt(nd)
+        ld = loss_of(draws, nd, dd, unique_tokens)
+    # The best allocation that never repeats: the unconstrained optimum when it fits in U, else D = U.
+    nu = _argmin_on_line(point, budget, np.inf, fpt, lo, hi)[0]
+    du = budget / float(fpt(nu))
+    if du > unique_tokens:
+        du = unique_tokens
+        nu = _solve_n(budget, du, fpt, lo, hi)
+    l_one = float(loss_of(fit.params_, nu, du, np.inf))
+    lv = fit.level
+    epochs = d0 / unique_tokens
+    notes, warns = [], []
+    if epochs > 1:
+        notes.append(f"repeat the data: {epochs:.3g} epochs over {unique_tokens:.3g} unique tokens predict loss "
+                     f"{l0:.4g}, against {l_one:.4g} for the best allocation that never repeats (a larger model on "
+                     "one pass)")
+    else:
+        notes.append("one pass is enough: the compute-optimal D fits in the unique tokens available")
+    if epochs > fit.max_epochs_seen_ * 1.05 and epochs > 1:
+        warns.append(f"the recommendation implies {epochs:.3g} epochs, more than any fitted run saw "
+                     f"({fit.max_epochs_seen_:.3g}): the decay of repeated tokens is extrapolated")
+    if epochs > FEW_EPOCHS and fit.repeated_runs_ == 0:
+        warns.append(f"the recommendation implies {epochs:.3g} epochs but no fitted run repeated its data: "
+                     "R_star_D is a guess here; add repeated-data runs before trusting it")
+    return RepeatAllocation(
+        budget=float(budget), unique_tokens=float(unique_tokens),
+        n_opt=estimate(n0, nd, lv), d_opt=estimate(d0, dd, lv),
+        epochs=estimate(epochs, None if dd is None else dd / unique_tokens, lv),
+        loss=estimate(l0, ld, lv), loss_one_epoch=l_one, notes=notes, warnings=warns)
+
+
+def _solve_n(budget, tokens, fpt, lo, hi) -> float:
+    """N with fpt(N) * tokens = budget (fpt increasing), by bisection in log N."""
+    a, b = np.log(lo), np.log(hi)
+    for _ in range(200):
+        m = 0.5 * (a + b)
+        if float(fpt(np.exp(m))) * tokens > budget:
+            b = m
+        else:
+            a = m
+    return float(np.exp(0.5 * (a + b)))
