@@ -399,6 +399,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
         y_fit = data.y(data.fit)
         kind = data.task.kind
         todo = [w for w in wanted if w[0] == name]
+        Z_fit, probe_scores = None, {}   # the probe's representations and predictions, reused by LP-FT
         if any(m == "probe" for _, m, _, _ in todo):
             Z_fit, Z_test = embed(model, h_fit.tokens_NxL, h_fit.lengths_N), embed(model, h_test.tokens_NxL, h_test.lengths_N)
         for _, mode, budget, seed in todo:
@@ -416,12 +417,17 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
                 continue
             if mode == "probe":
                 score = probe_predict(Z_fit[idx], y_fit[idx], Z_test, kind, seed)
+                probe_scores[(budget, seed)] = score
             else:
-                graphdef, params = ((model.graphdef, model.params) if mode == "finetune"
+                pretrained = mode == "finetune"
+                graphdef, params = ((model.graphdef, model.params) if pretrained
                                     else fresh_params(model.cfg, 1000 + seed))
                 score = finetune_and_predict(graphdef, params, model.cfg, kind, h_fit.tokens_NxL[idx],
                                              h_fit.lengths_N[idx], y_fit[idx], h_test.tokens_NxL, h_test.lengths_N,
-                                             recipe, seed, groups=data.fit["subject_id"].to_numpy()[idx])
+                                             recipe, seed, groups=data.fit["subject_id"].to_numpy()[idx],
+                                             linear_probe_first=pretrained,
+                                             Z_fit=Z_fit[idx] if pretrained and Z_fit is not None else None,
+                                             probe_score=probe_scores.get((budget, seed)) if pretrained else None)
             ev.add(_result_rows(meta, data, data.test, score, mode=mode, budget=budget, seed=seed, n_fit=len(idx),
                                 spec=spec), (data.test, score, kind))
     ev.flush()

@@ -9,8 +9,9 @@ Fine-tuning (`mode='finetune'`) is linear-probe-then-fine-tune (LP-FT): a head i
 probe on the pooled representation (models/rollout.pooled: last position for decoders, mean for encoders),
 then every parameter trained with AdamW, keeping the best state on held-back subjects (see
 `finetune_and_predict`);
-`mode='scratch'` runs the same recipe from a fresh initialisation of the same architecture. Binary tasks
-use the logistic loss, regression the squared error of the standardised target.
+`mode='scratch'` runs the same schedule and early stopping from a fresh initialisation of the same
+architecture (zero head, no probe). Binary tasks use the logistic loss, regression the squared error of the
+standardised target.
 """
 from __future__ import annotations
 
@@ -162,7 +163,8 @@ def _selection_score(kind: str, y: np.ndarray, out: np.ndarray) -> float:
 
 
 def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit_lengths, y_fit,
-                         test_tokens, test_lengths, recipe: FinetuneRecipe, seed: int, groups=None) -> np.ndarray:
+                         test_tokens, test_lengths, recipe: FinetuneRecipe, seed: int, groups=None, *,
+                         linear_probe_first: bool = True, Z_fit=None, probe_score=None) -> np.ndarray:
     """Linear probe, then fine-tune (LP-FT, Kumar et al. 2022): return test predictions (probabilities for
     binary tasks, values for regression).
 
@@ -174,7 +176,11 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
     state is kept, the probe itself (step 0) included, and training stops after `patience` checks without
     improvement. When the probe wins, the result is the probe refitted on the whole fit pool, i.e. the probe
     mode's own predictions. So the fine-tuned model is never worse than its own probe on the held-back
-    subjects; on test rows it can be worse only by noise. With too few held-back rows (or one class), the training part is used."""
+    subjects; on test rows it can be worse only by noise. With too few held-back rows (or one class), the training part is used.
+
+    `Z_fit` (the frozen representations of the fit rows, when the probe mode already computed them) and
+    `probe_score` (the probe mode's test predictions) save recomputing them. `linear_probe_first=False` starts
+    from a zero head instead (training from scratch: a probe on random features is not worth its cost)."""
     import jax
     import jax.numpy as jnp
 
@@ -189,8 +195,13 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
         tr, va = np.arange(len(y_fit)), np.arange(len(y_fit))
     mu, sd = (0.0, 1.0) if kind == "binary" else (float(y_fit[tr].mean()), float(y_fit[tr].std() or 1.0))
     target = (y_fit - mu) / sd
-    Z_tr = _embed_with(graphdef, params, model_cfg.d_model, fit_tokens[tr], fit_lengths[tr])
-    w, b = probe_head(Z_tr, y_fit[tr], kind, seed)
+    if linear_probe_first:
+        Z_tr = (np.asarray(Z_fit)[tr] if Z_fit is not None
+                else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens[tr], fit_lengths[tr]))
+        w, b = probe_head(Z_tr, y_fit[tr], kind, seed)
+    else:
+        p = float(np.clip(y_fit[tr].mean(), 1e-3, 1 - 1e-3))
+        w, b = np.zeros(model_cfg.d_model, np.float32), (float(np.log(p / (1 - p))) if kind == "binary" else 0.0)
     trainable = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
     predict, step, tx = _train_fns(graphdef, kind, recipe)
 
@@ -220,10 +231,13 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
                 bad += 1
                 if bad >= recipe.patience:
                     break
-    if best_step == 0:
+    if best_step == 0 and linear_probe_first:
         # no fine-tuned state beat the probe on held-back subjects: the probe on the whole fit pool (the
         # probe mode's own result), not the one fitted to the training part only
-        w, b = probe_head(_embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths), y_fit, kind, seed)
+        if probe_score is not None:
+            return np.asarray(probe_score, dtype=np.float64)
+        Z_all = Z_fit if Z_fit is not None else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths)
+        w, b = probe_head(np.asarray(Z_all), y_fit, kind, seed)
         best_state = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
         if kind == "regression":
             mu, sd = float(y_fit.mean()), float(y_fit.std() or 1.0)
