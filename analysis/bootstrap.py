@@ -56,15 +56,36 @@ def stratified_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator
 
 
 def interval(draws: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over axis 0, ignoring NaN draws (failed resamples)."""
+    """Percentile interval over axis 0, ignoring NaN draws (failed resamples).
+
+    Infinite draws are legitimate values (a size that never saturates): they sort above every finite draw,
+    so a bound that falls among them is infinite rather than NaN. Where there are any, the bounds are order
+    statistics (the draw at or beyond each percentile) instead of interpolations, since interpolating
+    towards infinity means nothing."""
     draws = np.asarray(draws, dtype=float)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     if draws.shape[0] == 0 or np.all(np.isnan(draws)):
         nan = np.full(draws.shape[1:], np.nan)
         return nan, nan
-    with np.errstate(invalid="ignore"):  # infinite draws (e.g. a size that never saturates) are legitimate
-        lo, hi = np.nanpercentile(draws, q, axis=0)
-    return lo, hi
+    if not np.isinf(draws).any():
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanpercentile(draws, q, axis=0)
+        return lo, hi
+    big = np.finfo(float).max
+    finite = np.clip(draws, -big, big)
+    with np.errstate(invalid="ignore"):
+        lo = np.nanpercentile(finite, q[0], axis=0, method="lower")
+        hi = np.nanpercentile(finite, q[1], axis=0, method="higher")
+    unclip = lambda v: np.where(v >= big, np.inf, np.where(v <= -big, -np.inf, v))  # noqa: E731
+    return unclip(lo), unclip(hi)
+
+
+def exceedance(draws: np.ndarray, threshold: float) -> float:
+    """Share of the (non-NaN) draws above `threshold`: e.g. the probability that a curve is still gaining
+    beyond the largest size trained."""
+    d = np.asarray(draws, dtype=float).ravel()
+    d = d[~np.isnan(d)]
+    return float(np.mean(d > threshold)) if d.size else float("nan")
 
 
 def estimate(value: float, draws: np.ndarray | None, level: float = DEFAULT_LEVEL) -> Estimate:

@@ -105,10 +105,27 @@ def subject_bootstrap_weights(subject_ids, n_boot: int, seed: int = 0) -> np.nda
     return counts[:, subject_of_row]
 
 
+def resample_id(subject_ids, n_boot: int, seed: int) -> str:
+    """A name for the subject resamples `subject_bootstrap_weights(subject_ids, n_boot, seed)` draws: two
+    evaluations with the same id were scored on the same resampled subjects, so their draws are paired."""
+    import hashlib
+
+    ids = np.ascontiguousarray(np.asarray(subject_ids).astype(np.int64))
+    h = hashlib.sha256(ids.tobytes())
+    h.update(f"{n_boot}:{seed}".encode())
+    return h.hexdigest()[:16]
+
+
 def evaluate(y, score, subject_ids, *, kind: str = "binary", metrics=None, n_boot: int = 200,
-             level: float = DEFAULT_LEVEL, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+             level: float = DEFAULT_LEVEL, seed: int = 0, return_draws: bool = False, weights=None):
     """metric -> (value, low, high): the point estimate on all rows and a percentile interval of the
-    subject bootstrap. kind 'binary' (score = probability of the positive class) or 'regression'."""
+    subject bootstrap. kind 'binary' (score = probability of the positive class) or 'regression'.
+
+    Paired comparisons: the resamples depend only on (subject_ids, n_boot, seed), so every model scored on
+    the same rows with the same seed sees the same resampled subjects; with `return_draws` the result is
+    (intervals, {metric: draws [n_boot]}) (NaN where a resample is undefined, e.g. one class only), whose
+    differences between models give paired intervals (analysis/paired.py). `weights` passes precomputed
+    resample weights (n_boot, n_rows) instead."""
     y, score = np.asarray(y, dtype=np.float64), np.asarray(score, dtype=np.float64)
     if y.shape != score.shape or y.ndim != 1:
         raise AnalysisError(f"labels and scores must be 1-D and the same length; got {y.shape} and {score.shape}")
@@ -119,20 +136,35 @@ def evaluate(y, score, subject_ids, *, kind: str = "binary", metrics=None, n_boo
     names = tuple(metrics or (BINARY_METRICS if kind == "binary" else REGRESSION_METRICS))
     if kind == "binary" and not np.all((y == 0) | (y == 1)):
         raise AnalysisError("binary labels must be 0 or 1")
-    W = subject_bootstrap_weights(subject_ids, n_boot, seed) if n_boot else None
+    W = weights if weights is not None else (subject_bootstrap_weights(subject_ids, n_boot, seed) if n_boot else None)
     alpha = (1 - level) / 2
-    out = {}
+    out, all_draws = {}, {}
     for name in names:
         fn = METRIC_FUNCTIONS[name]
         value = float(fn(y, score)[0])
         if W is None:
             out[name] = (value, float("nan"), float("nan"))
+            all_draws[name] = np.zeros(0)
             continue
         draws = fn(y, score, W)
-        draws = draws[np.isfinite(draws)]
-        lo, hi = (np.quantile(draws, [alpha, 1 - alpha]) if draws.size else (np.nan, np.nan))
+        draws = np.where(np.isfinite(draws), draws, np.nan)
+        all_draws[name] = draws
+        ok = draws[np.isfinite(draws)]
+        lo, hi = (np.quantile(ok, [alpha, 1 - alpha]) if ok.size else (np.nan, np.nan))
         out[name] = (value, float(lo), float(hi))
-    return out
+    return (out, all_draws) if return_draws else out
+
+
+def evaluate_paired(y, scores: dict, subject_ids, *, kind: str = "binary", metrics=None, n_boot: int = 200,
+                    level: float = DEFAULT_LEVEL, seed: int = 0) -> tuple[dict, dict]:
+    """Several models' scores on the same rows with one set of subject resamples: ({model: intervals},
+    {model: {metric: draws}}); see `evaluate`."""
+    W = subject_bootstrap_weights(subject_ids, n_boot, seed) if n_boot else None
+    res, draws = {}, {}
+    for name, score in scores.items():
+        res[name], draws[name] = evaluate(y, score, subject_ids, kind=kind, metrics=metrics, n_boot=n_boot,
+                                          level=level, seed=seed, return_draws=True, weights=W)
+    return res, draws
 
 
 def gap_to_ceiling(metric: str, value: float, ceiling: float) -> float:

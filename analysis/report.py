@@ -18,7 +18,6 @@ from .errors import AnalysisError
 from .isoflop import IsoFlopFit
 from .optimal import Allocation, compute_optimal
 from .parametric import ParametricFit
-from .saturation import fit_saturation
 from .summary import FitResult
 
 STYLE = """
@@ -178,6 +177,7 @@ def write_report(
     body: list[str] = []
     summary: list[str] = list(summary_lines or [])
     report_json: dict = {"title": title, "budget": at, "max_tokens": max_tokens, "objectives": {}}
+    runs_by_objective, loss_at = {}, {}  # for the downstream forecast: each objective's runs and predicted loss
 
     for name, df_group in groups:
         name = str(name)
@@ -185,6 +185,7 @@ def write_report(
         df = _full_data(df_group)
         fits, skipped = _fits_for(df, curves, n_boot, seed)
         allocs = {k: compute_optimal(f, at, max_tokens=max_tokens) for k, f in fits.items()}
+        runs_by_objective[name], loss_at[name] = df, (allocs[3].loss if 3 in allocs else None)
         summary += _summary(name, fits, allocs, at)
         figs: list[tuple[str, Path]] = []
         if 2 in fits:
@@ -213,8 +214,10 @@ def write_report(
                                               summary, name))
 
     if downstream is not None:
-        for label, group in _by_objective(downstream):
-            body.append(_saturation_section(group, out, n_boot, seed, report_json, summary, label))
+        from .report_downstream import downstream_sections
+
+        body += downstream_sections(downstream, out, n_boot=n_boot, seed=seed, report_json=report_json,
+                                    summary=summary, runs_by_objective=runs_by_objective, loss_at=loss_at)
 
     page = _page(title, summary, body)
     (out / "fits.json").write_text(json.dumps(report_json, indent=2, allow_nan=False, default=_json_default))
@@ -401,81 +404,6 @@ def _section(name, df, fits, skipped, allocs, at, figs, out) -> str:
         svg = Path(rel).with_suffix(".svg").as_posix()
         h.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>"
                  f"<figcaption>{html.escape(caption)} (<a href='{html.escape(svg)}'>SVG</a>)</figcaption></figure>")
-    return "\n".join(h)
-
-
-def _downstream_table(downstream: pd.DataFrame, metric: str = "auroc", max_rows: int = 80) -> str:
-    """The measured numbers themselves, whether or not a saturation curve can be fitted to them."""
-    d = downstream[downstream["metric"] == metric] if "metric" in downstream.columns else downstream.iloc[:0]
-    if d.empty:
-        return ""
-    d = d.sort_values(["task", "mode", "params"], na_position="first").head(max_rows)
-    has_gap = "gap" in d.columns
-    rows = ["<table><tr><th>task</th><th>mode</th><th>N</th>"
-            f"<th>{html.escape(metric)} [interval]</th>{'<th>gap to ceiling</th>' if has_gap else ''}</tr>"]
-    for r in d.itertuples():
-        n = "" if pd.isna(r.params) else _g(r.params)
-        gap = f"<td>{r.gap:+.3f}</td>" if has_gap and pd.notna(r.gap) else ("<td></td>" if has_gap else "")
-        rows.append(f"<tr><td>{html.escape(str(r.task))}</td><td>{html.escape(str(r.mode))}</td><td>{n}</td>"
-                    f"<td>{r.value:.3f} <small>[{r.low:.3f}, {r.high:.3f}]</small></td>{gap}</tr>")
-    return "\n".join(rows) + "</table>"
-
-
-def _by_objective(downstream: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
-    """Decoders and encoders saturate separately; size-independent baselines (no objective) go with each."""
-    if "objective" not in downstream.columns or downstream["objective"].dropna().nunique() <= 1:
-        return [(None, downstream)]
-    shared = downstream[downstream["objective"].isna()]
-    return [(str(obj), pd.concat([g, shared], ignore_index=True))
-            for obj, g in downstream.dropna(subset=["objective"]).groupby("objective")]
-
-
-def _saturation_section(downstream, out, n_boot, seed, report_json, summary, label: str | None = None) -> str:
-    h = [f"<h2>Downstream saturation{f' ({html.escape(label)} models)' if label else ''}</h2>"]
-    h.append(_downstream_table(downstream))
-    try:
-        by_n = fit_saturation(downstream, n_boot=n_boot, seed=seed)
-    except AnalysisError as e:
-        h.append(f"<div class='warn'>Saturation not fitted: {html.escape(str(e))}</div>")
-        return "\n".join(h)
-    try:
-        by_c = fit_saturation(downstream, x="compute", n_boot=n_boot, seed=seed)
-    except AnalysisError:
-        by_c = None
-    if by_c is not None and not by_c.fits:  # e.g. every model from one IsoFLOP budget: no compute axis
-        by_c = None
-    rank = by_n.ranking()
-    if label:
-        report_json.setdefault("saturation_by_objective", {})[label] = by_n.to_dict()
-    else:
-        report_json["saturation"] = by_n.to_dict()
-    h.append(f"<p>Model: metric = m_inf - k N^-gamma per task; the saturation size is where doubling N gains less "
-             f"than {by_n.threshold:g} {html.escape(by_n.metric)}. Tasks, earliest to saturate first:</p>")
-    h.append("<table><tr><th>task</th><th>curve</th><th>saturation size N</th><th>m_inf</th><th>note</th></tr>")
-    for r in rank.itertuples():
-        note = ("beyond the sizes trained" if r.beyond_range else
-                "already saturated at the smallest size" if r.below_range else "")
-        h.append(f"<tr><td>{html.escape(str(r.task))}</td><td>{html.escape(r.mode)}</td>"
-                 f"<td>{_g(r.saturation)} <small>[{_g(r.low)}, {_g(r.high)}]</small></td><td>{r.m_inf:.3f}</td>"
-                 f"<td>{note}</td></tr>")
-    h.append("</table>")
-    if len(rank):
-        first, last = rank.iloc[0], rank.iloc[-1]
-        latest = ("is still gaining beyond the sizes trained" if last.beyond_range
-                  else f"latest (about {_g(last.saturation)})")
-        summary.append(
-            f"Downstream{f' ({label}s)' if label else ''}, {first.task} stops gaining {by_n.threshold:g} "
-            f"{by_n.metric} per doubling earliest (about {_g(first.saturation)} parameters) and {last.task} {latest}."
-        )
-    if by_n.warnings:
-        h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in by_n.warnings)
-                 + "</ul></div>")
-    for task in by_n.tasks:
-        slug = "".join(ch if ch.isalnum() else "_" for ch in (f"{label}_{task}" if label else str(task)))
-        png = plots.plot_saturation(by_n, task, out / f"saturation_{slug}", by_compute=by_c)[0]
-        rel = png.relative_to(out).as_posix()
-        h.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(str(task))}'>"
-                 f"<figcaption>{html.escape(str(task))}</figcaption></figure>")
     return "\n".join(h)
 
 

@@ -416,6 +416,10 @@ def optimal(
     rec = recommend(results, compute, objective=objective, max_tokens=available_tokens, n_boot=n_boot,
                     compute_convention=compute_convention, sweeps=sweeps)
     print_recommendation(rec, compute)
+    from medscale.scaling.downstream.forecast import forecast_lines
+
+    for line in forecast_lines(runs_dir, rec, objective, n_boot):
+        out.print(line)
     if spec_out:
         sweep = str(results.loc[results["objective"] == objective, "sweep"].mode().iloc[0]) if len(results) else None
         source = sweeps.get(sweep) or (next(iter(sweeps.values())) if sweeps else None)

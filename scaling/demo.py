@@ -178,7 +178,7 @@ def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
     """Downstream evaluation of the demo's models, in the report's format: one model per size (the
     encoder ladder, and the decoders of the largest IsoFLOP budget)."""
     from medscale.scaling.downstream import load_downstream_spec
-    from medscale.scaling.downstream.evaluate import saturation_input
+    from medscale.scaling.downstream.evaluate import downstream_data
     from medscale.scaling.pipeline import run_downstream
     from medscale.scaling.results import load_results
 
@@ -187,4 +187,4 @@ def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
     decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]
     runs = list(decoders["run_id"]) + list(done.loc[done["objective"] == "encoder", "run_id"])
     table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)), runs=runs, reporter=reporter)
-    return saturation_input(table) if len(table) else None
+    return downstream_data(out_dir, table) if len(table) else None

@@ -337,13 +337,13 @@ def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None,
                   max_tokens: float | None = None, n_boot: int = 200, title: str | None = None) -> Path:
     """Fit a store's results (and downstream table, if any) and write the HTML report; returns its index."""
     from medscale.analysis.report import write_report
-    from medscale.scaling.downstream.evaluate import read_downstream, saturation_input
+    from medscale.scaling.downstream.evaluate import downstream_data, read_downstream
     from medscale.scaling.results import load_results
 
     runs_dir = Path(runs_dir)
     results, curves = load_results(runs_dir)
     table = read_downstream(runs_dir)
-    downstream = saturation_input(table) if len(table) else None
+    downstream = downstream_data(runs_dir, table) if len(table) else None
     at = budget or default_budget(results)
     kwargs = {"title": title} if title else {}
     return write_report(Path(report_dir) if report_dir else runs_dir / "report", results=results, curves=curves,

@@ -50,13 +50,25 @@ def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
 
     spec = _spec(modes=["probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"],
                  label_budgets=[8, "all"], finetune={"steps": 8, "max_runs": 1},
-                 zero_shot={"k": 2, "max_new_tokens": 16, "max_samples": 8, "tasks": [LONG]})
+                 zero_shot={"k": 2, "max_new_tokens": 16, "max_samples": 8, "tasks": [LONG], "batch_prompts": 4})
     df = evaluate_store(ladder, spec)
     assert list(df.columns) == COLUMNS
     assert set(df["mode"]) == {"probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling"}
     assert len(df[(df["mode"] == "probe")]["run_id"].unique()) == len(SHAPES)
     assert len(df[(df["mode"] == "finetune")]["run_id"].unique()) == 1
     assert set(df[df["mode"] == "zero_shot"]["task"]) == {LONG}
+    zs = df[df["mode"] == "zero_shot"].groupby("metric")["value"].mean()
+    assert {"auroc_k1", "auroc_k2", "censored", "rollout_tokens", "rollout_cap", "rollout_capped"} <= set(zs.index)
+    assert zs["rollout_tokens"] <= zs["rollout_cap"] == 16 and 0 <= zs["censored"] <= 1
+    # every step keeps its paired draws and its subgroup metrics
+    from medscale.scaling.downstream.evaluate import compile_subgroups, read_draws
+
+    draws = read_draws(ladder, "auroc")
+    probe_draws = draws[(draws["mode"] == "probe") & (draws["task"] == SIMPLE)]
+    assert probe_draws["resample"].nunique() == 1 and probe_draws["run_id"].nunique() == len(SHAPES)
+    assert (probe_draws.groupby("run_id").size() == 50).all()
+    sub = compile_subgroups(ladder)
+    assert {"sex", "age"} <= set(sub["kind"]) and {"F", "M"} <= set(sub[sub["kind"] == "sex"]["group"])
     probe = df[df["mode"] == "probe"]
     assert set(probe["label_budget"]) == {"8", "all"}
     few = probe[(probe["label_budget"] == "8")]["n_fit"]
@@ -106,3 +118,24 @@ def test_the_simple_task_saturates_at_a_smaller_size_than_the_long_history_task(
     # the long-history task's probe keeps gaining: its largest model beats its smallest
     long = probe[probe["task"] == LONG]["value"].to_numpy()
     assert long[-1] > long[0]
+
+
+def test_fine_tuning_is_not_below_the_probe_of_the_same_model_beyond_noise(ladder):
+    """LP-FT: the head starts from the probe and the best state on held-back subjects is kept, so on test
+    subjects the fine-tuned model can trail its own probe only by noise (paired interval of the difference)."""
+    from medscale.analysis.paired import draw_matrix
+    from medscale.scaling.downstream.evaluate import evaluate_store, read_draws
+
+    spec = _spec(tasks=[SIMPLE], modes=["probe", "finetune"], seeds=[7],
+                 finetune={"steps": 24, "lr": 1e-3, "max_runs": 2})
+    df = evaluate_store(ladder, spec)
+    auroc = df[(df["metric"] == "auroc") & (df["task"] == SIMPLE) & (df["seed"] == 7) & (df["label_budget"] == "all")]
+    tuned = auroc[auroc["mode"] == "finetune"]
+    assert len(tuned) == 2
+    draws = read_draws(ladder, "auroc")
+    for rid in tuned["run_id"]:
+        pair = draws[(draws["run_id"] == rid) & (draws["task"] == SIMPLE) & (draws["seed"] == 7)]
+        both = draw_matrix(pair.assign(run_id=pair["mode"]), ["probe", "finetune"])
+        assert both is not None
+        diff = both[:, 1] - both[:, 0]
+        assert np.percentile(diff, 97.5) >= 0, (rid, np.percentile(diff, [2.5, 50, 97.5]))

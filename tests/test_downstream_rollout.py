@@ -83,3 +83,58 @@ def test_zero_shot_reads_temporal_and_event_bound_windows():
     assert p2[0] == pytest.approx(1 / 3) and c2[0] == pytest.approx(1 / 3)
     negated = LabelRule(within_10d.label, within_10d.horizon_s, None, True, True, False)
     assert outcome_probabilities(traj, negated, _Tok())[0][0] == pytest.approx(0.75)
+
+
+def test_rollouts_stop_when_every_window_has_closed_and_slide_past_max_len():
+    from medscale.models.rollout import sample_until
+
+    cfg, graphdef, params = _model()
+    prompts = np.array([[2, 7, 9, 11, 12, 13, 0, 0], [2, 8, 9, 0, 0, 0, 0, 0]], np.int32)
+    calls = []
+
+    def finished(traj):
+        calls.append(traj.shape[-1])
+        return traj.shape[-1] >= 8
+    early = sample_until(graphdef, params, prompts, [6, 3], k=3, max_new=40, key=jax.random.key(0), chunk=4,
+                         finished=finished, banned=(0, 2, 4))
+    assert early.shape == (2, 3, 8) and calls == [4, 8]      # stopped after two chunks, not ten
+
+    def keep_last(tokens, lengths, keep):                        # a plain most-recent-tokens context
+        out = np.zeros((len(lengths), keep), np.int32)
+        new_len = np.minimum(lengths, keep)
+        for i, n in enumerate(lengths):
+            out[i, :new_len[i]] = tokens[i, n - new_len[i]:n]
+        return out, new_len
+    # prompt (8) + 40 new tokens > max_len 32: the context slides, the shapes stay fixed
+    long = sample_until(graphdef, params, prompts, [6, 3], k=2, max_new=40, key=jax.random.key(1), chunk=8,
+                        max_len=cfg.max_len, recontext=keep_last, banned=(0, 2, 4))
+    assert long.shape == (2, 2, 40) and not np.isin(long, [0, 2, 4]).any()
+    again = sample_until(graphdef, params, prompts, [6, 3], k=2, max_new=40, key=jax.random.key(1), chunk=8,
+                         max_len=cfg.max_len, recontext=keep_last, banned=(0, 2, 4))
+    np.testing.assert_array_equal(long, again)
+
+
+def test_rollout_budget_is_what_the_window_holds_in_the_data_up_to_the_cap():
+    import pandas as pd
+    import polars as pl
+
+    from medscale.scaling.downstream.zero_shot import rollout_budget, window_events
+
+    t0 = np.datetime64("2020-01-01T00:00:00", "us")
+    day = np.timedelta64(86400 * 10**6, "us")
+    # subject 1: an event a day for 20 days, discharged on day 5; subject 2: nothing after t
+    times = [t0 + i * day for i in range(1, 21)] + [t0 - day]
+    codes = ["LAB"] * 4 + ["DISCHARGE"] + ["LAB"] * 15 + ["LAB"]
+    events = pl.DataFrame({"subject_id": [1] * 20 + [2], "time": np.array(times), "code": codes})
+    samples = pd.DataFrame({"subject_id": [1, 2], "prediction_time": [t0, t0]})
+    week = LabelRule(CodeMatcher(frozenset(["DEATH"])), 7 * 86400, None, True, False, False)
+    stay = LabelRule(CodeMatcher(frozenset(["DEATH"])), None, CodeMatcher(frozenset(["DISCHARGE", "DEATH"])), True,
+                     False, False)
+    assert window_events(events, samples, week, quantile=1.0) == 7
+    assert window_events(events, samples, stay, quantile=1.0) == 5     # up to and including the discharge
+    assert window_events(events, samples, stay, quantile=0.0) == 0
+    b = rollout_budget(7 * 2.0, cap=512, factor=1.5)
+    assert (b.tokens, b.wanted, b.capped) == (21, 21, False)
+    b = rollout_budget(200.0, cap=128, factor=1.5)
+    assert (b.tokens, b.wanted, b.capped) == (128, 300, True)
+    assert rollout_budget(1.0, cap=128).tokens == 16

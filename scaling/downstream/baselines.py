@@ -39,6 +39,39 @@ def _probe_predict(X_fit, y_fit, X_test, kind: str, seed: int) -> np.ndarray:
     return clf.fit(A, y_fit).predict_proba(B)[:, 1]
 
 
+def probe_head(X_fit: np.ndarray, y_fit: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, float]:
+    """The probe as a linear head on the raw features: (w [D], b) with score = X w + b (a logit for binary
+    tasks, the standardised target for regression), the same estimator `probe_predict` fits; the head
+    fine-tuning starts from (LP-FT)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return _probe_head(X_fit, y_fit, kind, seed)
+
+
+def _probe_head(X_fit, y_fit, kind: str, seed: int):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X_fit)
+    A = scaler.transform(X_fit)
+    if kind == "regression":
+        mu, sd = float(np.mean(y_fit)), float(np.std(y_fit) or 1.0)
+        clf = RidgeCV(alphas=ALPHAS).fit(A, (y_fit - mu) / sd)
+        coef, icpt = np.ravel(clf.coef_), float(clf.intercept_)
+    else:
+        smallest = int(min(np.sum(y_fit == 1), np.sum(y_fit == 0)))
+        if smallest >= 3:
+            clf = LogisticRegressionCV(Cs=CS, cv=min(5, smallest), max_iter=2000, scoring="neg_log_loss",
+                                       random_state=seed)
+        else:
+            clf = LogisticRegression(C=1.0, max_iter=2000)
+        clf.fit(A, y_fit)
+        coef, icpt = np.ravel(clf.coef_), float(np.ravel(clf.intercept_)[0])
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    w = coef / scale
+    return w.astype(np.float32), float(icpt - np.sum(coef * scaler.mean_ / scale))
+
+
 def lightgbm_predict(X_fit: np.ndarray, y_fit: np.ndarray, X_test: np.ndarray, kind: str, seed: int) -> np.ndarray:
     import lightgbm as lgb
 

@@ -64,6 +64,7 @@ class TaskData:
     events: object              # polars frame of the sampled subjects' events (shared by histories/counts)
     meds: str
     part_of_test: np.ndarray | None = None   # union tasks: which part each test row came from
+    groups: dict | None = None               # test rows' subgroups: {"sex": [...], "age": [...]}
 
     def y(self, rows: pd.DataFrame) -> np.ndarray:
         from medscale.data.tasks import label_values
@@ -101,7 +102,23 @@ def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
                          "temporal_cutoff and the cohort size)")
     fit, test = _cap_by_subject(fit, spec.max_samples, 1), _cap_by_subject(test, spec.max_samples, 2)
     events = subject_events(meds, np.r_[fit["subject_id"].to_numpy(), test["subject_id"].to_numpy()])
-    return TaskData(task, fit, test, events, meds)
+    return TaskData(task, fit, test, events, meds, groups=subgroups_of(meds, test, events))
+
+
+AGE_BANDS = ((0, 45, "<45"), (45, 65, "45-64"), (65, 200, "65+"))
+
+
+def subgroups_of(meds: str, rows: pd.DataFrame, events) -> dict[str, np.ndarray]:
+    """Sex and age band at the prediction time of each row (data/history.count_features' age and sex)."""
+    from medscale.data.history import count_features
+
+    X = count_features(meds, rows, [], events=events).X_NxF
+    age, male, female = X[:, 0], X[:, 1] > 0, X[:, 2] > 0
+    sex = np.where(male, "M", np.where(female, "F", ""))
+    band = np.full(len(rows), "", dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(age >= lo) & (age < hi)] = name
+    return {"sex": sex.astype(object), "age": band}
 
 
 def budget_rows(data: TaskData, budget, seed: int) -> np.ndarray | None:
@@ -157,24 +174,47 @@ def saturation_input(downstream: pd.DataFrame, label_budget: str = "all") -> pd.
     return (d.groupby(keys, dropna=False, as_index=False)[["value", "low", "high", "ceiling", "gap"]].mean())
 
 
+BOOTSTRAP_SEED = 0   # one set of subject resamples per test set, for every model and seed: paired draws
+SUBGROUP_MIN_ROWS = 30
+
+
 def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarray, *, mode: str, budget, seed: int,
-                 n_fit: int, spec: DownstreamSpec) -> list[dict]:
-    from medscale.analysis.metrics import evaluate, gap_to_ceiling
+                 n_fit: int, spec: DownstreamSpec, groups: dict | None = None) -> tuple[list[dict], dict]:
+    """(result rows, extras): extras hold the paired bootstrap draws of each metric ({"resample", "draws"})
+    and the metrics on each subgroup of the test rows ("subgroups")."""
+    from medscale.analysis.metrics import evaluate, gap_to_ceiling, resample_id
 
     kind = data.task.kind
     y = data.y(rows)
     subjects = rows["subject_id"].to_numpy()
-    got = evaluate(y, score, subjects, kind=kind, n_boot=spec.n_boot, seed=seed)
+    got, draws = evaluate(y, score, subjects, kind=kind, n_boot=spec.n_boot, seed=BOOTSTRAP_SEED, return_draws=True)
     truth = rows["truth"].to_numpy(dtype=np.float64)
-    best = evaluate(y, truth, subjects, kind=kind, n_boot=0) if np.all(np.isfinite(truth)) else {}
+    has_truth = np.all(np.isfinite(truth))
+    best = evaluate(y, truth, subjects, kind=kind, n_boot=0) if has_truth else {}
+    base = {**meta, "task": data.task.name, "mode": mode, "label_budget": str(budget), "seed": seed,
+            "n_fit": n_fit, "n_test": len(rows), "protocol": spec.protocol}
     out = []
     for metric, (value, low, high) in got.items():
         ceiling = best.get(metric, (np.nan,))[0]
-        out.append({**meta, "task": data.task.name, "mode": mode, "label_budget": str(budget), "seed": seed,
-                    "metric": metric, "value": value, "low": low, "high": high, "ceiling": ceiling,
-                    "gap": gap_to_ceiling(metric, value, ceiling), "n_fit": n_fit, "n_test": len(rows),
-                    "protocol": spec.protocol})
-    return out
+        out.append({**base, "metric": metric, "value": value, "low": low, "high": high, "ceiling": ceiling,
+                    "gap": gap_to_ceiling(metric, value, ceiling)})
+    extras = {"resample": resample_id(subjects, spec.n_boot, BOOTSTRAP_SEED),
+              "draws": {m: [None if not np.isfinite(v) else float(v) for v in d] for m, d in draws.items()},
+              "subgroups": []}
+    groups = data.groups if groups is None else groups
+    for kind_name, labels in (groups or {}).items():
+        labels = np.asarray(labels)[: len(rows)]
+        for g in sorted(set(labels) - {""}):
+            sel = labels == g
+            if sel.sum() < SUBGROUP_MIN_ROWS or (kind == "binary" and np.unique(y[sel]).size < 2):
+                continue
+            sub = evaluate(y[sel], score[sel], subjects[sel], kind=kind, n_boot=spec.n_boot, seed=BOOTSTRAP_SEED)
+            sub_best = evaluate(y[sel], truth[sel], subjects[sel], kind=kind, n_boot=0) if has_truth else {}
+            for metric, (value, low, high) in sub.items():
+                extras["subgroups"].append({**base, "kind": kind_name, "group": str(g), "n": int(sel.sum()),
+                                            "metric": metric, "value": value, "low": low, "high": high,
+                                            "ceiling": sub_best.get(metric, (np.nan,))[0]})
+    return out, extras
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +224,9 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
 # The fields of a downstream spec that change an evaluation's result, per mode (the step's identity).
 SHARED_IDENTITY = ("max_samples", "fit_splits", "test_splits", "temporal_cutoff", "n_boot", "meds", "labels",
                    "predicates")
+# bumped when an evaluation's recipe changes without a spec field changing (2: paired draws, subgroups,
+# LP-FT fine-tuning, zero-shot rollouts until the window closes with a K sweep)
+EVAL_VERSION = 2
 MODE_IDENTITY = {"finetune": ("finetune",), "scratch": ("finetune",), "zero_shot": ("zero_shot",)}
 
 
@@ -206,22 +249,26 @@ class _Evaluator:
     def step(self, run_id: str, task: str, mode: str, budget, seed: int) -> StepDir:
         dumped = self.spec.model_dump()
         identity = {"run_id": run_id, "task": task, "mode": mode, "label_budget": str(budget), "seed": int(seed),
-                    **pick(dumped, SHARED_IDENTITY + MODE_IDENTITY.get(mode, ()))}
+                    "version": EVAL_VERSION, **pick(dumped, SHARED_IDENTITY + MODE_IDENTITY.get(mode, ()))}
         return StepDir(self.steps_root / step_name("eval", identity)), identity
 
     def todo(self, run_id: str, task: str, mode: str, budget, seed: int) -> bool:
         return mode in self.spec.modes and self.step(run_id, task, mode, budget, seed)[0].state() != "done"
 
-    def add(self, rows: list[dict], predictions: tuple | None = None) -> None:
-        """Record a finished evaluation; `predictions` = (label rows, scores, kind) are written in
-        meds-evaluation's schema (scaling/downstream/predictions.py) before the step is marked done."""
+    def add(self, result: tuple[list[dict], dict], predictions: tuple | None = None) -> None:
+        """Record a finished evaluation: `result` = (rows, extras) from _result_rows (extras: paired draws and
+        subgroup metrics); `predictions` = (label rows, scores, kind) are written in meds-evaluation's schema
+        (scaling/downstream/predictions.py) before the step is marked done."""
         from medscale.scaling.downstream.predictions import write_predictions
 
+        rows, extras = result
         first = rows[0]
         step, identity = self.step(first["run_id"], first["task"], first["mode"], first["label_budget"], first["seed"])
         if predictions is not None:
             write_predictions(self.root, rows, *predictions)
         write_json(step.path / "identity.json", identity)
+        write_json(step.path / "draws.json", {"resample": extras["resample"], "draws": extras["draws"]})
+        write_json(step.path / "subgroups.json", extras["subgroups"])
         write_json(step.path / "rows.json", rows)
         step.set_status("done", rows=len(rows))
         self.changed = True
@@ -231,6 +278,8 @@ class _Evaluator:
             return
         self.table = compile_downstream(self.root)
         _write(self.root, self.table)
+        sub = compile_subgroups(self.root)
+        write_with(self.root / "downstream_subgroups.csv", lambda p: sub.to_csv(p, index=False))
         self.changed = False
 
 
@@ -243,6 +292,57 @@ def compile_downstream(store_root: Path | str) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["label_budget"] = frame["label_budget"].astype(str)
     return frame
+
+
+SUBGROUP_COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "kind",
+                    "group", "n", "metric", "value", "low", "high", "ceiling", "protocol"]
+
+
+def _done_steps(store_root):
+    for folder in sorted((Path(store_root) / "downstream").glob("eval-*")):
+        if StepDir(folder).state() == "done":
+            yield folder
+
+
+def compile_subgroups(store_root: Path | str) -> pd.DataFrame:
+    """Every finished evaluation's metrics per subgroup (sex, age band) of its test rows."""
+    rows = [r for folder in _done_steps(store_root) for r in (read_json(folder / "subgroups.json") or [])]
+    frame = pd.DataFrame(rows, columns=SUBGROUP_COLUMNS)
+    frame["label_budget"] = frame["label_budget"].astype(str)
+    return frame
+
+
+def read_draws(store_root: Path | str, metric: str = "auroc", label_budget: str = "all") -> pd.DataFrame:
+    """The paired bootstrap draws of one metric, long: run_id, task, mode, metric, seed, draw, value, resample
+    (one label budget; zero-shot, which uses none, is kept too). Draws with one resample id were scored on the
+    same resampled test subjects (analysis/paired.py)."""
+    parts = []
+    for folder in _done_steps(store_root):
+        ident = read_json(folder / "identity.json") or {}
+        if str(ident.get("label_budget")) != str(label_budget) and ident.get("mode") != "zero_shot":
+            continue
+        got = read_json(folder / "draws.json")
+        values = (got or {}).get("draws", {}).get(metric)
+        if not values:
+            continue
+        v = np.array([np.nan if x is None else x for x in values], dtype=float)
+        parts.append(pd.DataFrame({"run_id": ident["run_id"], "task": ident["task"], "mode": ident["mode"],
+                                   "metric": metric, "seed": int(ident["seed"]), "draw": np.arange(v.size),
+                                   "value": v, "resample": got["resample"]}))
+    cols = ["run_id", "task", "mode", "metric", "seed", "draw", "value", "resample"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def downstream_data(store_root: Path | str, table: pd.DataFrame | None = None, label_budget: str = "all"):
+    """Everything the report's downstream sections read (analysis.downstream_data.DownstreamData): the
+    results at one label budget with seeds averaged, the paired draws of AUROC and the subgroup metrics."""
+    from medscale.analysis.downstream_data import DownstreamData
+
+    table = compile_downstream(store_root) if table is None else table
+    sub = compile_subgroups(store_root)
+    sub = sub[sub["label_budget"].astype(str) == str(label_budget)]
+    return DownstreamData(results=saturation_input(table, label_budget), draws=read_draws(store_root, "auroc", label_budget),
+                          subgroups=sub)
 
 
 def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokenizer) -> None:
@@ -273,17 +373,18 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
 
 
 def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], tokenizer, finetune_ok: bool,
-                  history_cache: dict) -> None:
+                  history_cache: dict, zero_shot_ok: bool = True) -> None:
     from medscale.data.history import build_histories
     from medscale.scaling.downstream.baselines import probe_predict
     from medscale.scaling.downstream.model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
-    from medscale.scaling.downstream.zero_shot import zero_shot_scores
+    from medscale.scaling.downstream.zero_shot import tokens_per_event
 
     spec = ev.spec
     rid = run.run_id
     wanted = [(n, m, b, s) for n in tasks for m in ("probe", "finetune", "scratch") for b in spec.label_budgets
               for s in spec.seeds if ev.todo(rid, n, m, b, s)]
-    wanted += [(n, "zero_shot", 0, s) for n in tasks for s in spec.seeds if ev.todo(rid, n, "zero_shot", 0, s)]
+    wanted += [(n, "zero_shot", 0, s) for n in tasks for s in spec.seeds
+               if zero_shot_ok and ev.todo(rid, n, "zero_shot", 0, s)]
     if not wanted:
         return
     model = load_run_model(run)
@@ -298,6 +399,7 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
         y_fit = data.y(data.fit)
         kind = data.task.kind
         todo = [w for w in wanted if w[0] == name]
+        Z_fit, probe_scores = None, {}   # the probe's representations and predictions, reused by LP-FT
         if any(m == "probe" for _, m, _, _ in todo):
             Z_fit, Z_test = embed(model, h_fit.tokens_NxL, h_fit.lengths_N), embed(model, h_test.tokens_NxL, h_test.lengths_N)
         for _, mode, budget, seed in todo:
@@ -306,42 +408,75 @@ def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], token
             if mode == "zero_shot":
                 if not model.cfg.causal or kind != "binary" or name not in (spec.zero_shot.tasks or [name]):
                     continue
-                rows = data.test.iloc[: spec.zero_shot.max_samples]
-                n = len(rows)
-                if data.task.parts:
-                    scores, cens = np.zeros(n), np.zeros(n)
-                    part_of = _part_of_rows(data, data.test)[:n]
-                    for part in data.task.parts:
-                        sel = np.flatnonzero(part_of == part.name)
-                        if sel.size:
-                            scores[sel], cens[sel] = zero_shot_scores(
-                                model, h_test.tokens_NxL[sel], h_test.lengths_N[sel], part.label_rule(), tokenizer,
-                                k=spec.zero_shot.k, max_new=spec.zero_shot.max_new_tokens, seed=seed,
-                                temperature=spec.zero_shot.temperature)
-                else:
-                    scores, cens = zero_shot_scores(model, h_test.tokens_NxL[:n], h_test.lengths_N[:n],
-                                                    data.task.label_rule(), tokenizer, k=spec.zero_shot.k,
-                                                    max_new=spec.zero_shot.max_new_tokens, seed=seed,
-                                                    temperature=spec.zero_shot.temperature)
-                out = _result_rows(meta, data, rows, scores, mode=mode, budget=0, seed=seed, n_fit=0, spec=spec)
-                out.append({**out[0], "metric": "censored", "value": float(cens.mean()), "low": np.nan,
-                            "high": np.nan, "ceiling": np.nan, "gap": np.nan})
-                ev.add(out, (rows, scores, kind))
+                if "per_event" not in history_cache:
+                    history_cache["per_event"] = tokens_per_event(model.token_dir, tokenizer)
+                ev.add(*_zero_shot(meta, data, h_test, model, tokenizer, spec, seed, history_cache["per_event"]))
                 continue
             idx = budget_rows(data, budget, seed)
             if idx is None:
                 continue
             if mode == "probe":
                 score = probe_predict(Z_fit[idx], y_fit[idx], Z_test, kind, seed)
+                probe_scores[(budget, seed)] = score
             else:
-                graphdef, params = ((model.graphdef, model.params) if mode == "finetune"
+                pretrained = mode == "finetune"
+                graphdef, params = ((model.graphdef, model.params) if pretrained
                                     else fresh_params(model.cfg, 1000 + seed))
                 score = finetune_and_predict(graphdef, params, model.cfg, kind, h_fit.tokens_NxL[idx],
                                              h_fit.lengths_N[idx], y_fit[idx], h_test.tokens_NxL, h_test.lengths_N,
-                                             recipe, seed)
+                                             recipe, seed, groups=data.fit["subject_id"].to_numpy()[idx],
+                                             linear_probe_first=pretrained,
+                                             Z_fit=Z_fit[idx] if pretrained and Z_fit is not None else None,
+                                             probe_score=probe_scores.get((budget, seed)) if pretrained else None)
             ev.add(_result_rows(meta, data, data.test, score, mode=mode, budget=budget, seed=seed, n_fit=len(idx),
                                 spec=spec), (data.test, score, kind))
     ev.flush()
+
+
+def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: DownstreamSpec, seed: int,
+               per_event: float) -> tuple[tuple[list[dict], dict], tuple]:
+    """K rollouts per test row (the first zero_shot.max_samples) until each window closes: ((rows, extras),
+    predictions) for _Evaluator.add; rows for the metrics at K plus the K sweep (`auroc_k<k>`), the censored
+    fraction and the rollout budget and cap."""
+    from medscale.scaling.downstream.zero_shot import rollout_budget, window_events, zero_shot_scores
+
+    zs = spec.zero_shot
+    rows = data.test.iloc[: zs.max_samples]
+    n = len(rows)
+    ks = tuple(sorted({k for k in zs.k_sweep if k <= zs.k} | {zs.k}))
+    scores, cens = np.zeros(n), np.zeros(n)
+    by_k = {k: np.zeros(n) for k in ks}
+    budgets = []
+    parts = [(p, np.flatnonzero(_part_of_rows(data, data.test)[:n] == p.name)) for p in data.task.parts] \
+        if data.task.parts else [(data.task, np.arange(n))]
+    for part, sel in parts:
+        if not sel.size:
+            continue
+        rule = part.label_rule()
+        held = window_events(data.events, data.fit, rule) * per_event
+        budget = rollout_budget(held, cap=zs.max_new_tokens, factor=zs.window_factor)
+        budgets.append(budget)
+        p, c, pk = zero_shot_scores(model, h_test.tokens_NxL[sel], h_test.lengths_N[sel], rule, tokenizer,
+                                    k=zs.k, max_new=budget.tokens, seed=seed, temperature=zs.temperature, ks=ks,
+                                    batch_prompts=zs.batch_prompts)
+        scores[sel], cens[sel] = p, c
+        for k in ks:
+            by_k[k][sel] = pk[k]
+    out, extras = _result_rows(meta, data, rows, scores, mode="zero_shot", budget=0, seed=seed, n_fit=0, spec=spec)
+    extra = {"low": np.nan, "high": np.nan, "ceiling": np.nan, "gap": np.nan}
+    from medscale.analysis.metrics import evaluate
+
+    y = data.y(rows)
+    for k in ks:
+        v, lo, hi = evaluate(y, by_k[k], rows["subject_id"].to_numpy(), metrics=("auroc",), n_boot=spec.n_boot,
+                             seed=BOOTSTRAP_SEED)["auroc"]
+        out.append({**out[0], **extra, "metric": f"auroc_k{k}", "value": v, "low": lo, "high": hi})
+    out.append({**out[0], **extra, "metric": "censored", "value": float(cens.mean())})
+    out.append({**out[0], **extra, "metric": "rollout_tokens", "value": float(max(b.tokens for b in budgets))})
+    out.append({**out[0], **extra, "metric": "rollout_cap", "value": float(zs.max_new_tokens)})
+    out.append({**out[0], **extra, "metric": "rollout_capped", "value": float(any(b.capped for b in budgets))})
+    out.append({**out[0], **extra, "metric": "rollout_wanted", "value": float(max(b.wanted for b in budgets))})
+    return (out, extras), (rows, scores, "binary")
 
 
 def _part_of_rows(data: TaskData, rows: pd.DataFrame) -> np.ndarray:
@@ -397,10 +532,12 @@ def evaluate_store(store_root, spec: DownstreamSpec, *, runs=None, progress: Pro
         done += 1
         ev.progress("downstream", done, total)
         finetune_ids = _spread(group, spec.finetune.max_runs)
+        zero_shot_ids = _spread([r for r in group if r.config()["objective"] == "decoder"], spec.zero_shot.max_runs)
         history_cache: dict = {}
         for run in sorted(group, key=lambda r: r.run_id):
             t = time.time()
-            _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache)
+            _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache,
+                          zero_shot_ok=run.run_id in zero_shot_ids)
             done += 1
             ev.progress(f"downstream ({time.time() - t:.0f}s/run)", done, total)
     return ev.table

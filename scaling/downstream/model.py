@@ -5,10 +5,13 @@ under runs/<id>/ckpt/ holds the train state {"step", "params", "opt_state"} save
 is restored into `abstract_train_state(...)` (the same optimizer structure, rebuilt from the run's train
 section) on a one-device mesh, and only the params are kept.
 
-Fine-tuning (`mode='finetune'`) trains every parameter of the pretrained model plus a linear head on the
-pooled representation (models/rollout.pooled: last position for decoders, mean for encoders) with AdamW;
-`mode='scratch'` runs the same recipe from a fresh initialisation of the same architecture. Binary tasks
-use the logistic loss, regression the squared error of the standardised target.
+Fine-tuning (`mode='finetune'`) is linear-probe-then-fine-tune (LP-FT): a head initialised from the linear
+probe on the pooled representation (models/rollout.pooled: last position for decoders, mean for encoders),
+then every parameter trained with AdamW, keeping the best state on held-back subjects (see
+`finetune_and_predict`);
+`mode='scratch'` runs the same schedule and early stopping from a fresh initialisation of the same
+architecture (zero head, no probe). Binary tasks use the logistic loss, regression the squared error of the
+standardised target.
 """
 from __future__ import annotations
 
@@ -72,16 +75,7 @@ def fresh_params(model_cfg, seed: int) -> tuple[object, dict]:
 
 def embed(model: LoadedModel, tokens_NxL: np.ndarray, lengths_N: np.ndarray) -> np.ndarray:
     """Pooled representations [N, D] (float32), in fixed-size batches (one compilation)."""
-    import jax.numpy as jnp
-
-    from medscale.models.rollout import pooled_jit
-
-    out = []
-    for i in range(0, len(lengths_N), EMBED_BATCH):
-        tok, ln = _pad_batch(tokens_NxL[i:i + EMBED_BATCH], lengths_N[i:i + EMBED_BATCH], EMBED_BATCH)
-        rep = pooled_jit(model.graphdef, model.params, jnp.asarray(tok), jnp.asarray(ln))
-        out.append(np.asarray(rep)[: min(EMBED_BATCH, len(lengths_N) - i)])
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.d_model), np.float32)
+    return _embed_with(model.graphdef, model.params, model.cfg.d_model, tokens_NxL, lengths_N)
 
 
 def _pad_batch(tokens, lengths, size):
@@ -102,6 +96,9 @@ class FinetuneRecipe:
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.01
+    val_fraction: float = 0.2   # subjects of the fit pool held back for early stopping
+    evals: int = 4              # checks on the held-back subjects over the schedule
+    patience: int = 2           # stop after this many checks without improvement
 
 
 @lru_cache(maxsize=32)
@@ -137,36 +134,114 @@ def _train_fns(graphdef, kind: str, recipe: "FinetuneRecipe"):
     return jax.jit(predict), step, tx
 
 
+def _embed_with(graphdef, params, d_model: int, tokens_NxL, lengths_N) -> np.ndarray:
+    import jax.numpy as jnp
+
+    from medscale.models.rollout import pooled_jit
+
+    out = []
+    for i in range(0, len(lengths_N), EMBED_BATCH):
+        tok, ln = _pad_batch(tokens_NxL[i:i + EMBED_BATCH], lengths_N[i:i + EMBED_BATCH], EMBED_BATCH)
+        out.append(np.asarray(pooled_jit(graphdef, params, jnp.asarray(tok), jnp.asarray(ln)))[
+            : min(EMBED_BATCH, len(lengths_N) - i)])
+    return np.concatenate(out) if out else np.zeros((0, d_model), np.float32)
+
+
+def _split_subjects(groups: np.ndarray, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    subjects = rng.permutation(np.unique(groups))
+    n_val = int(round(fraction * subjects.size))
+    val = np.isin(groups, subjects[:n_val])
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def _selection_score(kind: str, y: np.ndarray, out: np.ndarray) -> float:
+    """Higher is better: minus the log-loss of the logits for binary tasks (a proper score, far less noisy
+    than AUROC on a few hundred held-back rows with few cases), minus the squared error for regression."""
+    if kind == "binary":
+        return -float(np.mean(np.logaddexp(0.0, out) - y * out))
+    return -float(np.mean((out - y) ** 2))
+
+
 def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit_lengths, y_fit,
-                         test_tokens, test_lengths, recipe: FinetuneRecipe, seed: int) -> np.ndarray:
-    """Train params + a linear head on (fit histories, y_fit); return test predictions (probabilities
-    for binary tasks, values for regression)."""
+                         test_tokens, test_lengths, recipe: FinetuneRecipe, seed: int, groups=None, *,
+                         linear_probe_first: bool = True, Z_fit=None, probe_score=None) -> np.ndarray:
+    """Linear probe, then fine-tune (LP-FT, Kumar et al. 2022): return test predictions (probabilities for
+    binary tasks, values for regression).
+
+    The fit rows are split by subject (`groups`) into a training part and `val_fraction` held back. A linear
+    probe on the frozen representation of the training part (baselines.probe_head, the probe mode's estimator)
+    initialises the head, so fine-tuning starts where the probe ends instead of from a zero head that first
+    drags the features towards it. Every weight is then trained with AdamW on a warmup-cosine schedule, and the
+    held-back subjects are scored `evals` times along it (log-loss; squared error for regression): the best
+    state is kept, the probe itself (step 0) included, and training stops after `patience` checks without
+    improvement. When the probe wins, the result is the probe refitted on the whole fit pool, i.e. the probe
+    mode's own predictions. So the fine-tuned model is never worse than its own probe on the held-back
+    subjects; on test rows it can be worse only by noise. With too few held-back rows (or one class), the training part is used.
+
+    `Z_fit` (the frozen representations of the fit rows, when the probe mode already computed them) and
+    `probe_score` (the probe mode's test predictions) save recomputing them. `linear_probe_first=False` starts
+    from a zero head instead (training from scratch: a probe on random features is not worth its cost)."""
     import jax
     import jax.numpy as jnp
 
+    from medscale.scaling.downstream.baselines import probe_head
+
     y_fit = np.asarray(y_fit, np.float32)
-    mu, sd = (0.0, 1.0) if kind == "binary" else (float(y_fit.mean()), float(y_fit.std() or 1.0))
-    target = (y_fit - mu) / sd
     rng = np.random.default_rng(seed)
-    bias = 0.0
-    if kind == "binary":
-        p = float(np.clip(y_fit.mean(), 1e-3, 1 - 1e-3))
-        bias = float(np.log(p / (1 - p)))
-    head = {"w_D": jnp.zeros((model_cfg.d_model,), jnp.float32), "b": jnp.asarray(bias, jnp.float32)}
-    trainable = {"params": params, "head": head}
+    groups = np.arange(len(y_fit)) if groups is None else np.asarray(groups)
+    tr, va = _split_subjects(groups, recipe.val_fraction, rng)
+    if va.size < 10 or tr.size < 4 or (kind == "binary" and (np.unique(y_fit[va]).size < 2
+                                                           or np.unique(y_fit[tr]).size < 2)):
+        tr, va = np.arange(len(y_fit)), np.arange(len(y_fit))
+    mu, sd = (0.0, 1.0) if kind == "binary" else (float(y_fit[tr].mean()), float(y_fit[tr].std() or 1.0))
+    target = (y_fit - mu) / sd
+    if linear_probe_first:
+        Z_tr = (np.asarray(Z_fit)[tr] if Z_fit is not None
+                else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens[tr], fit_lengths[tr]))
+        w, b = probe_head(Z_tr, y_fit[tr], kind, seed)
+    else:
+        p = float(np.clip(y_fit[tr].mean(), 1e-3, 1 - 1e-3))
+        w, b = np.zeros(model_cfg.d_model, np.float32), (float(np.log(p / (1 - p))) if kind == "binary" else 0.0)
+    trainable = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
     predict, step, tx = _train_fns(graphdef, kind, recipe)
+
+    def outputs(state, tokens, lengths):
+        out = []
+        for i in range(0, len(lengths), EMBED_BATCH):
+            tok, ln = _pad_batch(tokens[i:i + EMBED_BATCH], lengths[i:i + EMBED_BATCH], EMBED_BATCH)
+            pred = predict(state["params"], state["head"], jnp.asarray(tok), jnp.asarray(ln))
+            out.append(np.asarray(pred)[: min(EMBED_BATCH, len(lengths) - i)])
+        return np.concatenate(out).astype(np.float64)
+
+    best_state, best_step = trainable, 0
+    best = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
     opt_state = tx.init(trainable)
+    every = max(1, recipe.steps // max(1, recipe.evals))
+    bad = 0
     B = recipe.batch_size
-    for _ in range(recipe.steps):
-        idx = rng.integers(0, len(y_fit), B)
+    for t in range(1, recipe.steps + 1):
+        idx = tr[rng.integers(0, tr.size, B)]
         trainable, opt_state, _ = step(trainable, opt_state, jnp.asarray(fit_tokens[idx]),
                                        jnp.asarray(fit_lengths[idx]), jnp.asarray(target[idx]))
-    out = []
-    for i in range(0, len(test_lengths), EMBED_BATCH):
-        tok, ln = _pad_batch(test_tokens[i:i + EMBED_BATCH], test_lengths[i:i + EMBED_BATCH], EMBED_BATCH)
-        pred = predict(trainable["params"], trainable["head"], jnp.asarray(tok), jnp.asarray(ln))
-        out.append(np.asarray(pred)[: min(EMBED_BATCH, len(test_lengths) - i)])
-    raw = np.concatenate(out).astype(np.float64)
+        if t % every == 0 or t == recipe.steps:
+            score = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
+            if score > best:
+                best, best_state, best_step, bad = score, trainable, t, 0
+            else:
+                bad += 1
+                if bad >= recipe.patience:
+                    break
+    if best_step == 0 and linear_probe_first:
+        # no fine-tuned state beat the probe on held-back subjects: the probe on the whole fit pool (the
+        # probe mode's own result), not the one fitted to the training part only
+        if probe_score is not None:
+            return np.asarray(probe_score, dtype=np.float64)
+        Z_all = Z_fit if Z_fit is not None else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths)
+        w, b = probe_head(np.asarray(Z_all), y_fit, kind, seed)
+        best_state = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
+        if kind == "regression":
+            mu, sd = float(y_fit.mean()), float(y_fit.std() or 1.0)
+    raw = outputs(best_state, test_tokens, test_lengths)
     if kind == "binary":
         return np.asarray(jax.nn.sigmoid(raw))
     return raw * sd + mu

@@ -23,9 +23,15 @@ class FinetuneSpec(_Strict):
 
 
 class ZeroShotSpec(_Strict):
-    k: int = Field(8, ge=1, description="trajectories per prediction time")
-    max_new_tokens: int = Field(64, ge=1)
+    k: int = Field(16, ge=1, description="trajectories per prediction time (the largest K of the sweep)")
+    k_sweep: list[int] = Field(default_factory=lambda: [1, 4, 16], description="AUROC also from the first k of "
+                               "the K trajectories, for each k here up to K")
+    max_new_tokens: int = Field(512, ge=1, description="hard cap on tokens per trajectory; the budget of each task "
+                                "is what its window holds in the train split (90th percentile) x window_factor")
+    window_factor: float = Field(1.5, gt=0, description="margin on the tokens the window holds")
     max_samples: int = Field(200, ge=1, description="test samples rolled out per task")
+    batch_prompts: int = Field(16, ge=1, description="prompts per rollout batch (x K trajectories)")
+    max_runs: int | None = Field(None, ge=1, description="roll out only this many decoders, spread over sizes")
     temperature: float = Field(1.0, gt=0)
     tasks: list[str] | None = Field(None, description="roll out only these tasks (default: every binary task)")
 
