@@ -192,10 +192,9 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/medscale-memory-plans"))
     args = parser.parse_args()
-    import platform
+    from medscale.scaling.processor import processor
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = processor().describe()
     print(f"memory planner benchmark on {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     results = {}
     for name in args.only or list(SECTIONS):

@@ -4,8 +4,15 @@
     .venv/bin/python benchmarks/bench_train_throughput.py --sizes 5e6 --torch-compile
 
 One training step = forward, backward, global-norm clipping and an AdamW update, on a batch of
-`--batch` windows of `--seq-len` tokens, float32 (the JAX model also masks packed subjects, two
-per window; PyTorch gets its fastest path, `is_causal` SDPA, as it has no segments).
+`--batch` windows of `--seq-len` tokens (the JAX model also masks packed subjects, two per window;
+PyTorch gets its fastest path, `is_causal` SDPA, as it has no segments). float32 always; on a
+processor with bfloat16 in hardware (AVX512-BF16 or AMX) also mixed precision: bf16 matmuls with
+float32 weights, optimizer and accumulation (JAX: the model's compute dtype; PyTorch: CPU autocast).
+Every worker runs the same number of steps on the same batch, so the losses at the end compare
+bf16 with float32 in each framework.
+
+The processor (model and instruction-set extensions) is printed and the table is written to
+`benchmarks/results/train_throughput-<processor kind>.md`: a CPU figure holds only on its processor.
 Each framework runs in its own worker process (idle thread pools of one runtime would otherwise
 steal cores from the other), and the workers are driven in alternating rounds so both see the
 same background load. tokens/s is reported at the median and at the best round (the best is the
@@ -48,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="steps per round")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA host devices")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--dtypes", default=None,
+                   help="float32,bfloat16 (default: both where the processor has bf16 in hardware)")
+    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     p.add_argument("--torch-compile", action="store_true", help="also time torch.compile'd PyTorch")
     p.add_argument("--cached-peak", action="store_true",
                    help="use the cached matmul peak instead of measuring it in this run")
@@ -55,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="leave glibc malloc as it is (medscale runs, and by default both workers here, "
                         "keep freed memory: scaling.runtime.keep_freed_memory)")
     p.add_argument("--worker", choices=["jax", "torch", "torch.compile"], help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--size", type=float, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -77,7 +88,8 @@ def make_batch(cfg: ModelConfig, batch: int, seq_len: int, seed: int = 0) -> dic
 class JaxRunner:
     name = "jax"
 
-    def __init__(self, cfg: ModelConfig, batch: dict[str, np.ndarray]):
+    def __init__(self, cfg: ModelConfig, batch: dict[str, np.ndarray], dtype: str = "float32"):
+        import jax.numpy as jnp
         import optax
 
         from medscale.models.sharding import make_mesh, shard_batch
@@ -85,7 +97,7 @@ class JaxRunner:
 
         tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, weight_decay=WD))
         self.mesh = make_mesh()
-        graphdef, self.state = init_train_state(cfg, tx, self.mesh, seed=0)
+        graphdef, self.state = init_train_state(cfg, tx, self.mesh, seed=0, compute_dtype=jnp.dtype(dtype))
         self.step_fn = make_train_step(graphdef, tx, self.mesh)
         self.batch = shard_batch(batch, self.mesh)  # placed once, as a prefetching loader would
 
@@ -96,7 +108,7 @@ class JaxRunner:
         return float(self.metrics["loss"])
 
 
-def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool):
+def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool, dtype: str = "float32"):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -153,8 +165,9 @@ def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool)
     weights = torch.from_numpy(batch["weights"])
 
     def loss_fn(inputs, targets, weights):
-        logits = model(inputs, sin, cos)
-        ce = F.cross_entropy(logits.view(-1, V), targets.view(-1), reduction="none")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = model(inputs, sin, cos)
+        ce = F.cross_entropy(logits.float().view(-1, V), targets.view(-1), reduction="none")
         return (ce * weights.view(-1)).sum() / weights.sum()
 
     loss_and_grad = torch.compile(loss_fn) if compile_ else loss_fn
@@ -180,11 +193,11 @@ def worker(args: argparse.Namespace) -> None:
     cfg = shape_for_params(args.size, vocab_size=args.vocab, max_len=args.seq_len)
     batch = make_batch(cfg, args.batch, args.seq_len)
     if args.worker == "jax":
-        runner = JaxRunner(cfg, batch)
+        runner = JaxRunner(cfg, batch, args.dtype)
     else:
         import torch
         torch.set_num_threads(os.cpu_count() or 1)
-        runner = torch_runner(cfg, batch, compile_=args.worker == "torch.compile")
+        runner = torch_runner(cfg, batch, compile_=args.worker == "torch.compile", dtype=args.dtype)
     for _ in range(2):  # compile, warm up
         runner.step()
     runner.sync()
@@ -193,8 +206,19 @@ def worker(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         for _ in range(int(line)):
             runner.step()
-        runner.sync()
-        print(time.perf_counter() - t, flush=True)
+        loss = runner.sync()
+        print(time.perf_counter() - t, loss, flush=True)
+
+
+def _workers(args: argparse.Namespace, bf16: bool) -> list[tuple[str, str]]:
+    """(framework, dtype) pairs to time; the first is JAX float32, the reference of every ratio."""
+    dtypes = (args.dtypes or ("float32,bfloat16" if bf16 else "float32")).split(",")
+    frameworks = ["jax"] + ([] if args.no_torch else ["torch"] + (["torch.compile"] if args.torch_compile else []))
+    return [(f, d) for d in dtypes for f in frameworks]
+
+
+def _label(framework: str, dtype: str) -> str:
+    return framework if dtype == "float32" else f"{framework} bf16"
 
 
 def main(args: argparse.Namespace) -> None:
@@ -202,39 +226,49 @@ def main(args: argparse.Namespace) -> None:
     import jax
 
     from medscale.scaling.flops import device_peak_flops, measure_matmul_peak
+    from medscale.scaling.processor import processor
 
+    cpu = processor()
     peak_dev, source = device_peak_flops(refresh=not args.cached_peak)
     peaks = [peak_dev * jax.device_count()]
-    print(f"jax {jax.__version__} on {jax.device_count()} XLA CPU devices, {os.cpu_count()} cores; "
-          f"load average {os.getloadavg()[0]:.2f} (1 min) at start", flush=True)
+    header = [f"processor: {cpu.describe()}",
+              f"jax {jax.__version__} on {jax.device_count()} XLA CPU devices, {os.cpu_count()} cores; "
+              f"load average {os.getloadavg()[0]:.2f} (1 min) at start"]
+    print("\n".join(header), flush=True)
     print(f"float32 matmul peak {peaks[0] / 1e9:.0f} GFLOP/s ({source})", flush=True)
-    names = ["jax"] + ([] if args.no_torch else ["torch"] + (["torch.compile"] if args.torch_compile else []))
+    workers = _workers(args, cpu.has_bf16)
     passthrough = [f"--vocab={args.vocab}", f"--seq-len={args.seq_len}", f"--batch={args.batch}",
                    f"--devices={args.devices}"] + (["--default-malloc"] if args.default_malloc else [])
     rows = []
     for target in (float(s) for s in args.sizes.split(",")):
         cfg = shape_for_params(target, vocab_size=args.vocab, max_len=args.seq_len)
         procs = {}
-        for name in names:  # start and warm up one at a time: compiling competes for the cores
-            procs[name] = subprocess.Popen(
-                [sys.executable, __file__, f"--worker={name}", f"--size={target}", *passthrough],
+        for fw, dtype in workers:  # start and warm up one at a time: compiling competes for the cores
+            procs[(fw, dtype)] = proc = subprocess.Popen(
+                [sys.executable, __file__, f"--worker={fw}", f"--dtype={dtype}", f"--size={target}", *passthrough],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            if procs[name].stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{name} worker failed to start")
-        times = {name: [] for name in names}
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{_label(fw, dtype)} worker failed to start")
+        times = {w: [] for w in workers}
+        losses = {}
         for _ in range(args.rounds):
-            for name, proc in procs.items():
+            for w, proc in procs.items():
                 proc.stdin.write(f"{args.steps}\n")
                 proc.stdin.flush()
-                times[name].append(float(proc.stdout.readline()) / args.steps)
+                seconds, loss = proc.stdout.readline().split()
+                times[w].append(float(seconds) / args.steps)
+                losses[w] = float(loss)
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
         tokens = args.batch * args.seq_len
-        for name in names:
-            med, best = tokens / np.median(times[name]), tokens / min(times[name])
-            rows.append(dict(target=target, cfg=cfg, name=name, med=med, best=best))
-            print(f"  {target:.0e} {name:14s} {med:9.0f} tok/s median, {best:9.0f} best", flush=True)
+        for fw, dtype in workers:
+            t = times[(fw, dtype)]
+            med, best = tokens / np.median(t), tokens / min(t)
+            rows.append(dict(target=target, cfg=cfg, fw=fw, dtype=dtype, name=_label(fw, dtype), med=med,
+                             best=best, loss=losses[(fw, dtype)], loss_fp32=losses[(fw, "float32")]
+                             if (fw, "float32") in losses else float("nan")))
+            print(f"  {target:.0e} {_label(fw, dtype):18s} {med:9.0f} tok/s median, {best:9.0f} best", flush=True)
         peaks.append(measure_matmul_peak(seconds=2.0))
         print(f"  float32 matmul peak measured again: {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
 
@@ -242,19 +276,35 @@ def main(args: argparse.Namespace) -> None:
     for r in rows:
         r["mfu_med"], r["mfu_best"] = (mfu(r[k], r["cfg"], args.seq_len, peak) for k in ("med", "best"))
 
-    print(f"\nbatch {args.batch} x seq_len {args.seq_len}, vocab {args.vocab}, AdamW + clipping, "
-          f"float32; load average {os.getloadavg()[0]:.2f} (1 min) at end")
-    print(f"{'N (non-emb)':>11} {'shape LxD':>9} {'framework':>14} {'tok/s med':>10} {'tok/s best':>10} "
-          f"{'MFU med':>8} {'MFU best':>8} {'jax/this med':>12} {'jax/this best':>13}")
-    by = {(r["target"], r["name"]): r for r in rows}
+    steps = 2 + args.rounds * args.steps
+    lines = header + [
+        f"command: {' '.join([Path(sys.executable).name, 'benchmarks/bench_train_throughput.py', *sys.argv[1:]])}",
+        f"batch {args.batch} x seq_len {args.seq_len}, vocab {args.vocab}, AdamW + clipping; "
+        f"load average {os.getloadavg()[0]:.2f} (1 min) at end", "",
+        "| N (non-emb) | shape LxD | framework | tok/s median | tok/s best | MFU median | MFU best "
+        "| JAX/this median | JAX/this best | loss after {} steps | vs float32 |".format(steps),
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    by = {(r["target"], r["fw"], r["dtype"]): r for r in rows}
     for r in rows:
-        j, cfg = by[(r["target"], "jax")], r["cfg"]
-        print(f"{param_counts(cfg).non_embedding:>11,} {f'{cfg.n_layers}x{cfg.d_model}':>9} {r['name']:>14} "
-              f"{r['med']:>10,.0f} {r['best']:>10,.0f} {r['mfu_med']:>8.1%} {r['mfu_best']:>8.1%} "
-              f"{j['med'] / r['med']:>12.2f} {j['best'] / r['best']:>13.2f}")
-    print(f"MFU: full FLOP count (attention with causal halving, output head) / {peak / 1e9:.0f} GFLOP/s, "
-          f"the highest of this run's float32 matmul peak measurements "
-          f"({', '.join(f'{p / 1e9:.0f}' for p in peaks)}).")
+        j, cfg = by[(r["target"], "jax", r["dtype"])], r["cfg"]  # JAX at the same precision
+        rel = (r["loss"] - r["loss_fp32"]) / r["loss_fp32"]
+        lines.append(
+            f"| {param_counts(cfg).non_embedding:,} | {cfg.n_layers}x{cfg.d_model} | {r['name']} | {r['med']:,.0f} "
+            f"| {r['best']:,.0f} | {r['mfu_med']:.1%} | {r['mfu_best']:.1%} | {j['med'] / r['med']:.2f} "
+            f"| {j['best'] / r['best']:.2f} | {r['loss']:.4f} | {'' if r['dtype'] == 'float32' else f'{rel:+.2%}'} |")
+    lines += ["", f"MFU: full FLOP count (attention with causal halving, output head) / {peak / 1e9:.0f} GFLOP/s, "
+                  f"the highest of this run's float32 matmul peak measurements "
+                  f"({', '.join(f'{p / 1e9:.0f}' for p in peaks)}); bf16 rows use the same float32 peak. "
+                  f"JAX/this compares JAX with the row's framework at the row's precision."]
+    print("\n" + "\n".join(lines))
+    if not args.no_write:
+        from medscale.atomic import write_text
+
+        out = ROOT / "benchmarks" / "results" / f"train_throughput-{cpu.kind}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(out, f"# Training throughput, {cpu.model}\n\nmeasured {time.strftime('%Y-%m-%d %H:%M %Z')}\n\n"
+                        + "\n".join(lines) + "\n")
+        print(f"written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,6 +32,7 @@ from typing import Any, NamedTuple
 from medscale.analysis.conventions import FLOPS_PER_PARAM_TOKEN
 from medscale.atomic import write_json
 from medscale.models.config import ModelConfig, counted_params
+from medscale.scaling.processor import processor
 
 
 class FlopCount(NamedTuple):
@@ -85,16 +85,6 @@ def _cache_file() -> Path:
     return root / "medscale" / "device_peak.json"
 
 
-def _processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure_matmul_peak(dtype: str = "float32", sizes: tuple[int, ...] = (512, 1024),
                         seconds: float = 1.0) -> float:
     """Best FLOP/s of square matmuls run on every local device at once (total over devices)."""
@@ -144,7 +134,7 @@ def device_peak_flops(device: Any = None, *, refresh: bool = False) -> tuple[flo
     n = jax.local_device_count()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # a CPU device's speed depends on how many cores the process may use (runs are pinned)
-    key = f"{_processor()} | {device.platform} | {kind} | {n} devices | {cores} cores | {dtype}"
+    key = f"{processor().model} | {device.platform} | {kind} | {n} devices | {cores} cores | {dtype}"
     path = _cache_file()
     cache: dict[str, Any] = {}
     if path.exists():
