@@ -120,15 +120,6 @@ class Attention(nnx.Module):
         return out_BxLxD
 
     def __call__(self, x_BxLxD, sin_LxK2, cos_LxK2, mask_Bx1xLxL, segment_ids_BxL=None, kernel="xla"):
-        if kernel == "flash":
-            # Keep only the block's input for the backward pass: q, k, v and the kernel's output are
-            # recomputed from it (one more set of projections), so attention keeps 1 x [B, L, D], not 4.
-            def qkv_attend(x_BxLxD, sin_LxK2, cos_LxK2, segment_ids_BxL):
-                q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
-                return self.attend(q, k, v, None, segment_ids_BxL, kernel)
-
-            return jax.checkpoint(qkv_attend, policy=jax.checkpoint_policies.nothing_saveable)(
-                x_BxLxD, sin_LxK2, cos_LxK2, segment_ids_BxL)
         q, k, v = self.qkv(x_BxLxD, sin_LxK2, cos_LxK2)
         return self.attend(q, k, v, mask_Bx1xLxL, segment_ids_BxL, kernel)
 

@@ -81,8 +81,9 @@ PEAK_BF16: tuple[tuple[str, float], ...] = (
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "medscale" / "device_peak.json"
+    from medscale.scaling.runtime import user_cache_dir
+
+    return user_cache_dir() / "device_peak.json"
 
 
 def measure_matmul_peak(dtype: str = "float32", sizes: tuple[int, ...] = (512, 1024),

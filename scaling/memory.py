@@ -143,6 +143,12 @@ def _model_code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def default_cache_dir() -> Path:
+    from medscale.scaling.runtime import user_cache_dir
+
+    return user_cache_dir() / "memory_plans"
+
+
 def estimate_memory(runs: list[dict], *, devices: int, backend: str, cache_dir: Path | str | None = None,
                     timeout_s: float = 1800) -> list[MemoryEstimate]:
     """Per-device memory of each run (same order), compiling each distinct uncached step once,

@@ -175,15 +175,18 @@ def estimate_plan(runs: list[dict], out_dir: Path | str, resources=None, memory:
                      "lr": r["train"]["lr"], "est_s": fl.full * tokens / (peak * efficiency)})
     plan = Plan(rows, peak, source, efficiency, how)
     if memory and runs:
-        plan_memory(plan, runs, out_dir, resources)
+        plan_memory(plan, runs, resources)
     return plan
 
 
-def plan_memory(plan: Plan, runs: list[dict], out_dir: Path | str, resources=None) -> Plan:
-    """Add each run's per-device memory (an AOT compile of its train step, cached) and the budget."""
+def plan_memory(plan: Plan, runs: list[dict], resources=None, cache_dir: Path | str | None = None) -> Plan:
+    """Add each run's per-device memory (an AOT compile of its train step, cached) and the budget.
+
+    The cache lives outside --out (memory.default_cache_dir): a dry run writes nothing there.
+    """
     import os
 
-    from medscale.scaling.memory import GIB, device_budget_gib, estimate_memory, target_backend
+    from medscale.scaling.memory import GIB, default_cache_dir, device_budget_gib, estimate_memory, target_backend
     from medscale.scaling.spec import SpecError
 
     plan.backend = target_backend(resources)
@@ -197,7 +200,7 @@ def plan_memory(plan: Plan, runs: list[dict], out_dir: Path | str, resources=Non
         plan.budget_gib = ram / plan.devices
         plan.budget_source = f"this machine's {ram:.0f} GiB / {plan.devices} host devices"
     estimates = estimate_memory(runs, devices=plan.devices, backend=plan.backend,
-                                cache_dir=Path(out_dir) / ".memory_plans")
+                                cache_dir=cache_dir or default_cache_dir())
     for row, est in zip(plan.rows, estimates):
         row.update(mem_params_gib=est.params / GIB, mem_opt_gib=est.opt_state / GIB,
                    mem_temp_gib=est.temporaries / GIB, mem_peak_gib=est.peak_gib)
@@ -231,7 +234,7 @@ def check_fits(spec, runs: list[dict], out_dir: Path | str, source: str) -> None
         return
     plan = Plan([{"run": run_id(r), "shape": "{d_model} x {n_layers}".format(**r["model"])} for r in runs],
                 0.0, "", 0.0, "")
-    refuse_if_too_big(plan_memory(plan, runs, out_dir, spec.resources), runs, source)
+    refuse_if_too_big(plan_memory(plan, runs, spec.resources), runs, source)
 
 
 def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None = None,

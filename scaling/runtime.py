@@ -24,6 +24,14 @@ LOCK_DIR = Path(os.environ.get("MEDSCALE_CORE_LOCK_DIR", "/tmp/medscale-core-loc
 _held_locks: list = []
 
 
+def user_cache_dir() -> Path:
+    """Where medscale keeps caches that hold for this user on this machine (device peaks, memory
+    plans): $MEDSCALE_CACHE_DIR, else $XDG_CACHE_HOME/medscale, else ~/.cache/medscale."""
+    if os.environ.get("MEDSCALE_CACHE_DIR"):
+        return Path(os.environ["MEDSCALE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medscale"
+
+
 def jax_imported() -> bool:
     return "jax" in sys.modules
 
@@ -132,3 +140,13 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
     info["backend"] = jax.default_backend()
     info["devices"] = jax.device_count()
     return info
+
+
+def cpu_xla_flags(cpu=None) -> list[str]:
+    """XLA CPU options for this processor, chosen from measurements (benchmarks/bench_cpu_flags.py).
+
+    `MEDSCALE_CPU_XLA_FLAGS=off` keeps XLA's defaults (what the benchmark compares against).
+    """
+    if os.environ.get("MEDSCALE_CPU_XLA_FLAGS") == "off":
+        return []
+    return []
