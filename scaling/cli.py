@@ -182,17 +182,28 @@ def tokenize(
     meds_dir: Path = typer.Argument(..., help="Root of a MEDS dataset (holding data/ and, optionally, metadata/)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for token shards, the tokenizer and manifest.json."),
     min_count: int = typer.Option(5, "--min-count", min=1, help="Codes seen fewer times in the train split become UNK."),
-    value_bins: int = typer.Option(10, "--value-bins", min=1, max=100, help="Quantile bins per numeric code (10 = deciles)."),
+    value_bins: int = typer.Option(10, "--value-bins", min=0, max=100, help="Quantile bins per numeric code (10 = deciles; 0: no value tokens)."),
+    time_scheme: str = typer.Option("bins", "--time-scheme", help="bins (one gap token per gap) or interval (gap tokens repeated for long gaps, absolute time kept)."),
+    values: str = typer.Option("separate", "--values", help="separate (code token then value token) or fused (one code+value token)."),
+    demographics: bool = typer.Option(True, "--demographics/--no-demographics", help="Start each subject with SEX and AGE tokens."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
 ) -> None:
-    """Validate a MEDS dataset, fit the tokenizer on its train split and write token shards."""
+    """Validate a MEDS dataset, fit the tokenizer on its train split and write token shards.
+
+    The options are the sweep spec's `dataset.tokenizer` keys (min_count, value_bins, time_scheme, values,
+    demographics), so this command checks exactly the tokenization a sweep will use."""
     from medscale.data.token_store import tokenize_dataset
     from medscale.data.tokenizer import TokenizerConfig
 
+    try:
+        config = TokenizerConfig(min_count=min_count, n_value_bins=value_bins, time_scheme=time_scheme,
+                                 value_scheme=values, demographics=demographics)
+    except ValueError as err:
+        raise _error(f"tokenize options: {err}", 2) from None
     t = time.time()
     with _progress_bar("tokenize") as progress:
         task = progress.add_task("tokenizing shards", total=None)
-        path = tokenize_dataset(meds_dir, out_dir, TokenizerConfig(min_count=min_count, n_value_bins=value_bins),
+        path = tokenize_dataset(meds_dir, out_dir, config,
                                 workers=workers,
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
     manifest = json.loads((Path(path) / "manifest.json").read_text())

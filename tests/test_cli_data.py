@@ -44,3 +44,18 @@ def test_every_option_and_argument_has_help():
         assert command.help, f"medscale {name} has no description"
         for param in command.params:
             assert getattr(param, "help", None), f"medscale {name}: {param.name} has no help text"
+
+
+def test_tokenize_takes_every_tokenizer_key_of_the_spec(tmp_path):
+    import json
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate", "--subjects", "40", "--seed", "1", "--out", str(tmp_path / "meds")]).exit_code == 0
+    result = runner.invoke(app, ["tokenize", str(tmp_path / "meds"), "--out", str(tmp_path / "tok"), "--min-count", "1",
+                                 "--time-scheme", "interval", "--values", "fused", "--no-demographics"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "tok" / "manifest.json").read_text())["config"]
+    assert (config["time_scheme"], config["value_scheme"], config["demographics"]) == ("interval", "fused", False)
+    bad = runner.invoke(app, ["tokenize", str(tmp_path / "meds"), "--out", str(tmp_path / "tok2"), "--values", "mixed"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output and "value_scheme" in bad.output
+    assert not (tmp_path / "tok2").exists()
