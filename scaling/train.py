@@ -54,18 +54,30 @@ def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
 
 
 def make_optimizer(train: dict, total_steps: int):
-    """(optax transformation, host-side learning-rate function of the step)."""
+    """(optax transformation, host-side learning-rate function of the step). `train.schedule` is cosine
+    (the default, absent from older configs) or wsd (warmup, stable, cooldown: scaling/schedule.py)."""
     import numpy as np
 
-    from medscale.scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
+    from medscale.scaling import schedule as sched
 
     warmup = int(train.get("warmup_steps", max(1, round(0.05 * total_steps))))
     warmup = min(warmup, max(1, total_steps - 1))
     end_ratio = train.get("min_lr_ratio", 0.1)
-    tx = adamw_warmup_cosine(lr=train["lr"], warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=end_ratio,
-                             weight_decay=train.get("weight_decay", 0.1), b1=train.get("b1", 0.9),
-                             b2=train.get("b2", 0.95), clip=train.get("clip", 1.0))
-    lr_at = lambda step: float(warmup_cosine_lr(np.float64(step), train["lr"], warmup, total_steps, end_ratio, xp=np))  # noqa: E731
+    common = dict(weight_decay=train.get("weight_decay", 0.1), b1=train.get("b1", 0.9), b2=train.get("b2", 0.95),
+                  clip=train.get("clip", 1.0))
+    if train.get("schedule", "cosine") == "wsd":
+        decay_start = sched.cooldown_start(total_steps, train["cooldown_fraction"])
+        shape = train.get("cooldown_shape", "linear")
+        tx = sched.adamw_warmup_stable_decay(lr=train["lr"], warmup_steps=warmup, decay_start=decay_start,
+                                             total_steps=total_steps, min_lr_ratio=end_ratio, cooldown_shape=shape,
+                                             **common)
+        code = sched.COOLDOWN_SHAPES.index(shape)
+        lr_at = lambda step: float(sched.warmup_stable_decay_lr(  # noqa: E731
+            np.float64(step), train["lr"], warmup, decay_start, total_steps, end_ratio, code, xp=np))
+        return tx, lr_at
+    tx = sched.adamw_warmup_cosine(lr=train["lr"], warmup_steps=warmup, total_steps=total_steps,
+                                   min_lr_ratio=end_ratio, **common)
+    lr_at = lambda step: float(sched.warmup_cosine_lr(np.float64(step), train["lr"], warmup, total_steps, end_ratio, xp=np))  # noqa: E731
     return tx, lr_at
 
 
