@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medscale.scaling.wsd import cooldown_start  # noqa: F401 - where a WSD run's cooldown starts (no jax there)
+
 
 class WarmupCosineState(NamedTuple):
     count: jax.Array      # int32: updates applied so far
@@ -79,11 +81,6 @@ class WarmupStableDecayState(NamedTuple):
     total: jax.Array           # float32 total steps (the cooldown reaches end_ratio * peak here)
     end_ratio: jax.Array       # float32 final learning rate / peak
     shape: jax.Array           # float32 0: linear cooldown, 1: 1-sqrt cooldown
-
-
-def cooldown_start(total_steps: int, cooldown_fraction: float) -> int:
-    """The first step of a WSD run's cooldown: its last `cooldown_fraction` of steps cool down (rounded)."""
-    return total_steps - int(round(cooldown_fraction * total_steps))
 
 
 def warmup_stable_decay_lr(step, peak, warmup, decay_start, total, end_ratio, shape, xp=jnp):

@@ -31,6 +31,7 @@ from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
 from medscale.scaling.preemption import DEFAULT_GRACE_S, PreemptionGuard
 from medscale.scaling.store import LeaseHeld, RunDir
 from medscale.scaling.tracking import RunTracker
+from medscale.scaling.wsd import FORKS_DIR, fork_checkpoint, fork_of
 
 OBJECTIVE_TO_LOADER = {"decoder": "next_event", "encoder": "masked_event"}
 
@@ -88,6 +89,33 @@ def _checkpoint_manager(path: Path):
     return ocp.CheckpointManager(path.absolute(), options=options)
 
 
+def _fork_manager(path: Path, *, read_only: bool):
+    """The trunk's fork checkpoints (<run>/forks/<step>): kept for good, saved synchronously (a branch may
+    start from one as soon as its folder has its final name)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _restore_fork(path: Path, abstract, log: Callable[[str], None]):
+    """A branch's starting state from its trunk's fork checkpoint, or None when it cannot be restored."""
+    import orbax.checkpoint as ocp
+
+    try:
+        mngr = _fork_manager(path.parent, read_only=True)
+        try:
+            return mngr.restore(int(path.name), args=ocp.args.StandardRestore(abstract))
+        finally:
+            mngr.close()
+    except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+        why = (str(err).strip().splitlines() or [""])[0][:160]
+        log(f"fork checkpoint {path} cannot be restored ({type(err).__name__}: {why}); training from step 0 "
+            "instead (the same computation)")
+        return None
+
+
 def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], None]):
     """(state, step) from the newest checkpoint that restores. One that does not (torn, corrupted) is
     moved aside to `<run>/ckpt-damaged/<step>` with a message, and the one before it is tried.
@@ -133,6 +161,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     from medscale.models.step import (abstract_train_state, check_microbatches, init_train_state, make_eval_step,
                                       make_train_step)
     from medscale.scaling.distributed import Agreement, is_primary, process_rows
+    from medscale.scaling.schedule import with_schedule_of
 
     log = log or (lambda msg: None)
     t0 = process_started or time.time()
@@ -153,7 +182,14 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tx, schedule = make_optimizer(train_cfg, total_steps)
     mngr = _checkpoint_manager(run.ckpt_dir)
     latest = mngr.latest_step()
-    if latest is None:
+    # a WSD branch without checkpoints of its own starts from its trunk's fork checkpoint (scaling/wsd.py)
+    fork_path = fork_checkpoint(run.path, cfg) if latest is None else None
+    if fork_path is not None and not fork_path.is_dir():
+        log(f"fork checkpoint {fork_path} is not there: training this branch from step 0 (the same computation)")
+        fork_path = None
+    fork_steps = set((cfg.get("checkpoint") or {}).get("fork_steps") or [])  # a WSD trunk keeps these
+    forks = _fork_manager(run.path / FORKS_DIR, read_only=False) if fork_steps else None
+    if latest is None and fork_path is None:
         graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     else:
         graphdef, abstract = abstract_train_state(model_cfg, tx, mesh, options=options)
@@ -176,12 +212,27 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         t = time.time()
         state, latest = _restore_newest_intact(mngr, abstract, run.ckpt_dir, log)
         if latest is None:  # no checkpoint restores: start again
-            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     if latest is not None:
         start_step = int(latest)
         timing["ckpt_s"] += time.time() - t
         curve = [r for r in run.curve() if r["step"] <= start_step]
         log(f"resumed from step {start_step}/{total_steps}")
+    forked_at = None
+    if fork_path is not None:
+        t = time.time()
+        restored = _restore_fork(fork_path, abstract, log)
+        if restored is None:
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
+        else:
+            # the trunk's params, moments and step count, with this branch's own cooldown
+            restored["opt_state"] = with_schedule_of(restored["opt_state"], tx.init(restored["params"]))
+            state = restored
+            start_step = forked_at = int(fork_path.name)
+            timing["ckpt_s"] += time.time() - t
+            trunk = RunDir(fork_path.parent.parent)
+            curve = [r for r in trunk.curve() if r["step"] <= start_step]
+            log(f"forked from trunk {trunk.run_id} at step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
     n_counted = counted_params(model_cfg, cfg.get("param_count"))
@@ -243,12 +294,17 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         stop = stop and step < total_steps
         do_eval = step % eval_every == 0 or step == total_steps
         do_ckpt = step % ckpt_every == 0 or step == total_steps or clock_ckpt or stop
-        if do_eval or do_ckpt:
+        if do_eval or do_ckpt or step in fork_steps:
             last_train_loss = float(pending_loss)
             check_finite(step, last_train_loss)
             t = time.time()
             if do_eval:
                 record_eval(step, last_train_loss)
+            if step in fork_steps and step not in forks.all_steps():  # before the (async) regular one
+                tc = time.time()
+                forks.save(step, args=ocp.args.StandardSave(state))
+                forks.wait_until_finished()
+                timing["ckpt_s"] += time.time() - tc
             if do_ckpt:
                 tc = time.time()
                 mngr.save(step, args=ocp.args.StandardSave(state))
@@ -259,11 +315,15 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         if stop:
             mngr.wait_until_finished()
             mngr.close()
+            if forks is not None:
+                forks.close()
             raise Preempted(step)
     loop_s = time.time() - t_loop
     t = time.time()
     mngr.wait_until_finished()
     mngr.close()
+    if forks is not None:
+        forks.close()
     timing["ckpt_s"] += time.time() - t
     timing["train_s"] = max(0.0, loop_s - in_loop_other - timing["compile_s"])
 
@@ -303,6 +363,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
         "resumed_from_step": start_step,
+        # a WSD branch: the step of its trunk it started from (None: trained from step 0)
+        **({"forked_at_step": forked_at} if fork_of(cfg) else {}),
         **{f"time_{k}": v for k, v in timing.items()},
     }
 

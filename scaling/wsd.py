@@ -24,10 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medscale.scaling.schedule import cooldown_start
 from medscale.scaling.steps import canonical
 
 FORKS_DIR = "forks"  # <trunk run>/forks/<step>: the trunk's fork checkpoints, kept for good
+
+
+def cooldown_start(total_steps: int, cooldown_fraction: float) -> int:
+    """The first step of a WSD run's cooldown: its last `cooldown_fraction` of steps cool down (rounded)."""
+    return total_steps - int(round(cooldown_fraction * total_steps))
 
 
 def _family(run: dict) -> str:

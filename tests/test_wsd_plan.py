@@ -135,3 +135,24 @@ def test_bad_wsd_keys_name_the_key(tmp_path, optimizer, key):
     raw["optimizer"].update(optimizer)
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         _expand(raw)
+
+
+def test_a_grid_that_gains_budgets_adds_fork_steps_to_the_trunk_already_there(tmp_path):
+    from medscale.scaling.store import RunStore
+
+    small = _expand(tiny_spec(tmp_path, **{"grid.tokens": [60 * 256, 120 * 256], "optimizer.schedule": "wsd"}))
+    large = _expand(tiny_spec(tmp_path, **{"grid.tokens": [30 * 256, 60 * 256, 120 * 256],
+                                           "optimizer.schedule": "wsd"}))
+    (trunk_a,) = [r for r in small if r["checkpoint"].get("fork_steps")]
+    (trunk_b,) = [r for r in large if r["checkpoint"].get("fork_steps")]
+    store = RunStore(tmp_path / "store")
+    # the shared warmup follows the shortest run, so a family that gains a shorter budget is a new family
+    assert run_id(trunk_a) != run_id(trunk_b)
+    run = store.ensure(trunk_b)
+    assert run.config()["checkpoint"]["fork_steps"] == [24, 48]
+    fewer = {**trunk_b, "checkpoint": {**trunk_b["checkpoint"], "fork_steps": [48]}}
+    store.ensure(fewer)
+    assert run.config()["checkpoint"]["fork_steps"] == [24, 48]  # never dropped
+    more = {**trunk_b, "checkpoint": {**trunk_b["checkpoint"], "fork_steps": [12, 48]}}
+    assert store.ensure(more).path == run.path
+    assert run.config()["checkpoint"]["fork_steps"] == [12, 24, 48]

@@ -1,0 +1,78 @@
+"""A WSD branch forked from its trunk's checkpoint ends exactly where its budget trained from scratch ends.
+
+Bitwise, on CPU: before the branch's cooldown starts the trunk's learning rate is the same float32 value
+as the from-scratch run's (warmup, then exactly the peak), the batch of step s depends only on (seed, s),
+every run of one shape runs one compiled program (the schedule is traced state), and checkpoints store
+float32 exactly; XLA on CPU is deterministic for a fixed program and inputs. So nothing differs."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_spec
+from medscale.scaling.spec import expand, parse_spec
+from medscale.scaling.store import RunStore, run_id
+from medscale.scaling.train import execute_run
+from medscale.scaling.wsd import fork_of, fork_ready
+
+pytestmark = pytest.mark.slow
+STEP_TOKENS = 8 * 32
+
+
+def wsd_runs(meds, tokens, **kw) -> list[dict]:
+    raw = tiny_spec(meds, **{"grid.tokens": [30 * STEP_TOKENS, 60 * STEP_TOKENS], "optimizer.schedule": "wsd",
+                             "optimizer.cooldown_shape": "1-sqrt", **kw})
+    vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]
+    return expand(parse_spec(raw), token_dir=str(tokens), vocab_size=vocab, dataset_id="tiny")
+
+
+def final_params(run) -> dict:
+    import orbax.checkpoint as ocp
+
+    step = max(int(p.name) for p in run.ckpt_dir.iterdir() if p.name.isdigit())
+    restored = ocp.StandardCheckpointer().restore((run.ckpt_dir / str(step) / "default").absolute())
+    return {"/".join(map(str, path)): np.asarray(leaf) for path, leaf in
+            __import__("jax").tree_util.tree_flatten_with_path(restored["params"])[0]}
+
+
+def test_branch_from_the_trunk_equals_its_budget_from_scratch(tmp_path, tiny_dataset):
+    meds, tokens = tiny_dataset
+    trunk_cfg, branch_cfg = sorted(wsd_runs(meds, tokens), key=lambda r: -r["train"]["steps"])
+    assert fork_of(branch_cfg) == (run_id(trunk_cfg), 24)
+    store = RunStore(tmp_path / "store")
+    trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
+    assert not fork_ready(branch.path, branch_cfg)
+    assert execute_run(trunk) == "done"
+    assert fork_ready(branch.path, branch_cfg) and (trunk.path / "forks" / "24").is_dir()
+    assert execute_run(branch) == "done"
+    forked = branch.metrics()
+    assert forked["forked_at_step"] == 24 and forked["resumed_from_step"] == 24 and forked["steps"] == 30
+
+    scratch_cfg = json.loads(json.dumps(branch_cfg))
+    del scratch_cfg["train"]["parent"], scratch_cfg["train"]["fork_step"]
+    scratch = RunStore(tmp_path / "scratch").ensure(scratch_cfg)
+    assert execute_run(scratch) == "done"
+    plain = scratch.metrics()
+    assert "forked_at_step" not in plain and plain["resumed_from_step"] == 0
+    assert forked["loss"] == plain["loss"] and forked["train_loss"] == plain["train_loss"]  # bitwise
+    a, b = final_params(branch), final_params(scratch)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    # the branch's curve: the trunk's up to the fork, then its own cooldown
+    curve = branch.curve()
+    assert curve[-1]["step"] == 30 and curve[-1]["loss"] == plain["loss"]
+    before = [r for r in curve if r["step"] <= 24]
+    assert before and before == [r for r in trunk.curve() if r["step"] <= 24]
+    row = store.write_results().set_index("run_id").loc[branch.run_id]
+    assert row["parent"] == trunk.run_id and row["fork_step"] == 24 and row["schedule"] == "wsd"
+
+
+def test_branch_without_its_fork_checkpoint_trains_from_step_0(tmp_path, tiny_dataset):
+    meds, tokens = tiny_dataset
+    trunk_cfg, branch_cfg = sorted(wsd_runs(meds, tokens), key=lambda r: -r["train"]["steps"])
+    branch = RunStore(tmp_path).ensure(branch_cfg)  # the trunk never ran
+    logs = []
+    assert execute_run(branch, log=logs.append) == "done"
+    assert branch.metrics()["forked_at_step"] is None and branch.metrics()["resumed_from_step"] == 0
+    assert any("training this branch from step 0" in m for m in logs)
