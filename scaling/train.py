@@ -116,6 +116,19 @@ def _restore_fork(path: Path, abstract, log: Callable[[str], None]):
         return None
 
 
+FORKED_FILE = "forked.json"  # in a WSD branch's folder once it started from its trunk's fork checkpoint
+
+
+def _forked_at(run: RunDir) -> int | None:
+    """The trunk step a branch started from, None when it trained from step 0."""
+    from medscale.atomic import read_json
+
+    try:
+        return int((read_json(run.path / FORKED_FILE) or {})["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], None]):
     """(state, step) from the newest checkpoint that restores. One that does not (torn, corrupted) is
     moved aside to `<run>/ckpt-damaged/<step>` with a message, and the one before it is tried.
@@ -218,7 +231,6 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         timing["ckpt_s"] += time.time() - t
         curve = [r for r in run.curve() if r["step"] <= start_step]
         log(f"resumed from step {start_step}/{total_steps}")
-    forked_at = None
     if fork_path is not None:
         t = time.time()
         restored = _restore_fork(fork_path, abstract, log)
@@ -228,10 +240,12 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
             # the trunk's params, moments and step count, with this branch's own cooldown
             restored["opt_state"] = with_schedule_of(restored["opt_state"], tx.init(restored["params"]))
             state = restored
-            start_step = forked_at = int(fork_path.name)
+            start_step = int(fork_path.name)
             timing["ckpt_s"] += time.time() - t
             trunk = RunDir(fork_path.parent.parent)
             curve = [r for r in trunk.curve() if r["step"] <= start_step]
+            if primary:
+                write_json(run.path / FORKED_FILE, {"parent": trunk.run_id, "step": start_step})
             log(f"forked from trunk {trunk.run_id} at step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
@@ -364,7 +378,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "backend": jax.default_backend(),
         "resumed_from_step": start_step,
         # a WSD branch: the step of its trunk it started from (None: trained from step 0)
-        **({"forked_at_step": forked_at} if fork_of(cfg) else {}),
+        **({"forked_at_step": _forked_at(run)} if fork_of(cfg) else {}),
         **{f"time_{k}": v for k, v in timing.items()},
     }
 

@@ -35,16 +35,24 @@ def final_params(run) -> dict:
             __import__("jax").tree_util.tree_flatten_with_path(restored["params"])[0]}
 
 
-def test_branch_from_the_trunk_equals_its_budget_from_scratch(tmp_path, tiny_dataset):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dataset, tmp_path_factory):
+    """A trunk and its branch trained without interruption: (trunk config, branch config, store)."""
     meds, tokens = tiny_dataset
     trunk_cfg, branch_cfg = sorted(wsd_runs(meds, tokens), key=lambda r: -r["train"]["steps"])
-    assert fork_of(branch_cfg) == (run_id(trunk_cfg), 24)
-    store = RunStore(tmp_path / "store")
+    store = RunStore(tmp_path_factory.mktemp("wsd") / "store")
     trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
     assert not fork_ready(branch.path, branch_cfg)
     assert execute_run(trunk) == "done"
     assert fork_ready(branch.path, branch_cfg) and (trunk.path / "forks" / "24").is_dir()
     assert execute_run(branch) == "done"
+    return trunk_cfg, branch_cfg, store
+
+
+def test_branch_from_the_trunk_equals_its_budget_from_scratch(tmp_path, uninterrupted):
+    trunk_cfg, branch_cfg, store = uninterrupted
+    assert fork_of(branch_cfg) == (run_id(trunk_cfg), 24)
+    trunk, branch = store.run_dir(run_id(trunk_cfg)), store.run_dir(run_id(branch_cfg))
     forked = branch.metrics()
     assert forked["forked_at_step"] == 24 and forked["resumed_from_step"] == 24 and forked["steps"] == 30
 
@@ -76,3 +84,39 @@ def test_branch_without_its_fork_checkpoint_trains_from_step_0(tmp_path, tiny_da
     assert execute_run(branch, log=logs.append) == "done"
     assert branch.metrics()["forked_at_step"] is None and branch.metrics()["resumed_from_step"] == 0
     assert any("training this branch from step 0" in m for m in logs)
+
+
+class StopAfter:
+    """Stands in for SIGTERM: asks the run to stop after `steps` more steps (it checkpoints and stops)."""
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    @property
+    def requested(self) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+
+def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    from medscale.scaling.train import Preempted, train_run
+
+    trunk_cfg, branch_cfg, reference = uninterrupted
+    store = RunStore(tmp_path)
+    trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
+    with pytest.raises(Preempted):
+        train_run(trunk, preemption=StopAfter(33))  # past the fork at 24, between checkpoints
+    assert (trunk.path / "forks" / "24").is_dir() and execute_run(trunk) == "done"
+    assert trunk.metrics()["resumed_from_step"] == 33
+    with pytest.raises(Preempted):
+        train_run(branch, preemption=StopAfter(3))  # forked at 24, stopped in its cooldown at 27
+    assert execute_run(branch) == "done"
+    assert branch.metrics()["resumed_from_step"] == 27
+    for mine in (trunk, branch):
+        theirs = reference.run_dir(mine.run_id).metrics()
+        assert mine.metrics()["loss"] == theirs["loss"] and mine.metrics()["train_loss"] == theirs["train_loss"]
+    a, b = final_params(branch), final_params(reference.run_dir(branch.run_id))
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    # a relaunch skips what is done
+    assert execute_run(trunk) == "done" and execute_run(branch) == "done"
+    assert branch.status()["attempts"] == 1 and trunk.status()["attempts"] == 1
