@@ -178,3 +178,24 @@ def test_scheduler_starts_a_branch_once_its_fork_checkpoint_exists(tmp_path):
     assert next_ready(queue, active) is b60
     assert next_ready(queue, active) is None
     assert next_ready(queue, {b30.run_id}) is b30  # the trunk is no longer active (done or failed): go
+
+
+def test_dry_run_shows_the_wsd_compute_against_cosine(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import write_spec
+    from medscale.scaling.cli import app
+
+    raw = _ladder(tmp_path, **{"optimizer.schedule": "wsd"})
+    path = write_spec(tmp_path / "wsd.yaml", raw)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--no-memory"],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "WSD plan:" in text and "2 trunk(s)" in text and "4 branch(es)" in text
+    assert f"{1 - 138 / 210:.0%} less compute" in text
+    assert "trains from step 0" in result.output and "@24" in result.output
+    assert not (tmp_path / "o" / "runs").exists()
+    plain = CliRunner().invoke(app, ["sweep", str(write_spec(tmp_path / "cos.yaml", _ladder(tmp_path))), "--out",
+                                     str(tmp_path / "o"), "--dry-run", "--no-memory"], terminal_width=300)
+    assert plain.exit_code == 0 and "WSD plan" not in plain.output and "forks from" not in plain.output
