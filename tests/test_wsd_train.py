@@ -120,3 +120,50 @@ def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, u
     # a relaunch skips what is done
     assert execute_run(trunk) == "done" and execute_run(branch) == "done"
     assert branch.status()["attempts"] == 1 and trunk.status()["attempts"] == 1
+
+
+KILL_AT = """
+import os, signal, sys
+from medscale.scaling.store import RunDir
+from medscale.scaling.train import train_run
+
+class KillAt:  # SIGKILL this process once the run has taken `left` more steps: no checkpoint, no goodbye
+    left = int(sys.argv[2])
+
+    @property
+    def requested(self):
+        KillAt.left -= 1
+        if KillAt.left <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+run = RunDir(sys.argv[1])
+lease = run.acquire_lease()
+run.set_status("running", attempts=1)
+train_run(run, preemption=KillAt())
+"""
+
+
+def test_sigkilled_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    import signal
+    import subprocess
+    import sys
+
+    trunk_cfg, branch_cfg, reference = uninterrupted
+    store = RunStore(tmp_path)
+    trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
+    for run, steps in ((trunk, 33), (branch, 3)):  # trunk: past its fork (24) and a checkpoint (30);
+        # branch: 3 steps into its cooldown (from 24), before any checkpoint of its own
+        killed = subprocess.run([sys.executable, "-c", KILL_AT, str(run.path), str(steps)], capture_output=True,
+                                text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        assert run.state() == "running" and run.metrics() is None
+        assert execute_run(run) == "done"
+    assert trunk.metrics()["resumed_from_step"] in (20, 30)  # the newest checkpoint that was complete
+    assert branch.metrics()["resumed_from_step"] == 24 and branch.metrics()["forked_at_step"] == 24
+    for run in (trunk, branch):
+        mine, theirs = run.metrics(), reference.run_dir(run.run_id).metrics()
+        assert mine["loss"] == theirs["loss"] and mine["train_loss"] == theirs["train_loss"]
+        a, b = final_params(run), final_params(reference.run_dir(run.run_id))
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+        assert run.status()["attempts"] == 2
