@@ -78,7 +78,8 @@ def run_flops(run: RunDir) -> float:
 
     cfg = run.config()
     share = trained_steps(cfg) / max(1, cfg["train"]["steps"])
-    return flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full * cfg["train"]["tokens"] * share
+    per_token = flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full
+    return per_token * cfg["train"]["tokens"] * share
 
 
 def next_ready(queue: deque, active: set[str]) -> RunDir | None:
