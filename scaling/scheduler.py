@@ -28,7 +28,7 @@ import pandas as pd
 from medscale.scaling.gang import GangRun
 from medscale.scaling.runtime import malloc_env
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
-from medscale.scaling.wsd import fork_of, fork_ready, trained_steps
+from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
 STALE_AFTER_S = 60.0
 
@@ -82,17 +82,27 @@ def run_flops(run: RunDir) -> float:
     return per_token * cfg["train"]["tokens"] * share
 
 
-def next_ready(queue: deque, active: set[str]) -> RunDir | None:
-    """Take the first run of `queue` that may start now. A WSD branch may start once its trunk's fork
-    checkpoint exists, or once its trunk is no longer active in this sweep (finished, failed for good,
-    or not part of it): it then trains from step 0, which computes the same (scaling/wsd.py)."""
-    for run in queue:
+def branch_forks(run_dirs: list[RunDir]) -> dict[str, tuple[str, Path]]:
+    """run id -> (its trunk's run id, its fork checkpoint) for the WSD branches among `run_dirs`."""
+    forks = {}
+    for run in run_dirs:
         try:
             cfg = run.config()
         except Exception:  # noqa: BLE001 - a damaged config fails in the run itself, where it is recorded
-            cfg = {}
-        fork = fork_of(cfg)
-        if fork is None or fork[0] not in active or fork_ready(run.path, cfg):
+            continue
+        if (fork := fork_of(cfg)) is not None:
+            forks[run.run_id] = (fork[0], fork_checkpoint(run.path, cfg))
+    return forks
+
+
+def next_ready(queue: deque, active: set[str], forks: dict[str, tuple[str, Path]]) -> RunDir | None:
+    """Take the first run of `queue` that may start now. A WSD branch (in `forks`) may start once its
+    trunk's fork checkpoint exists (orbax gives it its final name only once complete), or once its trunk
+    is no longer active in this sweep (finished, failed for good, or not part of it): it then trains from
+    step 0, which computes the same (scaling/wsd.py)."""
+    for run in queue:
+        fork = forks.get(run.run_id)
+        if fork is None or fork[0] not in active or fork[1].is_dir():
             queue.remove(run)
             return run
     return None
@@ -180,6 +190,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         flops = {r.run_id: run_flops(r) for r in run_dirs}
         progress.flops_total = sum(flops.values())
         queue: deque[RunDir] = deque()
+        forks = branch_forks(run_dirs)
         # longest first: fewer idle cores at the end of the sweep, and the ETA (FLOP rate) settles early;
         # a WSD trunk is the longest of its family, so it starts before the branches that wait for it
         for run in sorted(run_dirs, key=lambda r: -flops[r.run_id]):
@@ -231,7 +242,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         report()
         while queue or inflight or held_elsewhere:
             while queue and n_running() < limit:
-                run = next_ready(queue, active())  # a WSD branch waits for its fork checkpoint
+                run = next_ready(queue, active(), forks)  # a WSD branch waits for its fork checkpoint
                 if run is None:
                     break
                 if run.state() in FINAL_STATES:

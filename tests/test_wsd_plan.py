@@ -161,7 +161,7 @@ def test_a_grid_that_gains_budgets_adds_fork_steps_to_the_trunk_already_there(tm
 def test_scheduler_starts_a_branch_once_its_fork_checkpoint_exists(tmp_path):
     from collections import deque
 
-    from medscale.scaling.scheduler import next_ready, run_flops
+    from medscale.scaling.scheduler import branch_forks, next_ready, run_flops
     from medscale.scaling.store import RunStore
 
     runs = _expand(tiny_spec(tmp_path, **{"grid.tokens": [30 * 256, 60 * 256, 120 * 256],
@@ -171,13 +171,15 @@ def test_scheduler_starts_a_branch_once_its_fork_checkpoint_exists(tmp_path):
     trunk, b30, b60 = dirs[120], dirs[30], dirs[60]
     assert run_flops(b30) / run_flops(trunk) == pytest.approx(6 / 120)  # a branch trains only its cooldown
     queue = deque([b30, trunk, b60])
-    assert next_ready(queue, {trunk.run_id, b30.run_id, b60.run_id}) is trunk
+    forks = branch_forks([b30, trunk, b60])
+    assert set(forks) == {b30.run_id, b60.run_id}
+    assert next_ready(queue, {trunk.run_id, b30.run_id, b60.run_id}, forks) is trunk
     active = {trunk.run_id, b30.run_id, b60.run_id}  # the trunk now running
-    assert next_ready(queue, active) is None and list(queue) == [b30, b60]
+    assert next_ready(queue, active, forks) is None and list(queue) == [b30, b60]
     (trunk.path / "forks" / "48").mkdir(parents=True)  # the trunk passed step 48: b60's fork
-    assert next_ready(queue, active) is b60
-    assert next_ready(queue, active) is None
-    assert next_ready(queue, {b30.run_id}) is b30  # the trunk is no longer active (done or failed): go
+    assert next_ready(queue, active, forks) is b60
+    assert next_ready(queue, active, forks) is None
+    assert next_ready(queue, {b30.run_id}, forks) is b30  # the trunk is no longer active (done or failed): go
 
 
 def test_dry_run_shows_the_wsd_compute_against_cosine(tmp_path):
