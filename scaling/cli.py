@@ -237,6 +237,14 @@ def train(
         raise typer.Exit(code=EXIT_PREEMPTED)  # resumable: run the same command again
 
 
+def wsd_line(cmp: dict) -> str:
+    """The dry run's comparison of a WSD plan with the same grid under cosine (scaling/wsd.py)."""
+    saved = 1 - cmp["planned_flops"] / cmp["cosine_flops"] if cmp["cosine_flops"] else 0.0
+    return (f"WSD plan: {cmp['planned_flops']:.3g} FLOPs ({cmp['trunks']} trunk(s) trained from step 0, "
+            f"{cmp['branches']} branch(es) training only their cooldown) against {cmp['cosine_flops']:.3g} FLOPs "
+            f"for the same grid under cosine: {saved:.0%} less compute")
+
+
 def _plan_table(plan):
     from rich.table import Table
 
@@ -249,6 +257,8 @@ def _plan_table(plan):
     table = Table(title=title)
     columns = ["run", "budget", "d_model x layers (heads)", "params (non-emb)", "tokens", "steps", "FLOPs 6ND",
                "FLOPs full", "lr", "est. time"]
+    if plan.wsd:
+        columns += ["forks from (trunk@step)"]
     if plan.memory_planned:
         columns += ["GiB params", "GiB opt", "GiB temp", "GiB peak", "fits"]
     for col in columns:
@@ -257,6 +267,8 @@ def _plan_table(plan):
         cells = [r["run"], f"{r['budget']:.3g}" if r["budget"] else "-", r["shape"], f"{r['params_non_embedding']:,}",
                  f"{r['tokens']:,}", f"{r['steps']:,}", f"{r['flops_6nd']:.3g}", f"{r['flops_full']:.3g}",
                  f"{r['lr']:.2e}", f"{r['est_s']:.0f}s"]
+        if plan.wsd:
+            cells += [r["fork"] or "trains from step 0"]
         if plan.memory_planned:
             fits = "?" if plan.budget_gib is None else "yes" if r["mem_peak_gib"] <= plan.budget_gib else "NO"
             cells += [f"{r['mem_params_gib']:.2f}", f"{r['mem_opt_gib']:.2f}", f"{r['mem_temp_gib']:.2f}",
@@ -287,6 +299,8 @@ def sweep(
         plan = estimate_plan(runs, out_dir, spec.resources, memory=memory)
         _print_wide(_plan_table(plan))
         refuse_if_too_big(plan, runs, str(spec_path))
+        if plan.wsd:
+            out.print(wsd_line(plan.wsd))
         out.print(f"estimated total: {plan.total_s / 60:.1f} device-minutes of training on this machine's "
                   f"{'device' if not (spec.resources.gpus or spec.resources.tpus) else 'device (the runs ask for accelerators, so expect far less there)'}")
         return

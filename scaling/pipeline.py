@@ -125,6 +125,7 @@ class Plan:
     budget_source: str = ""
     devices: int = 1
     backend: str = "cpu"
+    wsd: dict | None = None  # a WSD plan: its FLOPs against the same grid under cosine (scaling/wsd.py)
 
     def too_big(self) -> list[dict]:
         """The rows whose planned peak exceeds the device budget."""
@@ -161,6 +162,7 @@ def estimate_plan(runs: list[dict], out_dir: Path | str, resources=None, memory:
     from medscale.models.config import ModelConfig, param_counts
     from medscale.scaling.flops import device_peak_flops, flops_per_token
     from medscale.scaling.store import run_id
+    from medscale.scaling.wsd import compute_comparison, fork_of, trained_steps
 
     peak, source = device_peak_flops()
     efficiency, how = measured_efficiency(out_dir)
@@ -169,11 +171,15 @@ def estimate_plan(runs: list[dict], out_dir: Path | str, resources=None, memory:
         cfg = ModelConfig.from_dict(r["model"])
         fl = flops_per_token(cfg, r["data"]["seq_len"], r.get("param_count"))
         tokens = r["train"]["tokens"]
+        trained = tokens * trained_steps(r) / r["train"]["steps"]  # a WSD branch trains only its cooldown
+        fork = fork_of(r)
         rows.append({"run": run_id(r), "budget": r["budget"], "shape": f"{cfg.d_model} x {cfg.n_layers} ({cfg.n_heads})",
                      "params_non_embedding": param_counts(cfg).non_embedding, "tokens": tokens,
                      "steps": r["train"]["steps"], "flops_6nd": fl.six_n * tokens, "flops_full": fl.full * tokens,
-                     "lr": r["train"]["lr"], "est_s": fl.full * tokens / (peak * efficiency)})
-    plan = Plan(rows, peak, source, efficiency, how)
+                     "lr": r["train"]["lr"], "est_s": fl.full * trained / (peak * efficiency),
+                     "fork": f"{fork[0]}@{fork[1]}" if fork else None})
+    wsd = any(r["train"].get("schedule") == "wsd" for r in runs)
+    plan = Plan(rows, peak, source, efficiency, how, wsd=compute_comparison(runs) if wsd else None)
     if memory and runs:
         plan_memory(plan, runs, resources)
     return plan

@@ -10,6 +10,8 @@ A run with `hosts` > 1 is a gang of processes instead (scaling/gang.py: a placem
 per process), driven from this loop too: its processes' refs are waited on like tasks, and a gang
 one of whose processes died is torn down and restarted from the last checkpoint. A run stopped by
 SIGTERM ("preempted", checkpoint saved) goes back in the queue without counting as a failure.
+A WSD branch (scaling/wsd.py) waits in the queue until its trunk has written its fork checkpoint, and
+starts as soon as it has, while the trunk trains on.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pandas as pd
 from medscale.scaling.gang import GangRun
 from medscale.scaling.runtime import malloc_env
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
+from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
 STALE_AFTER_S = 60.0
 
@@ -69,11 +72,40 @@ def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str
 
 
 def run_flops(run: RunDir) -> float:
+    """Full FLOPs this run trains (a WSD branch: only its cooldown)."""
     from medscale.models.config import ModelConfig
     from medscale.scaling.flops import flops_per_token
 
     cfg = run.config()
-    return flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full * cfg["train"]["tokens"]
+    share = trained_steps(cfg) / max(1, cfg["train"]["steps"])
+    per_token = flops_per_token(ModelConfig.from_dict(cfg["model"]), cfg["data"]["seq_len"]).full
+    return per_token * cfg["train"]["tokens"] * share
+
+
+def branch_forks(run_dirs: list[RunDir]) -> dict[str, tuple[str, Path]]:
+    """run id -> (its trunk's run id, its fork checkpoint) for the WSD branches among `run_dirs`."""
+    forks = {}
+    for run in run_dirs:
+        try:
+            cfg = run.config()
+        except Exception:  # noqa: BLE001 - a damaged config fails in the run itself, where it is recorded
+            continue
+        if (fork := fork_of(cfg)) is not None:
+            forks[run.run_id] = (fork[0], fork_checkpoint(run.path, cfg))
+    return forks
+
+
+def next_ready(queue: deque, active: set[str], forks: dict[str, tuple[str, Path]]) -> RunDir | None:
+    """Take the first run of `queue` that may start now. A WSD branch (in `forks`) may start once its
+    trunk's fork checkpoint exists (orbax gives it its final name only once complete), or once its trunk
+    is no longer active in this sweep (finished, failed for good, or not part of it): it then trains from
+    step 0, which computes the same (scaling/wsd.py)."""
+    for run in queue:
+        fork = forks.get(run.run_id)
+        if fork is None or fork[0] not in active or fork[1].is_dir():
+            queue.remove(run)
+            return run
+    return None
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -158,7 +190,9 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         flops = {r.run_id: run_flops(r) for r in run_dirs}
         progress.flops_total = sum(flops.values())
         queue: deque[RunDir] = deque()
-        # longest first: fewer idle cores at the end of the sweep, and the ETA (FLOP rate) settles early
+        forks = branch_forks(run_dirs)
+        # longest first: fewer idle cores at the end of the sweep, and the ETA (FLOP rate) settles early;
+        # a WSD trunk is the longest of its family, so it starts before the branches that wait for it
         for run in sorted(run_dirs, key=lambda r: -flops[r.run_id]):
             status = run.status()
             if status["state"] in FINAL_STATES:
@@ -173,6 +207,10 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
 
         def n_running() -> int:  # a gang is one run however many refs it has
             return len({run.run_id for run, _ in inflight.values()})
+
+        def active() -> set[str]:  # runs of this sweep that are queued, running, or held by another launch
+            return ({r.run_id for r in queue} | {r.run_id for r, _ in inflight.values()}
+                    | {r.run_id for r in held_elsewhere})
 
         def report() -> None:
             progress.running = n_running() + len(held_elsewhere)
@@ -204,7 +242,9 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         report()
         while queue or inflight or held_elsewhere:
             while queue and n_running() < limit:
-                run = queue.popleft()
+                run = next_ready(queue, active(), forks)  # a WSD branch waits for its fork checkpoint
+                if run is None:
+                    break
                 if run.state() in FINAL_STATES:
                     continue
                 if hosts > 1:

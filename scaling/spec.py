@@ -237,6 +237,19 @@ class OptimizerSpec(_Strict):
     b2: Real = Field(0.95, ge=0, lt=1)
     clip: Real = Field(1.0, gt=0)
     microbatches: Int = Field(1, ge=1, description="gradient accumulation: each step's batch in this many slices")
+    # cosine: warmup then cosine decay to each run's end. wsd: warmup, constant, then a cooldown over the
+    # last cooldown_fraction of the steps (shape linear or 1-sqrt, Hägele et al. 2024); the sweep trains one
+    # trunk per (size, lr, seed) and forks each shorter budget's cooldown from it (scaling/wsd.py).
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    cooldown_fraction: Real = Field(0.2, gt=0, le=1)
+    cooldown_shape: Literal["linear", "1-sqrt"] = "linear"
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> "OptimizerSpec":
+        if self.schedule == "wsd" and self.warmup_fraction + self.cooldown_fraction >= 1:
+            raise ValueError(f"optimizer.cooldown_fraction {self.cooldown_fraction} plus optimizer.warmup_fraction "
+                             f"{self.warmup_fraction} must be below 1 (the stable phase lies between them)")
+        return self
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -550,6 +563,10 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                         **({"options": options} if options else {}),
                         **({"mesh": mesh} if mesh is not None else {}),
                     })
+    if spec.optimizer.schedule == "wsd":
+        from medscale.scaling.wsd import trunks_and_branches
+
+        trunks_and_branches(runs, spec.optimizer)
     seen: dict[str, int] = {}
     for n, r in enumerate(runs):
         first = seen.setdefault(config_hash(r), n)

@@ -185,9 +185,24 @@ class RunStore:
             os.rename(legacy.path, run.path)  # a store from before the kind prefix: adopt its run
         run.path.mkdir(parents=True, exist_ok=True)
         run.repair(config, self.say)
+        self._update_fork_steps(run, config)
         if not run.history():
             run.set_status("pending", attempts=0)
         return run
+
+    @staticmethod
+    def _update_fork_steps(run: RunDir, config: dict) -> None:
+        """A WSD trunk's fork steps are outside its identity: a grid that gained budgets adds them to the
+        config of the trunk already there (those it has already passed are trained from scratch)."""
+        want = (config.get("checkpoint") or {}).get("fork_steps")
+        try:
+            have = run.config()
+        except (CorruptFile, OSError):
+            return
+        known = (have.get("checkpoint") or {}).get("fork_steps") or []
+        if want and not set(want) <= set(known):  # never drops one: another sweep's branch may need it
+            have["checkpoint"] = {**(have.get("checkpoint") or {}), "fork_steps": sorted(set(want) | set(known))}
+            write_yaml(run.config_path, have)
 
     def runs(self) -> Iterator[RunDir]:
         if not self.runs_dir.exists():
@@ -252,4 +267,7 @@ def flatten_run_config(config: dict) -> dict:
         "seq_len": config["data"]["seq_len"], "batch_size": config["data"]["batch_size"],
         "lr": train["lr"], "seed": train["seed"], "target_tokens": train["tokens"],
         "train_fraction": config["data"].get("train_fraction", 1.0),
+        # a WSD sweep's runs (scaling/wsd.py): a branch names its trunk and the step it forked at
+        **({"schedule": "wsd", "parent": train.get("parent"), "fork_step": train.get("fork_step")}
+           if train.get("schedule") == "wsd" else {}),
     }

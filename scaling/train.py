@@ -31,6 +31,7 @@ from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
 from medscale.scaling.preemption import DEFAULT_GRACE_S, PreemptionGuard
 from medscale.scaling.store import LeaseHeld, RunDir
 from medscale.scaling.tracking import RunTracker
+from medscale.scaling.wsd import FORKS_DIR, fork_checkpoint, fork_of
 
 OBJECTIVE_TO_LOADER = {"decoder": "next_event", "encoder": "masked_event"}
 
@@ -54,18 +55,30 @@ def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
 
 
 def make_optimizer(train: dict, total_steps: int):
-    """(optax transformation, host-side learning-rate function of the step)."""
+    """(optax transformation, host-side learning-rate function of the step). `train.schedule` is cosine
+    (the default, absent from older configs) or wsd (warmup, stable, cooldown: scaling/schedule.py)."""
     import numpy as np
 
-    from medscale.scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
+    from medscale.scaling import schedule as sched
 
     warmup = int(train.get("warmup_steps", max(1, round(0.05 * total_steps))))
     warmup = min(warmup, max(1, total_steps - 1))
     end_ratio = train.get("min_lr_ratio", 0.1)
-    tx = adamw_warmup_cosine(lr=train["lr"], warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=end_ratio,
-                             weight_decay=train.get("weight_decay", 0.1), b1=train.get("b1", 0.9),
-                             b2=train.get("b2", 0.95), clip=train.get("clip", 1.0))
-    lr_at = lambda step: float(warmup_cosine_lr(np.float64(step), train["lr"], warmup, total_steps, end_ratio, xp=np))  # noqa: E731
+    common = dict(weight_decay=train.get("weight_decay", 0.1), b1=train.get("b1", 0.9), b2=train.get("b2", 0.95),
+                  clip=train.get("clip", 1.0))
+    if train.get("schedule", "cosine") == "wsd":
+        decay_start = sched.cooldown_start(total_steps, train["cooldown_fraction"])
+        shape = train.get("cooldown_shape", "linear")
+        tx = sched.adamw_warmup_stable_decay(lr=train["lr"], warmup_steps=warmup, decay_start=decay_start,
+                                             total_steps=total_steps, min_lr_ratio=end_ratio, cooldown_shape=shape,
+                                             **common)
+        code = sched.COOLDOWN_SHAPES.index(shape)
+        lr_at = lambda step: float(sched.warmup_stable_decay_lr(  # noqa: E731
+            np.float64(step), train["lr"], warmup, decay_start, total_steps, end_ratio, code, xp=np))
+        return tx, lr_at
+    tx = sched.adamw_warmup_cosine(lr=train["lr"], warmup_steps=warmup, total_steps=total_steps,
+                                   min_lr_ratio=end_ratio, **common)
+    lr_at = lambda step: float(sched.warmup_cosine_lr(np.float64(step), train["lr"], warmup, total_steps, end_ratio, xp=np))  # noqa: E731
     return tx, lr_at
 
 
@@ -74,6 +87,46 @@ def _checkpoint_manager(path: Path):
 
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _fork_manager(path: Path, *, read_only: bool):
+    """The trunk's fork checkpoints (<run>/forks/<step>): kept for good, saved synchronously (a branch may
+    start from one as soon as its folder has its final name)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _restore_fork(path: Path, abstract, log: Callable[[str], None]):
+    """A branch's starting state from its trunk's fork checkpoint, or None when it cannot be restored."""
+    import orbax.checkpoint as ocp
+
+    try:
+        mngr = _fork_manager(path.parent, read_only=True)
+        try:
+            return mngr.restore(int(path.name), args=ocp.args.StandardRestore(abstract))
+        finally:
+            mngr.close()
+    except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+        why = (str(err).strip().splitlines() or [""])[0][:160]
+        log(f"fork checkpoint {path} cannot be restored ({type(err).__name__}: {why}); training from step 0 "
+            "instead (the same computation)")
+        return None
+
+
+FORKED_FILE = "forked.json"  # in a WSD branch's folder once it started from its trunk's fork checkpoint
+
+
+def _forked_at(run: RunDir) -> int | None:
+    """The trunk step a branch started from, None when it trained from step 0."""
+    from medscale.atomic import read_json
+
+    try:
+        return int((read_json(run.path / FORKED_FILE) or {})["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _restore_newest_intact(mngr, abstract, ckpt_dir: Path, log: Callable[[str], None]):
@@ -121,6 +174,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     from medscale.models.step import (abstract_train_state, check_microbatches, init_train_state, make_eval_step,
                                       make_train_step)
     from medscale.scaling.distributed import Agreement, is_primary, process_rows
+    from medscale.scaling.schedule import with_schedule_of
 
     log = log or (lambda msg: None)
     t0 = process_started or time.time()
@@ -141,7 +195,14 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tx, schedule = make_optimizer(train_cfg, total_steps)
     mngr = _checkpoint_manager(run.ckpt_dir)
     latest = mngr.latest_step()
-    if latest is None:
+    # a WSD branch without checkpoints of its own starts from its trunk's fork checkpoint (scaling/wsd.py)
+    fork_path = fork_checkpoint(run.path, cfg) if latest is None else None
+    if fork_path is not None and not fork_path.is_dir():
+        log(f"fork checkpoint {fork_path} is not there: training this branch from step 0 (the same computation)")
+        fork_path = None
+    fork_steps = set((cfg.get("checkpoint") or {}).get("fork_steps") or [])  # a WSD trunk keeps these
+    forks = _fork_manager(run.path / FORKS_DIR, read_only=False) if fork_steps else None
+    if latest is None and fork_path is None:
         graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     else:
         graphdef, abstract = abstract_train_state(model_cfg, tx, mesh, options=options)
@@ -164,12 +225,28 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         t = time.time()
         state, latest = _restore_newest_intact(mngr, abstract, run.ckpt_dir, log)
         if latest is None:  # no checkpoint restores: start again
-            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"])
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     if latest is not None:
         start_step = int(latest)
         timing["ckpt_s"] += time.time() - t
         curve = [r for r in run.curve() if r["step"] <= start_step]
         log(f"resumed from step {start_step}/{total_steps}")
+    if fork_path is not None:
+        t = time.time()
+        restored = _restore_fork(fork_path, abstract, log)
+        if restored is None:
+            graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
+        else:
+            # the trunk's params, moments and step count, with this branch's own cooldown
+            restored["opt_state"] = with_schedule_of(restored["opt_state"], tx.init(restored["params"]))
+            state = restored
+            start_step = int(fork_path.name)
+            timing["ckpt_s"] += time.time() - t
+            trunk = RunDir(fork_path.parent.parent)
+            curve = [r for r in trunk.curve() if r["step"] <= start_step]
+            if primary:
+                write_json(run.path / FORKED_FILE, {"parent": trunk.run_id, "step": start_step})
+            log(f"forked from trunk {trunk.run_id} at step {start_step}/{total_steps}")
 
     counts = param_counts(model_cfg)
     n_counted = counted_params(model_cfg, cfg.get("param_count"))
@@ -231,12 +308,17 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         stop = stop and step < total_steps
         do_eval = step % eval_every == 0 or step == total_steps
         do_ckpt = step % ckpt_every == 0 or step == total_steps or clock_ckpt or stop
-        if do_eval or do_ckpt:
+        if do_eval or do_ckpt or step in fork_steps:
             last_train_loss = float(pending_loss)
             check_finite(step, last_train_loss)
             t = time.time()
             if do_eval:
                 record_eval(step, last_train_loss)
+            if step in fork_steps and step not in forks.all_steps():  # before the (async) regular one
+                tc = time.time()
+                forks.save(step, args=ocp.args.StandardSave(state))
+                forks.wait_until_finished()
+                timing["ckpt_s"] += time.time() - tc
             if do_ckpt:
                 tc = time.time()
                 mngr.save(step, args=ocp.args.StandardSave(state))
@@ -247,11 +329,15 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         if stop:
             mngr.wait_until_finished()
             mngr.close()
+            if forks is not None:
+                forks.close()
             raise Preempted(step)
     loop_s = time.time() - t_loop
     t = time.time()
     mngr.wait_until_finished()
     mngr.close()
+    if forks is not None:
+        forks.close()
     timing["ckpt_s"] += time.time() - t
     timing["train_s"] = max(0.0, loop_s - in_loop_other - timing["compile_s"])
 
@@ -291,6 +377,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
         "resumed_from_step": start_step,
+        # a WSD branch: the step of its trunk it started from (None: trained from step 0)
+        **({"forked_at_step": _forked_at(run)} if fork_of(cfg) else {}),
         **{f"time_{k}": v for k, v in timing.items()},
     }
 
