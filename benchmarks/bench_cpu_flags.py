@@ -1,12 +1,13 @@
 """Which XLA CPU options make medscale's training step fastest on this processor.
 
     .venv/bin/python benchmarks/bench_cpu_flags.py                       # 1M and 5M, the candidates below
-    .venv/bin/python benchmarks/bench_cpu_flags.py --sizes 5e6 --variant "--xla_cpu_use_onednn=true"
+    .venv/bin/python benchmarks/bench_cpu_flags.py --sizes 5e6 --variant=--xla_cpu_use_onednn=true
 
 Each variant is a set of XLA_FLAGS for the JAX worker of bench_train_throughput.py (same model,
 batch and step); all variants' workers run in alternating rounds so they see the same background
-load, and each is reported as tokens/s and its ratio to the default (no extra flags). What
-`scaling/runtime.py` picks for this processor (`cpu_xla_flags`) is marked.
+load, and each is reported as its median step time and its speed against XLA's defaults (what
+medscale runs use). A flag earns a place in scaling/runtime.py only from a quiet machine's figures on
+each processor kind it would apply to.
 """
 from __future__ import annotations
 
@@ -40,16 +41,13 @@ def main() -> None:
     args = p.parse_args()
 
     from medscale.scaling.processor import processor
-    from medscale.scaling.runtime import cpu_xla_flags
 
     cpu = processor()
-    chosen = " ".join(cpu_xla_flags(cpu))
-    variants = args.variant or CANDIDATES + ([chosen] if chosen and chosen not in CANDIDATES else [])
+    variants = args.variant or CANDIDATES
     if "" not in variants:
         variants = [""] + variants
-    print(f"processor: {cpu.describe()}; medscale picks: {chosen or '(XLA defaults)'}", flush=True)
+    print(f"processor: {cpu.describe()}; load average {os.getloadavg()[0]:.2f} (1 min) at start", flush=True)
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    base_env["MEDSCALE_CPU_XLA_FLAGS"] = "off"  # the variant alone decides
     for size in args.sizes.split(","):
         procs = {}
         for flags in variants:
@@ -73,8 +71,11 @@ def main() -> None:
         print(f"\nN target {float(size):.0e}, {args.dtype}: median step time and speed vs XLA defaults")
         for flags in variants:
             med = np.median(times[flags])
-            mark = "  <- medscale" if flags == chosen or (not chosen and not flags) else ""
-            print(f"  {med * 1e3:8.1f} ms  x{base / med:5.2f}  {flags or '(defaults)'}{mark}", flush=True)
+            spread = (max(times[flags]) - min(times[flags])) / med
+            print(f"  {med * 1e3:8.1f} ms  x{base / med:5.2f}  (rounds spread {spread:4.0%})  "
+                  f"{flags or '(XLA defaults: what medscale uses)'}", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.2f} (1 min) at end; a spread of more than a few percent means the "
+          f"machine was not quiet enough to rank variants that close")
 
 
 if __name__ == "__main__":

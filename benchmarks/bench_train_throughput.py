@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=6, help="timed rounds per framework and size")
     p.add_argument("--steps", type=int, default=3, help="steps per round")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds between one worker's round and the next's")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA host devices")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--dtypes", default=None,
@@ -253,6 +254,9 @@ def main(args: argparse.Namespace) -> None:
         losses = {}
         for _ in range(args.rounds):
             for w, proc in procs.items():
+                # the worker that just finished may still spin its threads (OpenMP and XLA's pools wait
+                # actively for a while): let them go idle, or they steal cores from the next worker
+                time.sleep(args.settle)
                 proc.stdin.write(f"{args.steps}\n")
                 proc.stdin.flush()
                 seconds, loss = proc.stdout.readline().split()

@@ -141,12 +141,3 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
     info["devices"] = jax.device_count()
     return info
 
-
-def cpu_xla_flags(cpu=None) -> list[str]:
-    """XLA CPU options for this processor, chosen from measurements (benchmarks/bench_cpu_flags.py).
-
-    `MEDSCALE_CPU_XLA_FLAGS=off` keeps XLA's defaults (what the benchmark compares against).
-    """
-    if os.environ.get("MEDSCALE_CPU_XLA_FLAGS") == "off":
-        return []
-    return []
