@@ -15,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def main() -> None:
         times: dict[str, list[float]] = {f: [] for f in variants}
         for _ in range(args.rounds):
             for flags, proc in procs.items():
+                time.sleep(0.5)  # let the previous worker's spinning threads go idle
                 proc.stdin.write(f"{args.steps}\n")
                 proc.stdin.flush()
                 times[flags].append(float(proc.stdout.readline().split()[0]) / args.steps)
