@@ -23,20 +23,25 @@ def probe_predict(X_fit: np.ndarray, y_fit: np.ndarray, X_test: np.ndarray, kind
 
 
 def _probe_predict(X_fit, y_fit, X_test, kind: str, seed: int) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(X_fit)
     A, B = scaler.transform(X_fit), scaler.transform(X_test)
     if kind == "regression":
         return RidgeCV(alphas=ALPHAS).fit(A, y_fit).predict(B)
+    return _binary_classifier(y_fit, seed).fit(A, y_fit).predict_proba(B)[:, 1]
+
+
+def _binary_classifier(y_fit, seed: int):
+    """Logistic regression, its C chosen by cross-validated log-loss when each class has 3 or more rows."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
     smallest = int(min(np.sum(y_fit == 1), np.sum(y_fit == 0)))
     if smallest >= 3:
-        clf = LogisticRegressionCV(Cs=CS, cv=min(5, smallest), max_iter=2000, scoring="neg_log_loss",
-                                   random_state=seed)
-    else:
-        clf = LogisticRegression(C=1.0, max_iter=2000)
-    return clf.fit(A, y_fit).predict_proba(B)[:, 1]
+        return LogisticRegressionCV(Cs=CS, cv=min(5, smallest), max_iter=2000, scoring="neg_log_loss",
+                                    random_state=seed)
+    return LogisticRegression(C=1.0, max_iter=2000)
 
 
 def probe_head(X_fit: np.ndarray, y_fit: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, float]:
@@ -49,7 +54,7 @@ def probe_head(X_fit: np.ndarray, y_fit: np.ndarray, kind: str, seed: int) -> tu
 
 
 def _probe_head(X_fit, y_fit, kind: str, seed: int):
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(X_fit)
@@ -59,13 +64,7 @@ def _probe_head(X_fit, y_fit, kind: str, seed: int):
         clf = RidgeCV(alphas=ALPHAS).fit(A, (y_fit - mu) / sd)
         coef, icpt = np.ravel(clf.coef_), float(clf.intercept_)
     else:
-        smallest = int(min(np.sum(y_fit == 1), np.sum(y_fit == 0)))
-        if smallest >= 3:
-            clf = LogisticRegressionCV(Cs=CS, cv=min(5, smallest), max_iter=2000, scoring="neg_log_loss",
-                                       random_state=seed)
-        else:
-            clf = LogisticRegression(C=1.0, max_iter=2000)
-        clf.fit(A, y_fit)
+        clf = _binary_classifier(y_fit, seed).fit(A, y_fit)
         coef, icpt = np.ravel(clf.coef_), float(np.ravel(clf.intercept_)[0])
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     w = coef / scale
