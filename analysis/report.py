@@ -213,6 +213,17 @@ def write_report(
         body.append(_data_constrained_section(df_group, at, max_tokens, n_boot, seed, report_json["objectives"][name],
                                               summary, name))
 
+    compute = compute_used(df_all)
+    report_json["compute"] = compute
+    if compute["branches"]:
+        summary.append(f"The study trained {compute['used_flops']:.3g} FLOPs ({compute['convention']} count): "
+                       f"{compute['branches']} of its {compute['runs']} runs were WSD cooldown branches forked from "
+                       f"trunks; the same grid under cosine (every run from scratch) would have cost "
+                       f"{compute['cosine_flops']:.3g} FLOPs, {compute['ratio']:.2f}x as much.")
+    else:
+        summary.append(f"The study trained {compute['used_flops']:.3g} FLOPs ({compute['convention']} count) "
+                       f"in {compute['runs']} runs.")
+
     if downstream is not None:
         from .report_downstream import downstream_sections
 
@@ -224,6 +235,23 @@ def write_report(
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def compute_used(df: pd.DataFrame) -> dict:
+    """FLOPs the finished runs trained, and what the same runs would have cost each trained from scratch (as
+    under cosine). A WSD branch (scaling/wsd.py) trains only from the step it forked at (`forked_at_step`;
+    none recorded: from step 0), so its share is 1 - fork / steps. The full FLOP count when every run has one,
+    else 6ND."""
+    full = "flops_full" in df.columns and len(df) > 0 and bool(np.isfinite(df["flops_full"].to_numpy(float)).all())
+    flops = df["flops_full" if full else "compute"].to_numpy(float)
+    fork = (df["forked_at_step"] if "forked_at_step" in df.columns else pd.Series(np.nan, index=df.index))
+    fork = pd.to_numeric(fork, errors="coerce").fillna(0).to_numpy(float)
+    steps = pd.to_numeric(df["steps"], errors="coerce").to_numpy(float) if "steps" in df.columns \
+        else np.full(len(df), np.nan)
+    share = np.where((fork > 0) & (steps > 0), 1 - fork / np.where(steps > 0, steps, 1), 1.0)
+    used, cosine = float(np.sum(flops * share)), float(np.sum(flops))
+    return {"used_flops": used, "cosine_flops": cosine, "ratio": cosine / used if used > 0 else None,
+            "runs": int(len(df)), "branches": int(np.sum(fork > 0)), "convention": "full" if full else "6ND"}
 
 
 def _full_data(df: pd.DataFrame) -> pd.DataFrame:

@@ -95,7 +95,7 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
 # ---------------------------------------------------------------------------------------------
 
 ASPECT = 64  # target d_model / n_layers (Kaplan et al. 2020: loss is flat for ~20..200)
-ASPECT_RANGE = (16, 256)  # shapes outside this aspect range are never proposed
+ASPECT_RANGE = (16, 256)  # shapes outside this aspect range are never proposed (unless an aspect is asked for)
 ASPECT_WEIGHT = 0.25  # price of one e-fold of aspect deviation, in e-folds of parameter miss
 WIDTH_UNIT = 32
 MAX_LAYERS = 128
@@ -129,7 +129,7 @@ def _shape(n_layers: int, d_model: int, vocab_size: int, max_len: int, causal: b
 
 
 def shape_for_params(target_non_embedding: float, *, vocab_size: int, max_len: int,
-                     causal: bool = True) -> ModelConfig:
+                     causal: bool = True, aspect: float | None = None) -> ModelConfig:
     """The model shape whose non-embedding parameter count lands near `target_non_embedding`.
 
     Rules, applied to a fixed grid of candidate shapes:
@@ -142,16 +142,23 @@ def shape_for_params(target_non_embedding: float, *, vocab_size: int, max_len: i
     (where depth steps are coarse) trade aspect for hitting the target (a 20K target gets one
     32-wide layer, ~13K). Because the grid does not depend on the target, N is non-decreasing in
     the target.
+
+    `aspect` replaces the target aspect ratio 64 (e.g. the aspect of the best shape a sweep measured,
+    scaling/recommend.py); the range of proposed aspects then widens to [aspect / 2, 2 aspect] if needed.
     """
     if not target_non_embedding > 0:
         raise ShapeError(f"target_non_embedding must be > 0, got {target_non_embedding}")
+    if aspect is not None and not aspect > 0:
+        raise ShapeError(f"aspect must be > 0, got {aspect}")
+    aim = float(aspect or ASPECT)
+    lo, hi = min(ASPECT_RANGE[0], aim / 2), max(ASPECT_RANGE[1], 2 * aim)
     log_t = math.log(target_non_embedding)
     best, best_score = None, math.inf
     for n_layers in range(1, MAX_LAYERS + 1):
-        for d_model in _widths(ASPECT_RANGE[0] * n_layers, ASPECT_RANGE[1] * n_layers):
+        for d_model in _widths(math.ceil(lo * n_layers), int(hi * n_layers)):
             cand = _shape(n_layers, d_model, vocab_size, max_len, causal)
             miss = math.log(param_counts(cand).non_embedding) - log_t
-            score = abs(miss) + ASPECT_WEIGHT * abs(math.log(d_model / (n_layers * ASPECT)))
+            score = abs(miss) + ASPECT_WEIGHT * abs(math.log(d_model / (n_layers * aim)))
             if score < best_score:
                 best, best_score = cand, score
             if miss > 2.0:  # wider only misses more (N grows with d_model)
@@ -160,14 +167,15 @@ def shape_for_params(target_non_embedding: float, *, vocab_size: int, max_len: i
     return best.validate()
 
 
-def shape_for_total_params(target_total: float, *, vocab_size: int, max_len: int, causal: bool = True) -> ModelConfig:
+def shape_for_total_params(target_total: float, *, vocab_size: int, max_len: int, causal: bool = True,
+                           aspect: float | None = None) -> ModelConfig:
     """`shape_for_params`'s rule, aimed at a total (embedding-inclusive) parameter target."""
     if not target_total > 0:
         raise ShapeError(f"target_total must be > 0, got {target_total}")
     best, lo, hi = None, 1.0, float(target_total)
     for _ in range(48):
         mid = math.sqrt(lo * hi)
-        cfg = shape_for_params(mid, vocab_size=vocab_size, max_len=max_len, causal=causal)
+        cfg = shape_for_params(mid, vocab_size=vocab_size, max_len=max_len, causal=causal, aspect=aspect)
         total = param_counts(cfg).total
         if best is None or abs(math.log(total / target_total)) < abs(math.log(param_counts(best).total / target_total)):
             best = cfg
@@ -195,7 +203,8 @@ def counted_params(cfg: ModelConfig, convention: str | None) -> int:
 
 
 def shape_for(target: float, convention: str | None, *, vocab_size: int, max_len: int,
-              causal: bool = True) -> ModelConfig:
-    """The shape whose N, counted under `convention`, lands near `target`."""
+              causal: bool = True, aspect: float | None = None) -> ModelConfig:
+    """The shape whose N, counted under `convention`, lands near `target` (aspect d_model/n_layers near
+    `aspect`, default 64)."""
     rule = shape_for_total_params if (convention or "non_embedding") == "total" else shape_for_params
-    return rule(target, vocab_size=vocab_size, max_len=max_len, causal=causal)
+    return rule(target, vocab_size=vocab_size, max_len=max_len, causal=causal, aspect=aspect)

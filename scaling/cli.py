@@ -497,8 +497,30 @@ def demo(
         f"{k} = {fit_json[k]['value']:.3g} [{fit_json[k]['interval'][0]:.3g}, {fit_json[k]['interval'][1]:.3g}]"
         for k in ("E", "alpha", "beta", "a", "b")))
     print_recommendation(result.recommendation, result.budget)
+    for line in demo_summary(json.loads((result.report.parent / "fits.json").read_text())):
+        out.print(line)
     out.print(f"report: {result.report}")
     out.print(f"demo finished in {result.minutes:.1f} min")
+
+
+def demo_summary(fits: dict) -> list[str]:
+    """From the report's fits.json: each objective's Approach 3 allocation exponent, and the compute used."""
+    lines = []
+    for name, objective in fits.get("objectives", {}).items():
+        a = (objective.get("fits", {}).get("approach_3") or {}).get("a")
+        if a and a.get("value") is not None:
+            lo, hi = a["interval"]
+            band = f" [{lo:.3g}, {hi:.3g}] (95%, width {hi - lo:.2f})" if lo is not None and hi is not None else ""
+            lines.append(f"{name}: Approach 3 N_opt ~ C^a, a = {a['value']:.3g}{band}; {objective['n_runs']} runs")
+        else:
+            why = (objective.get("not_fitted") or {}).get("approach_3", "not fitted")
+            lines.append(f"{name}: Approach 3 not fitted: {why}")
+    c = fits.get("compute")
+    if c:
+        lines.append(f"compute: {c['used_flops']:.3g} FLOPs trained ({c['convention']} count, {c['runs']} runs, "
+                     f"{c['branches']} of them WSD cooldown branches); the same grid under cosine: "
+                     f"{c['cosine_flops']:.3g} FLOPs ({c['ratio']:.2f}x)")
+    return lines
 
 
 @app.command()

@@ -7,6 +7,10 @@ The data-constrained arm trains two decoders on a small fraction of the cohort f
 report can fit the value of a repeated token (R*_D) and the recommendation can say, for this cohort's
 unique tokens, whether to repeat the data or grow the model.
 
+The decoder sweep and the encoder ladder are WSD sweeps (scaling/wsd.py): each size trains once to its largest
+budget and its smaller budgets are cooldown branches, so the decoder study spans two decades of compute and the
+ladder has four budgets per size for about the compute of the cosine demo (docs/WSD.md).
+
 Each stage is the same library call a user makes by hand (medscale.scaling.pipeline, behind `medscale
 sweep`, `medscale downstream`, `medscale analyze`); the presets only choose the specs in experiments/.
 Everything lands in one run store, so rerunning the demo after an interruption resumes it.
@@ -176,7 +180,7 @@ def _data_constrained_effect(results, at: float, n_boot: int, say: Callable[[str
 
 def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
     """Downstream evaluation of the demo's models, in the report's format: one model per size (the
-    encoder ladder, and the decoders of the largest IsoFLOP budget)."""
+    encoder ladder's longest runs, and the decoders of the largest IsoFLOP budget)."""
     from medscale.scaling.downstream import load_downstream_spec
     from medscale.scaling.downstream.evaluate import downstream_data
     from medscale.scaling.pipeline import run_downstream
@@ -185,6 +189,8 @@ def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
     results, _ = load_results(out_dir)
     done = results[results["status"] == "done"]
     decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]
-    runs = list(decoders["run_id"]) + list(done.loc[done["objective"] == "encoder", "run_id"])
+    encoders = done[done["objective"] == "encoder"]
+    encoders = encoders[encoders["target_tokens"] == encoders["target_tokens"].max()]  # a ladder's longest runs
+    runs = list(decoders["run_id"]) + list(encoders["run_id"])
     table = run_downstream(out_dir, load_downstream_spec(spec_path(spec_name)), runs=runs, reporter=reporter)
     return downstream_data(out_dir, table) if len(table) else None

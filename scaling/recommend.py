@@ -5,6 +5,11 @@ Honest means the spec trains what the numbers describe: the chosen shape's own N
 recomputed for that N at the budget, the learning-rate rule and multiplier that won in the runs behind the
 law, their batch size and sequence length, and the band of sizes whose predicted loss is within 1% of the
 best (a flat IsoFLOP profile makes several sizes about equally good).
+
+The shape: the default rule (models/config.py, aspect d_model/n_layers near 64) gives small models one or two
+wide layers. Where the sweep itself shows depth helping (its best shape at the largest budget is deeper than
+the shallowest shape run there) and the rule's shape is shallower than that best shape, the shape is chosen
+with the best swept shape's aspect instead; `shape_choice` says which, and why.
 """
 from __future__ import annotations
 
@@ -62,8 +67,9 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     if n_seq > 1 or n_batch > 1:
         notes.append(f"the fitted runs used several batch sizes or sequence lengths; the most common "
                      f"(batch {batch}, seq_len {seq_len}) is kept")
-    shape = shape_for(allocation.n_opt.value, convention, vocab_size=int(done["vocab_size"].iloc[0]),
-                      max_len=int(seq_len), causal=objective == "decoder")
+    shape_kw = dict(vocab_size=int(done["vocab_size"].iloc[0]), max_len=int(seq_len), causal=objective == "decoder")
+    shape, shape_choice = choose_shape(allocation.n_opt.value, convention, best_swept_shape(done), **shape_kw)
+    notes.append(shape_choice["reason"])
     n_shape = float(counted_params(shape, convention))
     tokens = float(compute / fpt(n_shape)) if full else float(compute / (6 * n_shape))
     if max_tokens is not None and allocation.epochs is None:
@@ -84,7 +90,53 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
             "param_count": convention, "n": n_shape, "tokens": tokens,
             "loss": float(line[np.argmin(np.abs(grid - n_shape))]) if band else None,
             "band": band, "seq_len": int(seq_len), "batch_size": int(batch), "optimizer": lr,
-            "compute_convention": "full" if full else "6nd", "notes": notes}
+            "compute_convention": "full" if full else "6nd", "notes": notes, "shape_choice": shape_choice}
+
+
+def best_swept_shape(done: pd.DataFrame) -> dict | None:
+    """The shape with the lowest loss among the finished runs at the sweep's largest budget (the largest
+    IsoFLOP budget; in a ladder, the largest token count), mean over seeds and learning rates; None when
+    fewer than two shapes ran there. `depth_helps`: that shape is deeper than the shallowest one run there."""
+    need = {"d_model", "n_layers", "n_heads", "loss"}
+    if not need <= set(done.columns) or done.empty:
+        return None
+    col = "budget" if "budget" in done and done["budget"].notna().any() else "tokens"
+    top = done[np.isclose(done[col].astype(float), float(done[col].max()), rtol=1e-9)]
+    mean = top.groupby(["d_model", "n_layers", "n_heads"])["loss"].mean()
+    if len(mean) < 2:
+        return None
+    d_model, n_layers, n_heads = (int(v) for v in mean.idxmin())
+    shallowest = int(top["n_layers"].min())
+    return {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "loss": float(mean.min()),
+            "at": col, "value": float(top[col].iloc[0]), "shapes": int(len(mean)),
+            "depth_helps": n_layers > shallowest, "shallowest_layers": shallowest}
+
+
+def choose_shape(target: float, convention: str, best: dict | None, **shape_kw):
+    """(shape, choice): the default rule's shape for N = `target`, unless the sweep's best shape at its largest
+    budget is deeper than the shallowest there (depth helped) and deeper than the rule's: then the shape with
+    the best swept shape's aspect d_model/n_layers. `choice` names the source ('rule' or 'sweep') and why."""
+    rule = shape_for(target, convention, **shape_kw)
+    if best is None:
+        return rule, {"source": "rule", "best_swept": None,
+                      "reason": "shape from the default rule (aspect ~64): fewer than two shapes at the largest "
+                                "budget to check it against"}
+    swept = f"d_model {best['d_model']} x {best['n_layers']} layers"
+    where = f"{best['at']} {best['value']:.3g}"
+    if not best["depth_helps"]:
+        return rule, {"source": "rule", "best_swept": best,
+                      "reason": f"shape from the default rule (aspect ~64): at the largest {where} the best swept "
+                                f"shape ({swept}) is the shallowest there, so the sweep does not show depth helping"}
+    if rule.n_layers >= best["n_layers"]:
+        return rule, {"source": "rule", "best_swept": best,
+                      "reason": f"shape from the default rule (aspect ~64): at least as deep as the best swept shape "
+                                f"at the largest {where} ({swept})"}
+    aspect = best["d_model"] / best["n_layers"]
+    shape = shape_for(target, convention, aspect=aspect, **shape_kw)
+    return shape, {"source": "sweep", "best_swept": best, "aspect": aspect,
+                   "reason": f"shape with the aspect of the best swept shape at the largest {where} ({swept}, aspect "
+                             f"{aspect:.3g}): the default rule gave {rule.n_layers} layer(s) of {rule.d_model}, "
+                             f"shallower than a shape the sweep shows depth helping"}
 
 
 def _lr_rule(done: pd.DataFrame, fit, sweeps: dict[str, dict]) -> dict:

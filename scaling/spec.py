@@ -11,6 +11,7 @@ and expansion into resolved run configs (each of which hashes to its run folder)
       mode: isoflop                    # isoflop: compute x params, tokens = C / (6N)
       compute: [1e13, 3e13, 1e14]      # ladder:  params x tokens
       params: [50k, 100k, 200k, 400k]  # non-embedding parameter targets (or explicit shapes)
+      tokens_per_param: [2, 200]       # isoflop, optional: run only the points with D/N in [min, max]
     seeds: [0]
     optimizer: {batch_size: 16, lr: 3e-3, lr_scaling: inverse_width, base_width: 128,
                 lr_multipliers: [1.0]}
@@ -23,7 +24,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator,
@@ -219,9 +220,20 @@ class IsoFlopGrid(_Strict):
     mode: Literal["isoflop"]
     compute: list[Quantity] = Field(min_length=1)
     params: list[Union[Quantity, ExplicitShape]] = Field(min_length=2)
+    # [min, max] tokens per parameter (D/N, N as model.param_count counts it): only the (size, budget) points
+    # inside are run, so each budget spans the sizes around its optimum (over two decades of compute one list
+    # of sizes cannot suit every budget) and, under WSD, a size's trunk stops at its largest kept budget
+    tokens_per_param: Optional[list[Real]] = None
 
     _parse_compute = field_validator("compute", mode="before")(_quantities)
     _parse_params = field_validator("params", mode="before")(_sizes)
+
+    @field_validator("tokens_per_param")
+    @classmethod
+    def _window(cls, v):
+        if v is not None and (len(v) != 2 or not 0 < v[0] < v[1]):
+            raise ValueError(f"give [min, max] with 0 < min < max, got {v}")
+        return v
 
 
 class OptimizerSpec(_Strict):
@@ -528,6 +540,8 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 cfg = _shape(spec, p, vocab_size, source, f"grid.params[{i}]")
                 tokens = tokens_for_compute(c, counted_params(cfg, spec.model.param_count))
                 points.append((cfg, tokens, c, (i, j)))
+        if spec.grid.tokens_per_param is not None:
+            points = _in_window(spec, points, source)
     runs, origins = [], []
     for cfg, tokens, budget, (i, j) in points:
         steps = steps_for_tokens(int(tokens), B, L)
@@ -573,6 +587,23 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
         if first != n:
             raise SpecError(_duplicate_message(spec, runs[n], origins[first], origins[n], source))
     return runs
+
+
+def _in_window(spec: SweepSpec, points: list, source: str) -> list:
+    """The IsoFLOP points whose tokens per parameter lie in grid.tokens_per_param; every budget must keep at
+    least 3 sizes (an IsoFLOP profile) and every size at least one budget."""
+    lo, hi = spec.grid.tokens_per_param
+    key = f"{source}: grid.tokens_per_param: [{lo:g}, {hi:g}]"
+    kept = [pt for pt in points if lo <= pt[1] / counted_params(pt[0], spec.model.param_count) <= hi]
+    for j, c in enumerate(spec.grid.compute):
+        n = sum(1 for pt in kept if pt[3][1] == j)
+        if n < 3:
+            raise SpecError(f"{key} keeps {n} size(s) at grid.compute[{j}] = {c:.3g} (an IsoFLOP profile needs at "
+                            "least 3); widen the window, add sizes near that budget's optimum, or drop the budget")
+    for i in range(len(spec.grid.params)):
+        if not any(pt[3][0] == i for pt in kept):
+            raise SpecError(f"{key} keeps no budget for grid.params[{i}]; remove that size or widen the window")
+    return kept
 
 
 def _duplicate_message(spec: SweepSpec, run: dict, a: tuple, b: tuple, source: str) -> str:

@@ -37,3 +37,27 @@ def test_report_is_complete(tmp_path):
     alloc = dec["approach_3"]["allocation"]
     assert alloc["token_limited"] and alloc["d_opt"]["value"] == 2e10
     assert [r["task"] for r in fits["saturation"]["ranking"]] == ["fast", "slow"]
+
+
+def test_compute_used_counts_a_wsd_branch_from_its_fork_only():
+    from medscale.analysis.report import compute_used
+
+    runs = pd.DataFrame({"compute": [6e11, 3e11, 2e11], "flops_full": [1e12, 5e11, 4e11], "steps": [100, 50, 40],
+                         "forked_at_step": [np.nan, 40, np.nan]})  # a trunk, its branch, an unrelated run
+    c = compute_used(runs)
+    assert c["used_flops"] == 1e12 + 5e11 * (1 - 40 / 50) + 4e11
+    assert c["cosine_flops"] == 1.9e12 and c["branches"] == 1 and c["convention"] == "full"
+    assert c["ratio"] == c["cosine_flops"] / c["used_flops"]
+    plain = compute_used(runs.drop(columns=["flops_full", "forked_at_step"]))
+    assert plain["used_flops"] == plain["cosine_flops"] == 1.1e12 and plain["convention"] == "6ND"
+
+
+def test_report_states_the_compute_and_its_cosine_cost(tmp_path):
+    iso = synthetic.isoflop_table(budgets=(1e18, 1e19, 1e20), sizes=7, noise=0.005)
+    iso["steps"] = 1000
+    iso["forked_at_step"] = np.where(iso["budget"] < 1e20, 800, np.nan)
+    index = write_report(tmp_path / "rep", results=iso, budget=1e21, n_boot=0)
+    fits = json.loads((index.parent / "fits.json").read_text())
+    assert fits["compute"]["branches"] == int((iso["budget"] < 1e20).sum())
+    assert fits["compute"]["cosine_flops"] > fits["compute"]["used_flops"]
+    assert "same grid under cosine" in index.read_text()

@@ -61,3 +61,50 @@ def test_multiplier_is_recovered_from_lr_when_runs_did_not_record_it():
     df["lr"] = 3e-3 * 128 / df["d_model"] * df["lr_multiplier"]
     rec = recommend(df.drop(columns=["lr_multiplier"]), BUDGET, n_boot=0, sweeps=SWEEPS)
     assert rec["optimizer"]["lr_multipliers"] == [2.0]
+
+
+def _swept(best: tuple[int, int]) -> pd.DataFrame:
+    """Runs at two budgets; at the larger one `best` (d_model, n_layers) has the lowest loss (two seeds)."""
+    shapes = [(32, 1), (64, 1), (32, 4), (64, 2)]
+    rows = []
+    for budget in (1e11, 1e12):
+        for d, n in shapes:
+            for seed in (0, 1):
+                loss = 3.0 - 0.1 * (budget == 1e12) + (0.0 if (d, n) == best else 0.05 + 0.01 * n)
+                rows.append({"budget": budget, "d_model": d, "n_layers": n, "n_heads": 1, "seed": seed,
+                             "tokens": budget / 6e4, "loss": loss + 0.001 * seed})
+    return pd.DataFrame(rows)
+
+
+SHAPE_KW = {"vocab_size": 500, "max_len": 128, "causal": True}
+
+
+def test_shape_follows_the_sweep_when_depth_helped_and_the_rule_is_shallower():
+    from medscale.scaling.recommend import best_swept_shape, choose_shape
+
+    best = best_swept_shape(_swept((32, 4)))
+    assert (best["d_model"], best["n_layers"], best["value"]) == (32, 4, 1e12) and best["depth_helps"]
+    target = 120e3  # total params: the default rule gives a single wide layer here (d_model 64)
+    rule, _ = choose_shape(target, "total", None, **SHAPE_KW)
+    assert rule.n_layers == 1
+    shape, choice = choose_shape(target, "total", best, **SHAPE_KW)
+    assert choice["source"] == "sweep" and shape.n_layers > 1
+    assert shape.d_model / shape.n_layers == pytest.approx(best["d_model"] / best["n_layers"], rel=0.5)
+    assert abs(np.log(counted_params(shape, "total") / target)) < np.log(1.5)
+    assert "32 x 4 layers" in choice["reason"] and "1 layer(s)" in choice["reason"]
+
+
+@pytest.mark.parametrize("best, why", [((64, 1), "does not show depth helping"), (None, "fewer than two shapes")])
+def test_shape_keeps_the_rule_when_the_sweep_shows_no_depth_gain(best, why):
+    from medscale.scaling.recommend import best_swept_shape, choose_shape
+
+    swept = best_swept_shape(_swept(best)) if best else best_swept_shape(_swept((32, 4)).head(2))
+    shape, choice = choose_shape(120e3, "total", swept, **SHAPE_KW)
+    assert choice["source"] == "rule" and why in choice["reason"]
+    assert shape == choose_shape(120e3, "total", None, **SHAPE_KW)[0]
+
+
+def test_recommendation_says_where_its_shape_came_from():
+    rec = recommend(results_table(False), BUDGET, n_boot=0, sweeps=SWEEPS)
+    assert rec["shape_choice"]["source"] in ("rule", "sweep")
+    assert rec["shape_choice"]["reason"] in rec["notes"]

@@ -8,8 +8,9 @@ from typer.testing import CliRunner
 
 from medscale.scaling.cli import app
 from medscale.scaling.flops import flops_per_token
-from medscale.models.config import ModelConfig
+from medscale.models.config import ModelConfig, counted_params
 from medscale.scaling.spec import SpecError, expand, load_spec, parse_spec
+from medscale.scaling.store import config_hash
 
 GOOD = {
     "name": "t",
@@ -139,3 +140,33 @@ def test_total_parameter_convention_sizes_and_tokens():
         assert abs(math.log(total / target)) < math.log(1.6), (total, target)
         assert abs(r["train"]["tokens"] - 1e12 / (6 * total)) <= 4 * 32
         assert r["param_count"] == "total"
+
+
+def test_isoflop_window_keeps_only_points_with_tokens_per_param_inside():
+    depths = [{"d_model": 32, "n_layers": n, "n_heads": 1} for n in (1, 2, 4, 8, 16)]  # N ~ 13k .. 214k
+    raw = _with("grid", {"mode": "isoflop", "compute": ["1e11", "1e12"], "params": depths,
+                         "tokens_per_param": [1, 100]})
+    runs = expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")
+    full = expand(parse_spec(_with("grid", {k: v for k, v in raw["grid"].items() if k != "tokens_per_param"})),
+                  token_dir="/t", vocab_size=500, dataset_id="d")
+    ratio = lambda r: (r["budget"] / 6 / counted_params(ModelConfig.from_dict(r["model"]), "non_embedding")) / \
+        counted_params(ModelConfig.from_dict(r["model"]), "non_embedding")  # noqa: E731
+    assert runs and all(1 <= ratio(r) <= 100 for r in runs)
+    # what was left out lies outside the window: the smallest sizes at the large budget, the largest at the small
+    assert sorted(map(config_hash, runs)) == sorted(config_hash(r) for r in full if 1 <= ratio(r) <= 100)
+    points = lambda rs: {(r["budget"], r["model"]["n_layers"]) for r in rs}  # noqa: E731
+    assert points(full) - points(runs) == {(1e12, 1), (1e12, 2), (1e11, 16)}
+
+
+@pytest.mark.parametrize("window, match", [
+    ([100, 10], r"grid.tokens_per_param: give \[min, max\]"),
+    ([1, 2], r"grid.tokens_per_param: \[1, 2\] keeps 0 size\(s\) at grid.compute\[0\]"),
+    ([0.01, 1e6], None)])
+def test_isoflop_window_errors_name_the_key(window, match):
+    depths = [{"d_model": 32, "n_layers": n, "n_heads": 1} for n in (1, 2, 4)]
+    raw = _with("grid", {"mode": "isoflop", "compute": ["1e11"], "params": depths, "tokens_per_param": window})
+    if match is None:
+        assert len(expand(parse_spec(raw), token_dir="/t", vocab_size=500, dataset_id="d")) == 3
+        return
+    with pytest.raises(SpecError, match=match):
+        expand(parse_spec(raw, source="s.yaml"), token_dir="/t", vocab_size=500, dataset_id="d")
