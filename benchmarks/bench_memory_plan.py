@@ -30,12 +30,9 @@ VOCAB = 4096  # the dry run's vocabulary (scaling/pipeline.py DRY_RUN_VOCAB)
 
 
 def _run(cfg, B, L, mesh=None, **options) -> dict:
-    run = {"model": cfg.to_dict(), "data": {"seq_len": L, "batch_size": B}}
-    if options:
-        run["options"] = options
-    if mesh:
-        run["mesh"] = mesh
-    return run
+    from medscale.scaling.memory import plan_run
+
+    return plan_run(cfg.to_dict(), B, L, mesh, **options)
 
 
 def _plan(runs, devices, backend, cache):

@@ -13,6 +13,8 @@ float tolerance whichever kernel runs, so it changes memory and speed, not resul
 """
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -62,6 +64,8 @@ def memory_efficient_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, *, causal: bool,
     if kernel is not None and (backend == "tpu" or q_BxLxHxK.dtype != jnp.float32):  # cuDNN: bf16/fp16 only
         try:  # trace time: a kernel that does not take these shapes or dtypes falls back
             return kernel(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal, segment_ids_BxL)
-        except (ImportError, NotImplementedError, ValueError, TypeError, RuntimeError):
-            pass
+        except (ImportError, NotImplementedError, ValueError, TypeError, RuntimeError) as err:
+            # say so: a run on the blocked fallback is correct but slower than the backend's kernel
+            warnings.warn(f"{kernel.__name__.strip('_')} attention does not take these inputs ({err}); "
+                          "using the blocked flash attention instead", RuntimeWarning, stacklevel=2)
     return flash_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, causal=causal, segment_ids_BxL=segment_ids_BxL)

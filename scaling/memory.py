@@ -15,6 +15,7 @@ relates to GPU and TPU memory: docs/MEMORY.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -65,6 +66,17 @@ def device_budget_gib(resources: Any) -> tuple[float | None, str]:
                              f"({', '.join(sorted(ACCELERATOR_MEMORY_GIB))}); give resources.device_memory_gb")
         return float(ACCELERATOR_MEMORY_GIB[key]), f"resources.accelerator {key}"
     return None, "no resources.device_memory_gb or resources.accelerator"
+
+
+def plan_run(model: dict, batch_size: int, seq_len: int, mesh: dict | None = None, **options) -> dict:
+    """The parts of a run config that its memory depends on (what plan_key reads), for planning a shape
+    that is not a spec's run."""
+    run: dict = {"model": model, "data": {"seq_len": seq_len, "batch_size": batch_size}}
+    if options:
+        run["options"] = options
+    if mesh:
+        run["mesh"] = mesh
+    return run
 
 
 def plan_key(run: dict, devices: int, backend: str) -> dict:
@@ -132,6 +144,7 @@ def _key_hash(key: dict) -> str:
     return identity_hash({**key, "jax": version("jax"), "model_code": _model_code_fingerprint()})
 
 
+@functools.cache  # the code cannot change under a running process; a grid hashes thousands of keys
 def _model_code_fingerprint() -> str:
     import hashlib
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from conftest import tiny_spec, write_spec
 from medscale.models.config import ModelConfig
 from medscale.scaling.cli import app
-from medscale.scaling.memory import compile_estimate, estimate_memory, plan_key
+from medscale.scaling.memory import compile_estimate, estimate_memory, plan_key, plan_run
 from medscale.scaling.pipeline import DRY_RUN_VOCAB, launch_sweep
 from medscale.scaling.spec import SpecError, expand, parse_spec
 
@@ -14,12 +14,7 @@ CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=2, d_ff=192, m
 
 
 def _run(B=8, L=256, mesh=None, **options):
-    run = {"model": CFG.to_dict(), "data": {"seq_len": L, "batch_size": B}}
-    if options:
-        run["options"] = options
-    if mesh:
-        run["mesh"] = mesh
-    return run
+    return plan_run(CFG.to_dict(), B, L, mesh, **options)
 
 
 def _plan(devices=1, **kw):
