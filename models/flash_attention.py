@@ -114,7 +114,8 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, causal: bool, bq: int, bk: 
     dout = _pad_to(dout.astype(v.dtype), 1, Lp)
     lse, delta = _pad_to(lse, 2, Lp), _pad_to(delta, 2, Lp)
 
-    def one_key_block(dq_acc, j):
+    def one_key_block(j, acc):
+        dq_acc, dk_acc, dv_acc = acc
         k_j = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
         v_j = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1)
         kseg_j = None if k_seg is None else jax.lax.dynamic_slice_in_dim(k_seg, j * bk, bk, axis=1)
@@ -138,13 +139,18 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, causal: bool, bq: int, bk: 
 
         # causal: the first query block that sees key block j is the one holding query j * bk
         first = (j * bk) // bq if causal else 0
-        zeros = jnp.zeros((B, bk, H, K), jnp.float32)
-        dq_acc, dk_j, dv_j = jax.lax.fori_loop(first, n_qb, over_queries, (dq_acc, zeros, zeros))
-        return dq_acc, (dk_j, dv_j)
+        block_zeros = jnp.broadcast_to(zero, (B, bk, H, K))
+        dq_acc, dk_j, dv_j = jax.lax.fori_loop(first, n_qb, over_queries, (dq_acc, block_zeros, block_zeros))
+        return (dq_acc, jax.lax.dynamic_update_slice_in_dim(dk_acc, dk_j, j * bk, axis=1),
+                jax.lax.dynamic_update_slice_in_dim(dv_acc, dv_j, j * bk, axis=1))
 
-    dq, (dk_N, dv_N) = jax.lax.scan(one_key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(n_kb))
-    dk = jnp.moveaxis(dk_N, 0, 1).reshape(B, n_kb * bk, H, K)[:, :S]
-    dv = jnp.moveaxis(dv_N, 0, 1).reshape(B, n_kb * bk, H, K)[:, :S]
+    # The accumulators start from a zero computed from dout, not a constant: XLA's CPU scheduler
+    # materialises constant-initialised loop buffers at the start of the step, which kept three
+    # float32 [B, L, H, K] buffers per layer alive through the whole forward pass.
+    zero = jnp.where(jnp.isfinite(dout[0, 0, 0, 0]), dout[0, 0, 0, 0], 0).astype(jnp.float32) * 0
+    full_zeros = lambda n: jnp.broadcast_to(zero, (B, n, H, K))  # noqa: E731
+    dq, dk, dv = jax.lax.fori_loop(0, n_kb, one_key_block, (full_zeros(Lp), full_zeros(n_kb * bk), full_zeros(n_kb * bk)))
+    dk, dv = dk[:, :S], dv[:, :S]
     return dq[:, :L].astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 

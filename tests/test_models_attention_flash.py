@@ -50,6 +50,28 @@ def test_flash_backward_keeps_no_score_matrix():
     assert shapes and all(s.count(L) <= 1 for s in shapes), shapes
 
 
+def test_each_layer_of_flash_keeps_only_its_inputs_and_output_for_the_backward_pass():
+    """Compiled memory of a stack of flash layers grows per layer by q, k, v, the output and the
+    layer input: no buffer of the backward pass (its float32 accumulators) is held from the start
+    of the step. XLA's CPU scheduler once materialised constant-initialised loop buffers early,
+    three more [B, L, H, K] float32 buffers per layer."""
+    B, L, H, K = 2, 512, 2, 32
+    one_tensor = B * L * H * K * 4
+
+    def planned_temporaries(layers: int) -> int:
+        def loss(x, w):
+            for i in range(layers):
+                q, k, v = (jnp.tanh(x * w[i, j]) for j in range(3))
+                x = x + flash_attention(q, k, v, causal=True)
+            return jnp.sum(x**2)
+
+        x, w = jax.ShapeDtypeStruct((B, L, H, K), jnp.float32), jax.ShapeDtypeStruct((layers, 3), jnp.float32)
+        return jax.jit(jax.grad(loss)).lower(x, w).compile().memory_analysis().temp_size_in_bytes
+
+    per_layer = (planned_temporaries(4) - planned_temporaries(2)) / 2 / one_tensor
+    assert per_layer <= 5.0, f"each flash layer keeps {per_layer:.2f} [B, L, H, K] float32 tensors"
+
+
 def _model_loss(cfg, **options):
     model = Transformer(cfg, rngs=nnx.Rngs(3), compute_dtype=jnp.float32, **options)
     graphdef, params = nnx.split(model, nnx.Param)
