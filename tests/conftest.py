@@ -11,7 +11,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import atexit
 import shutil
+import tempfile
+
+# the suite's caches (memory plans, device peaks) live for the session, not in the user's ~/.cache;
+# every test and every process it starts shares them
+if "MEDSCALE_CACHE_DIR" not in os.environ:
+    os.environ["MEDSCALE_CACHE_DIR"] = tempfile.mkdtemp(prefix="medscale-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEDSCALE_CACHE_DIR"], True)
 from pathlib import Path
 
 import pytest
