@@ -32,6 +32,20 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medscale"
 
 
+def compile_cache_dir() -> Path:
+    """JAX's persistent compilation cache, shared by every run of this user on this kind of machine: a
+    relaunch, another --out or a WSD branch with its trunk's shapes reuses the compiled step. Programs
+    compiled for one processor's instruction set are kept apart from another's (a home directory that
+    a cluster's nodes share)."""
+    import hashlib
+
+    from medscale.scaling.processor import processor
+
+    cpu = processor()
+    isa = hashlib.sha256(" ".join(cpu.isa).encode()).hexdigest()[:8]
+    return user_cache_dir() / "jax-compile" / f"{cpu.kind}-{isa}"
+
+
 def jax_imported() -> bool:
     return "jax" in sys.modules
 

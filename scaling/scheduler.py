@@ -26,7 +26,7 @@ from typing import Callable
 import pandas as pd
 
 from medscale.scaling.gang import GangRun
-from medscale.scaling.runtime import malloc_env
+from medscale.scaling.runtime import compile_cache_dir, malloc_env
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
 from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
@@ -184,7 +184,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         task = ray.remote(max_calls=1)(_run_task).options(
             num_cpus=cpus, num_gpus=gpus, resources=resources, runtime_env=runtime_env,
             max_retries=ray_max_retries, retry_exceptions=False)
-        cache_dir = str((store.root / ".jax_cache").absolute())
+        cache_dir = str(compile_cache_dir())
 
         progress = SweepProgress(total=len(run_dirs))
         flops = {r.run_id: run_flops(r) for r in run_dirs}

@@ -160,9 +160,12 @@ def _held_out_loss(eval_step, state, batches, place) -> float:
 
 
 def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
-              process_started: float | None = None, preemption: PreemptionGuard | None = None) -> dict:
+              process_started: float | None = None, preemption: PreemptionGuard | None = None,
+              devices: int | None = None) -> dict:
     """Train (or resume) the run in `run`'s folder to its token budget; returns its final metrics.
 
+    `devices`: train on the first this-many of the process's devices (default: all of them; a run
+    in its own worker process gets exactly the devices its resources ask for).
     Raises Preempted once `preemption` saw SIGTERM and the checkpoint is saved."""
     import jax
     import orbax.checkpoint as ocp
@@ -188,7 +191,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
 
     options = ModelOptions.from_dict(cfg.get("options"))
     try:  # the spec checked this against the devices it expected; this is the devices the run got
-        mesh = make_mesh(**mesh_axes(cfg.get("mesh"), jax.device_count()))
+        n_devices = min(devices, jax.device_count()) if devices else jax.device_count()
+        mesh = make_mesh(**mesh_axes(cfg.get("mesh"), n_devices), devices=jax.devices()[:n_devices])
         check_microbatches(B, options.microbatches, mesh)
     except ValueError as err:
         raise RuntimeError(f"{run.path / 'config.yaml'}: {err} (resources.mesh / optimizer.microbatches)") from None
@@ -254,7 +258,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
     tracker = RunTracker(run.path, run.run_id, cfg) if primary else None  # TensorBoard files under <run>/tb/
-    peak_all = device_peak_flops()[0] * jax.device_count()
+    peak_all = device_peak_flops()[0] * n_devices
     since = {"time": time.time(), "step": start_step, "grad_norm": None}
     ckpt_every = max(1, cfg.get("checkpoint", {}).get("every_steps", 200))
     ckpt_minutes = cfg.get("checkpoint", {}).get("every_minutes")
@@ -370,10 +374,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         "compute": flops.six_n * tokens,  # C = 6ND under the run's parameter convention
         "flops_full": flops.full * tokens,
         "tokens_per_sec": tokens_per_sec,
-        "mfu": mfu(tokens_per_sec, model_cfg, L, peak * jax.device_count()) if tokens_per_sec else None,
-        "peak_flops": peak * jax.device_count(),
+        "mfu": mfu(tokens_per_sec, model_cfg, L, peak * n_devices) if tokens_per_sec else None,
+        "peak_flops": peak * n_devices,
         "peak_source": peak_source,
-        "devices": jax.device_count(),
+        "devices": n_devices,
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
         "resumed_from_step": start_step,
@@ -384,7 +388,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
 
 
 def execute_run(run: RunDir, *, stale_after: float = 60.0, log: Callable[[str], None] | None = None,
-                process_started: float | None = None) -> str:
+                process_started: float | None = None, devices: int | None = None) -> str:
     """Take the run's lease, train it, record the outcome. Returns the run's state afterwards.
 
     Returns "leased" without touching anything when another live process holds the run.
@@ -427,7 +431,7 @@ def execute_run(run: RunDir, *, stale_after: float = 60.0, log: Callable[[str], 
         expired = lambda: run.set_status("preempted", error="grace period ran out before the checkpoint")  # noqa: E731
         try:
             with PreemptionGuard(grace, on_expire=expired) as guard:
-                metrics = train_run(run, log=log, process_started=process_started, preemption=guard)
+                metrics = train_run(run, log=log, process_started=process_started, preemption=guard, devices=devices)
         except Diverged as err:
             run.set_status("diverged", diverged_step=err.step, error=str(err))
             return "diverged"

@@ -20,6 +20,11 @@ import tempfile
 if "MEDSCALE_CACHE_DIR" not in os.environ:
     os.environ["MEDSCALE_CACHE_DIR"] = tempfile.mkdtemp(prefix="medscale-test-cache-")
     atexit.register(shutil.rmtree, os.environ["MEDSCALE_CACHE_DIR"], True)
+# runs trained in this process share compiled steps the way a sweep's worker processes do
+# (scaling/runtime.py compile_cache_dir)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["MEDSCALE_CACHE_DIR"], "jax-compile-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 from pathlib import Path
 
 import pytest

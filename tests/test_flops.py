@@ -58,7 +58,7 @@ def test_peak_table_for_accelerators():
 
 
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDSCALE_CACHE_DIR", str(tmp_path / "medscale"))
     peak, source = device_peak_flops()
     assert 1e8 < peak < 1e14 and source.startswith("measured float32 matmul")
     cache = json.loads((tmp_path / "medscale" / "device_peak.json").read_text())

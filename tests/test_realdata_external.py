@@ -118,7 +118,7 @@ def trained(sample, tmp_path_factory):
     parsed, prepared = load_spec_and_data(path, store_root)
     (config,) = expand_over(parsed, prepared, path)
     run = RunStore(store_root).ensure(config)
-    assert execute_run(run) == "done"
+    assert execute_run(run, devices=1) == "done"
     return store_root, run, prepared
 
 

@@ -95,7 +95,7 @@ def test_nan_loss_marks_run_diverged_with_step(tmp_path, tiny_dataset):
     config["train"]["lr"] = 1e30  # no spec allows this; a run config written by hand can
     config["train"]["warmup_steps"] = 1
     run = RunStore(tmp_path).ensure(config)
-    assert execute_run(run) == "diverged"
+    assert execute_run(run, devices=1) == "diverged"
     status = run.status()
     assert status["state"] == "diverged" and 1 <= status["diverged_step"] <= 60
     assert "loss became" in status["error"] and run.metrics() is None

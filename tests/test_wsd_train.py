@@ -43,9 +43,9 @@ def uninterrupted(tiny_dataset, tmp_path_factory):
     store = RunStore(tmp_path_factory.mktemp("wsd") / "store")
     trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
     assert not fork_ready(branch.path, branch_cfg)
-    assert execute_run(trunk) == "done"
+    assert execute_run(trunk, devices=1) == "done"
     assert fork_ready(branch.path, branch_cfg) and (trunk.path / "forks" / "24").is_dir()
-    assert execute_run(branch) == "done"
+    assert execute_run(branch, devices=1) == "done"
     return trunk_cfg, branch_cfg, store
 
 
@@ -59,7 +59,7 @@ def test_branch_from_the_trunk_equals_its_budget_from_scratch(tmp_path, uninterr
     scratch_cfg = json.loads(json.dumps(branch_cfg))
     del scratch_cfg["train"]["parent"], scratch_cfg["train"]["fork_step"]
     scratch = RunStore(tmp_path / "scratch").ensure(scratch_cfg)
-    assert execute_run(scratch) == "done"
+    assert execute_run(scratch, devices=1) == "done"
     plain = scratch.metrics()
     assert "forked_at_step" not in plain and plain["resumed_from_step"] == 0
     assert forked["loss"] == plain["loss"] and forked["train_loss"] == plain["train_loss"]  # bitwise
@@ -81,7 +81,7 @@ def test_branch_without_its_fork_checkpoint_trains_from_step_0(tmp_path, tiny_da
     trunk_cfg, branch_cfg = sorted(wsd_runs(meds, tokens), key=lambda r: -r["train"]["steps"])
     branch = RunStore(tmp_path).ensure(branch_cfg)  # the trunk never ran
     logs = []
-    assert execute_run(branch, log=logs.append) == "done"
+    assert execute_run(branch, log=logs.append, devices=1) == "done"
     assert branch.metrics()["forked_at_step"] is None and branch.metrics()["resumed_from_step"] == 0
     assert any("training this branch from step 0" in m for m in logs)
 
@@ -105,12 +105,12 @@ def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, u
     store = RunStore(tmp_path)
     trunk, branch = store.ensure(trunk_cfg), store.ensure(branch_cfg)
     with pytest.raises(Preempted):
-        train_run(trunk, preemption=StopAfter(33))  # past the fork at 24, between checkpoints
-    assert (trunk.path / "forks" / "24").is_dir() and execute_run(trunk) == "done"
+        train_run(trunk, preemption=StopAfter(33), devices=1)  # past the fork at 24, between checkpoints
+    assert (trunk.path / "forks" / "24").is_dir() and execute_run(trunk, devices=1) == "done"
     assert trunk.metrics()["resumed_from_step"] == 33
     with pytest.raises(Preempted):
-        train_run(branch, preemption=StopAfter(3))  # forked at 24, stopped in its cooldown at 27
-    assert execute_run(branch) == "done"
+        train_run(branch, preemption=StopAfter(3), devices=1)  # forked at 24, stopped in its cooldown at 27
+    assert execute_run(branch, devices=1) == "done"
     assert branch.metrics()["resumed_from_step"] == 27
     for mine in (trunk, branch):
         theirs = reference.run_dir(mine.run_id).metrics()
@@ -118,7 +118,7 @@ def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, u
     a, b = final_params(branch), final_params(reference.run_dir(branch.run_id))
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     # a relaunch skips what is done
-    assert execute_run(trunk) == "done" and execute_run(branch) == "done"
+    assert execute_run(trunk, devices=1) == "done" and execute_run(branch, devices=1) == "done"
     assert branch.status()["attempts"] == 1 and trunk.status()["attempts"] == 1
 
 
@@ -140,7 +140,7 @@ class KillAt:  # SIGKILL this process once the run has taken `left` more steps: 
 run = RunDir(sys.argv[1])
 lease = run.acquire_lease()
 run.set_status("running", attempts=1)
-train_run(run, preemption=KillAt())
+train_run(run, preemption=KillAt(), devices=1)
 """
 
 
@@ -158,7 +158,7 @@ def test_sigkilled_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path,
                                 text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
         assert run.state() == "running" and run.metrics() is None
-        assert execute_run(run) == "done"
+        assert execute_run(run, devices=1) == "done"
     assert trunk.metrics()["resumed_from_step"] in (20, 30)  # the newest checkpoint that was complete
     assert branch.metrics()["resumed_from_step"] == 24 and branch.metrics()["forked_at_step"] == 24
     for run in (trunk, branch):
