@@ -139,16 +139,18 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, causal: bool, bq: int, bk: 
 
         # causal: the first query block that sees key block j is the one holding query j * bk
         first = (j * bk) // bq if causal else 0
-        block_zeros = jnp.broadcast_to(zero, (B, bk, H, K))
+        block_zeros = full_zeros(bk)
         dq_acc, dk_j, dv_j = jax.lax.fori_loop(first, n_qb, over_queries, (dq_acc, block_zeros, block_zeros))
         return (dq_acc, jax.lax.dynamic_update_slice_in_dim(dk_acc, dk_j, j * bk, axis=1),
                 jax.lax.dynamic_update_slice_in_dim(dv_acc, dv_j, j * bk, axis=1))
 
-    # The accumulators start from a zero computed from dout, not a constant: XLA's CPU scheduler
+    # The accumulators start from zeros computed from dout, not a constant: XLA's CPU scheduler
     # materialises constant-initialised loop buffers at the start of the step, which kept three
-    # float32 [B, L, H, K] buffers per layer alive through the whole forward pass.
-    zero = jnp.where(jnp.isfinite(dout[0, 0, 0, 0]), dout[0, 0, 0, 0], 0).astype(jnp.float32) * 0
-    full_zeros = lambda n: jnp.broadcast_to(zero, (B, n, H, K))  # noqa: E731
+    # float32 [B, L, H, K] buffers per layer alive through the whole forward pass. Each row and head
+    # takes its zero from its own slice of dout, so a sharded batch or head axis stays local.
+    d_Bx1xHx1 = dout[:, :1, :, :1].astype(jnp.float32)
+    zero_Bx1xHx1 = jnp.where(jnp.isfinite(d_Bx1xHx1), d_Bx1xHx1, 0.0) * 0
+    full_zeros = lambda n: jnp.broadcast_to(zero_Bx1xHx1, (B, n, H, K))  # noqa: E731
     dq, dk, dv = jax.lax.fori_loop(0, n_kb, one_key_block, (full_zeros(Lp), full_zeros(n_kb * bk), full_zeros(n_kb * bk)))
     dk, dv = dk[:, :S], dv[:, :S]
     return dq[:, :L].astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)

@@ -60,16 +60,16 @@ class GangMember:
         return f"{ray.util.get_node_ip_address()}:{port}"
 
     def train(self, run_path: str, coordinator: str, hosts: int, attempt: int, cpus: int, host_devices: int | None,
-              cache_dir: str, stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
+              stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
         started = time.time()
-        from medscale.scaling.runtime import configure_process
+        from medscale.scaling.runtime import compile_cache_dir, configure_process
 
         run = RunDir(Path(run_path))
         write_json(run.path / "gang" / f"rank{self.rank}.json",
                    {**self.where(), "coordinator": coordinator, "hosts": hosts, "attempt": attempt, "at": started})
         # host_devices before JAX starts; the distributed runtime before any JAX computation
         configure_process(cores=None if on_accelerator else cpus,
-                          host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=cache_dir,
+                          host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=compile_cache_dir(),
                           start_backend=False)
         from medscale.scaling.distributed import join_gang
 
@@ -135,10 +135,10 @@ class GangRun:
     """
 
     def __init__(self, run: RunDir, *, hosts: int, cpus: int, gpus: float = 0, tpus: int = 0,
-                 host_devices: int | None = None, cache_dir: str, stale_after: float, restarts: int = 3,
+                 host_devices: int | None = None, stale_after: float, restarts: int = 3,
                  runtime_env: dict | None = None) -> None:
         self.run, self.hosts, self.cpus, self.gpus, self.tpus = run, hosts, cpus, gpus, tpus
-        self.host_devices, self.cache_dir, self.stale_after = host_devices, cache_dir, stale_after
+        self.host_devices, self.stale_after = host_devices, stale_after
         self.restarts, self.runtime_env = restarts, runtime_env
         self.attempt = 0
         self.restarted = 0
@@ -168,7 +168,7 @@ class GangRun:
         self.places = [m.where.remote() for m in self.members]
         coordinator = self.members[0].coordinator.remote()
         self.refs = [m.train.remote(str(self.run.path.absolute()), coordinator, self.hosts, self.attempt, self.cpus,
-                                    self.host_devices, self.cache_dir, self.stale_after, bool(self.gpus or self.tpus),
+                                    self.host_devices, self.stale_after, bool(self.gpus or self.tpus),
                                     self.tpu_slice)
                      for m in self.members]
         self.results: dict = {}

@@ -26,7 +26,7 @@ from typing import Callable
 import pandas as pd
 
 from medscale.scaling.gang import GangRun
-from medscale.scaling.runtime import compile_cache_dir, malloc_env
+from medscale.scaling.runtime import malloc_env
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
 from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
@@ -57,15 +57,15 @@ class SweepProgress:
                 f"{self.diverged} diverged, ETA {eta_s}")
 
 
-def _run_task(run_path: str, cpus: int, host_devices: int | None, cache_dir: str, stale_after: float,
-              on_accelerator: bool) -> str:
+def _run_task(run_path: str, cpus: int, host_devices: int | None, stale_after: float, on_accelerator: bool) -> str:
     """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
-    XLA host-device flag take effect before JAX is imported."""
+    XLA host-device flag take effect before JAX is imported. The compile cache is this worker's own
+    (its node's user and processor kind), not the driver's."""
     started = time.time()
-    from medscale.scaling.runtime import configure_process
+    from medscale.scaling.runtime import compile_cache_dir, configure_process
 
     configure_process(cores=None if on_accelerator else cpus,
-                      host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=cache_dir)
+                      host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=compile_cache_dir())
     from medscale.scaling.train import execute_run
 
     return execute_run(RunDir(Path(run_path)), stale_after=stale_after, process_started=started)
@@ -184,7 +184,6 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         task = ray.remote(max_calls=1)(_run_task).options(
             num_cpus=cpus, num_gpus=gpus, resources=resources, runtime_env=runtime_env,
             max_retries=ray_max_retries, retry_exceptions=False)
-        cache_dir = str(compile_cache_dir())
 
         progress = SweepProgress(total=len(run_dirs))
         flops = {r.run_id: run_flops(r) for r in run_dirs}
@@ -249,12 +248,11 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
                     continue
                 if hosts > 1:
                     gang = GangRun(run, hosts=hosts, cpus=cpus, gpus=gpus, tpus=tpus, host_devices=host_devices,
-                                   cache_dir=cache_dir, stale_after=stale_after, restarts=ray_max_retries,
+                                   stale_after=stale_after, restarts=ray_max_retries,
                                    runtime_env=runtime_env)
                     inflight.update({ref: (run, gang) for ref in gang.refs})
                 else:
-                    ref = task.remote(str(run.path.absolute()), cpus, host_devices, cache_dir, stale_after,
-                                      bool(gpus or tpus))
+                    ref = task.remote(str(run.path.absolute()), cpus, host_devices, stale_after, bool(gpus or tpus))
                     inflight[ref] = (run, None)
             report()
             if inflight:

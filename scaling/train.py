@@ -159,13 +159,23 @@ def _held_out_loss(eval_step, state, batches, place) -> float:
     return loss_sum / max(weight_sum, 1e-9)
 
 
+def _devices_for_one_process(devices: int) -> int:
+    import jax
+
+    if jax.process_count() > 1:
+        raise ValueError("devices= picks devices of a single process; a gang uses all of the job's devices")
+    if not 1 <= devices <= jax.device_count():
+        raise ValueError(f"devices={devices}: this process has {jax.device_count()} device(s)")
+    return devices
+
+
 def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
               process_started: float | None = None, preemption: PreemptionGuard | None = None,
               devices: int | None = None) -> dict:
     """Train (or resume) the run in `run`'s folder to its token budget; returns its final metrics.
 
-    `devices`: train on the first this-many of the process's devices (default: all of them; a run
-    in its own worker process gets exactly the devices its resources ask for).
+    `devices`: train on the first this-many devices of this (single) process (default: all of them;
+    a run in its own worker process gets exactly the devices its resources ask for).
     Raises Preempted once `preemption` saw SIGTERM and the checkpoint is saved."""
     import jax
     import orbax.checkpoint as ocp
@@ -191,7 +201,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
 
     options = ModelOptions.from_dict(cfg.get("options"))
     try:  # the spec checked this against the devices it expected; this is the devices the run got
-        n_devices = min(devices, jax.device_count()) if devices else jax.device_count()
+        n_devices = jax.device_count() if devices is None else _devices_for_one_process(devices)
         mesh = make_mesh(**mesh_axes(cfg.get("mesh"), n_devices), devices=jax.devices()[:n_devices])
         check_microbatches(B, options.microbatches, mesh)
     except ValueError as err:

@@ -87,8 +87,8 @@ def test_every_mode_lands_in_the_store_in_the_analysis_format(ladder):
     on_disk = read_downstream(ladder)
     assert len(on_disk) == len(df) and (ladder / "downstream.parquet").exists()
 
-    # resumable: a rerun recomputes nothing (no evaluation's results are rewritten); a dropped result is
-    # recomputed alone
+    # resumable: a rerun redoes no evaluation (no step's rows are rewritten, none is added); a dropped
+    # result is recomputed alone
     written = {p: p.stat().st_mtime_ns for p in (ladder / "downstream").glob("eval-*/rows.json")}
     again = evaluate_store(ladder, spec)
     assert len(again) == len(df)

@@ -51,10 +51,11 @@ def test_flash_backward_keeps_no_score_matrix():
 
 
 def test_each_layer_of_flash_keeps_only_its_inputs_and_output_for_the_backward_pass():
-    """Compiled memory of a stack of flash layers grows per layer by q, k, v, the output and the
-    layer input: no buffer of the backward pass (its float32 accumulators) is held from the start
-    of the step. XLA's CPU scheduler once materialised constant-initialised loop buffers early,
-    three more [B, L, H, K] float32 buffers per layer."""
+    """Compiled memory of a stack of flash layers grows per layer by what its backward pass needs
+    (q, k, v, the output, the logsumexp, the layer input: XLA may fuse some of them away), and no
+    buffer of the backward pass (its float32 accumulators) is held from the start of the step.
+    XLA's CPU scheduler once materialised constant-initialised loop buffers early: three more
+    [B, L, H, K] float32 buffers per layer (7.0 tensors per layer then, 4.0 now)."""
     B, L, H, K = 2, 512, 2, 32
     one_tensor = B * L * H * K * 4
 
@@ -69,7 +70,7 @@ def test_each_layer_of_flash_keeps_only_its_inputs_and_output_for_the_backward_p
         return jax.jit(jax.grad(loss)).lower(x, w).compile().memory_analysis().temp_size_in_bytes
 
     per_layer = (planned_temporaries(4) - planned_temporaries(2)) / 2 / one_tensor
-    assert per_layer <= 5.0, f"each flash layer keeps {per_layer:.2f} [B, L, H, K] float32 tensors"
+    assert per_layer <= 6.0, f"each flash layer keeps {per_layer:.2f} [B, L, H, K] float32 tensors"
 
 
 def _model_loss(cfg, **options):
