@@ -20,7 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-COMPILE_CACHE_MAX_BYTES = 4 * 2**30
 LOCK_DIR = Path(os.environ.get("MEDSCALE_CORE_LOCK_DIR", "/tmp/medscale-core-locks"))
 _held_locks: list = []
 
@@ -149,8 +148,6 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
         jax.config.update("jax_compilation_cache_dir", str(cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        # the cache outlives studies (it is per user): least recently used programs go past this size
-        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
         info["compile_cache"] = str(cache_dir)
     if not start_backend:
         return info
