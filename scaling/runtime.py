@@ -120,9 +120,12 @@ def keep_freed_memory() -> bool:
 
 
 def configure_process(*, cores: int | None = None, host_devices: int | None = None,
-                      cache_dir: str | os.PathLike | None = None, platform: str | None = None,
+                      compile_cache: bool = True, platform: str | None = None,
                       start_backend: bool = True) -> dict:
     """Pin to `cores` cores and ask XLA for `host_devices` CPU devices. Call before importing jax.
+
+    `compile_cache`: use this node's persistent compile cache (compile_cache_dir), computed here, in
+    the process that trains, so a Ray worker uses its own node's user and processor kind.
 
     Returns what was set, for the run's record. If jax is already imported the CPU-device count
     cannot change any more; pinning still applies to threads created later. `start_backend=False`
@@ -143,8 +146,9 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
         os.environ["JAX_PLATFORMS"] = platform
     import jax
 
-    if cache_dir:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    if compile_cache:
+        cache_dir = compile_cache_dir()
+        cache_dir.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -59,13 +59,12 @@ class SweepProgress:
 
 def _run_task(run_path: str, cpus: int, host_devices: int | None, stale_after: float, on_accelerator: bool) -> str:
     """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
-    XLA host-device flag take effect before JAX is imported. The compile cache is this worker's own
-    (its node's user and processor kind), not the driver's."""
+    XLA host-device flag take effect before JAX is imported."""
     started = time.time()
-    from medscale.scaling.runtime import compile_cache_dir, configure_process
+    from medscale.scaling.runtime import configure_process
 
     configure_process(cores=None if on_accelerator else cpus,
-                      host_devices=None if on_accelerator else (host_devices or cpus), cache_dir=compile_cache_dir())
+                      host_devices=None if on_accelerator else (host_devices or cpus))
     from medscale.scaling.train import execute_run
 
     return execute_run(RunDir(Path(run_path)), stale_after=stale_after, process_started=started)
