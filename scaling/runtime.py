@@ -22,6 +22,7 @@ from pathlib import Path
 
 LOCK_DIR = Path(os.environ.get("MEDSCALE_CORE_LOCK_DIR", "/tmp/medscale-core-locks"))
 _held_locks: list = []
+_claimed: list[int] = []  # the cores this process holds locks for
 
 
 def user_cache_dir() -> Path:
@@ -56,6 +57,8 @@ def claim_cores(n: int) -> list[int]:
     Concurrent runs on one node, whoever launched them (Ray tasks, two sweeps, a shell), each get
     their own cores. Falls back to all allowed cores when fewer than n are free.
     """
+    if len(_claimed) >= n > 0:  # a reused worker keeps the cores it pinned itself (and XLA's threads) to
+        return _claimed[:n]
     allowed = sorted(os.sched_getaffinity(0))
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     claimed: list[int] = []
@@ -72,6 +75,7 @@ def claim_cores(n: int) -> list[int]:
         claimed.append(core)
     if len(claimed) < n:
         return allowed[:n] if len(allowed) >= n else allowed
+    _claimed[:] = claimed
     return claimed
 
 

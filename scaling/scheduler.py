@@ -57,14 +57,36 @@ class SweepProgress:
                 f"{self.diverged} diverged, ETA {eta_s}")
 
 
+# A Ray worker trains up to this many runs, one after another: its imports, XLA backend and device-peak
+# measurement are paid once, not once per run (about 2.5 s of each of the demo's 5-10 s runs). Pinning and the
+# XLA host-device flag must be set before JAX starts, so workers are kept apart by them (worker_env): Ray
+# reuses a worker only for tasks with the same runtime_env. The cap bounds what a long-lived worker can
+# accumulate (compiled programs, a heap that is never trimmed).
+WORKER_MAX_CALLS = 32
+_worker_shape: tuple | None = None  # (cpus, host devices, on an accelerator) this worker process was set up for
+
+
+def worker_env(cpus: int, host_devices: int | None, on_accelerator: bool) -> dict:
+    """The runtime_env of run tasks: malloc settings for the worker's start (scaling/runtime.py) and the
+    process shape, which keeps workers set up for different shapes apart."""
+    shape = f"cpus={cpus},host_devices={host_devices or cpus},accelerator={int(on_accelerator)}"
+    return {"env_vars": {**malloc_env(), "MEDSCALE_WORKER_SHAPE": shape}}
+
+
 def _run_task(run_path: str, cpus: int, host_devices: int | None, stale_after: float, on_accelerator: bool) -> str:
-    """Body of the Ray task. Runs in a fresh worker process (max_calls=1), so pinning and the
-    XLA host-device flag take effect before JAX is imported."""
+    """Body of the Ray task, in a worker process of this shape (worker_env): the first task pins it and
+    sets XLA's host-device flag before JAX is imported; later ones find it set up."""
+    global _worker_shape
     started = time.time()
     from medscale.scaling.runtime import configure_process
 
+    shape = (cpus, host_devices, on_accelerator)
+    if _worker_shape not in (None, shape):
+        raise RuntimeError(f"this Ray worker was set up for (cpus, host_devices, accelerator) {_worker_shape}, "
+                           f"not {shape}: runs of another shape need their own runtime_env (worker_env)")
     configure_process(cores=None if on_accelerator else cpus,
                       host_devices=None if on_accelerator else (host_devices or cpus))
+    _worker_shape = shape
     from medscale.scaling.train import execute_run
 
     return execute_run(RunDir(Path(run_path)), stale_after=stale_after, process_started=started)
@@ -180,8 +202,9 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         resources = {"TPU": tpus} if tpus else None
         # a worker's malloc settings must be in place when its process starts (scaling/runtime.py)
         runtime_env = {"env_vars": malloc_env()} if address else None
-        task = ray.remote(max_calls=1)(_run_task).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources, runtime_env=runtime_env,
+        task = ray.remote(max_calls=WORKER_MAX_CALLS)(_run_task).options(
+            num_cpus=cpus, num_gpus=gpus, resources=resources,
+            runtime_env=worker_env(cpus, host_devices, bool(gpus or tpus)),
             max_retries=ray_max_retries, retry_exceptions=False)
 
         progress = SweepProgress(total=len(run_dirs))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -437,7 +438,7 @@ def execute_run(run: RunDir, *, stale_after: float = 60.0, log: Callable[[str], 
         if not go:
             return status["state"]
         run.set_status("running", attempts=int(status.get("attempts", 0)) + 1, started_at=time.time(),
-                       error=None)
+                       error=None, host=socket.gethostname(), pid=os.getpid())
         expired = lambda: run.set_status("preempted", error="grace period ran out before the checkpoint")  # noqa: E731
         try:
             with PreemptionGuard(grace, on_expire=expired) as guard:

@@ -8,16 +8,27 @@ leave-one-out (RidgeCV).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 
 CS = np.logspace(-3, 2, 8)
 ALPHAS = np.logspace(-2, 4, 13)
+# Below this many feature values a fit runs its BLAS calls on one thread: L-BFGS on a few dozen features makes
+# tens of thousands of tiny BLAS calls, and waking OpenBLAS's thread pool for each cost 1.3-4.5x the fit time
+# on 2 cores (benchmarks/bench_downstream_probe.py).
+ONE_THREAD_BELOW = 2**22
+
+
+def _blas_threads(X: np.ndarray):
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas") if X.size < ONE_THREAD_BELOW else contextlib.nullcontext()
 
 
 def probe_predict(X_fit: np.ndarray, y_fit: np.ndarray, X_test: np.ndarray, kind: str, seed: int) -> np.ndarray:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _blas_threads(X_fit):
         warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.9's LogisticRegressionCV transition notices
         return _probe_predict(X_fit, y_fit, X_test, kind, seed)
 
@@ -48,7 +59,7 @@ def probe_head(X_fit: np.ndarray, y_fit: np.ndarray, kind: str, seed: int) -> tu
     """The probe as a linear head on the raw features: (w [D], b) with score = X w + b (a logit for binary
     tasks, the standardised target for regression), the same estimator `probe_predict` fits; the head
     fine-tuning starts from (LP-FT)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _blas_threads(X_fit):
         warnings.simplefilter("ignore", FutureWarning)
         return _probe_head(X_fit, y_fit, kind, seed)
 
