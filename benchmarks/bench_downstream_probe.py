@@ -6,7 +6,7 @@ The probe (scaling/downstream/baselines.py) fits LogisticRegressionCV (8 values 
 frozen representations: the demo's are 1,500 rows of 4 to 64 features, a user's up to thousands of rows of
 1,024 or more. Each size is fitted in alternating rounds, one thread then the default pool, so both see the
 same background load, after one fit that loads the libraries; printed: the median seconds of each and default / one thread (above 1: one thread is
-faster). The probe uses one thread below baselines.ONE_THREAD_BELOW feature values.
+faster). The probe uses one thread up to baselines.ONE_THREAD_UP_TO feature values.
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shapes", default="1500x16,1500x64,1500x256,4000x1024", help="rows x features, comma-separated")
+    p.add_argument("--shapes", default="1500x16,1500x64,1500x256,20000x256,4000x1024", help="rows x features, comma-separated")
     args = p.parse_args()
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from medscale.scaling.downstream.baselines import ONE_THREAD_BELOW, _binary_classifier
+    from medscale.scaling.downstream.baselines import ONE_THREAD_UP_TO, _binary_classifier
     from medscale.scaling.processor import processor
 
     warnings.simplefilter("ignore")
@@ -57,7 +57,7 @@ def main() -> None:
                     _binary_classifier(y, 0).fit(X, y)
                 times[kind].append(time.perf_counter() - t0)
         one, default = float(np.median(times["one"])), float(np.median(times["default"]))
-        uses = "one thread" if X.size < ONE_THREAD_BELOW else "the default pool"
+        uses = "one thread" if X.size <= ONE_THREAD_UP_TO else "the default pool"
         print(f"| {n:,} x {d:,} | {one:.3f} | {default:.3f} | {default / one:.2f} | {uses} |", flush=True)
 
 

@@ -24,3 +24,26 @@ def test_probe_head_for_regression_predicts_the_standardised_target():
     w, b = probe_head(X, y, "regression", 0)
     mu, sd = y.mean(), y.std()
     np.testing.assert_allclose((X @ w + b) * sd + mu, probe_predict(X, y, X, "regression", 0), atol=1e-6)
+
+
+def test_small_probe_fits_run_blas_on_one_thread_and_large_ones_on_the_default_pool(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from medscale.scaling.downstream import baselines
+
+    seen = []
+
+    def fit(X_fit, y_fit, X_test, kind, seed):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return np.zeros(len(X_test))
+
+    import scipy.linalg  # noqa: F401 - loads scipy's own BLAS, which is limited too
+
+    monkeypatch.setattr(baselines, "_probe_predict", fit)
+    monkeypatch.setattr(baselines, "ONE_THREAD_UP_TO", 100)
+    default = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    y = np.arange(10) % 2
+    probe_predict(np.ones((10, 10)), y, np.ones((3, 10)), "binary", 0)
+    probe_predict(np.ones((10, 11)), y, np.ones((3, 11)), "binary", 0)
+    assert seen == [{1}, default]
+    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == default  # restored after

@@ -15,16 +15,18 @@ import numpy as np
 
 CS = np.logspace(-3, 2, 8)
 ALPHAS = np.logspace(-2, 4, 13)
-# Below this many feature values a fit runs its BLAS calls on one thread: L-BFGS on a few dozen features makes
-# tens of thousands of tiny BLAS calls, and waking OpenBLAS's thread pool for each cost 1.3-4.5x the fit time
-# on 2 cores (benchmarks/bench_downstream_probe.py).
-ONE_THREAD_BELOW = 2**22
+# Up to this many feature values a probe fit runs its BLAS calls on one thread: L-BFGS makes tens of thousands
+# of small BLAS calls, and OpenBLAS's thread pool costs more than it gives on them. On a 2-core AMD EPYC, one
+# thread against the default pool: 0.9-1.0x at the demo's sizes (1,500 rows x 16-256 features) when the machine
+# is quiet, 4.5x faster when other work runs alongside, and 1.8-2.3x faster at 20,000 x 256 and 4,000 x 1,024
+# (benchmarks/bench_downstream_probe.py). Larger fits, unmeasured, keep the default pool.
+ONE_THREAD_UP_TO = 2**23
 
 
 def _blas_threads(X: np.ndarray):
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas") if X.size < ONE_THREAD_BELOW else contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas") if X.size <= ONE_THREAD_UP_TO else contextlib.nullcontext()
 
 
 def probe_predict(X_fit: np.ndarray, y_fit: np.ndarray, X_test: np.ndarray, kind: str, seed: int) -> np.ndarray:
