@@ -22,7 +22,7 @@ from pathlib import Path
 
 LOCK_DIR = Path(os.environ.get("MEDSCALE_CORE_LOCK_DIR", "/tmp/medscale-core-locks"))
 _held_locks: list = []
-_claimed: list[int] = []  # the cores this process holds locks for
+_claimed: list[int] = []  # the cores this process pinned itself to (locked, or shared when none were free)
 
 
 def user_cache_dir() -> Path:
@@ -73,8 +73,11 @@ def claim_cores(n: int) -> list[int]:
             continue
         _held_locks.append(f)
         claimed.append(core)
-    if len(claimed) < n:
-        return allowed[:n] if len(allowed) >= n else allowed
+    if len(claimed) < n:  # too few free: share cores, holding none of them (a reused worker keeps sharing)
+        for f in _held_locks[len(_held_locks) - len(claimed):]:
+            f.close()
+        del _held_locks[len(_held_locks) - len(claimed):]
+        claimed = allowed[:n] if len(allowed) >= n else allowed
     _claimed[:] = claimed
     return claimed
 

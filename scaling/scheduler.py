@@ -57,19 +57,27 @@ class SweepProgress:
                 f"{self.diverged} diverged, ETA {eta_s}")
 
 
-# A Ray worker trains up to this many runs, one after another: its imports, XLA backend and device-peak
-# measurement are paid once, not once per run (about 2.5 s of each of the demo's 5-10 s runs). Pinning and the
-# XLA host-device flag must be set before JAX starts, so workers are kept apart by them (worker_env): Ray
-# reuses a worker only for tasks with the same runtime_env. The cap bounds what a long-lived worker can
-# accumulate (compiled programs, a heap that is never trimmed).
+# On CPUs a Ray worker trains up to this many runs, one after another: its imports and XLA backend start are
+# paid once, not once per run (about 2.5 s of each of the demo's 5-10 s runs). Pinning and the XLA host-device
+# flag must be set before JAX starts, so workers are kept apart by them (worker_env): Ray reuses a worker only
+# for tasks with the same runtime_env. The cap bounds what a long-lived worker can accumulate (compiled
+# programs, a heap that is never trimmed). A run on GPUs or TPUs gets a fresh worker (max_calls 1, Ray's own
+# default for GPU tasks): JAX binds to the accelerators of the worker's first task and keeps their memory.
 WORKER_MAX_CALLS = 32
-_worker_shape: tuple | None = None  # (cpus, host devices, on an accelerator) this worker process was set up for
+_worker_shape: tuple | None = None  # the process_shape this worker was set up for
+
+
+def process_shape(cpus: int, host_devices: int | None, on_accelerator: bool) -> tuple:
+    """What a run task fixes in its worker process before JAX starts: cores, XLA host devices (default one
+    per core; none on accelerators), and whether it runs on accelerators."""
+    return cpus, None if on_accelerator else (host_devices or cpus), on_accelerator
 
 
 def worker_env(cpus: int, host_devices: int | None, on_accelerator: bool) -> dict:
     """The runtime_env of run tasks: malloc settings for the worker's start (scaling/runtime.py) and the
     process shape, which keeps workers set up for different shapes apart."""
-    shape = f"cpus={cpus},host_devices={host_devices or cpus},accelerator={int(on_accelerator)}"
+    cores, devices, accelerator = process_shape(cpus, host_devices, on_accelerator)
+    shape = f"cpus={cores},host_devices={devices},accelerator={int(accelerator)}"
     return {"env_vars": {**malloc_env(), "MEDSCALE_WORKER_SHAPE": shape}}
 
 
@@ -80,12 +88,11 @@ def _run_task(run_path: str, cpus: int, host_devices: int | None, stale_after: f
     started = time.time()
     from medscale.scaling.runtime import configure_process
 
-    shape = (cpus, host_devices, on_accelerator)
+    shape = process_shape(cpus, host_devices, on_accelerator)
     if _worker_shape not in (None, shape):
         raise RuntimeError(f"this Ray worker was set up for (cpus, host_devices, accelerator) {_worker_shape}, "
                            f"not {shape}: runs of another shape need their own runtime_env (worker_env)")
-    configure_process(cores=None if on_accelerator else cpus,
-                      host_devices=None if on_accelerator else (host_devices or cpus))
+    configure_process(cores=None if on_accelerator else cpus, host_devices=shape[1])
     _worker_shape = shape
     from medscale.scaling.train import execute_run
 
@@ -136,7 +143,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.update(malloc_env())  # local workers inherit it; cluster tasks get it in run_sweep
+    os.environ.update(malloc_env())  # local processes inherit it; run tasks also get it in their runtime_env
     with keeping_signal_handlers():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -202,7 +209,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         resources = {"TPU": tpus} if tpus else None
         # a worker's malloc settings must be in place when its process starts (scaling/runtime.py)
         runtime_env = {"env_vars": malloc_env()} if address else None
-        task = ray.remote(max_calls=WORKER_MAX_CALLS)(_run_task).options(
+        task = ray.remote(max_calls=1 if (gpus or tpus) else WORKER_MAX_CALLS)(_run_task).options(
             num_cpus=cpus, num_gpus=gpus, resources=resources,
             runtime_env=worker_env(cpus, host_devices, bool(gpus or tpus)),
             max_retries=ray_max_retries, retry_exceptions=False)

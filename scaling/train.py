@@ -16,6 +16,7 @@ and every process takes part in saving and restoring checkpoints. Checkpoints ar
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -176,8 +177,15 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     """Train (or resume) the run in `run`'s folder to its token budget; returns its final metrics.
 
     `devices`: train on the first this-many devices of this (single) process (default: all of them;
-    a run in its own worker process gets exactly the devices its resources ask for).
-    Raises Preempted once `preemption` saw SIGTERM and the checkpoint is saved."""
+    a run in a sweep's worker gets exactly the devices its resources ask for).
+    Raises Preempted once `preemption` saw SIGTERM and the checkpoint is saved. However it ends, the
+    checkpoint managers and the tracker are closed: the process (a reused Ray worker) may train another run."""
+    with contextlib.ExitStack() as closing:
+        return _train(run, log=log, process_started=process_started, preemption=preemption, devices=devices,
+                      closing=closing)
+
+
+def _train(run: RunDir, *, log, process_started, preemption, devices, closing: contextlib.ExitStack) -> dict:
     import jax
     import orbax.checkpoint as ocp
 
@@ -209,6 +217,7 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         raise RuntimeError(f"{run.path / 'config.yaml'}: {err} (resources.mesh / optimizer.microbatches)") from None
     tx, schedule = make_optimizer(train_cfg, total_steps)
     mngr = _checkpoint_manager(run.ckpt_dir)
+    closing.callback(mngr.close)
     latest = mngr.latest_step()
     # a WSD branch without checkpoints of its own starts from its trunk's fork checkpoint (scaling/wsd.py)
     fork_path = fork_checkpoint(run.path, cfg) if latest is None else None
@@ -217,6 +226,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
         fork_path = None
     fork_steps = set((cfg.get("checkpoint") or {}).get("fork_steps") or [])  # a WSD trunk keeps these
     forks = _fork_manager(run.path / FORKS_DIR, read_only=False) if fork_steps else None
+    if forks is not None:
+        closing.callback(forks.close)
     if latest is None and fork_path is None:
         graphdef, state = init_train_state(model_cfg, tx, mesh, seed=train_cfg["seed"], options=options)
     else:
@@ -269,6 +280,8 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tokens_per_step = B * L
     eval_every = max(1, eval_cfg.get("every_steps") or math.ceil(total_steps / max(1, eval_cfg.get("n_evals", 8))))
     tracker = RunTracker(run.path, run.run_id, cfg) if primary else None  # TensorBoard files under <run>/tb/
+    if tracker is not None:
+        closing.callback(tracker.close)
     peak_all = device_peak_flops()[0] * n_devices
     since = {"time": time.time(), "step": start_step, "grad_norm": None}
     ckpt_every = max(1, cfg.get("checkpoint", {}).get("every_steps", 200))
@@ -343,16 +356,10 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
             log(f"step {step}/{total_steps} train_loss {last_train_loss:.4f}")
         if stop:
             mngr.wait_until_finished()
-            mngr.close()
-            if forks is not None:
-                forks.close()
             raise Preempted(step)
     loop_s = time.time() - t_loop
     t = time.time()
     mngr.wait_until_finished()
-    mngr.close()
-    if forks is not None:
-        forks.close()
     timing["ckpt_s"] += time.time() - t
     timing["train_s"] = max(0.0, loop_s - in_loop_other - timing["compile_s"])
 
@@ -362,8 +369,6 @@ def train_run(run: RunDir, *, log: Callable[[str], None] | None = None,
     tokens_per_sec = steps_timed * tokens_per_step / timing["train_s"] if steps_timed and timing["train_s"] > 0 else None
     peak, peak_source = device_peak_flops()
     tokens = total_steps * tokens_per_step
-    if tracker is not None:
-        tracker.close()
     from medscale.data.token_store import events_per_token
 
     per_token = events_per_token(data_cfg["token_dir"])

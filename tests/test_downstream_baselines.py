@@ -42,6 +42,8 @@ def test_small_probe_fits_run_blas_on_one_thread_and_large_ones_on_the_default_p
     monkeypatch.setattr(baselines, "_probe_predict", fit)
     monkeypatch.setattr(baselines, "ONE_THREAD_UP_TO", 100)
     default = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    if not default or default == {1}:
+        pytest.skip(f"BLAS runs on one thread here already ({default or 'no BLAS library found'})")
     y = np.arange(10) % 2
     probe_predict(np.ones((10, 10)), y, np.ones((3, 10)), "binary", 0)
     probe_predict(np.ones((10, 11)), y, np.ones((3, 11)), "binary", 0)

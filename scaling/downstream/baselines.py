@@ -18,9 +18,9 @@ ALPHAS = np.logspace(-2, 4, 13)
 # Up to this many feature values a probe fit runs its BLAS calls on one thread: L-BFGS makes tens of thousands
 # of small BLAS calls, and OpenBLAS's thread pool costs more than it gives on them. On a 2-core AMD EPYC, one
 # thread against the default pool: 0.9-1.0x at the demo's sizes (1,500 rows x 16-256 features) when the machine
-# is quiet, 4.5x faster when other work runs alongside, and 1.8-2.3x faster at 20,000 x 256 and 4,000 x 1,024
-# (benchmarks/bench_downstream_probe.py). Larger fits, unmeasured, keep the default pool.
-ONE_THREAD_UP_TO = 2**23
+# is quiet, 4.5x faster when other work runs alongside, and 1.8-2.3x faster at 4,000 x 1,024 and 20,000 x 256,
+# the largest measured (benchmarks/bench_downstream_probe.py). Larger fits, unmeasured, keep the default pool.
+ONE_THREAD_UP_TO = 20_000 * 256
 
 
 def _blas_threads(X: np.ndarray):
