@@ -12,8 +12,7 @@ from conftest import tiny_spec, write_spec
 from medscale.scaling.store import RunStore
 
 pytestmark = pytest.mark.slow
-SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 24, "n_layers": 1, "n_heads": 1},
-         {"d_model": 32, "n_layers": 1, "n_heads": 1}]
+SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 24, "n_layers": 1, "n_heads": 1}]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +44,13 @@ def _launch(tmp_path, spec, runs):
 
 def test_one_worker_trains_a_sweeps_runs_as_a_fresh_process_would(tmp_path, tiny_dataset, local_ray):
     meds = tiny_dataset[0]
-    runs = _launch(tmp_path, *_prepare(tmp_path, meds, "reuse", **{"grid.params": SIZES, "grid.tokens": [30 * 8 * 32]}))
-    assert len(runs) == 3 and all(r.state() == "done" for r in runs)
+    runs = _launch(tmp_path, *_prepare(tmp_path, meds, "reuse", **{"grid.params": SIZES, "grid.tokens": [20 * 8 * 32]}))
+    assert len(runs) == 2 and all(r.state() == "done" for r in runs)
     assert len({r.status()["pid"] for r in runs}) == 1, "each run started a worker process of its own"
-    # the run trained last, in a worker that had already trained two, against a fresh `medscale train` process
+    # the run trained last, in a worker that had already trained one, against a fresh `medscale train` process
     last = max(runs, key=lambda r: r.status()["started_at"])
     shape = {k: last.config()["model"][k] for k in ("d_model", "n_layers", "n_heads")}
-    one = tiny_spec(meds, name="alone", **{"grid.params": [shape], "grid.tokens": [30 * 8 * 32]})
+    one = tiny_spec(meds, name="alone", **{"grid.params": [shape], "grid.tokens": [20 * 8 * 32]})
     alone = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "train", str(write_spec(tmp_path / "one.yaml", one)),
                             "--out", str(tmp_path / "alone")], capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stdout + alone.stderr
