@@ -45,6 +45,19 @@ def tiny_dataset(tmp_path_factory):
     return Path(meds), Path(tokens)
 
 
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A local Ray of 2 CPUs in this test process, for the module's tests (started once, shut down after)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 def tiny_spec(meds_dir: Path, **overrides) -> dict:
     """A one-run decoder spec over `meds_dir` that trains in a few seconds on one core."""
     spec = {

@@ -12,18 +12,6 @@ from medscale.scaling.store import RunStore
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def _prepared(tmp_path, meds, **overrides):
     from medscale.scaling.pipeline import expand_over, load_spec_and_data
 

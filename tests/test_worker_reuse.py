@@ -15,18 +15,6 @@ pytestmark = pytest.mark.slow
 SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 24, "n_layers": 1, "n_heads": 1}]
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def _prepare(tmp_path, meds, name: str, **overrides):
     from medscale.scaling.pipeline import expand_over, load_spec_and_data
 
