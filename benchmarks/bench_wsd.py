@@ -75,20 +75,14 @@ def demo_specs(seeds: list[int]) -> tuple[dict, dict]:
     return cosine, wsd
 
 
-def families_allowed_ratio(cosine_runs: list[dict], cooldown: float) -> float:
-    """allowed_ratio over several families (one per size and seed, each with its own budgets)."""
+def allowed_ratio(cosine_runs: list[dict], cooldown: float) -> float:
+    """Cosine grid's compute over WSD's: per family (a size and seed, with its own budgets), every budget from
+    scratch against the largest plus the others' cooldowns."""
     groups: dict = {}
     for r in cosine_runs:
         groups.setdefault((r["model"]["d_model"], r["model"]["n_layers"], r["train"]["seed"]), []).append(r["budget"])
     scratch = sum(sum(b) for b in groups.values())
     return scratch / sum(max(b) + cooldown * (sum(b) - max(b)) for b in groups.values())
-
-
-def allowed_ratio(budgets: list[float], cooldown: float) -> float:
-    """Cosine grid's compute over WSD's for one family: every budget from scratch against the largest plus
-    the others' cooldowns."""
-    b = sorted(budgets)
-    return sum(b) / (b[-1] + cooldown * sum(b[:-1]))
 
 
 def t_interval(x: np.ndarray) -> tuple[float, float, float]:
@@ -235,7 +229,7 @@ def main() -> None:
 
     whole = [c for c in ("time_startup_s", "time_compile_s", "time_train_s", "time_eval_s", "time_ckpt_s")
              if c in done]
-    allowed = families_allowed_ratio(plans["cosine"][1], COOLDOWN)
+    allowed = allowed_ratio(plans["cosine"][1], COOLDOWN)
     flop_ratio = plan_cos / plan_w4
     share = lambda ratio: (1 - 1 / ratio) / (1 - 1 / allowed)  # noqa: E731 - of the saving the schedule allows
     achieved = share(flop_ratio)

@@ -62,15 +62,14 @@ class GangMember:
     def train(self, run_path: str, coordinator: str, hosts: int, attempt: int, cpus: int, host_devices: int | None,
               stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
         started = time.time()
-        from medscale.scaling.runtime import configure_process
+        from medscale.scaling.runtime import configure_process, process_shape
 
         run = RunDir(Path(run_path))
         write_json(run.path / "gang" / f"rank{self.rank}.json",
                    {**self.where(), "coordinator": coordinator, "hosts": hosts, "attempt": attempt, "at": started})
         # host_devices before JAX starts; the distributed runtime before any JAX computation
         configure_process(cores=None if on_accelerator else cpus,
-                          host_devices=None if on_accelerator else (host_devices or cpus),
-                          start_backend=False)
+                          host_devices=process_shape(cpus, host_devices, on_accelerator)[1], start_backend=False)
         from medscale.scaling.distributed import join_gang
 
         if tpu_slice:  # the slice's own metadata names the coordinator and each host's process id

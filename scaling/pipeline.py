@@ -249,7 +249,7 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     state "leased" means another live process is training it."""
     import time
 
-    from medscale.scaling.runtime import configure_process
+    from medscale.scaling.runtime import configure_process, process_shape
     from medscale.scaling.store import RunStore
 
     started = time.time()
@@ -265,7 +265,7 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     store = RunStore(out_dir, say=(reporter or Reporter()).say)
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
-    configure_process(cores=n_cpus, host_devices=spec.resources.host_devices or n_cpus)
+    configure_process(cores=n_cpus, host_devices=process_shape(n_cpus, spec.resources.host_devices, False)[1])
     from medscale.scaling.train import execute_run
 
     (log or (lambda m: None))(f"run {run.run_id} -> {run.path}")

@@ -47,6 +47,12 @@ def compile_cache_dir() -> Path:
     return user_cache_dir() / "jax-compile" / f"{cpu.kind}-{isa}"
 
 
+def process_shape(cpus: int, host_devices: int | None, on_accelerator: bool) -> tuple:
+    """What a training process fixes before JAX starts: (cores, XLA host devices, on accelerators). Host
+    devices default to one per core, and there are none on accelerators."""
+    return cpus, None if on_accelerator else (host_devices or cpus), on_accelerator
+
+
 def jax_imported() -> bool:
     return "jax" in sys.modules
 
@@ -62,6 +68,7 @@ def claim_cores(n: int) -> list[int]:
     allowed = sorted(os.sched_getaffinity(0))
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     claimed: list[int] = []
+    locks = []
     for core in allowed:
         if len(claimed) == n:
             break
@@ -71,13 +78,14 @@ def claim_cores(n: int) -> list[int]:
         except OSError:
             f.close()
             continue
-        _held_locks.append(f)
+        locks.append(f)
         claimed.append(core)
     if len(claimed) < n:  # too few free: share cores, holding none of them (a reused worker keeps sharing)
-        for f in _held_locks[len(_held_locks) - len(claimed):]:
+        for f in locks:
             f.close()
-        del _held_locks[len(_held_locks) - len(claimed):]
         claimed = allowed[:n] if len(allowed) >= n else allowed
+    else:
+        _held_locks.extend(locks)
     _claimed[:] = claimed
     return claimed
 

@@ -26,7 +26,7 @@ from typing import Callable
 import pandas as pd
 
 from medscale.scaling.gang import GangRun
-from medscale.scaling.runtime import malloc_env
+from medscale.scaling.runtime import malloc_env, process_shape
 from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
 from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
@@ -65,12 +65,6 @@ class SweepProgress:
 # default for GPU tasks): JAX binds to the accelerators of the worker's first task and keeps their memory.
 WORKER_MAX_CALLS = 32
 _worker_shape: tuple | None = None  # the process_shape this worker was set up for
-
-
-def process_shape(cpus: int, host_devices: int | None, on_accelerator: bool) -> tuple:
-    """What a run task fixes in its worker process before JAX starts: cores, XLA host devices (default one
-    per core; none on accelerators), and whether it runs on accelerators."""
-    return cpus, None if on_accelerator else (host_devices or cpus), on_accelerator
 
 
 def worker_env(cpus: int, host_devices: int | None, on_accelerator: bool) -> dict:
@@ -207,8 +201,9 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus * hosts))
         resources = {"TPU": tpus} if tpus else None
-        # a worker's malloc settings must be in place when its process starts (scaling/runtime.py)
-        runtime_env = {"env_vars": malloc_env()} if address else None
+        # a gang member's malloc settings must be in place when its process starts (scaling/runtime.py); run
+        # tasks get theirs in worker_env
+        gang_env = {"env_vars": malloc_env()} if address else None
         task = ray.remote(max_calls=1 if (gpus or tpus) else WORKER_MAX_CALLS)(_run_task).options(
             num_cpus=cpus, num_gpus=gpus, resources=resources,
             runtime_env=worker_env(cpus, host_devices, bool(gpus or tpus)),
@@ -278,7 +273,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
                 if hosts > 1:
                     gang = GangRun(run, hosts=hosts, cpus=cpus, gpus=gpus, tpus=tpus, host_devices=host_devices,
                                    stale_after=stale_after, restarts=ray_max_retries,
-                                   runtime_env=runtime_env)
+                                   runtime_env=gang_env)
                     inflight.update({ref: (run, gang) for ref in gang.refs})
                 else:
                     ref = task.remote(str(run.path.absolute()), cpus, host_devices, stale_after, bool(gpus or tpus))
