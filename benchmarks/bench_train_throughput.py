@@ -154,6 +154,16 @@ def torch_runner(cfg: ModelConfig, batch: dict[str, np.ndarray], compile_: bool,
             return self.head(self.norm(x))
 
     model = Model()
+    # medscale's initialisation (models/transformer.py): truncated normal at +-2 std, fan-in std,
+    # residual-branch outputs scaled by 1/sqrt(2 n_layers), so both frameworks train alike
+    residual = (2 * cfg.n_layers) ** -0.5
+    stds = {"embed": 1.0, "q": D**-0.5, "k": D**-0.5, "v": D**-0.5, "out": (H * K) ** -0.5 * residual,
+            "gate": D**-0.5, "up": D**-0.5, "down": Fd**-0.5 * residual, "head": D**-0.5}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            key = name.split(".")[-2]
+            if key in stds:
+                nn.init.trunc_normal_(p, std=stds[key], a=-2 * stds[key], b=2 * stds[key])
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == param_counts(cfg).total, (n_params, param_counts(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD, foreach=True)

@@ -175,15 +175,19 @@ def check_microbatches(batch_size: int, microbatches: int, mesh: Mesh) -> None:
 
 
 def _value_and_grad(graphdef, params, batch, microbatches: int, mesh: Mesh):
-    """(mean loss over the batch's weights, its gradient), over `microbatches` sequential slices."""
-    if microbatches == 1:
-        def loss_fn(params):
-            loss_sum, weight_sum = _loss_terms(graphdef, params, batch)
-            return loss_sum / jnp.maximum(weight_sum, 1e-9)
+    """(mean loss over the batch's weights, its gradient), over `microbatches` sequential slices.
 
-        return jax.value_and_grad(loss_fn)(params)
-
+    The gradient is that of the weighted *sum*, divided by the total weight afterwards: with the
+    batch split over devices, the total weight is a cross-device sum, and dividing the loss by
+    it first would start every device's backward pass at a collective. On CPU a device that
+    reaches that collective first blocks a shared pool thread until the other arrives.
+    """
     sum_grad = jax.value_and_grad(lambda p, mb: _loss_terms(graphdef, p, mb), has_aux=True)
+    if microbatches == 1:
+        (loss_sum, weight_sum), grads = sum_grad(params, batch)
+        denom = jnp.maximum(weight_sum, 1e-9)
+        return loss_sum / denom, jax.tree.map(lambda g: g / denom, grads)
+
 
     def accumulate(carry, mb):
         loss_sum, weight_sum, grads = carry

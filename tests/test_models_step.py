@@ -135,3 +135,16 @@ def test_mesh_and_batch_errors():
     placed = shard_batch(make_batch(0), mesh)
     assert placed["inputs"].sharding == batch_sharding(mesh)
     assert len({s.device for s in placed["inputs"].addressable_shards}) == 8
+
+
+def test_data_parallel_step_has_one_collective_at_the_end():
+    """The gradient is that of the weighted sum, divided by the total weight after the gradient
+    all-reduce: a loss divided by the global weight first would make each device's backward pass
+    wait at a collective (on CPU, holding a pool thread while the other device catches up)."""
+    mesh = make_mesh(data=2, devices=jax.devices()[:2])
+    graphdef, abstract = abstract_train_state(CFG, tx(), mesh)
+    hlo = make_train_step(graphdef, tx(), mesh).lower(abstract, B, L).compile().as_text()
+    collectives = [line for line in hlo.splitlines()
+                   if any(f" {op}(" in line for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all"))]
+    assert len(collectives) == 1, collectives
+    assert "dot_general" in collectives[0]  # it carries the weight gradients (their op names in metadata)
