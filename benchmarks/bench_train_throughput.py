@@ -324,10 +324,12 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:
-        from medscale.scaling.runtime import keep_freed_memory
+        from medscale.scaling.runtime import malloc_env, started_with_malloc_env
 
-        if not ARGS.default_malloc:  # what medscale's runs do (scaling/runtime.py), for both
-            keep_freed_memory()
+        # what medscale's runs do (scaling/runtime.py), for both frameworks; set at start-up,
+        # since this module's imports have already started numpy's and scipy's thread pools
+        if not ARGS.default_malloc and not started_with_malloc_env():
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **malloc_env()})
         if ARGS.worker == "jax":
             set_xla_devices(ARGS.devices)
         worker(ARGS)

@@ -9,7 +9,13 @@ these shows a traceback.
 """
 from __future__ import annotations
 
-import contextlib
+from medscale.scaling.runtime import keep_freed_memory
+
+# before any import starts a thread (numpy's and scipy's BLAS pools, then pyarrow's, Ray's, XLA's),
+# so that all of them share one malloc heap that keeps freed memory (scaling/runtime.py)
+keep_freed_memory()
+
+import contextlib  # noqa: E402
 import errno
 import functools
 import json
@@ -569,10 +575,6 @@ def export(
 
 
 def main() -> None:
-    from medscale.scaling.runtime import keep_freed_memory
-
-    # before any thread (pyarrow's, Ray's, XLA's) exists, so that all of them share the setting
-    keep_freed_memory()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     app()

@@ -110,12 +110,25 @@ def malloc_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {"GLIBC_TUNABLES": ":".join(f"{k}={v}" for k, v in tunables.items())}
 
 
+def started_with_malloc_env() -> bool:
+    """Whether this process started with `malloc_env`'s tunables (glibc applied them at start-up).
+
+    Call before `keep_freed_memory`, which adds them to os.environ for child processes.
+    """
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    tunables = dict(item.split("=", 1) for item in current.split(":") if "=" in item)
+    return all(tunables.get(k) == str(v) for k, v in MALLOC_TUNABLES.items())
+
+
 def keep_freed_memory() -> bool:
     """Make glibc malloc reuse freed memory instead of returning it to the kernel.
 
     One arena (threads' arenas are capped at 64 MB and fall back to mmap above that), no mmap'd
-    chunks, no trimming. This covers threads started afterwards (XLA's) as long as no thread has
-    made an arena of its own yet; child processes get the same settings through GLIBC_TUNABLES.
+    chunks, no trimming. This covers threads started afterwards (XLA's) only if no thread has
+    made an arena of its own yet: a BLAS thread pool started by importing numpy or scipy does,
+    and then about half of XLA's threads later share that capped arena (the 1M decoder trained
+    0.75x as fast). So call this before anything imports numpy, or start the process with
+    `malloc_env()` in its environment; child processes get the settings through GLIBC_TUNABLES.
     Returns False where libc is not glibc.
     """
     global _malloc_configured

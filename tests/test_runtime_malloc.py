@@ -1,4 +1,5 @@
 """scaling.runtime.keep_freed_memory: a freed large buffer is reused, not faulted in again."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -46,3 +47,30 @@ def test_malloc_env_keeps_other_tunables_and_overrides_ours():
     assert "glibc.pthread.rseq=0" in items
     assert "glibc.malloc.arena_max=1" in items and "glibc.malloc.arena_max=8" not in items
     assert "glibc.malloc.mmap_max=0" in items
+
+
+ARENAS_AFTER_CLI_IMPORT = textwrap.dedent("""
+    import ctypes, threading
+    import medscale.scaling.cli  # imports numpy and scipy, whose BLAS pools start threads
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    def work():  # as XLA's threads do once they start
+        for _ in range(10):
+            libc.free(libc.malloc(1 << 16))
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    libc.malloc_stats()  # one "Arena N:" section per malloc arena, on stderr
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_the_cli_process_keeps_one_malloc_arena_for_every_thread():
+    """keep_freed_memory runs before the CLI's imports start any thread: a thread that made an
+    arena of its own before it would leave later (XLA) threads sharing a capped arena."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", ARENAS_AFTER_CLI_IMPORT], capture_output=True, text=True,
+                         check=True, env=env)
+    arenas = [line for line in out.stderr.splitlines() if line.startswith("Arena ")]
+    assert arenas == ["Arena 0:"], out.stderr
