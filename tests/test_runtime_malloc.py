@@ -26,9 +26,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _env_without_tunables() -> dict[str, str]:
+    """This process's environment without GLIBC_TUNABLES (importing the CLI sets them for children)."""
+    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+
 def _faults(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=_env_without_tunables())
     return int(out.stdout.split()[-1])
 
 
@@ -69,8 +74,7 @@ ARENAS_AFTER_CLI_IMPORT = textwrap.dedent("""
 def test_the_cli_process_keeps_one_malloc_arena_for_every_thread():
     """keep_freed_memory runs before the CLI's imports start any thread: a thread that made an
     arena of its own before it would leave later (XLA) threads sharing a capped arena."""
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", ARENAS_AFTER_CLI_IMPORT], capture_output=True, text=True,
-                         check=True, env=env)
+                         check=True, env=_env_without_tunables())
     arenas = [line for line in out.stderr.splitlines() if line.startswith("Arena ")]
     assert arenas == ["Arena 0:"], out.stderr
