@@ -15,6 +15,12 @@ import atexit
 import shutil
 import tempfile
 
+from medscale.scaling.runtime import keep_freed_memory
+
+# this process trains models too: malloc keeps freed memory for all its threads, as in medscale's own
+# processes, which is only reliable before anything (numpy, polars, scipy) starts a thread pool
+keep_freed_memory()
+
 # the suite's caches (memory plans, device peaks) live for the session, not in the user's ~/.cache;
 # every test and every process it starts shares them
 if "MEDSCALE_CACHE_DIR" not in os.environ:
