@@ -186,8 +186,7 @@ def _value_and_grad(graphdef, params, batch, microbatches: int, mesh: Mesh):
     if microbatches == 1:
         (loss_sum, weight_sum), grads = sum_grad(params, batch)
         denom = jnp.maximum(weight_sum, 1e-9)
-        return loss_sum / denom, jax.tree.map(lambda g: g / denom, grads)
-
+        return loss_sum / denom, jax.tree.map(lambda g: (g / denom).astype(g.dtype), grads)
 
     def accumulate(carry, mb):
         loss_sum, weight_sum, grads = carry
