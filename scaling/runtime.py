@@ -104,10 +104,13 @@ def malloc_env(env: dict[str, str] | None = None) -> dict[str, str]:
     For processes started later (Ray workers): glibc reads these before any thread exists, which
     is the only moment that reliably covers every thread's allocations.
     """
-    current = (env if env is not None else os.environ).get("GLIBC_TUNABLES", "")
-    tunables = dict(item.split("=", 1) for item in current.split(":") if "=" in item)
+    tunables = _glibc_tunables(env if env is not None else os.environ)
     tunables.update({k: str(v) for k, v in MALLOC_TUNABLES.items()})
     return {"GLIBC_TUNABLES": ":".join(f"{k}={v}" for k, v in tunables.items())}
+
+
+def _glibc_tunables(env) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in env.get("GLIBC_TUNABLES", "").split(":") if "=" in item)
 
 
 def started_with_malloc_env() -> bool:
@@ -115,8 +118,7 @@ def started_with_malloc_env() -> bool:
 
     Call before `keep_freed_memory`, which adds them to os.environ for child processes.
     """
-    current = os.environ.get("GLIBC_TUNABLES", "")
-    tunables = dict(item.split("=", 1) for item in current.split(":") if "=" in item)
+    tunables = _glibc_tunables(os.environ)
     return all(tunables.get(k) == str(v) for k, v in MALLOC_TUNABLES.items())
 
 
