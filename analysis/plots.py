@@ -69,7 +69,9 @@ def plot_isoflop(fit, out, *, formats=FORMATS) -> list[Path]:
         ax.plot(grid, fit.predict(grid, c), color=color, lw=1.2, label=f"{c:.1e}")
     m = fit.minima_[fit.minima_.convex]
     ax.scatter(m.n_opt, m.loss_min, marker="*", s=90, color="crimson", zorder=4, label="minimum")
-    ax.errorbar(m.n_opt, m.loss_min, xerr=[m.n_opt - m.n_opt_low, m.n_opt_high - m.n_opt], fmt="none",
+    # With few resamples a minimum can lie outside its own percentile interval: no negative error bar.
+    xerr = np.clip(np.nan_to_num([m.n_opt - m.n_opt_low, m.n_opt_high - m.n_opt]), 0, None)
+    ax.errorbar(m.n_opt, m.loss_min, xerr=xerr, fmt="none",
                 ecolor="crimson", lw=0.8, zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")

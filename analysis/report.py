@@ -1,18 +1,27 @@
 """A self-contained HTML report of a sweep: fits with intervals, the compute-optimal recommendation,
 warnings, a plain-language summary, the figures, and downstream saturation. Writes `index.html`, `fits.json`
 and the PNG/SVG figures into one folder; the HTML references figures by relative path only.
+
+Fit once, show everywhere: `analyze_results` fits every law once per objective (Approaches 1-3 on the runs
+with all the data, the data-constrained law where runs repeat their data, Approach 3 on each parameter
+convention) into an `Analysis`; `write_report` only renders it, and the pipeline hands the same objects to the
+recommendation (scaling/recommend.py) and to the CLI, so a quantity is one number wherever it is printed.
+A fitted parameter at its optimisation bound is named beside its value (analysis/bounds.py).
 """
 from __future__ import annotations
 
-from .conventions import compute_6nd
+from .conventions import PARAMS_COLUMNS, compute_6nd, full_flops_per_token
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from . import plots
+from .bounds import AtBound, at_bound, marks, short
 from .envelope import EnvelopeFit
 from .errors import AnalysisError
 from .isoflop import IsoFlopFit
@@ -31,6 +40,7 @@ th{background:#f2f2f2}
 .summary{background:#eef5ff;border-left:4px solid #3070d0;padding:0.5em 1em}
 img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 code{background:#f4f4f4;padding:0 0.2em}
+.bound{color:#a34700;font-weight:bold;font-size:0.85em}
 """
 
 
@@ -43,12 +53,19 @@ def _g(x) -> str:
     return f"{x:.3g}" if abs(x) < 100 else f"{x:,.0f}"
 
 
-def _est(e) -> str:
+def _est(e, mark: AtBound | None = None, name: str | None = None) -> str:
     if e is None:
         return ""
-    if np.isfinite(e.low):
-        return f"{_g(e.value)} <small>[{_g(e.low)}, {_g(e.high)}]</small>"
-    return _g(e.value)
+    text = f"{_g(e.value)} <small>[{_g(e.low)}, {_g(e.high)}]</small>" if np.isfinite(e.low) else _g(e.value)
+    if mark is not None:
+        text += f" <span class='bound' title='{html.escape(mark.meaning)}'>{html.escape(short(mark, name))}</span>"
+    return text
+
+
+def _bound_items(label: str, fit) -> list[str]:
+    """<li> lines naming each parameter of `fit` at a bound (or whose interval reaches one), with its meaning."""
+    return [f"<li><b>{html.escape(label)}</b>: {html.escape(b.parameter)} = {_g(b.value)} {html.escape(b.label)}: "
+            f"{html.escape(b.meaning)}</li>" for b in at_bound(fit)]
 
 
 def _clean(results: pd.DataFrame) -> pd.DataFrame:
@@ -106,37 +123,191 @@ def _lobo(fit):
     return None
 
 
-def _summary(name: str, fits: dict, allocs: dict[int, Allocation], budget: float) -> list[str]:
+def repeats_data(runs: pd.DataFrame) -> bool:
+    """Every run records its unique tokens U and some run trained on more tokens than that: the runs identify
+    the data-constrained law, which is then the law fitted to them (here and in scaling/recommend.py)."""
+    if not len(runs) or "unique_tokens" not in runs.columns or "tokens" not in runs.columns:
+        return False
+    u = pd.to_numeric(runs["unique_tokens"], errors="coerce").to_numpy(float)
+    d = pd.to_numeric(runs["tokens"], errors="coerce").to_numpy(float)
+    return bool(np.isfinite(u).all() and (d > u * (1 + 1e-9)).any())
+
+
+def flops_per_token_of(runs: pd.DataFrame, params_col: str = "params") -> Callable | None:
+    """Full FLOPs per token as a function of N (conventions.full_flops_per_token) from the runs' recorded full
+    counts; None unless every run records one."""
+    if not len(runs) or "flops_full" not in runs.columns or params_col not in runs.columns:
+        return None
+    if not np.isfinite(pd.to_numeric(runs["flops_full"], errors="coerce").to_numpy(float)).all():
+        return None
+    return full_flops_per_token(runs[params_col], runs["tokens"], runs["flops_full"])
+
+
+@dataclass
+class ObjectiveFits:
+    """Every fit of one objective's runs, made once; the report, the recommendation and the CLI read these."""
+    name: str
+    runs: pd.DataFrame  # every finished run of the objective
+    df: pd.DataFrame  # the runs on all the data (a data-constrained arm left out): what Approaches 1-3 fit
+    fits: dict = field(default_factory=dict)  # approach -> fitted object
+    skipped: dict = field(default_factory=dict)  # approach -> why not fitted
+    results: dict = field(default_factory=dict)  # approach -> summary.FitResult (extrapolation included)
+    allocs: dict = field(default_factory=dict)  # approach -> Allocation at the budget, C = 6ND
+    fpt: Callable | None = None  # full FLOPs per token of N, when every run records its full count
+    data_constrained: FitResult | None = None  # L(N, D, U) on every run, where some repeat their data
+    dc_error: str | None = None
+    dc_tokens: float | None = None  # the unique tokens the data-constrained allocation is made for
+    dc_alloc: Allocation | None = None  # ... at the budget with dc_tokens unique tokens
+    dc_free: Allocation | None = None  # ... at the budget with unlimited data
+    conventions: dict = field(default_factory=dict)  # parameter convention -> FitResult of Approach 3, or why not
+    fpt_by_column: dict = field(default_factory=dict)  # params column -> full FLOPs per token of that N
+
+    @property
+    def law(self) -> FitResult | None:
+        """The law a recommendation is made from: the data-constrained law where runs repeat their data, else
+        Approach 3 (the same rule as scaling/recommend.py when it fits for itself)."""
+        return self.data_constrained if self.data_constrained is not None else self.results.get(3)
+
+
+@dataclass
+class Analysis:
+    """Every objective's fits at one budget, with the settings they were made with."""
+    budget: float
+    max_tokens: float | None
+    n_boot: int
+    seed: int
+    df_all: pd.DataFrame
+    objectives: dict = field(default_factory=dict)  # name -> ObjectiveFits
+    fits_json: dict | None = None  # what fits.json holds, once write_report has rendered it
+
+
+def analyze_results(results: pd.DataFrame, curves: pd.DataFrame | None = None, *, budget: float | None = None,
+                    max_tokens: float | None = None, n_boot: int = 1000, seed: int = 0) -> Analysis:
+    """Fit every approach the results support, per objective, once. `budget` (FLOPs; default the largest
+    compute in the table) is where allocations are made; `max_tokens` caps D there."""
+    df_all = _clean(results)
+    if df_all.empty:
+        raise AnalysisError("no finished runs with finite, positive params, tokens and loss in the results table")
+    groups = list(df_all.groupby("objective")) if "objective" in df_all.columns else [("all runs", df_all)]
+    at = float(budget) if budget is not None else float(df_all["compute"].max())
+    analysis = Analysis(budget=at, max_tokens=max_tokens, n_boot=n_boot, seed=seed, df_all=df_all)
+    for name, df_group in groups:
+        name = str(name)
+        df = _full_data(df_group)
+        o = ObjectiveFits(name=name, runs=df_group, df=df)
+        o.fits, o.skipped = _fits_for(df, curves, n_boot, seed)
+        o.allocs = {k: compute_optimal(f, at, max_tokens=max_tokens) for k, f in o.fits.items()}
+        o.results = {k: FitResult(approach=k, fit=f, n_points=f.n_points_,
+                                  columns={"params": "params", "loss": "loss", "tokens": "tokens"},
+                                  warnings=list(f.warnings_), notes=list(f.notes_), extrapolation=_lobo(f),
+                                  hold_out=_hold_out_of(f))
+                     for k, f in o.fits.items()}
+        o.fpt = flops_per_token_of(df_group)
+        _fit_data_constrained(o, at, max_tokens, n_boot, seed)
+        _fit_conventions(o, n_boot, seed)
+        analysis.objectives[name] = o
+    return analysis
+
+
+def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int) -> None:
+    """The data-constrained law on every run of the objective when some repeat their data, and its allocation at
+    the budget (with the unique tokens available, and with unlimited data) in the recommendation's FLOP count."""
+    from .summary import fit_table
+
+    df = o.runs
+    if not repeats_data(df):
+        return
+    try:
+        o.data_constrained = fit_table(
+            df, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed,
+            budget_col="budget" if "budget" in df and df["budget"].notna().any() else None,
+            unique_tokens="unique_tokens", compute_convention="6nd")
+    except AnalysisError as e:
+        o.dc_error = str(e)
+        return
+    o.dc_tokens = float(max_tokens) if max_tokens else float(df["unique_tokens"].max())
+    o.dc_alloc = compute_optimal(o.data_constrained.fit, at, max_tokens=o.dc_tokens, flops_per_token=o.fpt)
+    o.dc_free = compute_optimal(o.data_constrained.fit, at, flops_per_token=o.fpt)
+
+
+def _fit_conventions(o: ObjectiveFits, n_boot: int, seed: int) -> None:
+    """Approach 3 on N under each parameter convention: the fit above where its N is that convention's, else
+    one fit on that N with the same resamples and seed (N differs, so the numbers do: a different quantity)."""
+    df = o.df
+    if "flops_full" not in df.columns or not np.isfinite(df["flops_full"].astype(float)).all():
+        return
+    for pc, col in PARAMS_COLUMNS.items():
+        if col not in df.columns:
+            continue
+        o.fpt_by_column[col] = flops_per_token_of(o.runs, col) if col in o.runs else None
+        same = 3 in o.results and np.allclose(df[col].to_numpy(float), df["params"].to_numpy(float), rtol=1e-12)
+        if same:
+            o.conventions[pc] = o.results[3]
+            o.fpt_by_column[col] = o.fpt
+            continue
+        try:
+            reps = {"seeds": df["seed"].to_numpy() if "seed" in df.columns else None,
+                    "lrs": df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None}
+            fit = ParametricFit(n_boot=n_boot, seed=seed).fit(df[col], df.tokens, df.loss, **reps)
+            o.conventions[pc] = FitResult(approach=3, fit=fit, n_points=fit.n_points_,
+                                          columns={"params": col, "loss": "loss", "tokens": "tokens"},
+                                          warnings=list(fit.warnings_), notes=list(fit.notes_))
+        except AnalysisError as e:
+            o.conventions[pc] = str(e)
+
+
+def _summary(o: ObjectiveFits, budget: float, rec: dict | None = None) -> list[str]:
     """Plain-language sentences generated from the numbers."""
+    name, fits, allocs = o.name, o.fits, o.allocs
     lines = []
     if not fits:
         return [f"{name}: no scaling law could be fitted to these runs (see the reasons below)."]
     best = max(fits)  # the parametric fit when there is one, else IsoFLOP
     e = fits[best].estimates_
     a, b = e["a"], e["b"]
+    m = marks(at_bound(fits[best]))
     lines.append(
         f"{name}: by {plots.NAMES[best]}, the compute-optimal model grows as C^{a.value:.2f} "
         + (f"(95% interval {a.low:.2f} to {a.high:.2f}) " if np.isfinite(a.low) else "")
+        + (f"(not determined: {short(m['a'], 'a')}) " if "a" in m and m["a"].where == "estimate" else "")
         + f"and its data as C^{b.value:.2f}; "
         + ("parameters and tokens should grow about equally with compute."
            if abs(a.value - 0.5) < 0.05 else
            ("extra compute should go more to parameters than to data." if a.value > 0.5
             else "extra compute should go more to data than to parameters."))
     )
-    al = allocs.get(best)
-    if al is not None:
+    if rec is not None:
+        al = rec["allocation"]
         lines.append(
-            f"At {budget:.3g} FLOPs, train about {_g(al.n_opt.value)} parameters on {_g(al.d_opt.value)} tokens "
-            f"(about {al.tokens_per_param.value:.0f} tokens per parameter; interval "
-            f"{_g(al.n_opt.low)} to {_g(al.n_opt.high)} parameters)."
-            + (" Data are the binding limit at this budget." if al.token_limited else "")
+            f"Recommendation at {budget:.3g} FLOPs ({_law_words(rec['fit'])}, {_flops_words(rec)}): train about "
+            f"{_g(al.n_opt.value)} parameters on {_g(al.d_opt.value)} tokens (about "
+            f"{al.tokens_per_param.value:.0f} tokens per parameter; interval {_g(al.n_opt.low)} to "
+            f"{_g(al.n_opt.high)} parameters)."
+            + (f" With {_g(al.max_tokens)} unique tokens: {al.epochs.value:.2g} epochs." if al.epochs is not None else "")
+            + (" Data are the binding limit at this budget." if al.token_limited and al.epochs is None else "")
         )
+    else:
+        al = allocs.get(best)
+        if al is not None:
+            lines.append(
+                f"At {budget:.3g} FLOPs (C = 6ND), train about {_g(al.n_opt.value)} parameters on {_g(al.d_opt.value)} "
+                f"tokens (about {al.tokens_per_param.value:.0f} tokens per parameter; interval "
+                f"{_g(al.n_opt.low)} to {_g(al.n_opt.high)} parameters)."
+                + (" Data are the binding limit at this budget." if al.token_limited else "")
+            )
     if 3 in fits:
         p = fits[3].estimates_
-        lines.append(
-            f"The fitted irreducible loss is E = {p['E'].value:.3g}; loss falls with size as N^-{p['alpha'].value:.2f} "
-            f"and with data as D^-{p['beta'].value:.2f}."
-        )
+        m3 = marks(at_bound(fits[3]))
+        E = m3.get("E")
+        if E is not None and E.where == "estimate":
+            first = f"Approach 3's E = {_g(p['E'].value)} is {E.label}: {E.meaning}"
+        else:
+            first = f"The fitted irreducible loss (Approach 3) is E = {p['E'].value:.3g}" + (
+                f" ({E.label}: {E.meaning})" if E is not None else "")
+        exps = "".join(f" ({k} {m3[k].label}: {m3[k].meaning})" for k in ("alpha", "beta")
+                       if k in m3 and m3[k].where == "estimate")
+        lines.append(f"{first}; loss falls with size as N^-{p['alpha'].value:.2f} "
+                     f"and with data as D^-{p['beta'].value:.2f}.{exps}")
     others = [k for k in fits if k != best]
     for k in others:
         ek = fits[k].estimates_["a"]
@@ -149,10 +320,22 @@ def _summary(name: str, fits: dict, allocs: dict[int, Allocation], budget: float
     return lines
 
 
+def _law_words(law) -> str:
+    fit = getattr(law, "fit", law)
+    if getattr(fit, "law", None) == "data_constrained":
+        return "the data-constrained law L(N, D, U)"
+    return "Approach 3, L(N, D)"
+
+
+def _flops_words(rec: dict) -> str:
+    return ("the budget spent on the full FLOP count" if rec.get("compute_convention") == "full"
+            else "C = 6ND")
+
+
 def write_report(
     out_dir: str | Path,
     *,
-    results: pd.DataFrame,
+    results: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
     downstream: pd.DataFrame | None = None,
     budget: float | None = None,
@@ -161,32 +344,37 @@ def write_report(
     max_tokens: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    analysis: Analysis | None = None,
+    recommendations: dict | None = None,
 ) -> Path:
     """Fit every approach the results support (per objective), plot, and write out_dir/index.html + fits.json.
 
     `budget` (FLOPs) is where the compute-optimal recommendation is made (default: the largest compute in the
-    table); `max_tokens` caps D there. Returns the path of index.html.
+    table); `max_tokens` caps D there. With `analysis` (from `analyze_results`) nothing is refitted: the report
+    renders those fits, and `recommendations` (objective -> scaling.recommend.recommend(...) made from the same
+    analysis) adds each objective's recommendation. Returns the path of index.html; the dict written to
+    fits.json is left in `analysis.fits_json`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df_all = _clean(results)
-    if df_all.empty:
-        raise AnalysisError("no finished runs with finite, positive params, tokens and loss in the results table")
-    groups = list(df_all.groupby("objective")) if "objective" in df_all.columns else [("all runs", df_all)]
-    at = float(budget) if budget is not None else float(df_all["compute"].max())
+    if analysis is None:
+        if results is None:
+            raise AnalysisError("write_report needs a results table or an analysis")
+        analysis = analyze_results(results, curves, budget=budget, max_tokens=max_tokens, n_boot=n_boot, seed=seed)
+    recommendations = recommendations or {}
+    at, max_tokens, n_boot, seed = analysis.budget, analysis.max_tokens, analysis.n_boot, analysis.seed
     body: list[str] = []
     summary: list[str] = list(summary_lines or [])
     report_json: dict = {"title": title, "budget": at, "max_tokens": max_tokens, "objectives": {}}
     runs_by_objective, loss_at = {}, {}  # for the downstream forecast: each objective's runs and predicted loss
 
-    for name, df_group in groups:
-        name = str(name)
+    for name, o in analysis.objectives.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name)
-        df = _full_data(df_group)
-        fits, skipped = _fits_for(df, curves, n_boot, seed)
-        allocs = {k: compute_optimal(f, at, max_tokens=max_tokens) for k, f in fits.items()}
-        runs_by_objective[name], loss_at[name] = df, (allocs[3].loss if 3 in allocs else None)
-        summary += _summary(name, fits, allocs, at)
+        fits, allocs, df = o.fits, o.allocs, o.df
+        rec = recommendations.get(name) if isinstance(recommendations.get(name), dict) else None
+        runs_by_objective[name] = df
+        loss_at[name] = rec["allocation"].loss if rec is not None else (allocs[3].loss if 3 in allocs else None)
+        summary += _summary(o, at, rec)
         figs: list[tuple[str, Path]] = []
         if 2 in fits:
             figs.append(("IsoFLOP profiles", plots.plot_isoflop(fits[2], out / f"{slug}_isoflop")[0]))
@@ -198,22 +386,25 @@ def write_report(
             figs.append(("Parametric fit", plots.plot_contours(fits[3], out / f"{slug}_contours")[0]))
             figs.append(("Residuals of the parametric fit", plots.plot_residuals(fits[3], out / f"{slug}_residuals")[0]))
         results_json = {}
-        for k, f in fits.items():
-            fr = FitResult(approach=k, fit=f, n_points=f.n_points_, columns={}, warnings=list(f.warnings_),
-                           notes=list(f.notes_), extrapolation=_lobo(f), hold_out=_hold_out_of(f))
+        for k, fr in o.results.items():
             d = fr.to_dict()
             d.pop("columns")
             d["allocation"] = allocs[k].to_dict()
             results_json[f"approach_{k}"] = d
-        report_json["objectives"][name] = {"n_runs": int(len(df)), "fits": results_json,
-                                           "not_fitted": {f"approach_{k}": v for k, v in skipped.items()}}
-        body.append(_section(name, df, fits, skipped, allocs, at, figs, out))
+        store = {"n_runs": int(len(df)), "fits": results_json,
+                 "not_fitted": {f"approach_{k}": v for k, v in o.skipped.items()}}
+        report_json["objectives"][name] = store
+        if name in recommendations:
+            store["recommendation"] = (_recommendation_json(rec) if rec is not None
+                                       else {"not_made": str(recommendations[name])})
+            body.append(_section(o, at, figs, out, _recommendation_section(name, rec, recommendations[name], at)))
+        else:
+            body.append(_section(o, at, figs, out, ""))
         body.append(_extrapolation_section(results_json))
-        body.append(_conventions_section(df, at, max_tokens, min(n_boot, 100), seed, report_json["objectives"][name]))
-        body.append(_data_constrained_section(df_group, at, max_tokens, n_boot, seed, report_json["objectives"][name],
-                                              summary, name))
+        body.append(_conventions_section(o, at, max_tokens, store))
+        body.append(_data_constrained_section(o, at, store, summary))
 
-    compute = compute_used(df_all)
+    compute = compute_used(analysis.df_all)
     report_json["compute"] = compute
     if compute["branches"]:
         summary.append(f"The study trained {compute['used_flops']:.3g} FLOPs ({compute['convention']} count): "
@@ -234,7 +425,54 @@ def write_report(
     (out / "fits.json").write_text(json.dumps(report_json, indent=2, allow_nan=False, default=_json_default))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
+    analysis.fits_json = json.loads(json.dumps(report_json, allow_nan=False, default=_json_default))
     return index
+
+
+def _recommendation_json(rec: dict) -> dict:
+    """What fits.json records of a recommendation (scaling/recommend.py): the same objects the CLI prints."""
+    law = rec["fit"]
+    shape = rec["shape"]
+    return {"law": getattr(getattr(law, "fit", law), "law", "chinchilla"), "n_points": getattr(law, "n_points", None),
+            "compute_convention": rec.get("compute_convention"), "param_count": rec.get("param_count"),
+            "allocation": rec["allocation"].to_dict(),
+            "shape": {"d_model": shape.d_model, "n_layers": shape.n_layers, "n_heads": shape.n_heads,
+                      "d_ff": shape.d_ff},
+            "params": float(rec["n"]), "tokens": float(rec["tokens"]), "band": [float(v) for v in rec["band"]],
+            "notes": list(rec.get("notes", [])), "at_bound": [b.to_dict() for b in at_bound(law)]}
+
+
+def _recommendation_section(name: str, rec: dict | None, why, at: float) -> str:
+    if rec is None:
+        return (f"<h3>Recommendation at {at:.3g} FLOPs</h3><div class='warn'>not made: "
+                f"{html.escape(str(why))}</div>")
+    a, law, shape = rec["allocation"], rec["fit"], rec["shape"]
+    m = marks(at_bound(law))
+    caveat = ""
+    exp = next((m[k] for k in ("alpha", "beta") if k in m and m[k].where == "estimate"), None)
+    if exp is not None:
+        caveat = f" <span class='bound'>not determined: {html.escape(short(exp, 'a'))}</span>"
+    rows = [("N_opt (parameters)", a.n_opt), ("D_opt (tokens)", a.d_opt)]
+    if a.epochs is not None:
+        rows.append((f"epochs over {_g(a.max_tokens)} unique tokens", a.epochs))
+    rows += [("tokens per parameter", a.tokens_per_param)] + ([("predicted loss", a.loss)] if a.loss else [])
+    h = [f"<h3>Recommendation at {at:.3g} FLOPs</h3>",
+         f"<p>From {html.escape(_law_words(law))} fitted to {getattr(law, 'n_points', '?')} points, "
+         f"{html.escape(_flops_words(rec))}; N counts {html.escape(str(rec.get('param_count')).replace('_', '-'))} "
+         f"parameters. These are the numbers <code>medscale optimal</code> and the demo print.{caveat}</p>",
+         "<table><tr><th>quantity</th><th>estimate [95% interval]</th></tr>"]
+    h += [f"<tr><td>{html.escape(k)}</td><td>{_est(v)}</td></tr>" for k, v in rows]
+    h.append("</table>")
+    lo, hi = rec["band"]
+    h.append(f"<p>Shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
+             f"({_g(rec['n'])} parameters), trained on {_g(rec['tokens'])} tokens (its own N at the budget); sizes "
+             f"within 1% of the best predicted loss: {_g(lo)} to {_g(hi)}.</p>")
+    h += [f"<p>{html.escape(n)}</p>" for n in list(a.notes) + list(rec.get("notes", []))]
+    items = _bound_items(_law_words(law), law)
+    if items or a.warnings:
+        h.append("<div class='warn'><ul>" + "".join(items)
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in a.warnings) + "</ul></div>")
+    return "\n".join(h)
 
 
 def compute_used(df: pd.DataFrame) -> dict:
@@ -300,29 +538,36 @@ def _extrapolation_section(results_json: dict) -> str:
             + "".join(rows) + "</table>")
 
 
-def _conventions_section(df: pd.DataFrame, at: float, max_tokens, n_boot: int, seed: int, store: dict) -> str:
-    """The Approach 3 recommendation under each parameter and compute convention, side by side."""
-    from .conventions import PARAMS_COLUMNS
-    from .summary import fit_table
-
-    if "flops_full" not in df.columns or not np.isfinite(df["flops_full"].astype(float)).all():
+def _conventions_section(o: ObjectiveFits, at: float, max_tokens, store: dict) -> str:
+    """The Approach 3 recommendation under each parameter and compute convention, side by side: one fit per
+    parameter convention (the Approach 3 fit above where its N is that convention's), two FLOP counts each."""
+    if not o.conventions:
         return ""
     rows, out = [], {}
-    for pc, col in PARAMS_COLUMNS.items():
-        if col not in df.columns:
+    for pc, fr in o.conventions.items():
+        if isinstance(fr, str):
+            rows.append(f"<tr><td>{pc}</td><td colspan='5'>{html.escape(fr)}</td></tr>")
             continue
+        col = PARAMS_COLUMNS[pc]
+        which = ("the Approach 3 fit above" if fr is o.results.get(3)
+                 else f"Approach 3 fitted to N = {col}")
         for cc in ("full", "6nd"):
-            try:
-                r = fit_table(df, params=col, tokens="tokens", loss="loss", approach=3, n_boot=n_boot, seed=seed,
-                              compute_convention=cc, budget=at, available_tokens=max_tokens)
-            except AnalysisError as e:
-                rows.append(f"<tr><td>{pc}</td><td>{cc}</td><td colspan='3'>{html.escape(str(e))}</td></tr>")
+            fpt = o.fpt_by_column.get(col) if cc == "full" else None
+            if cc == "full" and fpt is None:
                 continue
-            a = r.optimal
+            try:
+                a = compute_optimal(fr.fit, at, max_tokens=max_tokens, flops_per_token=fpt)
+            except AnalysisError as e:
+                rows.append(f"<tr><td>{pc}</td><td>{cc}</td><td colspan='4'>{html.escape(str(e))}</td></tr>")
+                continue
             out[f"{pc}/{cc}"] = {"N": a.n_opt.to_dict(), "D": a.d_opt.to_dict(),
-                                 "loss": None if a.loss is None else a.loss.to_dict()}
+                                 "loss": None if a.loss is None else a.loss.to_dict(),
+                                 "fit": "approach_3" if fr is o.results.get(3) else f"approach_3 on {col}",
+                                 "at_bound": [b.to_dict() for b in at_bound(fr)]}
+            flag = "".join(f" <span class='bound'>{html.escape(b.parameter)} {html.escape(b.label)}</span>"
+                           for b in at_bound(fr) if b.where == "estimate")
             rows.append(f"<tr><td>{pc.replace('_', '-')}</td><td>{cc}</td><td>{_est(a.n_opt)}</td>"
-                        f"<td>{_est(a.d_opt)}</td><td>{_est(a.loss)}</td></tr>")
+                        f"<td>{_est(a.d_opt)}</td><td>{_est(a.loss)}</td><td>{html.escape(which)}{flag}</td></tr>")
     if not rows:
         return ""
     store["conventions"] = out
@@ -331,51 +576,45 @@ def _conventions_section(df: pd.DataFrame, at: float, max_tokens, n_boot: int, s
             "full count (attention and head included). medscale recommends total parameters and the full count "
             "(docs/SCIENCE.md): at small sizes the head and attention are much of the compute, and 6N with "
             "non-embedding N misplaces the optimum.</p><table><tr><th>N counts</th><th>compute</th><th>N_opt</th>"
-            "<th>D_opt</th><th>predicted loss</th></tr>" + "".join(rows) + "</table>")
+            "<th>D_opt</th><th>predicted loss</th><th>fit</th></tr>" + "".join(rows) + "</table>")
 
 
-def _data_constrained_section(df: pd.DataFrame, at: float, max_tokens, n_boot: int, seed: int, store: dict,
-                              summary: list[str], name: str) -> str:
+def _data_constrained_section(o: ObjectiveFits, at: float, store: dict, summary: list[str]) -> str:
     """The data-constrained law when runs record their unique tokens and some repeat their data."""
-    from .data_constrained import DataConstrainedFit
-
-    if "unique_tokens" not in df.columns or not np.isfinite(df["unique_tokens"].astype(float)).all():
+    if o.dc_error is not None:
+        return f"<h3>Data-constrained law</h3><div class='warn'>not fitted: {html.escape(o.dc_error)}</div>"
+    if o.data_constrained is None:
         return ""
-    if not (df["tokens"] > df["unique_tokens"] * (1 + 1e-9)).any():
-        return ""
-    try:
-        fit = DataConstrainedFit(n_boot=n_boot, seed=seed).fit(
-            df.params, df.tokens, df.unique_tokens, df.loss,
-            budget=df["budget"].to_numpy() if "budget" in df else None,
-            seed_col=df["seed"].to_numpy() if "seed" in df else None,
-            lr=df["lr"].to_numpy(dtype=float) if "lr" in df else None)
-    except AnalysisError as e:
-        return f"<h3>Data-constrained law</h3><div class='warn'>not fitted: {html.escape(str(e))}</div>"
-    from .extrapolation import hold_out_largest
     from .summary import _plain_tree
 
-    U = float(max_tokens) if max_tokens else float(df["unique_tokens"].max())
-    al = fit.allocate(at, U)
-    free = compute_optimal(fit, at)
-    ex = hold_out_largest(fit.data_, lambda t: DataConstrainedFit(n_boot=0).fit(
-        t.params, t.tokens, t.unique_tokens, t.loss))
+    fr, name = o.data_constrained, o.name
+    fit, U, al, free, ex = fr.fit, o.dc_tokens, o.dc_alloc, o.dc_free, fr.hold_out
+    items = at_bound(fr)
+    m = marks(items)
+    warns = list(fit.warnings_) + al.warnings
     store["data_constrained"] = {**{k: e.to_dict() for k, e in fit.estimates_.items()},
-                                 "allocation": al.to_dict(), "extrapolation": _plain_tree(ex),
-                                 "warnings": list(fit.warnings_) + al.warnings}
+                                 "n_points": fr.n_points, "allocation": al.to_dict(), "unlimited": free.to_dict(),
+                                 "extrapolation": _plain_tree(ex), "warnings": warns,
+                                 "at_bound": [b.to_dict() for b in items]}
     r = fit.estimates_["R_star_D"]
+    rm = m.get("R_star_D")
     summary.append(
         f"{name}: repeated tokens lose value with R*_D = {_g(r.value)} epochs"
         + (f" (interval {_g(r.low)} to {_g(r.high)})" if np.isfinite(r.low) else "")
-        + f"; with {U:.3g} unique tokens at {at:.3g} FLOPs, train {_g(al.n_opt.value)} parameters for "
-        f"{al.epochs.value:.2g} epochs (unlimited data would suggest {_g(free.n_opt.value)}).")
+        + (f" ({rm.label}: {rm.meaning})" if rm is not None and rm.where == "estimate" else "")
+        + f"; with {U:.3g} unique tokens at {at:.3g} FLOPs ({_flops_words({'compute_convention': al.compute_convention})}), "
+        f"train {_g(al.n_opt.value)} parameters for {al.epochs.value:.2g} epochs (unlimited data would suggest "
+        f"{_g(free.n_opt.value)}).")
     h = ["<h3>Data-constrained law (Muennighoff et al. 2023)</h3>",
-         "<p>L = E + A/N^alpha + B/D'^beta with D' = U + U R*_D (1 - exp(-(D/U - 1)/R*_D)): a repeated token is "
-         "worth less than a fresh one.</p><table><tr><th>quantity</th><th>estimate [95% interval]</th></tr>"]
-    h += [f"<tr><td>{k}</td><td>{_est(fit.estimates_[k])}</td></tr>" for k in ("R_star_D", "E", "alpha", "beta")]
+         f"<p>L = E + A/N^alpha + B/D'^beta with D' = U + U R*_D (1 - exp(-(D/U - 1)/R*_D)): a repeated token is "
+         f"worth less than a fresh one. Fitted to {fr.n_points} points, every run of this objective (a "
+         "data-constrained arm included).</p><table><tr><th>quantity</th><th>estimate [95% interval]</th></tr>"]
+    h += [f"<tr><td>{k}</td><td>{_est(fit.estimates_[k], m.get(k), k)}</td></tr>"
+          for k in ("R_star_D", "R_star_N", "E", "alpha", "beta", "a", "b") if k in fit.estimates_]
     h.append("</table>")
-    h.append(f"<p>At {at:.3g} FLOPs with {U:.3g} unique tokens: N = {_est(al.n_opt)}, D = {_est(al.d_opt)}, "
-             f"epochs = {_est(al.epochs)}, predicted loss {_est(al.loss)}; with unlimited data N = "
-             f"{_est(free.n_opt)}.</p>")
+    h.append(f"<p>At {at:.3g} FLOPs ({html.escape(_flops_words({'compute_convention': al.compute_convention}))}) "
+             f"with {U:.3g} unique tokens: N = {_est(al.n_opt)}, D = {_est(al.d_opt)}, epochs = {_est(al.epochs)}, "
+             f"predicted loss {_est(al.loss)}; with unlimited data N = {_est(free.n_opt)}.</p>")
     h += [f"<p>{html.escape(n)}</p>" for n in al.notes]
     if ex:
         what = f"budget {_g(ex.get('budget'))}" if ex.get("budget") else f"N {_g(ex.get('params'))}"
@@ -384,9 +623,10 @@ def _data_constrained_section(df: pd.DataFrame, at: float, max_tokens, n_boot: i
                  f"(difference {ex['loss']['difference']:+.4f}; mean absolute {ex['loss']['mean_abs_difference']:.4f})."
                  + (f" N_opt predicted / observed: {_g(ex['n_opt']['ratio'])}." if ex.get("n_opt") else "")
                  + "</p>")
-    warns = list(fit.warnings_) + al.warnings
-    if warns:
-        h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
+    bound_items = _bound_items("data-constrained law", fr)
+    if warns or bound_items:
+        h.append("<div class='warn'><ul>" + "".join(bound_items)
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
     return "\n".join(h)
 
 
@@ -396,21 +636,31 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def _section(name, df, fits, skipped, allocs, at, figs, out) -> str:
+def _section(o: ObjectiveFits, at, figs, out, recommendation: str) -> str:
+    name, df, fits, skipped, allocs = o.name, o.df, o.fits, o.skipped, o.allocs
     h = [f"<h2>{html.escape(name)} <small>({len(df)} runs)</small></h2>"]
     if fits:
         keys = sorted(fits)
         names = []
         for k in keys:
             names += [n for n in fits[k].estimates_ if n not in names]
+        flags = {k: marks(at_bound(fits[k])) for k in keys}
         h.append("<h3>Fits (95% bootstrap intervals)</h3><table><tr><th>quantity</th>"
                  + "".join(f"<th>{plots.NAMES[k]}</th>" for k in keys) + "</tr>")
         for n in names:
             h.append(f"<tr><td>{html.escape(n)}</td>"
-                     + "".join(f"<td>{_est(fits[k].estimates_.get(n))}</td>" for k in keys) + "</tr>")
+                     + "".join(f"<td>{_est(fits[k].estimates_.get(n), flags[k].get(n), n)}</td>" for k in keys)
+                     + "</tr>")
         h.append("<tr><td>points used</td>" + "".join(f"<td>{fits[k].n_points_}</td>" for k in keys) + "</tr></table>")
-        h.append(f"<h3>Compute-optimal allocation at {at:.3g} FLOPs</h3><table><tr><th>approach</th><th>N_opt</th>"
-                 "<th>D_opt (tokens)</th><th>tokens per parameter</th><th>predicted loss</th></tr>")
+        items = [li for k in keys for li in _bound_items(plots.NAMES[k], fits[k])]
+        if items:
+            h.append("<h3>Parameters at a bound</h3><p>The optimiser stopped at the edge of the range it was given: "
+                     "these values are limits, not measurements.</p><div class='warn'><ul>" + "".join(items)
+                     + "</ul></div>")
+        h.append(recommendation)
+        h.append(f"<h3>Compute-optimal allocation at {at:.3g} FLOPs by each approach (C = 6ND)</h3><table><tr>"
+                 "<th>approach</th><th>N_opt</th><th>D_opt (tokens)</th><th>tokens per parameter</th>"
+                 "<th>predicted loss</th></tr>")
         for k in keys:
             al = allocs[k]
             h.append(f"<tr><td>{plots.NAMES[k]}</td><td>{_est(al.n_opt)}</td><td>{_est(al.d_opt)}</td>"
@@ -418,6 +668,8 @@ def _section(name, df, fits, skipped, allocs, at, figs, out) -> str:
         h.append("</table>")
         notes = sorted({n for k in keys for n in allocs[k].notes})
         h += [f"<p>{html.escape(n)}</p>" for n in notes]
+    else:
+        h.append(recommendation)
     warns = [(plots.NAMES[k], w) for k in sorted(fits) for w in fits[k].warnings_]
     warns += [(plots.NAMES[k], f"not fitted: {why}") for k, why in sorted(skipped.items())]
     if warns:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import Estimate
+from .bounds import at_bound
 from .data_constrained import DataConstrainedFit
 from .envelope import EnvelopeFit
 from .extrapolation import hold_out_largest, isoflop_hold_out
@@ -47,6 +48,8 @@ class FitResult:
     def to_dict(self) -> dict:
         out: dict = {"approach": self.approach, "n_points": self.n_points}
         out.update({k: v.to_dict() for k, v in self.estimates.items()})
+        # parameters whose estimate (or interval) sits at the optimiser's bound, with what that means
+        out["at_bound"] = [b.to_dict() for b in at_bound(self.fit)]
         out["interval_level"] = getattr(self.fit, "level", None)
         out["n_boot"] = getattr(self.fit, "n_boot", None)
         out["columns"] = dict(self.columns)

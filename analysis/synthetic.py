@@ -181,6 +181,8 @@ def downstream_table(
 
 # Muennighoff et al. (2023) found R*_D ~ 15: repeated tokens keep most of their value for a few epochs only.
 DATA_LAW = {**LAW, "R_star_D": 15.0}
+# With the parameter-excess term: R*_D and R*_N near Muennighoff et al.'s 15.4 and 5.3.
+DATA_LAW_FULL = {**DATA_LAW, "R_star_N": 5.0}
 
 
 def data_constrained_loss(N, D, U, law: dict = DATA_LAW) -> np.ndarray:

@@ -33,8 +33,24 @@ from medscale.scaling.pipeline import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="medscale: scaling-law studies for medical event foundation models.")
-console = Console(stderr=True)
-out = Console()
+
+
+class _Console(Console):
+    """A rich console that never breaks a line of text written to a file or a pipe: rich wraps at 80 columns
+    when the output is not a terminal, which split a value from its label and warnings mid-sentence. A
+    terminal still wraps long lines as usual; anything else gets each line whole."""
+
+    @property
+    def soft_wrap(self) -> bool:  # read by Console.print when no soft_wrap= is given
+        return self._soft_wrap_default or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap_default = bool(value)
+
+
+console = _Console(stderr=True)
+out = _Console()
 
 
 RESUME_HINT = "rerun the same command to resume (finished runs and checkpoints are kept; partial output is redone)"
@@ -121,11 +137,34 @@ def _print_wide(renderable) -> None:
         out.width = narrow
 
 
+class _NoProgress:
+    """The calls of rich's Progress, drawing nothing: a bar written to a file or a pipe is a frozen snapshot
+    (often part-filled) in a log, so none is drawn there."""
+
+    def add_task(self, description: str, total=None, **fields) -> int:
+        return 0
+
+    def update(self, task, **fields) -> None:
+        pass
+
+
+@contextlib.contextmanager
 def _progress_bar(description: str):
+    """Progress bars on a terminal (stderr) that end full when the work ends without an error; nothing when
+    stderr is not a terminal."""
+    if not console.is_terminal:
+        yield _NoProgress()
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
+        yield progress
+        for task in progress.tasks:  # finished: a stage whose last callback came before its last unit ends full
+            if task.total is not None and task.completed < task.total:
+                progress.update(task.id, completed=task.total)
+            elif task.total is None and task.completed:
+                progress.update(task.id, total=task.completed)
 
 
 class RichReporter(Reporter):
@@ -148,18 +187,20 @@ class RichReporter(Reporter):
 
     @contextlib.contextmanager
     def sweep(self, name: str):
+        if not console.is_terminal:  # logs: one whole line per change, no live display
+            last: list[tuple] = [()]
+
+            def log(p):
+                if (p.done, p.running, p.failed, p.diverged) != last[0]:
+                    last[0] = (p.done, p.running, p.failed, p.diverged)
+                    console.print(f"sweep {name}: {p.line()}", highlight=False, soft_wrap=True, markup=False)
+
+            yield log
+            return
         from rich.live import Live
 
-        last: list[tuple] = [()]
         with Live(console=console, refresh_per_second=2, transient=False) as live:
-            def show(p):
-                if console.is_terminal:
-                    live.update(f"[bold]sweep {name}[/]: {p.line()}")
-                elif (p.done, p.running, p.failed, p.diverged) != last[0]:  # logs: one line per change
-                    last[0] = (p.done, p.running, p.failed, p.diverged)
-                    console.print(f"sweep {name}: {p.line()}", highlight=False, soft_wrap=True)
-
-            yield show
+            yield lambda p: live.update(f"[bold]sweep {name}[/]: {escape(p.line())}")
 
 
 @app.command()
@@ -348,13 +389,35 @@ def fit(
     if as_json:
         print(result.to_json())
         return
-    payload = json.loads(result.to_json())
-    out.print(f"Approach {approach} fit of {table} ({payload.get('n_points')} points)")
-    for key in ("E", "A", "B", "alpha", "beta", "R_star_D", "a", "b", "G"):
+    _print_lines(fit_lines(result, f"Approach {approach} fit of {table}"))
+
+
+PARAMETER_KEYS = ("E", "A", "B", "alpha", "beta", "R_star_D", "R_star_N", "a", "b", "G")
+
+
+def _bound_note(mark, key: str) -> str:
+    """What goes beside a value whose parameter sits at its optimisation bound (analysis/bounds.py): the bound,
+    and for the parameter itself what that means."""
+    from medscale.analysis.bounds import short
+
+    if mark is None:
+        return ""
+    return f"   <- {short(mark, key)}" + (f": {mark.meaning}" if mark.parameter == key else "")
+
+
+def fit_lines(result, heading: str) -> list[str]:
+    """`medscale fit`'s text: every number from the same dict `--json` prints (FitResult.to_dict), each
+    parameter at a bound named beside its value with what that means. Warnings start with '  warning: '."""
+    from medscale.analysis.bounds import at_bound, marks
+
+    payload = result.to_dict()
+    flags = marks(at_bound(result.fit))
+    lines = [f"{heading} ({payload.get('n_points')} points)"]
+    for key in PARAMETER_KEYS:
         if isinstance(payload.get(key), dict):
             v = payload[key]
             lo, hi = v.get("interval") or (None, None)
-            out.print(f"  {key:>8} = {_num(v.get('value'))}   [{_num(lo)}, {_num(hi)}]")
+            lines.append(f"  {key:>8} = {_num(v.get('value'))}   [{_num(lo)}, {_num(hi)}]{_bound_note(flags.get(key), key)}")
     ex = payload.get("extrapolation")
     if ex:
         what = f"budget {ex['budget']:.3g}" if ex.get("budget") else f"N {ex['params']:.3g}"
@@ -363,17 +426,27 @@ def fit(
             parts.append(f"N_opt predicted/observed = {ex['n_opt']['ratio']:.3g}")
         if ex.get("loss"):
             parts.append(f"loss predicted - observed = {ex['loss']['difference']:+.4g}")
-        out.print(f"  extrapolation (fit without the largest {what}): " + ", ".join(parts))
+        lines.append(f"  extrapolation (fit without the largest {what}): " + ", ".join(parts))
     opt = payload.get("optimal")
     if opt:
         for key in ("N", "D", "epochs"):
             if opt.get(key):
                 lo, hi = opt[key]["interval"]
-                out.print(f"  optimal {key:>6} = {opt[key]['value']:.4g}   [{_num(lo)}, {_num(hi)}]")
+                lines.append(f"  optimal {key:>6} = {_num(opt[key]['value'])}   [{_num(lo)}, {_num(hi)}]")
     for note in payload.get("notes", []) + (opt or {}).get("notes", []):
-        out.print(f"  note: {note}")
+        lines.append(f"  note: {note}")
     for warning in payload.get("warnings", []):
-        out.print(f"  [yellow]warning:[/] {escape(warning)}")
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Each line whole (a pipe gets no wrapping: see _Console); a '  warning: ' line in yellow on a terminal."""
+    for line in lines:
+        if line.startswith("  warning: "):
+            out.print(f"  [yellow]warning:[/] {escape(line[len('  warning: '):])}", highlight=False)
+        else:
+            out.print(line, markup=False, highlight=False)
 
 
 def _num(value) -> str:
@@ -418,8 +491,8 @@ def analyze(
     """Fit a sweep's results, plot them and write an HTML report."""
     from medscale.scaling.pipeline import analyze_store
 
-    index = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot)
-    out.print(f"report: {index}")
+    analyzed = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot)
+    out.print(f"report: {analyzed.report}", markup=False, highlight=False)
 
 
 @app.command()
@@ -449,8 +522,7 @@ def optimal(
     print_recommendation(rec, compute)
     from medscale.scaling.downstream.forecast import forecast_lines
 
-    for line in forecast_lines(runs_dir, rec, objective, n_boot):
-        out.print(line)
+    _print_lines(forecast_lines(runs_dir, rec, objective, n_boot))
     if spec_out:
         sweep = str(results.loc[results["objective"] == objective, "sweep"].mode().iloc[0]) if len(results) else None
         source = sweeps.get(sweep) or (next(iter(sweeps.values())) if sweeps else None)
@@ -461,27 +533,50 @@ def optimal(
 
 
 def print_recommendation(rec: dict, compute: float) -> None:
+    _print_lines(recommendation_lines(rec, compute))
+
+
+def _law_words(law) -> str:
+    fit = getattr(law, "fit", law)
+    if getattr(fit, "law", None) == "data_constrained":
+        return "the data-constrained law L(N, D, U)"
+    return "Approach 3, L(N, D) = E + A/N^alpha + B/D^beta"
+
+
+def recommendation_lines(rec: dict, compute: float) -> list[str]:
+    """The recommendation as printed by `medscale optimal` and the demo: the allocation and shape of
+    scaling/recommend.py, and each parameter of its law that sits at a bound, with what that means."""
+    from medscale.analysis.bounds import at_bound
+
     a = rec["allocation"]
     shape = rec["shape"]
-    fmt = lambda e: f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"  # noqa: E731
-    out.print(f"compute-optimal at C = {compute:.3g} FLOPs ({rec.get('compute_convention', '6nd')} count; "
-              "95% bootstrap intervals):")
-    out.print(f"  N_opt = {fmt(a.n_opt)} params ({rec['param_count'].replace('_', '-')} count)")
-    out.print(f"  D_opt = {fmt(a.d_opt)} tokens")
+    fmt = lambda e: f"{e.value:.3g} [{_num3(e.low)}, {_num3(e.high)}]"  # noqa: E731
+    law = rec["fit"]
+    lines = [f"compute-optimal at C = {compute:.3g} FLOPs ({rec.get('compute_convention', '6nd')} count; "
+             f"95% bootstrap intervals), from {_law_words(law)} fitted to {getattr(law, 'n_points', '?')} points:",
+             f"  N_opt = {fmt(a.n_opt)} params ({rec['param_count'].replace('_', '-')} count)",
+             f"  D_opt = {fmt(a.d_opt)} tokens"]
     if a.epochs is not None:
-        out.print(f"  epochs = {fmt(a.epochs)} over {a.max_tokens:.3g} unique tokens")
-    out.print(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
+        lines.append(f"  epochs = {fmt(a.epochs)} over {a.max_tokens:.3g} unique tokens")
+    lines.append(f"  tokens per parameter = {fmt(a.tokens_per_param)}")
     if a.loss is not None:
-        out.print(f"  predicted loss = {fmt(a.loss)}")
-    out.print(f"  shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
-              f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params); "
-              f"trained on {rec['tokens']:.4g} tokens (its own N at the budget)")
+        lines.append(f"  predicted loss = {fmt(a.loss)}")
+    lines.append(f"  shape: d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, d_ff {shape.d_ff} "
+                 f"({rec['params'].non_embedding:,} non-embedding, {rec['params'].total:,} total params); "
+                 f"trained on {rec['tokens']:.4g} tokens (its own N at the budget)")
     lo, hi = rec["band"]
-    out.print(f"  sizes within 1% of the best predicted loss: {lo:.3g} to {hi:.3g} params")
+    lines.append(f"  sizes within 1% of the best predicted loss: {lo:.3g} to {hi:.3g} params")
+    for b in at_bound(law):
+        lines.append(f"  at a bound: {b.parameter} = {b.value:.3g} {b.label}: {b.meaning}")
     for note in list(a.notes) + list(rec.get("notes", [])):
-        out.print(f"  note: {note}")
+        lines.append(f"  note: {note}")
     for warning in a.warnings:
-        out.print(f"  [yellow]warning:[/] {escape(warning)}")
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
+def _num3(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3g}"
 
 
 @app.command()
@@ -497,27 +592,47 @@ def demo(
     from medscale.scaling.demo import run_demo
 
     result = run_demo(out_dir, size=size, address=address, budget=budget, n_boot=n_boot, reporter=RichReporter(),
-                      say=lambda msg: console.print(f"[bold cyan]{msg}[/]", highlight=False))
-    fit_json = json.loads(result.recommendation["fit"].to_json())
-    out.print("decoder L(N, D) = E + A/N^alpha + B/D^beta: " + ", ".join(
-        f"{k} = {fit_json[k]['value']:.3g} [{fit_json[k]['interval'][0]:.3g}, {fit_json[k]['interval'][1]:.3g}]"
-        for k in ("E", "alpha", "beta", "a", "b")))
-    print_recommendation(result.recommendation, result.budget)
-    for line in demo_summary(json.loads((result.report.parent / "fits.json").read_text())):
-        out.print(line)
-    out.print(f"report: {result.report}")
-    out.print(f"demo finished in {result.minutes:.1f} min")
+                      say=lambda msg: console.print(f"[bold cyan]{escape(msg)}[/]", highlight=False))
+    _print_lines(demo_lines(result))
+
+
+def law_line(name: str, law) -> list[str]:
+    """One line of a fitted law's parameters (value [interval]) from the fit object itself, as fits.json records
+    it; a parameter at a bound is marked (recommendation_lines says what each such bound means)."""
+    from medscale.analysis.bounds import at_bound, marks, short
+
+    est = law.estimates
+    flags = marks(at_bound(law))
+    keys = [k for k in ("E", "alpha", "beta", "R_star_D", "R_star_N", "a", "b") if k in est]
+    parts = [f"{k} = {est[k].value:.3g} [{_num3(est[k].low)}, {_num3(est[k].high)}]"
+             + (f" ({short(flags[k], k)})" if k in flags else "") for k in keys]
+    return [f"{name}, {_law_words(law)} ({getattr(law, 'n_points', '?')} points): " + ", ".join(parts)]
+
+
+def demo_lines(result) -> list[str]:
+    """What the demo prints at the end, every number from the objects the report was written from."""
+    lines = law_line("decoder", result.recommendation["fit"])
+    lines += recommendation_lines(result.recommendation, result.budget)
+    lines += demo_summary(result.fits or {})
+    lines += [f"report: {result.report}", f"demo finished in {result.minutes:.1f} min"]
+    return lines
 
 
 def demo_summary(fits: dict) -> list[str]:
-    """From the report's fits.json: each objective's Approach 3 allocation exponent, and the compute used."""
+    """From the report's fits (the dict written to fits.json, passed in memory): each objective's Approach 3
+    allocation exponent, and the compute used."""
     lines = []
     for name, objective in fits.get("objectives", {}).items():
-        a = (objective.get("fits", {}).get("approach_3") or {}).get("a")
+        a3 = objective.get("fits", {}).get("approach_3") or {}
+        a = a3.get("a")
         if a and a.get("value") is not None:
             lo, hi = a["interval"]
             band = f" [{lo:.3g}, {hi:.3g}] (95%, width {hi - lo:.2f})" if lo is not None and hi is not None else ""
-            lines.append(f"{name}: Approach 3 N_opt ~ C^a, a = {a['value']:.3g}{band}; {objective['n_runs']} runs")
+            bounds = [b for b in a3.get("at_bound", []) if b.get("where") == "estimate"]
+            exp = next((b for b in bounds if b["parameter"] in ("alpha", "beta")), None)
+            caveat = f" (not determined: {exp['parameter']} {exp['label']})" if exp else ""
+            lines.append(f"{name}: Approach 3 N_opt ~ C^a, a = {a['value']:.3g}{band}{caveat}; {objective['n_runs']} runs")
+            lines += [f"  {name} Approach 3: {b['parameter']} {b['label']}: {b['meaning']}" for b in bounds]
         else:
             why = (objective.get("not_fitted") or {}).get("approach_3", "not fitted")
             lines.append(f"{name}: Approach 3 not fitted: {why}")

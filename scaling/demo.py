@@ -91,17 +91,16 @@ class DemoResult:
     recommendation: dict[str, Any]
     minutes: float
     data_constrained: dict[str, Any] | None = None  # the recommendation with the cohort's unique tokens
+    fits: dict[str, Any] | None = None  # what the report's fits.json holds (the same dict, not read back)
+    analysis: Any = None  # analysis.report.Analysis: the fits everything above was made from
 
 
 def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = None, budget: float | None = None,
              n_boot: int = 200, reporter: Reporter | None = None,
              say: Callable[[str], None] | None = None) -> DemoResult:
     """The whole demo study; rerun after an interruption to resume it."""
-    from medscale.analysis.report import write_report
     from medscale.scaling.dataset import prepare_dataset
-    from medscale.scaling.pipeline import default_budget, expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.recommend import recommend
-    from medscale.scaling.results import load_results
+    from medscale.scaling.pipeline import analyze_store, expand_over, launch_sweep, load_spec_and_data
     from medscale.scaling.scheduler import _init_ray
     from medscale.scaling.spec import expand, load_spec
 
@@ -147,35 +146,39 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
             ray.shutdown()
 
     clock.start("fits and report")
-    results, curves = load_results(out_dir)
-    at = budget or default_budget(results)
-    index = write_report(out_dir / "report", results=results, curves=curves, downstream=downstream, budget=at,
-                         n_boot=n_boot, title=f"medscale demo ({size})")
-    rec = recommend(results, at, objective="decoder", n_boot=n_boot)
-    constrained = _data_constrained_effect(results, at, n_boot, say or reporter.say) if arm_name else None
+    # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
+    # prints are all made from those fits
+    analyzed = analyze_store(out_dir, report_dir=out_dir / "report", budget=budget, n_boot=n_boot,
+                             title=f"medscale demo ({size})", downstream=downstream)
+    rec = analyzed.recommendation("decoder")
+    constrained = _data_constrained_effect(analyzed, out_dir, say or reporter.say) if arm_name else None
     clock.finish("fits and report")
-    return DemoResult(index, at, rec, (time.time() - t0) / 60, constrained)
+    return DemoResult(analyzed.report, analyzed.budget, rec, (time.time() - t0) / 60, constrained,
+                      fits=analyzed.fits, analysis=analyzed.analysis)
 
 
-def _data_constrained_effect(results, at: float, n_boot: int, say: Callable[[str], None]) -> dict[str, Any] | None:
-    """The recommendation when the cohort's unique tokens are all there is, against unlimited data."""
-    from medscale.analysis.errors import AnalysisError
+def _data_constrained_effect(analyzed, out_dir: Path, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The recommendation when the cohort's unique tokens are all there is, against unlimited data: the
+    report's data-constrained law and allocations (the same objects), not a refit."""
+    from medscale.analysis.bounds import at_bound, marks
     from medscale.scaling.recommend import recommend
+    from medscale.scaling.results import load_results
 
-    done = results[(results["status"] == "done") & (results["objective"] == "decoder")]
-    if "unique_tokens" not in done or done["unique_tokens"].isna().any():
+    fits = analyzed.analysis.objectives.get("decoder")
+    if fits is None or fits.data_constrained is None:
+        if fits is not None and fits.dc_error:
+            say(f"data-constrained law not fitted: {fits.dc_error}")
         return None
-    cohort = float(done["unique_tokens"].max())  # the whole train split: what this hospital has
-    try:
-        rec = recommend(results, at, objective="decoder", max_tokens=cohort, n_boot=n_boot)
-    except AnalysisError as err:
-        say(f"data-constrained law not fitted: {err}")
-        return None
-    a, r = rec["allocation"], rec["fit"].estimates["R_star_D"]
-    say(f"data-constrained: R*_D = {r.value:.3g} [{r.low:.3g}, {r.high:.3g}] epochs; with the cohort's {cohort:.3g} "
-        f"unique tokens at {at:.3g} FLOPs: N = {a.n_opt.value:.3g} for {a.epochs.value:.3g} epochs "
-        f"(unlimited data: N = {float(rec['fit'].fit.n_opt(at)):.3g})")
-    return rec
+    cohort = fits.dc_tokens  # the whole train split: what this hospital has
+    a, free, r = fits.dc_alloc, fits.dc_free, fits.data_constrained.estimates["R_star_D"]
+    mark = marks(at_bound(fits.data_constrained)).get("R_star_D")
+    flag = f" ({mark.label}: {mark.meaning})" if mark is not None else ""
+    say(f"data-constrained: R*_D = {r.value:.3g} [{r.low:.3g}, {r.high:.3g}] epochs{flag}; with the cohort's {cohort:.3g} "
+        f"unique tokens at {analyzed.budget:.3g} FLOPs: N = {a.n_opt.value:.3g} for {a.epochs.value:.3g} epochs "
+        f"(unlimited data: N = {free.n_opt.value:.3g}; {a.compute_convention} FLOP count)")
+    results, _ = load_results(out_dir)
+    return recommend(results, analyzed.budget, objective="decoder", max_tokens=cohort, law=fits.data_constrained,
+                     flops_per_token=fits.fpt)
 
 
 def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):

@@ -341,21 +341,63 @@ def run_downstream(store_root: Path | str, downstream_spec, runs: list[str] | No
     return table
 
 
+@dataclass
+class StoreAnalysis:
+    """What `analyze_store` made: the report, and the objects it was written from, for printing the same
+    numbers elsewhere (each law is fitted once; nothing is read back from fits.json)."""
+    report: Path  # index.html
+    budget: float
+    analysis: object  # analysis.report.Analysis: every objective's fits
+    recommendations: dict  # objective -> scaling.recommend.recommend(...) from the analysis's law, or why none
+    fits: dict  # what fits.json holds
+
+    def recommendation(self, objective: str = "decoder") -> dict:
+        """The objective's recommendation, or the AnalysisError saying why there is none."""
+        from medscale.analysis.errors import AnalysisError
+
+        rec = self.recommendations.get(objective)
+        if isinstance(rec, dict):
+            return rec
+        raise AnalysisError(f"no recommendation for the {objective} runs: {rec or 'no such runs'}")
+
+
 def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None, budget: float | None = None,
-                  max_tokens: float | None = None, n_boot: int = 200, title: str | None = None) -> Path:
-    """Fit a store's results (and downstream table, if any) and write the HTML report; returns its index."""
-    from medscale.analysis.report import write_report
+                  max_tokens: float | None = None, n_boot: int = 200, title: str | None = None,
+                  downstream=None, seed: int = 0) -> StoreAnalysis:
+    """Fit a store's results once (every law, per objective), recommend a compute-optimal run per objective
+    from those same fits, and write the HTML report and fits.json from them. `downstream`: the report's
+    downstream data (default: the store's downstream table, if any)."""
+    import yaml
+
+    from medscale.analysis.errors import AnalysisError
+    from medscale.analysis.report import analyze_results, write_report
+    from medscale.models.config import ShapeError
     from medscale.scaling.downstream.evaluate import downstream_data, read_downstream
+    from medscale.scaling.recommend import recommend
     from medscale.scaling.results import load_results
 
     runs_dir = Path(runs_dir)
     results, curves = load_results(runs_dir)
-    table = read_downstream(runs_dir)
-    downstream = downstream_data(runs_dir, table) if len(table) else None
+    if downstream is None:
+        table = read_downstream(runs_dir)
+        downstream = downstream_data(runs_dir, table) if len(table) else None
     at = budget or default_budget(results)
+    analysis = analyze_results(results, curves, budget=at, max_tokens=max_tokens, n_boot=n_boot, seed=seed)
+    sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
+    recs: dict = {}
+    for name, fits in analysis.objectives.items():
+        if fits.law is None or "objective" not in results.columns:
+            recs[name] = (fits.skipped.get(3) or fits.dc_error or "no parametric law was fitted")
+            continue
+        try:
+            recs[name] = recommend(results, at, objective=name, max_tokens=max_tokens, n_boot=n_boot, seed=seed,
+                                   sweeps=sweeps, law=fits.law, flops_per_token=fits.fpt)
+        except (AnalysisError, ShapeError) as err:
+            recs[name] = str(err)
     kwargs = {"title": title} if title else {}
-    return write_report(Path(report_dir) if report_dir else runs_dir / "report", results=results, curves=curves,
-                        downstream=downstream, budget=at, max_tokens=max_tokens, n_boot=n_boot, **kwargs)
+    index = write_report(Path(report_dir) if report_dir else runs_dir / "report", downstream=downstream,
+                         analysis=analysis, recommendations=recs, **kwargs)
+    return StoreAnalysis(report=index, budget=at, analysis=analysis, recommendations=recs, fits=analysis.fits_json)
 
 
 def default_budget(results: pd.DataFrame) -> float:

@@ -36,29 +36,36 @@ def _fpt(done: pd.DataFrame, params_col: str, convention: str):
 
 def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decoder", max_tokens: float | None = None,
               n_boot: int = 1000, seed: int = 0, compute_convention: str = "full",
-              sweeps: dict[str, dict] | None = None) -> dict:
-    """Fit the objective's finished runs (the data-constrained law when they record unique tokens, else
-    Approach 3) and allocate `compute` FLOPs, with `max_tokens` unique tokens available when given.
+              sweeps: dict[str, dict] | None = None, law=None, flops_per_token=None) -> dict:
+    """Fit the objective's finished runs (the data-constrained law when they record unique tokens and some
+    repeat them, else Approach 3 on the runs with all the data) and allocate `compute` FLOPs, with
+    `max_tokens` unique tokens available when given.
 
     `compute_convention` 'full' spends the budget on the full FLOP count the runs recorded; '6nd' on 6ND.
     `sweeps` (sweep name -> the spec as a dict) supplies the learning-rate rule of the runs.
+    `law` (a summary.FitResult already fitted to these runs, e.g. report.ObjectiveFits.law) and
+    `flops_per_token` (the full FLOPs per token of N that analysis used) are reused instead of fitting again,
+    so the recommendation is the same number as the report's.
     """
     from medscale.analysis import compute_optimal, fit_table
     from medscale.analysis.data_constrained import loss_of
     from medscale.analysis.errors import AnalysisError
+    from medscale.analysis.report import repeats_data
 
     done = results[(results["status"] == "done") & (results["objective"] == objective)].copy()
     if done.empty:
         raise AnalysisError(f"no finished {objective} runs to fit; run a sweep first")
     convention = str(done["param_count"].mode().iloc[0]) if "param_count" in done and done["param_count"].notna().any() \
         else "non_embedding"
-    has_u = "unique_tokens" in done and done["unique_tokens"].notna().all()
+    has_u = repeats_data(done)  # the same rule as the report's (analysis/report.py)
     if not has_u and "train_fraction" in done:  # runs on part of the data repeat it: only L(N, D, U) fits them
         done = done[done["train_fraction"].fillna(1.0) >= 1.0]
-    fit = fit_table(done, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed,
-                    budget_col="budget" if done["budget"].notna().any() else None,
-                    unique_tokens="unique_tokens" if has_u else None)
-    fpt = _fpt(done, "params", compute_convention)
+    fit = law if law is not None else fit_table(
+        done, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed,
+        budget_col="budget" if done["budget"].notna().any() else None,
+        unique_tokens="unique_tokens" if has_u else None)
+    fpt = flops_per_token if flops_per_token is not None and compute_convention == "full" else \
+        _fpt(done, "params", compute_convention)
     full = compute_convention == "full" and "flops_full" in done
     allocation = compute_optimal(fit.fit, compute, max_tokens=max_tokens, flops_per_token=fpt if full else None)
     notes: list[str] = []

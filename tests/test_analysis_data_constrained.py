@@ -205,3 +205,65 @@ def test_overfitting_runs_are_flagged():
     both = pd.concat([df, ladder], ignore_index=True)
     fit = DataConstrainedFit(n_boot=0).fit(both.params, both.tokens, both.unique_tokens, both.loss)
     assert any("overfitting" in w and "50 epochs" in w for w in fit.warnings_)
+
+
+@pytest.fixture(scope="module")
+def full_law():
+    df = synthetic.data_constrained_table(noise=0.01, seed=3, law=synthetic.DATA_LAW_FULL)
+    return df, DataConstrainedFit(n_boot=30, seed=0).fit(df.params, df.tokens, df.unique_tokens, df.loss)
+
+
+def test_objective_gradient_with_the_parameter_excess_term_is_exact():
+    from scipy.optimize import approx_fprime
+
+    from medscale.analysis.data_constrained import _Data, _objective
+
+    df = synthetic.data_constrained_table(noise=0.01, seed=5, law=synthetic.DATA_LAW_FULL)
+    data = _Data.of(*(df[c].to_numpy(float) for c in ("params", "tokens", "unique_tokens", "loss")))
+    law = synthetic.DATA_LAW_FULL
+    theta = data.centre([np.log(law["A"]), np.log(law["B"]), law["alpha"] * 1.05, law["beta"] * 0.95,
+                         np.log(law["E"]), np.log(12.0), np.log(3.0)])
+    free = np.ones(7, dtype=bool)
+    w = np.ones(len(df))
+    f, g = _objective(theta, data, w, 0.5, free)
+    num = approx_fprime(theta, lambda t: _objective(t, data, w, 0.5, free)[0], 1e-7)
+    np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-6)
+    assert abs(g[6]) > 1e-3  # the R*_N term is active on these runs
+
+
+def test_r_star_n_is_recovered_and_scarce_data_advises_a_smaller_model(full_law):
+    df, fit = full_law
+    assert fit.excess_runs_ > 0
+    r = fit.estimates_["R_star_N"]
+    assert r.low <= synthetic.DATA_LAW_FULL["R_star_N"] <= r.high and r.value == pytest.approx(5.0, rel=0.5)
+    U = U_CAP / 30  # very scarce data
+    al = compute_optimal(fit, C_TARGET, max_tokens=U)
+    unconstrained = float(fit.allocation_.n_opt(C_TARGET))
+    assert al.n_opt.value < unconstrained
+    truth = true_allocation(C_TARGET, U, synthetic.DATA_LAW_FULL)
+    assert al.n_opt.value == pytest.approx(truth, rel=0.25)
+    # Without the parameter-excess term the law sees no cost in a model too big for its data and advises a
+    # larger one than the truth.
+    plain = DataConstrainedFit(n_boot=0, excess_params=False).fit(df.params, df.tokens, df.unique_tokens, df.loss)
+    assert "R_star_N" not in plain.params_
+    assert compute_optimal(plain, C_TARGET, max_tokens=U).n_opt.value > 1.3 * truth
+
+
+def test_two_stage_fit_with_a_given_or_fitted_base_law():
+    df = synthetic.data_constrained_table(noise=0.0, law=synthetic.DATA_LAW_FULL)
+    cols = [df[c] for c in ("params", "tokens", "unique_tokens", "loss")]
+    base = {k: synthetic.DATA_LAW[k] for k in ("E", "A", "B", "alpha", "beta")}
+    given = DataConstrainedFit(n_boot=0, two_stage=True, base=base).fit(*cols)
+    assert given.params_["alpha"] == base["alpha"] and given.params_["E"] == pytest.approx(base["E"])
+    assert given.params_["R_star_D"] == pytest.approx(15.0, rel=1e-3)
+    assert given.params_["R_star_N"] == pytest.approx(5.0, rel=1e-3)
+    fitted = DataConstrainedFit(n_boot=5, two_stage=True).fit(*cols)
+    assert fitted.params_["alpha"] == pytest.approx(base["alpha"], rel=0.02)
+    assert fitted.params_["R_star_N"] == pytest.approx(5.0, rel=0.05)
+    assert fitted.boot_thetas_.shape == (5, 7)
+    with pytest.raises(AnalysisError, match="missing"):
+        DataConstrainedFit(n_boot=0, two_stage=True, base={"E": 1.0}).fit(*cols)
+    one_epoch = df[df.epochs > 1]
+    with pytest.raises(AnalysisError, match="one epoch or less"):
+        DataConstrainedFit(n_boot=0, two_stage=True).fit(*(one_epoch[c] for c in ("params", "tokens",
+                                                                                   "unique_tokens", "loss")))
