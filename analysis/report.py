@@ -317,6 +317,11 @@ def _summary(o: ObjectiveFits, budget: float, rec: dict | None = None) -> list[s
             + ("consistent with the above within the intervals." if overlap else
                "not consistent with the above; trust the approach whose warnings are fewer, or add runs.")
         )
+    if 2 in fits and getattr(fits[2], "profile", None) == "curve" and "a" in fits[2].parabola_estimates_:
+        c, q = fits[2].estimates_["a"], fits[2].parabola_estimates_["a"]
+        lines.append(f"Approach 2 locates each budget's minimum on the exact IsoFLOP curve (a = {c.value:.3f} "
+                     f"[{c.low:.3f}, {c.high:.3f}]); the plain parabola over all sizes, biased where the loss rises "
+                     f"more steeply on one side, gives a = {q.value:.3f} [{q.low:.3f}, {q.high:.3f}].")
     return lines
 
 

@@ -55,6 +55,9 @@ class FitResult:
         out["columns"] = dict(self.columns)
         if self.approach == 2:
             out["minima"] = _records(self.fit.minima_)
+            out["profile"] = self.fit.profile
+            if self.fit.profile == "curve":  # the plain parabola, for comparison
+                out["parabola"] = {k: v.to_dict() for k, v in self.fit.parabola_estimates_.items()}
         if self.approach == 1:
             out["envelope_points"] = int(len(self.fit.points_))
         if self.extrapolation is not None and len(self.extrapolation):
@@ -133,12 +136,17 @@ def fit_table(
     flops_col: str = "flops_full",
     budget: float | None = None,
     available_tokens: float | None = None,
+    excess_params: bool = True,
+    two_stage: bool = False,
+    base: dict | None = None,
 ) -> FitResult:
     """Fit a scaling law to a table (DataFrame, or a .csv/.parquet path) by column names.
 
     Approach 1: envelope (one point per run here, unless rows share a `run_col` value and form curves);
     2: IsoFLOP parabolas grouped by `budget_col` or, without it, by compute; 3: parametric L(N, D), or with
-    `unique_tokens` (a column of each run's unique training tokens U) the data-constrained L(N, D, U).
+    `unique_tokens` (a column of each run's unique training tokens U) the data-constrained L(N, D, U) (with
+    the parameter-excess term R*_N unless `excess_params=False`; `two_stage` holds a base law fixed: `base`,
+    a dict of E, A, B, alpha, beta, or one fitted to the runs of one epoch or less).
     Give tokens, compute, or both: D = C / (6N) or C = 6ND fills the missing one. Rows that share a point
     are replicates: seeds (`seed_col`) are averaged, the best learning rate (`lr_col`) is kept.
 
@@ -168,6 +176,9 @@ def fit_table(
         raise AnalysisError("give a tokens column, a compute column, or both")
     if unique_tokens is not None and approach != 3:
         raise AnalysisError("--unique-tokens fits the data-constrained law, which is Approach 3")
+    if (two_stage or base is not None or not excess_params) and unique_tokens is None:
+        raise AnalysisError("--two-stage, --base and --no-excess-params shape the data-constrained law: give "
+                            "--unique-tokens COL too")
     require_columns(df, [c for c in (params, loss, tokens, compute, budget_col, unique_tokens) if c is not None])
     if compute_convention == "full":
         require_columns(df, [flops_col])
@@ -200,16 +211,17 @@ def fit_table(
     extrapolation = hold = None
     if approach == 3 and unique_tokens is not None:
         U = positive(df[unique_tokens], unique_tokens)
-        fit = DataConstrainedFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(
+        law = {"excess_params": excess_params, "two_stage": two_stage, "base": base}
+        fit = DataConstrainedFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs, **law).fit(
             N, D, U, L, budget=labels, seed_col=reps["seeds"], lr=reps["lrs"])
-        hold = _hold_out(fit, lambda t: DataConstrainedFit(n_boot=0).fit(
+        hold = _hold_out(fit, lambda t: DataConstrainedFit(n_boot=0, **law).fit(
             t.params, t.tokens, t.unique_tokens, t.loss))
     elif approach == 3:
         fit = ParametricFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(N, D, L, budget=labels, **reps)
         extrapolation = _lobo_parametric(fit, C, labels, notes)
         hold = _hold_out(fit, lambda t: ParametricFit(n_boot=0).fit(t.params, t.tokens, t.loss))
     elif approach == 2:
-        fit = IsoFlopFit(n_boot=n_boot, seed=seed).fit(N, C, L, budget=labels, **reps)
+        fit = IsoFlopFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(N, C, L, budget=labels, **reps)
         extrapolation = fit.leave_one_budget_out()
         hold = isoflop_hold_out(fit)
     else:

@@ -375,6 +375,9 @@ def fit(
     flops_col: str = typer.Option("flops_full", "--flops-col", help="Column of full training FLOPs (for --compute-convention full)."),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples over runs for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    two_stage: bool = typer.Option(False, "--two-stage", help="With --unique-tokens: hold a base law L(N, D) fixed and fit only R_star_D and R_star_N (Muennighoff et al.'s procedure); the base is --base or a fit to the runs of one epoch or less."),
+    base: Optional[str] = typer.Option(None, "--base", help="With --two-stage: the base law as E,A,B,alpha,beta (e.g. a published law: 1.87,520.8,1487.7,0.3527,0.3527)."),
+    excess_params: bool = typer.Option(True, "--excess-params/--no-excess-params", help="With --unique-tokens: fit the parameter-excess term R_star_N (default) or leave it out."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
     """Fit a scaling law to any table of runs."""
@@ -385,11 +388,27 @@ def fit(
     result = fit_table(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
                        n_boot=n_boot, seed=seed, budget_col=budget_col, unique_tokens=unique_tokens,
                        budget=budget, available_tokens=available_tokens, compute_convention=compute_convention,
-                       params_convention=params_convention, flops_col=flops_col)
+                       params_convention=params_convention, flops_col=flops_col, two_stage=two_stage,
+                       base=_base_law(base), excess_params=excess_params)
     if as_json:
         print(result.to_json())
         return
     _print_lines(fit_lines(result, f"Approach {approach} fit of {table}"))
+
+
+def _base_law(text: Optional[str]) -> Optional[dict]:
+    """--base E,A,B,alpha,beta -> a dict, or a UserError naming the option."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 5 or not all(v > 0 for v in values):
+        raise UserError(f"--base {text!r}: give five positive numbers E,A,B,alpha,beta (for example "
+                        "1.87,520.8,1487.7,0.3527,0.3527)")
+    return dict(zip(("E", "A", "B", "alpha", "beta"), values))
 
 
 PARAMETER_KEYS = ("E", "A", "B", "alpha", "beta", "R_star_D", "R_star_N", "a", "b", "G")
@@ -427,6 +446,11 @@ def fit_lines(result, heading: str) -> list[str]:
         if ex.get("loss"):
             parts.append(f"loss predicted - observed = {ex['loss']['difference']:+.4g}")
         lines.append(f"  extrapolation (fit without the largest {what}): " + ", ".join(parts))
+    if payload.get("parabola", {}).get("a"):
+        par = payload["parabola"]["a"]
+        lo, hi = par["interval"]
+        lines.append(f"  parabola a = {_num(par['value'])}   [{_num(lo)}, {_num(hi)}]   (the plain parabola over all "
+                     "sizes, for comparison: biased where the profiles are asymmetric)")
     opt = payload.get("optimal")
     if opt:
         for key in ("N", "D", "epochs"):

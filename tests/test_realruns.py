@@ -75,3 +75,25 @@ def test_isoflop_curve_agrees_with_porian_et_al_better_than_the_parabola():
     assert len(curve) == 15
     assert np.median(curve) < 0.02 and curve.max() < 0.05
     assert np.median(curve) < np.median(parabola)
+
+
+def test_cli_two_stage_fit_with_a_published_base_law():
+    import json
+
+    from typer.testing import CliRunner
+
+    from medscale.scaling.cli import app
+
+    path = str(DATA / "muennighoff2023_runs.csv")
+    args = ["fit", path, "--params", "n_params", "--tokens", "tokens", "--loss", "loss", "--unique-tokens",
+            "unique_tokens", "--n-boot", "0", "--two-stage", "--base", "1.8691,520.82,1487.72,0.3526596,0.3526596"]
+    res = CliRunner().invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["alpha"]["value"] == pytest.approx(0.3526596) and d["R_star_N"]["value"] > 0
+    assert any("two stages (base law given" in n for n in d["notes"])
+    bad = CliRunner().invoke(app, args[:-1] + ["1,2,3"])
+    assert bad.exit_code == 2 and "five positive numbers" in bad.output
+    no_u = [a for a in args if a not in ("--unique-tokens", "unique_tokens")]
+    res = CliRunner().invoke(app, no_u)
+    assert res.exit_code == 2 and "--unique-tokens" in res.output
