@@ -47,3 +47,9 @@ def __getattr__(name):
 
         return write_report
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+# Law families and the choice between them (issue 31): analysis/families.py, analysis/selection.py
+from .families import FAMILIES, LawFamily, make_family  # noqa: E402
+from .selection import FamilyChoice, choose, fit_families, predict_planned  # noqa: E402
+
+__all__ += ["FAMILIES", "FamilyChoice", "LawFamily", "choose", "fit_families", "make_family", "predict_planned"]

@@ -378,6 +378,7 @@ def fit(
     two_stage: bool = typer.Option(False, "--two-stage", help="With --unique-tokens: hold a base law L(N, D) fixed and fit only R_star_D and R_star_N (Muennighoff et al.'s procedure); the base is --base or a fit to the runs of one epoch or less."),
     base: Optional[str] = typer.Option(None, "--base", help="With --two-stage: the base law as E,A,B,alpha,beta (e.g. a published law: 1.87,520.8,1487.7,0.3527,0.3527)."),
     excess_params: bool = typer.Option(True, "--excess-params/--no-excess-params", help="With --unique-tokens: fit the parameter-excess term R_star_N (default) or leave it out."),
+    predict: Optional[Path] = typer.Option(None, "--predict", help="CSV of planned runs (columns --params and --tokens or --compute, and --unique-tokens where used): the predicted loss of each with a 95% interval across law families (chinchilla, kaplan, farseer, data-constrained), weighted by their error on the costliest runs held out."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
     """Fit a scaling law to any table of runs."""
@@ -390,10 +391,80 @@ def fit(
                        budget=budget, available_tokens=available_tokens, compute_convention=compute_convention,
                        params_convention=params_convention, flops_col=flops_col, two_stage=two_stage,
                        base=_base_law(base), excess_params=excess_params)
+    families = _planned_predictions(table, predict, params=params, loss=loss, tokens=tokens, compute=compute,
+                                    unique_tokens=unique_tokens, n_boot=n_boot, seed=seed, budget=budget)
     if as_json:
-        print(result.to_json())
+        payload = result.to_dict()
+        if families is not None:
+            payload.update(families)
+        print(json.dumps(payload, indent=2, allow_nan=False))
         return
-    _print_lines(fit_lines(result, f"Approach {approach} fit of {table}"))
+    _print_lines(fit_lines(result, f"Approach {approach} fit of {table}") + _prediction_lines(families))
+
+
+def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, tokens, compute, unique_tokens,
+                         n_boot: int, seed: int, budget: Optional[float]) -> Optional[dict]:
+    """--predict: the law families fitted to the same table, chosen by their error on its costliest runs, and
+    each planned run's loss with an interval across families (analysis/selection.py); N_opt at --budget too."""
+    if planned is None:
+        return None
+    from medscale.analysis import fit_families
+    from medscale.analysis.summary import read_table
+
+    if not planned.exists():
+        raise UserError(f"--predict {planned}: no such file; give a CSV of planned runs with the columns "
+                        f"{params!r} and {tokens or compute!r}")
+    plan = read_table(planned)
+    cols = [c for c in (params, tokens or compute, unique_tokens) if c]
+    missing = [c for c in cols if c not in plan.columns]
+    if missing or len(plan) == 0:
+        raise UserError(f"--predict {planned}: " + (f"lacks column(s) {missing}; " if missing else "has no rows; ")
+                        + f"planned runs need the columns {cols} (the same names as the fitted table)")
+    choice = fit_families(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute,
+                          unique_tokens=unique_tokens, n_boot=min(n_boot, 200), seed=seed, n_jobs=1)
+    out = choice.predict_planned(plan, params=params, tokens=tokens, compute=compute, unique_tokens=unique_tokens)
+    keep = [c for c in plan.columns]
+    preds = []
+    for i, row in enumerate(out.to_dict(orient="records")):
+        rec = {k: _plain_value(plan.iloc[i][k]) for k in keep}
+        rec["loss"] = {"value": _plain_value(row["loss"]), "interval": [_plain_value(row["loss_low"]),
+                                                                         _plain_value(row["loss_high"])]}
+        rec["per_family"] = {k[5:]: _plain_value(v) for k, v in row.items() if k.startswith("loss_")
+                             and k not in ("loss_low", "loss_high")}
+        preds.append(rec)
+    payload = {"predictions": preds, "families": choice.to_dict(),
+               "prediction_warnings": list(out.attrs.get("warnings", [])),
+               "prediction_interval": out.attrs.get("interval")}
+    if budget is not None:
+        payload["families_n_opt"] = choice.n_opt(budget).to_dict()
+    return payload
+
+
+def _plain_value(v):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return v
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def _prediction_lines(families: Optional[dict]) -> list[str]:
+    if not families:
+        return []
+    weights = families["families"].get("weights", {})
+    lines = ["planned runs (loss, 95% interval across law families weighted by their error on the costliest "
+             "held-out runs: " + ", ".join(f"{k} {w:.2f}" for k, w in weights.items()) + ")"]
+    for i, p in enumerate(families["predictions"]):
+        lo, hi = p["loss"]["interval"]
+        lines.append(f"  run {i + 1}: loss = {_num(p['loss']['value'])}   [{_num(lo)}, {_num(hi)}]")
+    if families.get("families_n_opt"):
+        n = families["families_n_opt"]
+        lines.append(f"  N_opt across families = {_num(n['value'])}   [{_num(n['interval'][0])}, "
+                     f"{_num(n['interval'][1])}]")
+    lines += [f"  warning: {w}" for w in families.get("prediction_warnings", [])]
+    if families.get("prediction_interval"):
+        lines.append(f"  note: the interval covers {families['prediction_interval']}")
+    return lines
 
 
 def _base_law(text: Optional[str]) -> Optional[dict]:

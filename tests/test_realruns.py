@@ -97,3 +97,36 @@ def test_cli_two_stage_fit_with_a_published_base_law():
     no_u = [a for a in args if a not in ("--unique-tokens", "unique_tokens")]
     res = CliRunner().invoke(app, no_u)
     assert res.exit_code == 2 and "--unique-tokens" in res.output
+
+
+def test_cli_predicts_planned_runs_across_law_families(tmp_path):
+    """`medscale fit --predict`: the OLMo ladder's 30 cheaper runs predict its 7B and 13B runs; each planned
+    run gets a loss with an interval across families, in the planned file's row order."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medscale.scaling.cli import app
+
+    d = pd.read_csv(DATA / "olmo_ladder.csv")
+    cheap, costly = d[~d.costly], d[d.costly]
+    cheap.to_csv(tmp_path / "runs.csv", index=False)
+    costly[["N", "D"]].iloc[::-1].to_csv(tmp_path / "planned.csv", index=False)  # 13B first
+    args = ["fit", str(tmp_path / "runs.csv"), "--params", "N", "--tokens", "D", "--loss", "loss_c4",
+            "--n-boot", "30", "--predict", str(tmp_path / "planned.csv"), "--budget", "1e23"]
+    res = CliRunner().invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    preds = out["predictions"]
+    assert [p["N"] for p in preds] == costly["N"].iloc[::-1].tolist()
+    for p, observed in zip(preds, costly["loss_c4"].iloc[::-1]):
+        lo, hi = p["loss"]["interval"]
+        assert lo < p["loss"]["value"] < hi
+        assert abs(p["loss"]["value"] / observed - 1) < 0.05  # measured: within 2.1%
+        assert set(p["per_family"]) >= {"chinchilla", "kaplan", "farseer"}
+    assert out["families_n_opt"]["value"] > 0 and abs(sum(out["families"]["weights"].values()) - 1) < 1e-6
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0 and "planned runs" in text.output and "run 2: loss =" in text.output
+    (tmp_path / "bad.csv").write_text("N\n1e9\n")
+    bad = CliRunner().invoke(app, args[:-4] + ["--predict", str(tmp_path / "bad.csv")])
+    assert bad.exit_code == 2 and "lacks column(s) ['D']" in bad.output
