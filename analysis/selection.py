@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .summary import _plain
 from .bootstrap import DEFAULT_LEVEL, Estimate
 from .conventions import PARAMS_COLUMNS, PARAMS_CONVENTIONS, compute_6nd, tokens_for_compute
 from .errors import AnalysisError
@@ -360,16 +361,6 @@ class FamilyChoice:
                 "validation": rec(self.validation), "summary": rec(self.summary),
                 "families": {k: f.to_dict() for k, f in self.families.items()},
                 "interval_level": self.level, "warnings": list(self.warnings), "notes": list(self.notes)}
-
-
-def _plain(v):
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if np.isfinite(v) else None
-    return v
 
 
 def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFAULT_CUTS, order: str = "compute",

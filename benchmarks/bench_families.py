@@ -37,6 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medscale.scaling.processor import processor  # noqa: E402
 from medscale.analysis.bootstrap import interval  # noqa: E402
 from medscale.analysis.conventions import compute_6nd  # noqa: E402
 from medscale.analysis.families import make_family  # noqa: E402
@@ -242,23 +243,13 @@ def main() -> int:
         head.append(f"| {name} | " + " | ".join(cell(m[k]) for k in ("chinchilla", "kaplan", "farseer", "chosen",
                                                                          "mixture")) + " |")
     lines = lines[:4] + head + [""] + lines[4:]
-    lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} ({_cpu()}), "
+    lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} ({processor().describe()}), "
                  f"n_jobs {args.n_jobs}.")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown processor"
 
 
 if __name__ == "__main__":

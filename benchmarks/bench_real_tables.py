@@ -25,6 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medscale.scaling.processor import processor  # noqa: E402
 from medscale.analysis import IsoFlopFit, ParametricFit  # noqa: E402
 from medscale.analysis.data_constrained import DataConstrainedFit, _Data, _objective  # noqa: E402
 
@@ -112,22 +113,12 @@ def main() -> int:
              f"`benchmarks/bench_real_tables.py --n-boot {args.n_boot}`; 95% bootstrap intervals.", ""]
     lines += porian(args.n_boot) + muennighoff(args.n_boot) + epoch(args.n_boot)
     lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} "
-                 f"({_cpu()}).")
+                 f"({processor().describe()}).")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown processor"
 
 
 if __name__ == "__main__":
