@@ -26,9 +26,9 @@ Scenarios (`SCENARIOS`):
 - `misspecified`: the same noise on a surface of another form, at random per study one of
   (i) Farseer-like: the data term's exponent varies smoothly with N,
       L = E + A N^-alpha + B D^-beta(N),  beta(N) = beta + kappa ln(N/N_ref),  written about (N_ref, D_ref)
-      so that it is B D^-beta exp(-kappa ln(N/N_ref) ln(D/D_ref)),  |kappa| in [0.015, 0.03];
+      so that it is B D^-beta exp(-kappa ln(N/N_ref) ln(D/D_ref)),  |kappa| in [0.005, 0.012];
   (ii) curved powers: each term's log-log slope drifts,
-      L = E + A N^-alpha exp(c_N ln^2(N/N_ref)) + B D^-beta exp(c_D ln^2(D/D_ref)),  |c| in [0.006, 0.015].
+      L = E + A N^-alpha exp(c_N ln^2(N/N_ref)) + B D^-beta exp(c_D ln^2(D/D_ref)),  |c| in [0.004, 0.010].
   For the data-constrained study the repeated tokens also lose value by another law than Muennighoff's
   exponential: D' = U (1 + R (1 + R / (p R_0))^-p) ... saturating like 1 - (1 + R/(p R_0))^-p, p in [0.7, 1.5].
   The loss deviates from the nearest Chinchilla-form surface by a few % over each grid (printed per cell).
@@ -131,8 +131,12 @@ class Surface:
 
 
 def true_n_opt(surface: Surface, C: float, U: float = np.inf) -> float:
-    """argmin_N L(N, C / 6N, U): a log grid over 8 decades, then a bounded scalar minimisation."""
-    x = np.linspace(np.log(C) / 2 - 12, np.log(C) / 2 + 6, 1801)
+    """argmin_N L(N, C / 6N, U): a log grid over x1000 either side of the base law's optimum (far outside it a
+    misspecified surface means nothing), then a bounded scalar minimisation."""
+    p = surface.law
+    g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
+    x0 = np.log(g) + p["beta"] / (p["alpha"] + p["beta"]) * np.log(C / 6)
+    x = np.linspace(x0 - 6.9, x0 + 6.9, 1381)
     f = lambda v: surface(np.exp(v), C / (6 * np.exp(v)), U)  # noqa: E731
     i = int(np.argmin(f(x)))
     lo, hi = x[max(i - 1, 0)], x[min(i + 1, x.size - 1)]
@@ -165,9 +169,9 @@ def _surface(rng, scenario: str, data: bool, n_ref: float, d_ref: float) -> Surf
     sign = lambda: rng.choice([-1.0, 1.0])  # noqa: E731
     kw = dict(form=form, n_ref=n_ref, d_ref=d_ref)
     if form == "farseer":
-        kw["kappa"] = sign() * rng.uniform(0.015, 0.03)
+        kw["kappa"] = sign() * rng.uniform(0.005, 0.012)
     else:
-        kw["c_n"], kw["c_d"] = sign() * rng.uniform(0.006, 0.015), sign() * rng.uniform(0.006, 0.015)
+        kw["c_n"], kw["c_d"] = sign() * rng.uniform(0.004, 0.010), sign() * rng.uniform(0.004, 0.010)
     if data:
         kw["repeat"], kw["p"] = "power", rng.uniform(0.7, 1.5)
     return Surface(law, **kw)
@@ -435,6 +439,23 @@ def a2_meta(table, *, profile: str = DEFAULT_PROFILE, tau: bool = False, weights
     return _a2_meta(fit, table, tau=tau, weights=weights)
 
 
+def a2_ols_hull(table):
+    """The hull of the OLS t intervals through the parabola's minima and through the curve's: the t interval
+    replaces the within-budget bootstrap, the hull covers the choice of profile shape (the parabola is biased
+    when the IsoFLOP curve is asymmetric, the curve is noisy with few sizes). Point: the parabola's."""
+    if not _isoflop(table):
+        return None
+    par = _a2_meta(_a2_product(table, "parabola"), table, tau=False, weights="equal")
+    if "profile" not in inspect.signature(IsoFlopFit).parameters:
+        return par
+    try:
+        cur = _a2_meta(_a2_product(table, "curve"), table, tau=False, weights="equal")
+    except AnalysisError:
+        return par
+    return {q: (v, float(np.fmin(lo, cur[q][1])), float(np.fmax(hi, cur[q][2]))) if q in cur else (v, lo, hi)
+            for q, (v, lo, hi) in par.items()}
+
+
 def a2_quadratic(table, *, profile: str = DEFAULT_PROFILE):
     """`a` as in the OLS line; N_opt from an OLS quadratic in log C through the minima (t with G - 3 degrees of
     freedom): allows the allocation exponent to drift with C, which is what extrapolating a line cannot."""
@@ -670,6 +691,7 @@ METHODS.update({
     "A2-parabola-pooled": a2_pooled,
     "A2-ols": lambda t: a2_meta(t, profile=DEFAULT_PROFILE, weights="equal"),
     "A2-parabola-ols": lambda t: a2_meta(t, profile="parabola", weights="equal"),
+    "A2-ols-hull": a2_ols_hull,
     "A2-quad": lambda t: a2_quadratic(t, profile=DEFAULT_PROFILE),
     "A2-parabola-quad": lambda t: a2_quadratic(t, profile="parabola"),
     "DC-noexcess": lambda t: data_constrained(t, excess_params=False),
@@ -692,6 +714,7 @@ NOTES = {
     "A2-parabola-pooled": "parabola minima redrawn by a parametric bootstrap with the residual sd pooled over budgets",
     "A2-ols": "A2's minima, ordinary least-squares line, t interval (G - 2 df)",
     "A2-parabola-ols": "the parabola's minima, ordinary least-squares line, t interval (G - 2 df)",
+    "A2-ols-hull": "hull of the OLS t intervals through the parabola's and the curve's minima (point: parabola)",
     "A2-quad": "a from A2-ols; N_opt from an OLS quadratic in log C through A2's minima, t interval (G - 3 df)",
     "A2-parabola-quad": "as A2-quad on the parabola's minima",
     "A3-wild": "A3's point fit; wild bootstrap (Rademacher, residuals x sqrt(n/(n-p))), percentile",
