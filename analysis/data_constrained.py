@@ -174,6 +174,11 @@ def _minimise(theta0, data: _Data, w, delta, fixed=None):
     return data.uncentre(res.x), float(res.fun), bool(res.success), str(res.message)
 
 
+def _r_star_n_starts(excess: bool) -> tuple[float, ...]:
+    """Start values of R*_N: a grid with the excess term, the one value that switches it off without."""
+    return R_STAR_N_STARTS if excess else (float(np.exp(NO_EXCESS)),)
+
+
 def _starts(N, D, U, L, delta, excess=True) -> np.ndarray:
     """Hoffmann-grid starts (best per exponent pair) screened at each R*_D start value; best five of each,
     each at every R*_N start (one start value without the excess term)."""
@@ -182,7 +187,7 @@ def _starts(N, D, U, L, delta, excess=True) -> np.ndarray:
     for r0 in R_STAR_STARTS:
         logx = np.vstack([np.log(N), np.log(effective_tokens(D, U, r0))])
         best = lse_huber.screen_grid(grid, logx, np.log(L), np.ones(N.size), delta)[:5]
-        for rn in R_STAR_N_STARTS if excess else (np.exp(NO_EXCESS),):
+        for rn in _r_star_n_starts(excess):
             out += [np.r_[b, np.log(r0), np.log(rn)] for b in best]
     return np.array(out)
 
@@ -194,12 +199,6 @@ def _best_of(starts, data, w, delta, fixed=None) -> np.ndarray:
         if np.isfinite(f) and f < fun:
             best, fun = theta, f
     return best if best is not None else np.full(len(PARAMS), np.nan)
-
-
-def _boot_chunk(args) -> np.ndarray:
-    starts, data, weights, delta, fixed = args
-    with single_threaded_blas():
-        return np.array([_best_of(starts, data, w, delta, fixed) for w in weights]).reshape(len(weights), -1)
 
 
 def _named(thetas: np.ndarray, excess: bool = True) -> dict[str, np.ndarray]:
@@ -349,7 +348,7 @@ class DataConstrainedFit:
             self.starts_ = np.array(distinct[: max(1, self.boot_starts)])
             return _Procedure(data, self.starts_, self.delta), best
         r_starts = np.array([[0, 0, 1, 1, 0, np.log(rd), np.log(rn)] for rd in R_STAR_STARTS
-                             for rn in (R_STAR_N_STARTS if self.excess_params else (np.exp(NO_EXCESS),))])
+                             for rn in _r_star_n_starts(self.excess_params)])
         if self.base is not None:
             procedure = _Procedure(data, r_starts, self.delta, base=_base_theta(self.base))
         else:

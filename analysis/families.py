@@ -216,15 +216,7 @@ class _FarseerLaw(_Law):
 
 def _screen(law: _Law, grid, shape_cols, x, y, logL, w, delta) -> np.ndarray:
     """Best grid row per combination of the `shape_cols` (the exponents), best first."""
-    scores = law.batch(grid, x, y, logL, w, delta)
-    _, group = np.unique(grid[:, list(shape_cols)], axis=0, return_inverse=True)
-    group = group.ravel()
-    order = np.lexsort((scores, group))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = group[order][1:] != group[order][:-1]
-    best = order[first]
-    best = best[np.isfinite(scores[best])]
-    return grid[best[np.argsort(scores[best])]]
+    return lse_huber.best_per_group(grid, law.batch(grid, x, y, logL, w, delta), list(shape_cols))
 
 
 def _objective(theta, law: _Law, x, y, logL, w, delta):

@@ -60,18 +60,8 @@ def _minima(alpha, beta, xbar, coef) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok, xbar + u, np.nan), np.where(ok, ls, np.nan)
 
 
-def _moments(le: np.ndarray, u: np.ndarray, y: np.ndarray, Mw: np.ndarray) -> np.ndarray:
-    """Weighted per-budget sums (S, K, 10) of [1, f1, f2, y, f1^2, f2^2, f1 f2, f1 y, f2 y, y^2] with
-    f1 = exp(-alpha u), f2 = exp(beta u), for S log-exponent pairs le (S, 2)."""
-    f1 = np.exp(-np.exp(le[:, [0]]) * u[None])
-    f2 = np.exp(np.exp(le[:, [1]]) * u[None])
-    yb = np.broadcast_to(y, f1.shape)
-    F = np.stack([np.ones_like(f1), f1, f2, yb, f1 * f1, f2 * f2, f1 * f2, f1 * y, f2 * y, yb * y], axis=-1)
-    return np.einsum("kn,snf->skf", Mw, F) if le.shape[0] > 1 else (Mw @ F[0])[None]
-
-
 def _closed_form(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-budget weighted least squares from the moments m (..., K, 10) of `_moments`: coefficients
+    """Per-budget weighted least squares from the moments m (..., K, 10) of `_fit_batch`: coefficients
     (..., K, 3) = (e_k, a_k, b_k) and the SSE summed over budgets (...).
 
     The intercept is eliminated by centring each budget on its weighted means, which leaves a 2x2 system
@@ -95,7 +85,8 @@ def _closed_form(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _solve(le: np.ndarray, u: np.ndarray, y: np.ndarray, Mw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least-squares coefficients (S, K, 3) = (e, a, b) and total SSE (S,) for S exponent pairs."""
-    return _closed_form(_moments(le, u, y, Mw))
+    coef, sse = _fit_batch(le[None], u, y[None], Mw)
+    return coef[0], sse[0]
 
 
 def _objective(le, u, y, Mw) -> float:
@@ -107,13 +98,13 @@ def _grid(axis: np.ndarray) -> np.ndarray:
     return np.array(np.meshgrid(axis, axis, indexing="ij")).reshape(2, -1).T
 
 
-def _best(u, y, Mw, starts: np.ndarray, options=NM_OPTIONS) -> np.ndarray:
+def _best(u, y, Mw, starts: np.ndarray) -> np.ndarray:
     """(log alpha, log beta) minimising the SSE: the best of the starts, refined by Nelder-Mead on the SSE
     relative to the best start's (so `fatol` is relative)."""
     _, sse = _solve(starts, u, y, Mw)
     k = int(np.nanargmin(np.where(np.isfinite(sse), sse, np.inf)))
     scale = max(float(sse[k]), 1e-300)
-    res = minimize(lambda t: _objective(t, u, y, Mw) / scale, starts[k], method="Nelder-Mead", options=options)
+    res = minimize(lambda t: _objective(t, u, y, Mw) / scale, starts[k], method="Nelder-Mead", options=NM_OPTIONS)
     return np.clip(res.x, *LOG_EXPONENT_BOUNDS)
 
 
@@ -122,9 +113,10 @@ def _profiles(le, u, y, Mw, xbar) -> Profiles:
     return Profiles(float(np.exp(le[0])), float(np.exp(le[1])), xbar, coef[0])
 
 
-def _sse_batch(le: np.ndarray, u: np.ndarray, Y: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_batch(le: np.ndarray, u: np.ndarray, Y: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients (B, S, K, 3) and SSE (B, S) for B loss vectors Y (B, n), each at its own S exponent
-    pairs le (B, S, 2), all with the same point weights M (K, n)."""
+    pairs le (B, S, 2), all with the same point weights M (K, n): the weighted per-budget sums of [1, f1, f2,
+    y, f1^2, f2^2, f1 f2, f1 y, f2 y, y^2] with f1 = exp(-alpha u), f2 = exp(beta u), solved by `_closed_form`."""
     f1 = np.exp(-np.exp(le[..., [0]]) * u)  # (B, S, n)
     f2 = np.exp(np.exp(le[..., [1]]) * u)
     y = Y[:, None, :]
@@ -152,11 +144,11 @@ def _boot_chunk(args) -> np.ndarray:
             if not active.any():
                 break
             cand = np.clip(le[active, None, :] + step[active, None, None] * STENCIL[None], *LOG_EXPONENT_BOUNDS)
-            _, sse = _sse_batch(cand, u, Y[active], M)
+            _, sse = _fit_batch(cand, u, Y[active], M)
             best = np.argmin(np.where(np.isfinite(sse), sse, np.inf), axis=1)
             le[active] = cand[np.arange(best.size), best]
             step[np.flatnonzero(active)[best == 0]] *= 0.5
-        coef, _ = _sse_batch(le[:, None, :], u, Y, M)
+        coef, _ = _fit_batch(le[:, None, :], u, Y, M)
         out = np.empty((len(Y), M.shape[0] + 2))
         out[:, :-2] = _minima(np.exp(le[:, [0]]), np.exp(le[:, [1]]), xbar[None], coef[:, 0])[0]
         out[:, -2:] = le
@@ -190,7 +182,8 @@ def fit_profiles(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int,
     prof = _profiles(le, u, y, M, xbar)
     if n_boot <= 0:
         return prof, np.empty((0, n_groups)), np.empty((0, 2))
-    fitted = np.array([prof.loss(k, xi) for k, xi in zip(group, x)])
+    e, a, b = prof.coef[group].T
+    fitted = e + a * np.exp(-prof.alpha * u) + b * np.exp(prof.beta * u)
     Y = wild_losses(fitted, y - fitted, 3 * n_groups + 2, n_boot, rng)
     chunks = [(u, M, xbar, Yc, le) for Yc in split(Y, n_jobs)]
     draws = np.vstack(parallel_map(_boot_chunk, chunks, n_jobs))

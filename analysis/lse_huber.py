@@ -124,14 +124,19 @@ def screen_grid(grid, logx, y, w, delta=DEFAULT_DELTA) -> np.ndarray:
     exponent pair of the grid, not from all 4,500 rows.
     """
     k = logx.shape[0]
-    scores = objective_batch(grid, logx, y, w, delta)
-    exps = grid[:, k : 2 * k]
-    _, group = np.unique(exps, axis=0, return_inverse=True)
+    return best_per_group(grid, objective_batch(grid, logx, y, w, delta), list(range(k, 2 * k)))
+
+
+def best_per_group(grid: np.ndarray, scores: np.ndarray, cols: list[int]) -> np.ndarray:
+    """The best-scoring row of `grid` for every distinct combination of its columns `cols`, best first; rows
+    whose score is not finite are dropped."""
+    _, group = np.unique(grid[:, cols], axis=0, return_inverse=True)
     group = group.ravel()
     order = np.lexsort((scores, group))
     first = np.ones(order.size, dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]
     best = order[first]
+    best = best[np.isfinite(scores[best])]
     return grid[best[np.argsort(scores[best])]]
 
 

@@ -409,7 +409,7 @@ def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, 
     if planned is None:
         return None
     from medscale.analysis import fit_families
-    from medscale.analysis.summary import read_table
+    from medscale.analysis.summary import _plain, read_table
 
     if not planned.exists():
         raise UserError(f"--predict {planned}: no such file; give a CSV of planned runs with the columns "
@@ -423,13 +423,11 @@ def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, 
     choice = fit_families(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute,
                           unique_tokens=unique_tokens, n_boot=min(n_boot, 200), seed=seed, n_jobs=1)
     out = choice.predict_planned(plan, params=params, tokens=tokens, compute=compute, unique_tokens=unique_tokens)
-    keep = [c for c in plan.columns]
     preds = []
-    for i, row in enumerate(out.to_dict(orient="records")):
-        rec = {k: _plain_value(plan.iloc[i][k]) for k in keep}
-        rec["loss"] = {"value": _plain_value(row["loss"]), "interval": [_plain_value(row["loss_low"]),
-                                                                         _plain_value(row["loss_high"])]}
-        rec["per_family"] = {k[5:]: _plain_value(v) for k, v in row.items() if k.startswith("loss_")
+    for planned_row, row in zip(plan.to_dict(orient="records"), out.to_dict(orient="records")):
+        rec = {k: _plain(v) for k, v in planned_row.items()}
+        rec["loss"] = {"value": _plain(row["loss"]), "interval": [_plain(row["loss_low"]), _plain(row["loss_high"])]}
+        rec["per_family"] = {k[5:]: _plain(v) for k, v in row.items() if k.startswith("loss_")
                              and k not in ("loss_low", "loss_high")}
         preds.append(rec)
     payload = {"predictions": preds, "families": choice.to_dict(),
@@ -438,14 +436,6 @@ def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, 
     if budget is not None:
         payload["families_n_opt"] = choice.n_opt(budget).to_dict()
     return payload
-
-
-def _plain_value(v):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return v
-    return v if v == v and abs(v) != float("inf") else None
 
 
 def _prediction_lines(families: Optional[dict]) -> list[str]:
