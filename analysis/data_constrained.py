@@ -179,6 +179,17 @@ def _r_star_n_starts(excess: bool) -> tuple[float, ...]:
     return R_STAR_N_STARTS if excess else (float(np.exp(NO_EXCESS)),)
 
 
+def _released(N, D, U, L, w, delta, data: "_Data") -> list:
+    """Fits of the full law started from the law without the excess term (its best two basins, R*_N released
+    at each start value). From the Hoffmann grid alone the excess path can stall where N_u is meaningless (every
+    run 'beyond' it), leaving the full law in a worse basin than the simpler law it contains."""
+    plain = _Data.of(N, D, U, L, excess=False)
+    base = sorted((_minimise(s, plain, w, delta) for s in _starts(N, D, U, L, delta, excess=False)),
+                  key=lambda r: r[1])[:2]
+    return [_minimise(np.r_[b[0][:6], np.log(rn)], data, w, delta) for b in base
+            for rn in R_STAR_N_STARTS + (float(np.exp(NO_EXCESS)),)]
+
+
 def _starts(N, D, U, L, delta, excess=True) -> np.ndarray:
     """Hoffmann-grid starts (best per exponent pair) screened at each R*_D start value; best five of each,
     each at every R*_N start (one start value without the excess term)."""
@@ -305,6 +316,7 @@ class DataConstrainedFit:
         data = _Data.of(N, D, U, L, excess=self.excess_params)
         procedure, best = self._procedure(data, N, D, U, L)
         self.theta_ = best[0]
+        self.objective_ = float(best[1])  # the Huber sum at the point (for comparing nested fits)
         boot = np.empty((0, len(PARAMS)))
         if self.n_boot > 0:
             weights = resample_weights(N.size, self.n_boot, np.random.default_rng(self.seed))
@@ -335,9 +347,10 @@ class DataConstrainedFit:
         w = np.ones(N.size)
         if not self.two_stage:
             with single_threaded_blas():
-                sols = sorted((_minimise(s, data, w, self.delta) for s in _starts(N, D, U, L, self.delta,
-                                                                                    self.excess_params)),
-                              key=lambda s: s[1])
+                sols = [_minimise(s, data, w, self.delta) for s in _starts(N, D, U, L, self.delta, self.excess_params)]
+                if self.excess_params:
+                    sols += _released(N, D, U, L, w, self.delta, data)
+            sols.sort(key=lambda s: s[1])
             best = sols[0]
             near = [s[0] for s in sols if s[1] <= 1.5 * best[1] + 1e-12]
             distinct = []

@@ -13,7 +13,7 @@ from .conventions import compute_6nd
 import numpy as np
 import pandas as pd
 
-from . import diagnostics, lse_huber
+from . import diagnostics, jackknife, lse_huber
 from .allocation import AllocationLaw
 from .bootstrap import DEFAULT_LEVEL, Estimate, estimate
 from .errors import AnalysisError
@@ -22,6 +22,11 @@ from .power_sum import fit_power_sum, refit
 
 PARAMS = ("E", "A", "B", "alpha", "beta")
 DERIVED = ("a", "b", "G")
+# How the intervals are drawn: "jackknife" = delete-one-budget (t, G - 1 df; analysis/jackknife.py), "bootstrap" =
+# runs resampled, "auto" = the jackknife wherever runs carry at least jackknife.MIN_GROUPS budget labels.
+INTERVALS = ("auto", "jackknife", "bootstrap")
+THETA_BOUNDS = [(-np.inf, np.inf), (-np.inf, np.inf), lse_huber.BOUND_EXPONENT, lse_huber.BOUND_EXPONENT,
+                lse_huber.BOUND_LOG_OFFSET]
 
 
 def _named(thetas: np.ndarray) -> dict[str, np.ndarray]:
@@ -33,6 +38,12 @@ def _named(thetas: np.ndarray) -> dict[str, np.ndarray]:
         s = alpha + beta
         G = np.exp((np.log(alpha) + t[:, 0] - np.log(beta) - t[:, 1]) / s)
         return {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta, "a": beta / s, "b": alpha / s, "G": G}
+
+
+def _law_rows(p: dict) -> np.ndarray:
+    """Named parameters -> allocation-law rows [log k_N, a, log k_D, b] with N_opt = k_N C^a (C = 6ND)."""
+    lg = np.log(p["G"])
+    return np.column_stack([lg - p["a"] * np.log(6), p["a"], -lg - p["b"] * np.log(6), p["b"]])
 
 
 class ParametricFit:
@@ -49,7 +60,11 @@ class ParametricFit:
         seed: int = 0,
         n_jobs: int | None = 1,
         boot_starts: int = 3,
+        interval: str = "auto",
     ):
+        if interval not in INTERVALS:
+            raise AnalysisError(f"interval must be one of {INTERVALS}; got {interval!r}")
+        self.interval = interval
         self.delta = delta
         self.n_boot = n_boot
         self.level = level
@@ -78,39 +93,73 @@ class ParametricFit:
             self.data_["budget"] = budget
 
         logx = np.vstack([np.log(N), np.log(D)])
+        self.interval_method_ = self._interval_method(budget)
         res = fit_power_sum(
-            logx, np.log(L), delta=self.delta, n_boot=self.n_boot, seed=self.seed,
-            n_jobs=self.n_jobs, boot_starts=self.boot_starts,
+            logx, np.log(L), delta=self.delta, n_boot=self.n_boot if self.interval_method_ == "bootstrap" else 0,
+            seed=self.seed, n_jobs=self.n_jobs, boot_starts=self.boot_starts,
         )
         self.theta_ = res.theta
         self.solutions_ = res.solutions
-        self.boot_thetas_ = res.boot_thetas
         self._starts = res.boot_starts
+        self.boot_thetas_ = res.boot_thetas
+        law_draws = None
+        if self.interval_method_ == "jackknife" and self.n_boot > 0:
+            self.boot_thetas_, law_draws = self._jackknife_draws(logx, np.log(L), budget)
         point = {k: float(v[0]) for k, v in _named(res.theta).items()}
-        draws = _named(res.boot_thetas) if len(res.boot_thetas) else None
+        draws = _named(self.boot_thetas_) if len(self.boot_thetas_) else None
         self.params_ = {k: point[k] for k in PARAMS}
+        self.allocation_ = self._allocation(point, draws, law_draws)
+        if law_draws is not None:  # a, b and G straight from the law's own t draws (linear in log N_opt)
+            draws = {**draws, "a": law_draws[:, 1], "b": law_draws[:, 3],
+                     "G": np.exp(law_draws[:, 0] + law_draws[:, 1] * np.log(6))}
         self.estimates_: dict[str, Estimate] = {
             k: estimate(point[k], None if draws is None else draws[k], self.level) for k in PARAMS + DERIVED
         }
-        self.allocation_ = self._allocation(point, draws)
         self.n_points_ = int(N.size)
         self.notes_.append(
             f"Huber loss (delta={self.delta:g}) on log L summed over {N.size} points; L-BFGS-B from "
             f"{len(lse_huber.initialisation_grid(2))} grid starts screened to the best per exponent pair"
         )
+        self.notes_.append(self._interval_note(budget))
         self.warnings_ += self._diagnose(res, N, D)
         return self
 
-    def _allocation(self, point, draws) -> AllocationLaw:
-        def law(p):
-            lg = np.log(p["G"])
-            return np.column_stack(
-                [lg - p["a"] * np.log(6), p["a"], -lg - p["b"] * np.log(6), p["b"]]
-            )
+    def _interval_method(self, budget) -> str:
+        enough = jackknife.n_groups(budget) >= jackknife.MIN_GROUPS
+        if self.interval == "jackknife" and not enough:
+            raise AnalysisError(f"a delete-one-budget jackknife needs runs labelled with at least "
+                                f"{jackknife.MIN_GROUPS} budgets; got {jackknife.n_groups(budget)}")
+        return "jackknife" if self.interval == "jackknife" or (self.interval == "auto" and enough) else "bootstrap"
 
-        pt = law({k: np.atleast_1d(v) for k, v in point.items()})[0]
+    def _jackknife_draws(self, logx, y, budget) -> tuple[np.ndarray, np.ndarray]:
+        """The fit repeated without each budget (from this fit's basins), as paired t draws (analysis/jackknife.py)
+        of theta and of the allocation law's rows [log k_N, a, log k_D, b]: N_opt at any compute is log-linear
+        in the law, so its interval is the jackknife t interval of log N_opt itself."""
+        reps = jackknife.replicates(budget, lambda keep: refit(logx[:, keep], y[keep], self._starts, self.delta))
+        self.jackknife_thetas_ = reps
+        ok = np.all(np.isfinite(reps), axis=1)
+        n_draws = max(self.n_boot, jackknife.MIN_DRAWS)  # draws cost nothing here: enough for steady percentiles
+        W = jackknife.draw_weights(int(ok.sum()), n_draws, np.random.default_rng(self.seed))
+        laws = _law_rows(_named(reps[ok]))
+        point_law = _law_rows(_named(self.theta_))[0]
+        return (jackknife.t_draws(self.theta_, reps[ok], W, THETA_BOUNDS),
+                jackknife.t_draws(point_law, laws, W))
+
+    def _interval_note(self, budget) -> str:
+        level = f"{100 * self.level:g}%"
+        if self.n_boot <= 0:
+            return "no intervals (n_boot=0)"
+        if self.interval_method_ == "jackknife":
+            G = jackknife.n_groups(budget)
+            return (f"{level} intervals: delete-one-budget jackknife over {G} budgets (t, {G - 1} df): they cover "
+                    "run-to-run noise and budgets that sit off the law together")
+        return (f"{level} intervals: bootstrap of runs ({self.n_boot} resamples): they cover run-to-run noise, "
+                "not a form that is wrong across the range")
+
+    def _allocation(self, point, draws, law_draws=None) -> AllocationLaw:
+        pt = _law_rows({k: np.atleast_1d(v) for k, v in point.items()})[0]
         # Failed resamples stay as NaN rows so that draw i of the law and of boot_thetas_ are the same resample.
-        d = law(draws) if draws is not None else np.empty((0, 4))
+        d = law_draws if law_draws is not None else _law_rows(draws) if draws is not None else np.empty((0, 4))
         return AllocationLaw(*pt, draws=d, level=self.level)
 
     def _diagnose(self, res, N, D) -> list[str]:
@@ -141,7 +190,11 @@ class ParametricFit:
                 break
         w += diagnostics.wide_exponents(self.estimates_)
         w += diagnostics.wide_factors(self.estimates_, ("E", "alpha", "beta"))
-        w += diagnostics.failed_resamples(res.n_failed, self.n_boot)
+        if self.interval_method_ == "jackknife" and self.n_boot > 0:
+            reps = self.jackknife_thetas_
+            w += diagnostics.failed_resamples(int(np.isnan(reps).any(axis=1).sum()), len(reps))
+        else:
+            w += diagnostics.failed_resamples(res.n_failed, self.n_boot)
         return w
 
     # -- model -----------------------------------------------------------------------------------------

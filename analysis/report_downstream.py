@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import bounds, plots
 from .bootstrap import Estimate
 from .downstream_data import DownstreamData, as_downstream_data
 from .downstream_plots import plot_subgroups
@@ -127,6 +127,14 @@ def _objective_section(data: DownstreamData, out: Path, n_boot, seed, report_jso
     return "\n".join(x for x in h if x)
 
 
+def _m_inf_flag(fit, bound: float) -> str:
+    """Beside m_inf: its bound, and in words when the estimate or its interval sits there (analysis/bounds.py)."""
+    flag = bounds.marks(bounds.at_bound(fit)).get("m_inf") if fit is not None else None
+    if flag is None:
+        return f" <small>(bound {_g(bound)})</small>"
+    return f" <small><b>{html.escape(flag.label)}</b>: {html.escape(flag.meaning)}</small>"
+
+
 def _saturation_html(by_n, downstream, out, seed, summary, label, slot) -> list[str]:
     h = []
     try:
@@ -154,7 +162,7 @@ def _saturation_html(by_n, downstream, out, seed, summary, label, slot) -> list[
         ceil = base[(base["task"] == r.task) & (base["mode"] == "ceiling")]["value"]
         rows.append([html.escape(str(r.task)), html.escape(r.mode), verdict,
                      f"{_g(r.saturation)} <small>[{_g(r.low)}, {_g(r.high)}]</small>", f"{r.gain_at_largest:+.4f}",
-                     _iv(r.m_inf, r.m_inf_low, r.m_inf_high) + f" <small>(bound {_g(r.bound)})</small>",
+                     _iv(r.m_inf, r.m_inf_low, r.m_inf_high) + _m_inf_flag(by_n.fits.get((r.task, r.mode)), r.bound),
                      f"{lgb.mean():.3f}" if len(lgb) else "n/a", f"{ceil.mean():.3f}" if len(ceil) else "n/a",
                      html.escape(r.noise.split(" (")[0])])
     h.append(_table(["task", "curve", "verdict", "saturation size N [interval]", "gain per doubling at largest",

@@ -314,16 +314,18 @@ def approach2(table, **kw):
     return _n_opt_targets(fit, table, out)
 
 
-def _parametric_fit(table) -> ParametricFit:
+def _parametric_fit(table, **kw) -> ParametricFit:
     a = table.attrs
-    return ParametricFit(n_boot=a["n_boot"], level=a["level"], seed=a["seed"], n_jobs=1).fit(
+    return ParametricFit(n_boot=a["n_boot"], level=a["level"], seed=a["seed"], n_jobs=1, **kw).fit(
         table["params"], table["tokens"], table["loss"], budget=table["budget"])
 
 
-def approach3(table):
+def approach3(table, **kw):
     if not _isoflop(table):
         return None
-    fit = _cached("A3", lambda: _parametric_fit(table))
+    if kw and not set(kw) <= set(inspect.signature(ParametricFit).parameters):
+        return None  # an option this version of the product does not have
+    fit = _cached(("A3",) + tuple(sorted(kw.items())) if kw else "A3", lambda: _parametric_fit(table, **kw))
     out = {k: _est(fit.estimates_[k]) for k in ("a", "alpha", "beta")}
     return _n_opt_targets(fit, table, out)
 
@@ -681,6 +683,39 @@ def jackknife(table, family):
     return out
 
 
+def a2_jackknife(table, profile: str = DEFAULT_PROFILE):
+    """Approach 2 refitted without each budget (the curve's shared exponents refitted too), t interval with
+    G - 1 df on a and on log N_opt: the between-budget scatter, including the coherent shift of every minimum
+    that an error in the shared exponents causes."""
+    if not _isoflop(table):
+        return None
+    a, fit = table.attrs, approach2(table, profile=profile) and _CACHE[("A2", profile)]
+    reps = []
+    for b in np.unique(table["budget"]):
+        t = table[table["budget"] != b]
+        try:
+            f = IsoFlopFit(n_boot=0, level=a["level"], seed=a["seed"], profile=profile).fit(
+                t["params"], t["compute"], t["loss"], budget=t["budget"])
+            reps.append((f.allocation_.log_kn, f.allocation_.a))
+        except AnalysisError:
+            continue
+    reps = np.array(reps)
+    G = len(reps)
+    out = {}
+    lk, al = fit.allocation_.log_kn, fit.allocation_.a
+    for q, v in (("a", al),) + tuple((q, None) for q in a["targets"]):
+        if q == "a":
+            vals, point, log = reps[:, 1], al, False
+        else:
+            C, U = a["targets"][q]
+            if not np.isinf(U):
+                continue
+            vals, point, log = reps[:, 0] + reps[:, 1] * np.log(C), float(fit.n_opt(C)), True
+        se = float(np.sqrt((G - 1) / G * np.sum((vals - vals.mean()) ** 2)))
+        out[q] = _t_interval(point, se, G - 1, a["level"], log)
+    return out
+
+
 METHODS: dict[str, Callable] = {
     "A2": approach2,  # IsoFlopFit as shipped (its default profile)
     "A2-parabola": lambda t: approach2(t, profile="parabola"),
@@ -700,6 +735,9 @@ METHODS.update({
     "A2-quad": lambda t: a2_quadratic(t, profile=DEFAULT_PROFILE),
     "A2-parabola-quad": lambda t: a2_quadratic(t, profile="parabola"),
     "DC-noexcess": lambda t: data_constrained(t, excess_params=False),
+    "A3-bootstrap": lambda t: approach3(t, interval="bootstrap"),
+    "A2-jack": a2_jackknife,
+    "A2-parabola-jack": lambda t: a2_jackknife(t, profile="parabola"),
     "A3-wild": lambda t: wild(t, "A3"),
     "A3-cluster": lambda t: cluster(t, "A3"),
     "A3-jack": lambda t: jackknife(t, "A3"),
@@ -711,7 +749,12 @@ NOTES = {
     "A2": "IsoFlopFit() as shipped (at the digest above: the curve profile, its bootstrap draws pooled with the "
           "parabola's), percentile bootstrap of runs within each budget",
     "A2-parabola": "IsoFlopFit(profile='parabola'), the same bootstrap",
-    "A3": "ParametricFit(), percentile bootstrap of runs",
+    "A3": "ParametricFit() as shipped (with budget labels: delete-one-budget jackknife, multivariate t draws with "
+          "G - 1 df; percentile intervals of those draws)",
+    "A2-jack": "A2's point fit; delete-one-budget jackknife of the whole fit (shared exponents refitted), t interval "
+               "(G - 1 df; log scale for N_opt)",
+    "A2-parabola-jack": "as A2-jack with the parabola's minima",
+    "A3-bootstrap": "ParametricFit(interval='bootstrap'): percentile bootstrap of runs (the product before Dec 2026)",
     "DC": "DataConstrainedFit(), percentile bootstrap of runs",
     "A2-t": "A2's minima, WLS line with the product's weights, t interval from the residual scatter (G - 2 df)",
     "A2-KH": "A2's minima, random-effects line (DerSimonian-Laird tau^2, Knapp-Hartung t interval)",

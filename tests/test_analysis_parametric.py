@@ -122,3 +122,55 @@ def test_leave_one_budget_out_reports_small_error_on_exact_data():
     lobo = fit.leave_one_budget_out()
     assert len(lobo) == df.budget.nunique()
     assert lobo["max_abs_rel_error"].max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def isoflop_noisy():
+    return synthetic.isoflop_table(noise=0.01, seed=5)
+
+
+def test_budget_labels_give_jackknife_intervals_that_are_its_t_intervals(isoflop_noisy):
+    """With >= 5 labelled budgets the intervals come from refits without each budget: the percentile interval
+    of a linear function of theta (alpha) is then that function's jackknife t interval (G - 1 df)."""
+    from scipy.stats import t as student_t
+
+    df = isoflop_noisy
+    fit = ParametricFit(n_boot=4000, seed=0).fit(df.params, df.tokens, df.loss, budget=df.budget)
+    G = df.budget.nunique()
+    assert fit.interval_method_ == "jackknife" and fit.jackknife_thetas_.shape == (G, 5)
+    assert any(f"jackknife over {G} budgets" in n for n in fit.notes_)
+    alpha = fit.jackknife_thetas_[:, 2]
+    se = np.sqrt((G - 1) / G * np.sum((alpha - alpha.mean()) ** 2))
+    half = student_t.ppf(0.975, G - 1) * se
+    est = fit.estimates_["alpha"]
+    assert est.low == pytest.approx(fit.params_["alpha"] - half, abs=0.06 * half)
+    assert est.high == pytest.approx(fit.params_["alpha"] + half, abs=0.06 * half)
+    # N_opt at any compute: the jackknife t interval of log N_opt itself (log-linear in the law's rows)
+    from medscale.analysis.parametric import _law_rows, _named
+
+    C = 10 * df.compute.max()
+    logn = _law_rows(_named(fit.jackknife_thetas_)) @ np.array([1.0, np.log(C), 0.0, 0.0])
+    se_n = np.sqrt((G - 1) / G * np.sum((logn - logn.mean()) ** 2))
+    lo, hi = np.percentile(np.log(fit.allocation_.n_opt_draws(C)[:, 0]), [2.5, 97.5])
+    centre = np.log(fit.n_opt(C))
+    assert (lo, hi) == pytest.approx((centre - student_t.ppf(0.975, G - 1) * se_n,
+                                      centre + student_t.ppf(0.975, G - 1) * se_n), abs=0.06 * se_n * 2.5)
+    # every draw feeds the allocation law and the prediction bands alike
+    assert len(fit.allocation_.draws) == 4000 and fit.predict_draws([1e6], [1e8]).shape == (4000, 1)
+
+
+def test_jackknife_is_seeded_and_the_bootstrap_stays_without_budgets(isoflop_noisy):
+    df = isoflop_noisy
+    one = ParametricFit(n_boot=50, seed=3).fit(df.params, df.tokens, df.loss, budget=df.budget)
+    assert len(one.boot_thetas_) == 2000  # t draws are free: never fewer than jackknife.MIN_DRAWS
+    two = ParametricFit(n_boot=50, seed=3).fit(df.params, df.tokens, df.loss, budget=df.budget)
+    np.testing.assert_array_equal(one.boot_thetas_, two.boot_thetas_)
+    plain = ParametricFit(n_boot=20, seed=3).fit(df.params, df.tokens, df.loss)
+    assert plain.interval_method_ == "bootstrap" and any("bootstrap of runs" in n for n in plain.notes_)
+    forced = ParametricFit(n_boot=20, seed=3, interval="bootstrap").fit(df.params, df.tokens, df.loss,
+                                                                         budget=df.budget)
+    assert forced.interval_method_ == "bootstrap"
+    with pytest.raises(AnalysisError, match="at least 5 budgets"):
+        ParametricFit(n_boot=20, interval="jackknife").fit(df.params, df.tokens, df.loss)
+    with pytest.raises(AnalysisError, match="interval must be one of"):
+        ParametricFit(interval="sandwich")

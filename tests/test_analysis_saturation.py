@@ -151,3 +151,19 @@ def test_one_run_per_size_keeps_the_longest_trained_and_draws_pair_the_sizes():
     assert res.fits[("t", "probe")].noise_.startswith("paired")
     diffs = res.differences("t", "probe")
     assert len(diffs) == 3 and (diffs["high"] - diffs["low"] < diffs["unpaired_high"] - diffs["unpaired_low"]).all()
+
+
+def test_report_names_m_inf_at_its_ceiling_in_words():
+    """A task still gaining linearly in log N until the largest size: m_inf is set by the ceiling, not the data,
+    and the downstream report says so beside the value (not only the bound's number)."""
+    from medscale.analysis.report_downstream import _m_inf_flag
+    from medscale.analysis.saturation import m_inf_bounds
+
+    N = np.geomspace(1e5, 1e8, 8)
+    y = 0.6 + 0.04 * np.log10(N / 1e5)  # straight in log N up to 0.72; ceiling 0.75
+    bounds = m_inf_bounds("auroc", 0.75)
+    f = SaturationFit(n_boot=50, bounds=bounds).fit(N, y)
+    text = _m_inf_flag(f, bounds[1])
+    assert "upper bound" in text and "not a measurement" in text
+    calm = SaturationFit(n_boot=50, bounds=m_inf_bounds("auroc", 0.99)).fit(N, 0.7 - 0.1 * (N / 1e5) ** -0.8)
+    assert _m_inf_flag(calm, 0.99) == " <small>(bound 0.99)</small>"
