@@ -92,3 +92,72 @@ def isoflop_hold_out(fit) -> dict | None:
             "n_opt": {"predicted": pred, "observed": float(top["n_opt"]), "ratio": pred / float(top["n_opt"]),
                       "observed_inside_sizes": not bool(top["edge"])},
             "loss": None}
+
+
+# How far a recommendation may reach past the runs before it carries a warning: decades of compute past the
+# largest run; N and D each grow about as C^0.5, so each gets half of it. Chinchilla's own recommendation sat 2.3
+# decades past its largest IsoFLOP budget (3e21 -> 5.76e23 FLOPs); beyond 3 the exponents are untested guesses.
+REACH_LIMIT_DECADES = 3.0
+
+
+def fitted_extent(fit, flops_per_token=None) -> dict | None:
+    """The largest compute, N and D among the runs a fit was made from (compute in the allocation's FLOP count:
+    `flops_per_token(N)` x D when given, else 6ND, or the compute the runs were grouped by); None if unknown."""
+    from .conventions import compute_6nd, tokens_for_compute
+
+    data = getattr(fit, "data_", None)
+    if data is None:
+        data = getattr(fit, "curves_", None)
+    if data is None or "params" not in data or not ({"tokens", "compute"} & set(data.columns)):
+        return None
+    N = data["params"].to_numpy(float)
+    if "tokens" in data:
+        D = data["tokens"].to_numpy(float)
+        C = np.asarray(flops_per_token(N), float) * D if flops_per_token is not None else compute_6nd(N, D)
+    else:
+        C = data["compute"].to_numpy(float)
+        D = tokens_for_compute(C, N)
+    return {"compute": float(C.max()), "params": float(N.max()), "tokens": float(D.max())}
+
+
+def beyond_data(fit, budget: float, n_opt: float, d_opt: float, flops_per_token=None) -> dict | None:
+    """How far an allocation (N, D at `budget`) reaches past the fitted runs, in decades (log10 of the ratio to
+    the largest run's compute, N and D; <= 0 is inside the runs), whether that passes REACH_LIMIT_DECADES, and
+    the run that would bring it within the limit (the budget / 10^limit: N and D each / 10^(limit / 2))."""
+    top = fitted_extent(fit, flops_per_token)
+    if top is None:
+        return None
+    out = {"largest_run_compute": top["compute"], "largest_params": top["params"], "largest_tokens": top["tokens"],
+           "compute_decades": float(np.log10(budget / top["compute"])),
+           "params_decades": float(np.log10(n_opt / top["params"])),
+           "tokens_decades": float(np.log10(d_opt / top["tokens"])),
+           "limit_decades": REACH_LIMIT_DECADES}
+    half = REACH_LIMIT_DECADES / 2
+    out["beyond_limit"] = bool(out["compute_decades"] > REACH_LIMIT_DECADES or out["params_decades"] > half
+                               or out["tokens_decades"] > half)
+    step = 10 ** half
+    out["next_run"] = {"compute": budget / step**2, "params": n_opt / step, "tokens": d_opt / step}
+    return out
+
+
+def _decades(x: float) -> str:
+    return f"{x:.1f} decades past" if x >= 0.05 else "at" if x > -0.05 else "within"
+
+
+def reach_words(reach: dict) -> tuple[str, str | None]:
+    """(the note every allocation carries about how far it extrapolates, the warning when past the limit)."""
+    note = (f"past the runs: the budget is {_decades(reach['compute_decades'])} the largest run's compute "
+            f"({reach['largest_run_compute']:.3g} FLOPs); N_opt is {_decades(reach['params_decades'])} the largest N "
+            f"fitted ({reach['largest_params']:.3g}), D_opt {_decades(reach['tokens_decades'])} the largest D "
+            f"({reach['largest_tokens']:.3g})")
+    if not reach["beyond_limit"]:
+        return note, None
+    nxt, limit = reach["next_run"], reach["limit_decades"]
+    warning = (f"this recommendation extrapolates {reach['compute_decades']:.1f} decades of compute past the largest "
+               f"run (N {reach['params_decades']:+.1f}, D {reach['tokens_decades']:+.1f} decades), beyond the "
+               f"{limit:g} decades of compute (and {limit / 2:g} of N or D) a fitted law is trusted for; its interval "
+               f"covers only the scatter of these runs, not the error of extrapolating. To close the gap, train runs "
+               f"up to about N = {nxt['params']:.3g} params on D = {nxt['tokens']:.3g} tokens (C = "
+               f"{nxt['compute']:.3g} FLOPs) and refit, or ask for a budget within {limit:g} decades of the largest "
+               f"run (up to {reach['largest_run_compute'] * 10 ** limit:.3g} FLOPs)")
+    return note, warning

@@ -131,3 +131,46 @@ def average_replicates(keys: dict[str, np.ndarray], loss: np.ndarray, *, seed=No
         notes.append(f"{int((n_lrs > 1).sum())} point(s) had several learning rates: the best (seed-averaged) was kept")
     return (best["row"].to_numpy(), Replicates(best["loss"].to_numpy(), best["sd"].to_numpy(),
                                                 best["n_seeds"].to_numpy()), notes)
+
+
+# The fewest unique tokens a recommendation is made for when the runs' window length is unknown (`medscale fit`):
+# one training window at medscale's default model.seq_len (scaling/spec.py). Fewer cannot fill one sequence.
+MIN_UNIQUE_TOKENS = 128
+
+# A compute column may differ from 6 N D by this fraction before rows are named (rounding, or budgets recorded as
+# targets); a full FLOP count (attention and head) is larger still, and is named too.
+COMPUTE_RTOL = 0.05
+
+
+def check_available_tokens(value, option: str, *, minimum: float = MIN_UNIQUE_TOKENS,
+                           window: str | None = None) -> float:
+    """`value` unique tokens as a float, or an AnalysisError naming `option`: not a positive number, or fewer
+    than one training window (`minimum` tokens; `window` says where that length comes from)."""
+    v = float(value)
+    if not np.isfinite(v) or v <= 0:
+        raise AnalysisError(f"{option} {v:g}: give the number of unique tokens available (a positive number, "
+                            "e.g. the train split's token count)")
+    if v < minimum:
+        where = window or f"{minimum:g} tokens: medscale's default seq_len, as the table has no seq_len column"
+        raise AnalysisError(f"{option} {v:g}: fewer unique tokens than one training window ({where}); no model "
+                            f"can be trained on them, so no allocation is made. Give the unique tokens of the whole "
+                            f"train split (its windows x sequence length), at least {minimum:g}")
+    return v
+
+
+def compute_mismatch(C, N, D, *, names: dict, approach: int) -> str | None:
+    """A warning naming the rows whose compute differs from 6 N D by more than COMPUTE_RTOL, and which of the two
+    the fit uses; None when every row agrees."""
+    from .conventions import compute_6nd
+
+    ratio = np.asarray(C, float) / compute_6nd(np.asarray(N, float), np.asarray(D, float))
+    bad = np.flatnonzero(np.abs(np.log(ratio)) > np.log1p(COMPUTE_RTOL))
+    if not bad.size:
+        return None
+    c, n, d = names["compute"], names["params"], names["tokens"]
+    used = (f"Approach {approach} uses {c!r} (budgets, and D = C / (6 N)), not {d!r}" if approach in (1, 2) else
+            f"Approach 3 fits N and D from {n!r} and {d!r}; {c!r} is not used")
+    return (f"column {c!r} differs from 6 N D ({n!r} x {d!r}) by more than {COMPUTE_RTOL:.0%} in {bad.size} of "
+            f"{ratio.size} rows (rows {_rows(bad)}: C / 6ND from {ratio[bad].min():.3g} to {ratio[bad].max():.3g}); "
+            f"{used}. Check those rows; if the column is a full FLOP count (attention and head included) the "
+            "difference is expected, and Approach 3 reads that count from --flops-col")

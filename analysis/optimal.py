@@ -9,12 +9,13 @@ also computed for each bootstrap draw of the fit, which gives its interval.
 from __future__ import annotations
 
 from .conventions import params_for_compute, tokens_for_compute
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .bootstrap import Estimate, estimate
 from .errors import AnalysisError
+from .extrapolation import beyond_data, reach_words
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Allocation:
     epochs: Estimate | None = None  # passes over the unique tokens (data-constrained law only)
     warnings: list[str] = field(default_factory=list)
     compute_convention: str = "6nd"
+    beyond_data: dict | None = None  # how far N, D and the budget reach past the fitted runs (extrapolation.py)
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +46,7 @@ class Allocation:
             "epochs": None if self.epochs is None else self.epochs.to_dict(),
             "warnings": list(self.warnings),
             "compute_convention": self.compute_convention,
+            "beyond_data": None if self.beyond_data is None else dict(self.beyond_data),
         }
 
 
@@ -56,11 +59,27 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
     repeat them (the law prices repeats); with the others `max_epochs` > 1 allows that many passes, each
     repeated token counted as if it were new (optimistic beyond a few epochs). `flops_per_token(N)` (e.g.
     `full_flops_per_token` of the runs) spends the budget on the full FLOP count instead of 6N; Approach 3 only.
+    `beyond_data` says how far the budget, N and D reach past the fitted runs (a note always; a warning past
+    extrapolation.REACH_LIMIT_DECADES, saying what to run to close the gap).
     """
     if not hasattr(fit, "allocation_"):
         raise AnalysisError("compute_optimal needs a fitted EnvelopeFit, IsoFlopFit or ParametricFit")
     if not np.isfinite(budget) or budget <= 0:
         raise AnalysisError(f"budget must be a positive number of FLOPs; got {budget!r}")
+    return _with_reach(_allocate(fit, budget, max_tokens, max_epochs, flops_per_token), fit, flops_per_token)
+
+
+def _with_reach(a: Allocation, fit, flops_per_token) -> Allocation:
+    """The allocation with how far it reaches past the runs: a note always, a warning past the limit."""
+    reach = beyond_data(fit, a.budget, a.n_opt.value, a.d_opt.value, flops_per_token)
+    if reach is None:
+        return a
+    note, warning = reach_words(reach)
+    return replace(a, beyond_data=reach, notes=list(a.notes) + [note],
+                   warnings=list(a.warnings) + ([warning] if warning else []))
+
+
+def _allocate(fit, budget, max_tokens, max_epochs, flops_per_token) -> Allocation:
     if hasattr(fit, "allocate") and max_tokens is not None:
         return _from_repeats(fit.allocate(budget, max_tokens, flops_per_token=flops_per_token), flops_per_token)
     if flops_per_token is not None:
@@ -81,7 +100,7 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
     limited = False
     if max_tokens is not None:
         if not np.isfinite(max_tokens) or max_tokens <= 0:
-            raise AnalysisError(f"max_tokens must be positive; got {max_tokens!r}")
+            raise AnalysisError(f"the unique tokens available must be a positive number; got {max_tokens!r}")
         if max_epochs < 1:
             raise AnalysisError(f"max_epochs must be >= 1; got {max_epochs!r}")
         cap = float(max_tokens) * float(max_epochs)
@@ -101,7 +120,8 @@ def compute_optimal(fit, budget: float, *, max_tokens: float | None = None, max_
             else:
                 notes.append(
                     "repeating the data for a few epochs (up to about 4 loses little; Muennighoff et al. 2023) "
-                    "would allow a smaller model; pass max_epochs to allow it"
+                    "would allow a smaller model; the data-constrained law prices repeats: fit it to runs that record "
+                    "their unique tokens (medscale fit --unique-tokens COL; in a sweep, dataset.train_fraction below 1)"
                 )
         d0 = min(d0, cap)
         n0 = params_for_compute(budget, d0)

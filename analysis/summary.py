@@ -16,7 +16,7 @@ from .data_constrained import DataConstrainedFit
 from .envelope import EnvelopeFit
 from .extrapolation import hold_out_largest, isoflop_hold_out
 from .errors import AnalysisError
-from .inputs import budget_groups, positive, require_columns
+from .inputs import budget_groups, check_available_tokens, compute_mismatch, positive, require_columns
 from .isoflop import IsoFlopFit
 from .optimal import Allocation, compute_optimal
 from .parametric import ParametricFit
@@ -81,7 +81,8 @@ def _optimal_dict(a: Allocation) -> dict:
     d["epochs"] = (a.epochs.to_dict() if a.epochs is not None else
                    {"value": a.d_opt.value / a.max_tokens, "interval": [None, None]} if a.max_tokens else None)
     d.update({"loss": None if a.loss is None else a.loss.to_dict(), "compute_convention": a.compute_convention,
-              "token_limited": a.token_limited, "notes": list(a.notes), "warnings": list(a.warnings)})
+              "token_limited": a.token_limited, "notes": list(a.notes), "warnings": list(a.warnings),
+              "beyond_data": _plain_tree(a.beyond_data)})
     return d
 
 
@@ -184,13 +185,21 @@ def fit_table(
         require_columns(df, [flops_col])
     if len(df) == 0:
         raise AnalysisError("the table has no rows")
+    if budget is not None and not 0 < budget < np.inf:
+        raise AnalysisError(f"--budget {budget:g}: give the FLOPs to allocate, a positive number (e.g. 1e21)")
+    if available_tokens is not None:
+        available_tokens = _available(df, available_tokens)
     notes: list[str] = []
+    warnings: list[str] = []
     N = positive(df[params], params)
     L = positive(df[loss], loss)
     if tokens is not None:
         D = positive(df[tokens], tokens)
         if compute is not None:
             C = positive(df[compute], compute)
+            mismatch = compute_mismatch(C, N, D, names={"params": params, "tokens": tokens, "compute": compute},
+                                        approach=approach)
+            warnings += [mismatch] if mismatch else []
         else:
             C = compute_6nd(N, D)
             notes.append(f"compute derived as C = 6 N D from {params!r} and {tokens!r}")
@@ -237,13 +246,22 @@ def fit_table(
         fit=fit,
         n_points=fit.n_points_,
         columns=columns,
-        warnings=list(fit.warnings_) + (list(optimal.warnings) if optimal is not None else []),
+        warnings=warnings + list(fit.warnings_) + (list(optimal.warnings) if optimal is not None else []),
         notes=notes + list(fit.notes_),
         extrapolation=extrapolation,
         hold_out=hold,
         optimal=optimal,
         conventions={"params": params_convention or f"column {params}", "compute": compute_convention},
     )
+
+
+def _available(df: pd.DataFrame, tokens: float) -> float:
+    """--available-tokens, refused below one training window: the runs' shortest seq_len when the table has one."""
+    if "seq_len" in df.columns and pd.to_numeric(df["seq_len"], errors="coerce").notna().any():
+        seq = float(pd.to_numeric(df["seq_len"], errors="coerce").min())
+        return check_available_tokens(tokens, "--available-tokens", minimum=seq,
+                                      window=f"{seq:g} tokens: the shortest seq_len in the table")
+    return check_available_tokens(tokens, "--available-tokens")
 
 
 def _hold_out(fit, refit) -> dict | None:

@@ -135,7 +135,7 @@ def _json_default(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 MARKER = ".medscale-store.json"
-KINDS = ("tokens", "store", "cohort")
+KINDS = ("tokens", "store", "cohort", "export")
 
 
 class OutDirError(ValueError):
@@ -164,7 +164,7 @@ def claim_dir(path: Path | str, kind: str, *, adopt: Callable[[Path], bool] = la
     if kind not in KINDS:
         raise ValueError(f"unknown folder kind {kind!r}")
     path = Path(path)
-    what = {"tokens": "token", "store": "run", "cohort": "cohort"}[kind]
+    what = {"tokens": "token", "store": "run", "cohort": "cohort", "export": "model export"}[kind]
     for source in inputs:
         src = Path(source).resolve()
         target = path.resolve()

@@ -148,19 +148,39 @@ class _NoProgress:
         pass
 
 
+class _LazyProgress:
+    """rich's Progress, started by the first add_task: a command refused while its input is checked (before
+    the work reports any progress) draws no bar."""
+
+    def __init__(self, stack: contextlib.ExitStack, make: Callable):
+        self._stack, self._make, self.progress = stack, make, None
+
+    def add_task(self, description: str, total=None, **fields) -> int:
+        if self.progress is None:
+            self.progress = self._stack.enter_context(self._make())
+        return self.progress.add_task(description, total=total, **fields)
+
+    def update(self, task, **fields) -> None:
+        self.progress.update(task, **fields)
+
+
 @contextlib.contextmanager
 def _progress_bar(description: str):
-    """Progress bars on a terminal (stderr) that end full when the work ends without an error; nothing when
-    stderr is not a terminal."""
+    """Progress bars on a terminal (stderr), drawn from the first task added (add tasks when the work first
+    reports progress, after its input is checked) and ending full when the work ends without an error;
+    nothing when stderr is not a terminal."""
     if not console.is_terminal:
         yield _NoProgress()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
-        yield progress
-        for task in progress.tasks:  # finished: a stage whose last callback came before its last unit ends full
+    with contextlib.ExitStack() as stack:
+        lazy = _LazyProgress(stack, lambda: Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=False))
+        yield lazy
+        progress = lazy.progress
+        for task in progress.tasks if progress else ():  # a stage whose last callback came before its last unit
             if task.total is not None and task.completed < task.total:
                 progress.update(task.id, completed=task.total)
             elif task.total is None and task.completed:
@@ -216,10 +236,9 @@ def generate(
     from medscale.data.simulator import generate_cohort
 
     t = time.time()
-    with _progress_bar("generate") as progress:
-        task = progress.add_task("simulating patients", total=subjects)
+    with RichReporter().stages("generate") as update:   # the bar starts at the first callback, after the checks
         path = generate_cohort(out_dir, subjects, seed, n_shards=shards, workers=workers,
-                               progress=lambda done, total: progress.update(task, completed=done, total=total))
+                               progress=lambda done, total: update("simulating patients", done, total))
     out.print(f"wrote {subjects:,} subjects to {path} in {time.time() - t:.1f}s")
 
 
@@ -248,11 +267,9 @@ def tokenize(
     except ValueError as err:
         raise _error(f"tokenize options: {err}", 2) from None
     t = time.time()
-    with _progress_bar("tokenize") as progress:
-        task = progress.add_task("tokenizing shards", total=None)
-        path = tokenize_dataset(meds_dir, out_dir, config,
-                                workers=workers,
-                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+    with RichReporter().stages("tokenize") as update:   # the bar starts at the first callback, after the checks
+        path = tokenize_dataset(meds_dir, out_dir, config, workers=workers,
+                                progress=lambda done, total: update("tokenizing shards", done, total))
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for warning in manifest.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -339,10 +356,12 @@ def sweep(
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
     from medscale.scaling.pipeline import (estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep,
                                            refuse_if_too_big)
+    from medscale.scaling.store import RunStore
 
     reporter = RichReporter()
     if dry_run:
         spec, runs = plan_sweep(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
+        RunStore(out_dir).refuse_changed_sweep(spec.name, runs)  # a changed schedule would pool two families
         plan = estimate_plan(runs, out_dir, spec.resources, memory=memory)
         _print_wide(_plan_table(plan))
         refuse_if_too_big(plan, runs, str(spec_path))
@@ -353,6 +372,7 @@ def sweep(
         return
     spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     runs = expand_over(spec, prepared, spec_path)
+    RunStore(out_dir).refuse_changed_sweep(spec.name, runs)  # before launch_sweep writes the spec's copy
     launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed,
                  reporter=reporter)
 
@@ -600,10 +620,12 @@ def optimal(
 
     if compute_convention not in ("full", "6nd"):
         raise UserError(f"--compute-convention {compute_convention!r}: choose full or 6nd")
+    if not 0 < compute < float("inf"):
+        raise UserError(f"--compute {compute:g}: give the training budget in FLOPs, a positive number (e.g. 1e18)")
     results, _ = load_results(runs_dir)
     sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
     rec = recommend(results, compute, objective=objective, max_tokens=available_tokens, n_boot=n_boot,
-                    compute_convention=compute_convention, sweeps=sweeps)
+                    compute_convention=compute_convention, sweeps=sweeps, tokens_option="--available-tokens")
     print_recommendation(rec, compute)
     from medscale.scaling.downstream.forecast import forecast_lines
 
@@ -696,9 +718,12 @@ def law_line(name: str, law) -> list[str]:
 
 def demo_lines(result) -> list[str]:
     """What the demo prints at the end, every number from the objects the report was written from."""
+    from medscale.scaling.demo import families_lines
+
     lines = law_line("decoder", result.recommendation["fit"])
     lines += recommendation_lines(result.recommendation, result.budget)
     lines += demo_summary(result.fits or {})
+    lines += families_lines(result.fits, "decoder")
     lines += [f"report: {result.report}", f"demo finished in {result.minutes:.1f} min"]
     return lines
 
@@ -748,30 +773,57 @@ def downstream(
         raise UserError(f"{spec_file}: no such downstream spec")
     try:
         if labels is None:
-            spec = load_downstream_spec(spec_file)
+            spec = load_downstream_spec(spec_file, source=str(spec_file))
         else:   # the spec's keys (if any) with the label folder: its tasks name sub-folders of it
             import yaml
 
             raw = yaml.safe_load(spec_file.read_text()) if spec_file else {"modes": ["probe", "lightgbm"]}
             raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
-            spec = load_downstream_spec({**raw, "labels": str(labels.resolve())})
+            spec = load_downstream_spec({**raw, "labels": str(labels.resolve())}, source=str(spec_file or labels))
+    except _user_error_types():
+        raise   # they name the spec, the label folder or the task file already
     except ValueError as err:
         raise UserError(f"{spec_file or labels}: {err}") from None
-    run_downstream(runs_dir, spec, runs=run_ids or None, reporter=RichReporter())
+    table = run_downstream(runs_dir, spec, runs=run_ids or None, reporter=RichReporter())
+    _say_sources(table)
+
+
+def _say_sources(table) -> None:
+    """A note per task whose results in the store come from more than one label source."""
+    from medscale.scaling.downstream.evaluate import mixed_sources
+
+    for task, sources in mixed_sources(table).items():
+        note = (f"task {task} has results from {len(sources)} label sources ({', '.join(sources)}: column labels "
+                f"of downstream.csv); the report and its fits keep them apart as '{task} [<source>]'")
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 @user_errors
 def export(
     run_dir: Path = typer.Argument(..., help="A run folder: RUNS/runs/<run_id>."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors, config.json, vocab.json, tokenizer.json."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors, config.json, vocab.json, tokenizer.json: new, empty, or an earlier export."),
+    partial: bool = typer.Option(False, "--partial", help="Export a run that did not finish (its latest checkpoint); config.json records the step and finished: false."),
 ) -> None:
     """Export a run's parameters as safetensors, with its model config and tokenizer as JSON
     (load them back with medscale.scaling.export.load_exported)."""
-    from medscale.scaling.export import export_run
+    from medscale.scaling.export import export_run, partial_warning
 
-    path = export_run(run_dir, out_dir)
-    out.print(f"exported {run_dir.name} to {path} (model.safetensors, config.json, vocab.json, tokenizer.json)")
+    path, training = export_run(run_dir, out_dir, partial=partial)
+    if not training["finished"]:
+        console.print(f"[yellow]warning:[/] {escape(partial_warning(run_dir.name, training))}", highlight=False,
+                      soft_wrap=True)
+    state = "finished" if training["finished"] else "partial"
+    out.print(f"exported {run_dir.name} (step {training['step']:,} of {training['steps']:,}, {state}) to {path} "
+              "(model.safetensors, config.json, vocab.json, tokenizer.json)", highlight=False, soft_wrap=True)
+
+
+from medscale.scaling.meds_dev import app as _meds_dev_app  # noqa: E402  (MEDS-DEV model entry)
+
+app.add_typer(_meds_dev_app, name="meds-dev")
+from medscale.scaling.predictions_report import predictions_report_command  # noqa: E402
+
+app.command("predictions-report")(predictions_report_command)
 
 
 def main() -> None:

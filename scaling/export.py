@@ -1,7 +1,8 @@
 """Export a trained run outside medscale's orbax layout: `medscale export RUN_DIR --out DIR`.
 
     DIR/model.safetensors   every parameter, named by its path in the Flax model ("blocks.0.attn.q_DxHxK")
-    DIR/config.json         the model config (models/config.py ModelConfig), objective, run id, N, tokens
+    DIR/config.json         the model config (models/config.py ModelConfig), objective, run id, N, tokens, and
+                            "training": the checkpoint's step, the run's steps and state, and whether it finished
     DIR/vocab.json          token -> id (the tokenizer's vocabulary)
     DIR/tokenizer.json      the fitted tokenizer itself (data/tokenizer.py Tokenizer.load reads it)
 
@@ -9,6 +10,10 @@ safetensors is written here directly (no torch or safetensors package needed): a
 header length, a JSON header {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}
 padded with spaces to a multiple of 8 bytes, then the raw little-endian bytes of every tensor, in header
 order. Any safetensors reader (the `safetensors` package, Hugging Face tools) reads the file.
+
+DIR must be absent, empty or an earlier export (a `.medscale-store.json` marker of kind `export`), like every
+medscale output. A run that has not finished (killed, preempted, diverged, still training) is refused unless
+`--partial` is given; then config.json and the safetensors metadata say `finished: false` and the step.
 
 Loading back into the Flax model:
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medscale.atomic import write_json, write_with
+from medscale.atomic import claim_dir, write_json, write_with
 
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int32": "I32",
            "int64": "I64", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
@@ -97,8 +102,12 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str,
     return out, metadata
 
 
-def export_run(run_dir: Path | str, out_dir: Path | str) -> Path:
-    """Write a finished (or checkpointed) run's parameters, config and tokenizer to `out_dir`."""
+def export_run(run_dir: Path | str, out_dir: Path | str, *, partial: bool = False) -> tuple[Path, dict]:
+    """Write a run's parameters, config and tokenizer to `out_dir`; returns (out_dir, the "training" record:
+    the checkpoint's step, the run's steps and state, whether it finished). `out_dir` follows medscale's output
+    rules (medscale.atomic.claim_dir: absent, empty, or an earlier export). A run that did not finish is
+    refused unless `partial`: its weights are an intermediate checkpoint, which an export file, read
+    without its run folder, would otherwise pass off as the trained model."""
     from medscale.data.tokenizer import Tokenizer
     from medscale.models.config import param_counts
     from medscale.scaling.downstream.model import load_run_model
@@ -113,20 +122,46 @@ def export_run(run_dir: Path | str, out_dir: Path | str) -> Path:
         model = load_run_model(run)
     except FileNotFoundError as err:
         raise UserError(f"{err}; train the run first (medscale train / sweep)") from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    training = training_record(run, model.step)
+    if not training["finished"] and not partial:
+        raise UserError(f"{run_dir}: {_partial_words(run.run_id, training)}, so its weights are partial. Finish "
+                        "it first (rerun the medscale train or sweep command that started it: it resumes), or pass "
+                        f"--partial to export the step-{training['step']} weights anyway (config.json then "
+                        "records the step and finished: false).")
+    out = claim_dir(out_dir, "export")
     counts = param_counts(model.cfg)
     config = {"format": "medscale-export", "format_version": 1, "run_id": run.run_id, "objective": model.objective,
               "model": model.cfg.to_dict(), "params_non_embedding": counts.non_embedding, "params_total": counts.total,
+              "training": training,
               "metrics": {k: v for k, v in (run.metrics() or {}).items() if k in ("loss", "tokens", "events", "compute")}}
     write_safetensors(out / "model.safetensors", flat_params(model.params),
-                      {"format": "medscale", "run_id": run.run_id, "objective": model.objective})
+                      {"format": "medscale", "run_id": run.run_id, "objective": model.objective,
+                       "step": training["step"], "finished": str(training["finished"]).lower()})
     write_json(out / "config.json", config)
     tokenizer = Tokenizer.load(model.token_dir)
     write_json(out / "vocab.json", tokenizer.token_id)
     source = Path(model.token_dir) / "tokenizer" / "tokenizer.json"
     write_with(out / "tokenizer.json", lambda tmp: shutil.copyfile(source, tmp))
-    return out
+    return out, training
+
+
+def training_record(run, step: int) -> dict:
+    """What an export records about the weights: the checkpoint's step, the run's planned steps, its state, and
+    whether it finished (state done)."""
+    state = run.state()
+    return {"step": int(step), "steps": int(run.config()["train"]["steps"]), "state": state,
+            "finished": state == "done"}
+
+
+def _partial_words(run_id: str, training: dict) -> str:
+    return (f"run {run_id} did not finish (state {training['state']}; its latest checkpoint is step "
+            f"{training['step']:,} of {training['steps']:,})")
+
+
+def partial_warning(run_id: str, training: dict) -> str:
+    """The warning for an export of an unfinished run's weights."""
+    return (f"{_partial_words(run_id, training)}: exported the partial weights of step {training['step']:,}; "
+            "config.json records \"training\": {\"finished\": false, ...}")
 
 
 def load_exported(export_dir: Path | str):

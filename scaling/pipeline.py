@@ -288,6 +288,7 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     store = RunStore(out_dir, say=reporter.say).claim()
     if runs:
         store.refuse_mixed_sweep(spec.name, runs[0]["data"]["dataset_id"], spec.dataset.model_dump())
+        store.refuse_changed_sweep(spec.name, runs)  # before the spec copy is overwritten
     write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
     run_dirs = [store.ensure(r) for r in runs]
     if retry_failed:

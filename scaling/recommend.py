@@ -16,9 +16,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medscale.models.config import counted_params, param_counts, shape_for
+from medscale.models.config import ASPECT_RANGE, MAX_LAYERS, ShapeError, counted_params, param_counts, shape_for
+from medscale.scaling.flops import flops_per_token as shape_flops
 
 BAND = 0.01  # sizes whose predicted loss is within this fraction of the minimum are "about as good"
+SHAPE_MISS = 2.0  # the shape's N may miss N_opt by this factor (shapes come in steps); more is refused
 
 
 def _mode(values: pd.Series):
@@ -36,7 +38,8 @@ def _fpt(done: pd.DataFrame, params_col: str, convention: str):
 
 def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decoder", max_tokens: float | None = None,
               n_boot: int = 1000, seed: int = 0, compute_convention: str = "full",
-              sweeps: dict[str, dict] | None = None, law=None, flops_per_token=None) -> dict:
+              sweeps: dict[str, dict] | None = None, law=None, flops_per_token=None,
+              tokens_option: str = "--max-tokens") -> dict:
     """Fit the objective's finished runs (the data-constrained law when they record unique tokens and some
     repeat them, else Approach 3 on the runs with all the data) and allocate `compute` FLOPs, with
     `max_tokens` unique tokens available when given.
@@ -45,11 +48,13 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     `sweeps` (sweep name -> the spec as a dict) supplies the learning-rate rule of the runs.
     `law` (a summary.FitResult already fitted to these runs, e.g. report.ObjectiveFits.law) and
     `flops_per_token` (the full FLOPs per token of N that analysis used) are reused instead of fitting again,
-    so the recommendation is the same number as the report's.
+    so the recommendation is the same number as the report's. `tokens_option` is the command's name for
+    `max_tokens` in the message refusing fewer unique tokens than one training window.
     """
     from medscale.analysis import compute_optimal, fit_table
     from medscale.analysis.data_constrained import loss_of
     from medscale.analysis.errors import AnalysisError
+    from medscale.analysis.inputs import check_available_tokens
     from medscale.analysis.report import repeats_data
 
     done = results[(results["status"] == "done") & (results["objective"] == objective)].copy()
@@ -58,6 +63,10 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     convention = str(done["param_count"].mode().iloc[0]) if "param_count" in done and done["param_count"].notna().any() \
         else "non_embedding"
     has_u = repeats_data(done)  # the same rule as the report's (analysis/report.py)
+    seq_len, n_seq = _mode(done["seq_len"])
+    if max_tokens is not None:
+        max_tokens = check_available_tokens(max_tokens, tokens_option, minimum=float(seq_len),
+                                            window=f"seq_len {seq_len} of the runs fitted")
     if not has_u and "train_fraction" in done:  # runs on part of the data repeat it: only L(N, D, U) fits them
         done = done[done["train_fraction"].fillna(1.0) >= 1.0]
     fit = law if law is not None else fit_table(
@@ -69,7 +78,6 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     full = compute_convention == "full" and "flops_full" in done
     allocation = compute_optimal(fit.fit, compute, max_tokens=max_tokens, flops_per_token=fpt if full else None)
     notes: list[str] = []
-    seq_len, n_seq = _mode(done["seq_len"])
     batch, n_batch = _mode(done["batch_size"])
     if n_seq > 1 or n_batch > 1:
         notes.append(f"the fitted runs used several batch sizes or sequence lengths; the most common "
@@ -78,7 +86,9 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     shape, shape_choice = choose_shape(allocation.n_opt.value, convention, best_swept_shape(done), **shape_kw)
     notes.append(shape_choice["reason"])
     n_shape = float(counted_params(shape, convention))
-    tokens = float(compute / fpt(n_shape)) if full else float(compute / (6 * n_shape))
+    refuse_unreachable(shape, n_shape, allocation, compute, fit.fit)
+    # the budget on the count the allocation used: the runs' full FLOPs per token of N, or 6N (scaling/flops.py)
+    tokens = float(compute / (fpt(n_shape) if full else shape_flops(shape, int(seq_len), convention).six_n))
     if max_tokens is not None and allocation.epochs is None:
         tokens = min(tokens, float(max_tokens))
     p = fit.fit.params_
@@ -98,6 +108,33 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
             "loss": float(line[np.argmin(np.abs(grid - n_shape))]) if band else None,
             "band": band, "seq_len": int(seq_len), "batch_size": int(batch), "optimizer": lr,
             "compute_convention": "full" if full else "6nd", "notes": notes, "shape_choice": shape_choice}
+
+
+def refuse_unreachable(shape, n_shape: float, allocation, compute: float, law) -> None:
+    """A ShapeError when the shape rules cannot build a model within SHAPE_MISS of N_opt (past the largest shape,
+    or below the smallest): its message names N_opt and D_opt, the nearest shape and about which budget it fits."""
+    n_opt = allocation.n_opt.value
+    if abs(np.log(n_shape / n_opt)) <= np.log(SHAPE_MISS):
+        return
+    side = "largest" if n_opt > n_shape else "smallest"
+    capped = allocation.token_limited and allocation.epochs is None  # N = C / (6 D_cap): N grows as C
+    a = 1.0 if capped else float(getattr(getattr(law, "allocation_", None), "a", float("nan")))
+    edge = compute * (n_shape / n_opt) ** (1 / a) if a > 0 else float("nan")  # N_opt ~ C^a
+    at = (f"is compute-optimal at about {edge:.3g} FLOPs: ask for a budget of "
+          f"{'at most' if side == 'largest' else 'at least'} that") if np.isfinite(edge) else "bounds what can be run"
+    raise ShapeError(
+        f"N_opt = {n_opt:.3g} params (D_opt = {allocation.d_opt.value:.3g} tokens) at {compute:.3g} FLOPs"
+        f"{_past(allocation)} is {'more' if side == 'largest' else 'less'} than the {side} model the shape rules "
+        f"build (models/config.py: 1 to {MAX_LAYERS} layers, d_model/n_layers {ASPECT_RANGE[0]} to {ASPECT_RANGE[1]}): "
+        f"d_model {shape.d_model} x {shape.n_layers} layers, {n_shape:.3g} params, so no shape or run spec is made "
+        f"for it. The {side} shape {at}")
+
+
+def _past(allocation) -> str:
+    reach = allocation.beyond_data
+    if not reach or reach["compute_decades"] < 0.05:
+        return ""
+    return f" ({reach['compute_decades']:.1f} decades of compute past the largest run fitted)"
 
 
 def best_swept_shape(done: pd.DataFrame) -> dict | None:

@@ -189,3 +189,91 @@ def configure_process(*, cores: int | None = None, host_devices: int | None = No
     info["devices"] = jax.device_count()
     return info
 
+
+
+# The local Ray a sweep starts lives in a session of its own, under a watcher process that ends it with the
+# driver. In the driver's session Ray's daemons shared its process group, so a signal to the group (Ctrl-C,
+# `timeout`, a batch system's SIGTERM) killed the GCS before the driver could unwind (60 s on "Failed to
+# connect to GCS", no resume hint), and after kill -9 of the driver its agents and workers lived on (parent 1).
+HEAD_START_S = 180.0
+HEAD_STOP_S = 30.0
+
+
+class LocalRayHead:
+    """A local Ray head owned by this process: `address` to ray.init, `stop()` to end it. The watcher (its own
+    session) started it as a Ray driver of its own; it ends Ray and every process left in its session when
+    this process closes the pipe or dies, however it dies (kill -9 included)."""
+
+    def __init__(self, num_cpus: int, temp_dir: str) -> None:
+        import select
+        import subprocess
+
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+        self.log = Path(temp_dir) / "medscale-ray-head.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "medscale.scaling.runtime", "ray-head", str(num_cpus),
+                                          temp_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         start_new_session=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], HEAD_START_S)
+        self.address, _, self.auth_mode = (self.proc.stdout.readline().decode() if ready else "").strip().partition(" ")
+        if not self.address:
+            self.stop()
+            tail = self.log.read_text(errors="replace")[-1500:]
+            raise OSError(None, f"a local Ray did not start within {HEAD_START_S:.0f} s; this log ends: {tail}",
+                          str(self.log))  # an environment failure: the CLI exits 1 naming the log
+
+    def stop(self) -> None:
+        """End the head and wait (bounded) until its processes are gone."""
+        import subprocess
+
+        self.proc.stdin.close()  # the watcher's signal to end Ray
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(HEAD_STOP_S)
+            except subprocess.TimeoutExpired:  # the watcher hung: end its session ourselves
+                _kill_session(self.proc.pid)
+                self.proc.wait(5)
+        self.proc.stdout.close()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` but this one."""
+    import signal
+
+    import psutil
+
+    for pid in psutil.pids():
+        try:
+            if pid != os.getpid() and os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _ray_head_main(num_cpus: int, temp_dir: str) -> None:
+    """The watcher: start Ray, print its address, wait until the driver (our parent) closes our stdin or dies,
+    then shut Ray down and end whatever is left of this session (agents and workers that outlive a raylet)."""
+    import select
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    driver = os.getppid()
+    import ray
+
+    context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                       _temp_dir=temp_dir)
+    # the driver must authenticate as this head does (Ray turns token authentication on for a local head)
+    print(context.address_info["gcs_address"], os.environ.get("RAY_AUTH_MODE", ""), flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    while os.getppid() == driver:  # reparented: the driver died without closing the pipe (its fork holds it)
+        ready, _, _ = select.select([0], [], [], 1.0)
+        if ready and not os.read(0, 4096):
+            break
+    try:
+        ray.shutdown()
+    finally:
+        _kill_session(os.getsid(0))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["ray-head"]:
+    _ray_head_main(int(sys.argv[2]), sys.argv[3])

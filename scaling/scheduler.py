@@ -12,6 +12,11 @@ one of whose processes died is torn down and restarted from the last checkpoint.
 SIGTERM ("preempted", checkpoint saved) goes back in the queue without counting as a failure.
 A WSD branch (scaling/wsd.py) waits in the queue until its trunk has written its fork checkpoint, and
 starts as soon as it has, while the trunk trains on.
+
+A local Ray (no `address`) is started in a session of its own by a watcher process (runtime.LocalRayHead),
+which ends it with this process however this process ends: a signal to the driver's process group (Ctrl-C,
+`timeout`) reaches the driver alone, which unwinds (gangs torn down, leases released) while Ray still
+answers, and kill -9 of the driver leaves no Ray agent or worker behind.
 """
 from __future__ import annotations
 
@@ -26,11 +31,10 @@ from typing import Callable
 import pandas as pd
 
 from medscale.scaling.gang import GangRun
-from medscale.scaling.runtime import malloc_env, process_shape
-from medscale.scaling.store import FINAL_STATES, RunDir, RunStore
+from medscale.scaling.runtime import LocalRayHead, malloc_env, process_shape
+from medscale.scaling.store import FINAL_STATES, STALE_AFTER_S, RunDir, RunStore
 from medscale.scaling.wsd import fork_checkpoint, fork_of, trained_steps
 
-STALE_AFTER_S = 60.0
 
 
 @dataclass
@@ -130,21 +134,49 @@ def next_ready(queue: deque, active: set[str], forks: dict[str, tuple[str, Path]
     return None
 
 
+_local_head: LocalRayHead | None = None  # the local Ray this process started (runtime.LocalRayHead)
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray; returns whether we started a local instance (and so must shut it down)."""
+    """Start or join Ray; returns whether we started a local instance (and so must shut it down: _shutdown_ray).
+    A local one runs in its own session under a watcher that ends it with this process (runtime.LocalRayHead)."""
+    global _local_head
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.update(malloc_env())  # local processes inherit it; run tasks also get it in their runtime_env
-    with keeping_signal_handlers():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-            return False
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _temp_dir=os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
-    return True
+    if not address:
+        _shutdown_ray()  # a head left by a caller that only called ray.shutdown()
+        _local_head = LocalRayHead(num_cpus or os.cpu_count() or 1, os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
+        if _local_head.auth_mode == "token" and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray turned token authentication on for its new head (as ray.init does locally); this process read
+            # the mode when it imported ray, so switch it on here the way ray.init does for its own head
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            _enable_token_auth()
+    try:
+        with keeping_signal_handlers():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address=_local_head.address, log_to_driver=False, configure_logging=False)
+    except BaseException:
+        _shutdown_ray()
+        raise
+    return not address
+
+
+def _shutdown_ray() -> None:
+    """Leave Ray, and end the local Ray this process started, if any."""
+    global _local_head
+    import ray
+
+    ray.shutdown()
+    if _local_head is not None:
+        _local_head.stop()
+        _local_head = None
 
 
 @contextlib.contextmanager
@@ -167,22 +199,47 @@ def keeping_signal_handlers():
                 signal.signal(sig, handler)
 
 
-def refuse_infeasible(cpus: int, gpus: float, tpus: int) -> None:
-    """Refuse (UserError, exit 2) a run size no live node of the cluster can hold: Ray would keep such
-    a task pending forever. (An autoscaling cluster's future nodes are not seen: start them first.)"""
+def refuse_infeasible(cpus: int, gpus: float, tpus: int, hosts: int = 1) -> None:
+    """Refuse (UserError, exit 2) a run size the live nodes of the cluster cannot hold: Ray would keep such a
+    task pending forever, and a gang's placement group too (the sweep sat at "1 running"). A gang of `hosts`
+    processes needs that many bundles, one per process, spread over the nodes as they fit. (An autoscaling
+    cluster's future nodes are not seen: start them first.)"""
     import ray
 
     from medscale.scaling.errors import UserError
 
     need = {"CPU": cpus, "GPU": gpus, "TPU": tpus}
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+    fits = [min(int(node.get(k, 0) // v) for k, v in need.items() if v) if any(need.values()) else hosts
+            for node in nodes]
+    if sum(fits) >= hosts:
         return
     largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
     asked = ", ".join(f"{k.lower()}s: {v:g}" for k, v in need.items() if v)
     offer = ", ".join(f"{k.lower()}s: {v:g}" for k, v in largest.items())
-    raise UserError(f"resources: each run asks for {asked}, but no node of the Ray cluster ({len(nodes)} node(s)) "
-                    f"offers that (the largest offer {offer}). Lower resources in the spec, or add such a node.")
+    total = ", ".join(f"{k.lower()}s: {sum(node.get(k, 0) for node in nodes):g}" for k in need)
+    if hosts == 1:
+        raise UserError(f"resources: each run asks for {asked}, but no node of the Ray cluster ({len(nodes)} node(s)) "
+                        f"offers that (the largest offer {offer}). Lower resources in the spec, or add such a node.")
+    raise UserError(f"resources.hosts: each run is a gang of {hosts} processes asking for {asked} each, but the Ray "
+                    f"cluster ({len(nodes)} node(s); in all {total}; the largest node {offer}) holds at most "
+                    f"{sum(fits)} such process(es) at once, so the gang would wait forever. Lower resources.hosts "
+                    f"(or the per-process resources), or add nodes and pass --address.")
+
+
+def mark_stale(store: RunStore, run_dirs: list[RunDir], stale_after: float) -> None:
+    """Mark "stale", with the reason, the store's runs outside this launch whose process died while they ran
+    (state running, no live lease): nothing is training them and this launch will not resume them."""
+    mine = {run.run_id for run in run_dirs}
+    for run in store.runs():
+        if run.run_id in mine or run.state() != "running" or run.lease_is_live(stale_after):
+            continue
+        try:
+            sweep = run.config().get("sweep")
+        except Exception:  # noqa: BLE001 - a damaged config: the run is still not running
+            sweep = None
+        run.set_status("stale", error=f"its process died while it ran and this launch does not include it; rerun "
+                                      f"sweep {sweep!r} with its own spec to resume it from its last checkpoint")
 
 
 def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: float = 0, tpus: int = 0,
@@ -197,7 +254,8 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
     started_here = _init_ray(address, None)
     inflight: dict = {}  # ref -> (run, its GangRun or None for a one-process task)
     try:
-        refuse_infeasible(cpus, gpus, tpus)
+        refuse_infeasible(cpus, gpus, tpus, hosts)
+        mark_stale(store, run_dirs, stale_after)
         cluster_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         limit = max_concurrent or max(1, cluster_cpus // max(1, cpus * hosts))
         resources = {"TPU": tpus} if tpus else None
@@ -317,4 +375,4 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         for gang in {id(g): g for _, g in inflight.values() if g is not None}.values():
             gang.teardown()  # interrupted: leave no processes or reserved bundles behind
         if started_here:
-            ray.shutdown()
+            _shutdown_ray()

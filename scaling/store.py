@@ -14,6 +14,10 @@ the rest from their checkpoints. Two launches never run one run at once: a run i
 under a lease (created atomically and exclusively), and a lease whose heartbeat is older than `stale_after`
 seconds belongs to a dead holder and may be broken.
 
+One sweep name in a store has one dataset and one schedule (refuse_mixed_sweep, refuse_changed_sweep): its
+runs are fitted as one family. A run whose process died mid-run (state running, no live lease) is reported
+`stale`, and marked so by a launch that does not resume it; rerunning its own sweep resumes it.
+
 Stores from before the kind prefix (`runs/<hash>/`, `status.json`) are still read; a sweep that
 reaches such a run renames its folder to the prefixed name and carries on from its checkpoint.
 """
@@ -33,8 +37,10 @@ from medscale.scaling.steps import LeaseHeld, StepDir, identity_hash, pick
 
 __all__ = ["FINAL_STATES", "LeaseHeld", "RunDir", "RunStore", "STATES", "config_hash", "run_id"]
 
-# "preempted": stopped on SIGTERM after saving a checkpoint; resumable, like "running" with a dead lease
-STATES = ("pending", "running", "done", "failed", "diverged", "preempted")
+# "preempted": stopped on SIGTERM after saving a checkpoint; resumable, like "running" with a dead lease.
+# "stale": its process died while it ran (no live lease) and the launch that last came by did not resume it
+# (another sweep's); resumable too, by rerunning its own sweep. Never reported as running.
+STATES = ("pending", "running", "done", "failed", "diverged", "preempted", "stale")
 FINAL_STATES = ("done", "diverged")
 # The fields of a resolved run config that define what the run computes. Not among them: where the
 # tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
@@ -44,6 +50,20 @@ DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_frac
 # Of `checkpoint`, only the key hashed since the first stores (so their run ids stay); when to checkpoint
 # by the clock or on SIGTERM (every_minutes, grace_seconds) never changes what a run computes.
 CHECKPOINT_IDENTITY = ("every_steps",)
+STALE_AFTER_S = 60.0  # a lease not renewed for this long belongs to a dead holder (the scheduler's default too)
+
+
+# What a run of a sweep means beyond its grid point: one sweep name, one meaning (the dataset and its tokenizer
+# are checked by refuse_mixed_sweep). The spec field each comes from, and its value when a config lacks it.
+MEANING = {"schedule": ("optimizer.schedule", "cosine"), "cooldown_fraction": ("optimizer.cooldown_fraction", None),
+           "cooldown_shape": ("optimizer.cooldown_shape", "linear")}
+
+
+def run_meaning(config: dict) -> dict:
+    """The MEANING fields of a run config's `train` (the cooldown ones only under WSD)."""
+    train = config.get("train") or {}
+    meaning = {k: train.get(k, default) for k, (_, default) in MEANING.items()}
+    return meaning if meaning["schedule"] == "wsd" else {"schedule": meaning["schedule"]}
 
 
 def run_identity(config: dict) -> dict:
@@ -146,6 +166,7 @@ class RunStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self.say = say or (lambda message: print(message, file=sys.stderr))
+        self._meaning_cache: dict | None = None  # refuse_changed_sweep's view of the runs here
 
     def claim(self) -> "RunStore":
         """Make the root a run store (or refuse: OutDirError) before writing anything into it."""
@@ -174,11 +195,44 @@ class RunStore:
                 f"({_describe(dataset)}). The data at that path or the tokenizer settings changed. Pooling both "
                 "would fit one law to two datasets: use another --out, or rename the sweep (name:).")
 
+    def refuse_changed_sweep(self, name: str, configs: list[dict]) -> None:
+        """Refuse (UserError) run configs of sweep `name` whose schedule or cooldown differs from that of the runs
+        of the same name already here: pooled, one law would be fitted to two schedules. Says which field
+        changed, from what to what, and what to do."""
+        known = self._meanings().get(name)
+        for config in configs if known else []:
+            new = run_meaning(config)
+            for key, (field, _) in MEANING.items():
+                if key in new and key in known[0] and new[key] != known[0][key]:
+                    raise UserError(self._changed_message(name, field, known, known[0][key], new[key]))
+
+    def _meanings(self) -> dict[str, tuple[dict, list[RunDir]]]:
+        """Sweep name -> (the meaning of its runs here, those runs); read once per RunStore."""
+        if self._meaning_cache is None:
+            self._meaning_cache = {}
+            for run in self.runs():
+                try:
+                    cfg = run.config()
+                except (CorruptFile, OSError):
+                    continue
+                self._meaning_cache.setdefault(cfg.get("sweep"), (run_meaning(cfg), []))[1].append(run)
+        return self._meaning_cache
+
+    def _changed_message(self, name: str, field: str, known: tuple[dict, list[RunDir]], old, new) -> str:
+        unfinished = sum(run.state() not in FINAL_STATES for run in known[1])
+        left = f" ({unfinished} of them unfinished: they resume only under {old!r})" if unfinished else ""
+        return (f"{self.root} already holds {len(known[1])} run(s) of sweep {name!r} trained with {field} {old!r}"
+                f"{left}; this spec has {field} {new!r}. That changes what every run computes, and a sweep's runs "
+                f"are fitted as one family, so they would be pooled. To keep both, use another --out or rename the "
+                f"sweep (name:); to go on with this sweep, set {field} back to {old!r}.")
+
     def run_dir(self, run_id: str) -> RunDir:
         return RunDir(self.runs_dir / run_id)
 
     def ensure(self, config: dict) -> RunDir:
-        """Create the run's folder with its config (idempotent); returns it."""
+        """Create the run's folder with its config (idempotent); returns it. Refuses (UserError) a config whose
+        schedule differs from that of its sweep's runs here (refuse_changed_sweep)."""
+        self.refuse_changed_sweep(config.get("sweep"), [config])
         run = self.run_dir(run_id(config))
         legacy = self.run_dir(config_hash(config))
         if not run.path.exists() and legacy.path.is_dir() and not legacy.lease_is_live(60.0):
@@ -215,6 +269,8 @@ class RunStore:
             status = run.status()
             row: dict[str, Any] = {"run_id": run.run_id, "status": status["state"],
                                    "attempts": status.get("attempts", 0)}
+            if status["state"] == "running" and not run.lease_is_live(STALE_AFTER_S):
+                row["status"] = "stale"  # its process died: nothing is training it (a rerun of its sweep resumes it)
             try:
                 row.update(flatten_run_config(run.config()))
             except (CorruptFile, KeyError, TypeError) as err:

@@ -152,7 +152,8 @@ def test_downstream_on_the_label_folder_matches_meds_evaluation(trained, sample)
     assert set(table["task"]) == {"boolean_value_task"} and set(table["mode"]) == {"probe", "lightgbm"}
     assert not (table["mode"] == "ceiling").any()   # no ground truth in real data
     probe = table[(table["mode"] == "probe") & (table["metric"] == "auroc")].iloc[0]
-    path = store_root / "predictions" / run.run_id / "boolean_value_task" / "probe_budget-all_seed-0.parquet"
+    (path,) = (store_root / "predictions" / run.run_id / "boolean_value_task").glob(
+        "probe_budget-all_seed-0_labels-*.parquet")   # the label folder's source in the name
     predictions = pl.read_parquet(path)
     assert predictions.columns == ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
                                    "predicted_boolean_probability"]

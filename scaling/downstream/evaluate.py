@@ -22,7 +22,9 @@ Every row also carries `ceiling` (the true probability's metric on the very same
 Intervals: percentile bootstrap over subjects (analysis/metrics.py).
 
 Results: <store_root>/downstream.csv and .parquet, long format, rewritten atomically after every run
-(medscale.atomic). Size-independent rows (lightgbm, ceiling) have run_id 'baseline:<dataset_id>' and no
+(medscale.atomic). Each row's `labels` names its label source: the label folder (spec `labels:`), empty for
+task files; a task evaluated on two sources is two tasks to the analysis (`downstream_data` names them
+"<task> [<source>]"), never one pooled result. Size-independent rows (lightgbm, ceiling) have run_id 'baseline:<dataset_id>' and no
 params/compute, which is how analysis/saturation.fit_saturation tells baselines apart. An evaluation already
 is an idempotent step named by the hash of (run_id, task, mode, label_budget, seed) and the spec fields that
 change its result (SHARED_IDENTITY, MODE_IDENTITY): a finished one is not recomputed, so a rerun resumes.
@@ -32,7 +34,6 @@ one label budget, seeds averaged.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,8 +48,8 @@ from medscale.scaling.steps import StepDir, pick, step_name
 from medscale.scaling.store import RunDir, RunStore
 
 COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "metric", "value",
-           "low", "high", "ceiling", "gap", "n_fit", "n_test", "protocol"]
-KEY = ["run_id", "task", "mode", "label_budget", "seed", "protocol"]
+           "low", "high", "ceiling", "gap", "n_fit", "n_test", "protocol", "labels"]
+KEY = ["run_id", "task", "mode", "label_budget", "seed", "protocol", "labels"]
 Progress = Callable[[str, int, int], None]
 
 
@@ -97,12 +98,42 @@ def prepare_task(meds: str, name: str, spec: DownstreamSpec) -> TaskData:
     if spec.temporal_cutoff:
         cutoff = pd.Timestamp(spec.temporal_cutoff)
         fit, test = fit[fit["prediction_time"] < cutoff], test[test["prediction_time"] >= cutoff]
-    if fit.empty or test.empty:
-        raise ValueError(f"task {name}: {len(fit)} fit and {len(test)} test samples; need both (check splits, "
-                         "temporal_cutoff and the cohort size)")
+    _need_fit_and_test(name, task, labels, fit, test, spec)
     fit, test = _cap_by_subject(fit, spec.max_samples, 1), _cap_by_subject(test, spec.max_samples, 2)
+    _need_both_classes(name, task, fit, test)
     events = subject_events(meds, np.r_[fit["subject_id"].to_numpy(), test["subject_id"].to_numpy()])
     return TaskData(task, fit, test, events, meds, groups=subgroups_of(meds, test, events))
+
+
+def _need_fit_and_test(name: str, task, labels: pd.DataFrame, fit: pd.DataFrame, test: pd.DataFrame,
+                       spec: DownstreamSpec) -> None:
+    """Refuse a task whose labels leave the fit pool or the test set empty, naming the splits they cover."""
+    if not (fit.empty or test.empty):
+        return
+    covered = ", ".join(f"{split} {n:,}" for split, n in labels["split"].value_counts().items()) or "none"
+    cutoff = f" and temporal_cutoff {spec.temporal_cutoff}" if spec.temporal_cutoff else ""
+    raise UserError(f"task {name} ({task.path}): {len(fit):,} fit samples (fit_splits {', '.join(spec.fit_splits)}) "
+                    f"and {len(test):,} test samples (test_splits {', '.join(spec.test_splits)}{cutoff}); its labels "
+                    f"cover the splits {covered}. Both sides are needed: give labels for subjects of the missing "
+                    "split(s), or set fit_splits/test_splits (or temporal_cutoff) in the downstream spec to what the "
+                    "labels cover.")
+
+
+def _need_both_classes(name: str, task, fit: pd.DataFrame, test: pd.DataFrame) -> None:
+    """Refuse a binary task whose fit pool or test set holds one class: nothing could be fitted or scored
+    (every mode would be skipped, or its AUROC undefined)."""
+    from medscale.data.tasks import label_values
+
+    if task.kind != "binary":
+        return
+    counts = {side: np.bincount(label_values(rows, task).astype(int), minlength=2)
+              for side, rows in (("fit pool", fit), ("test set", test))}
+    if all((c > 0).all() for c in counts.values()):
+        return
+    shown = "; ".join(f"{side}: {c[0]:,} false, {c[1]:,} true" for side, c in counts.items())
+    raise UserError(f"task {name} ({task.path}): one class only ({shown}); a binary task needs both classes in "
+                    "the fit pool and in the test set to fit a model and score it (AUROC). Check the labels' "
+                    "boolean_value, or leave the task out (tasks: in the downstream spec).")
 
 
 AGE_BANDS = ((0, 45, "<45"), (45, 65, "45-64"), (65, 200, "65+"))
@@ -154,7 +185,34 @@ def read_downstream(store_root) -> pd.DataFrame:
     csv, _ = _paths(Path(store_root))
     if not csv.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(csv, dtype={"run_id": str, "label_budget": str, "protocol": str, "task": str, "mode": str})
+    frame = pd.read_csv(csv, dtype={"run_id": str, "label_budget": str, "protocol": str, "task": str, "mode": str,
+                                    "labels": str})
+    return frame.assign(labels=frame["labels"].fillna("") if "labels" in frame else "")
+
+
+def with_sources(frame: pd.DataFrame, mixed: set[str]) -> pd.DataFrame:
+    """The frame with each task of `mixed` (results from more than one label source) renamed
+    "<task> [<source>]", so that analysis (saturation, the report, forecasts) keeps the sources apart."""
+    if not mixed or frame.empty:
+        return frame
+    frame = frame.copy()
+    rows = frame["task"].isin(mixed)
+    frame.loc[rows, "task"] = [f"{t} [{_source_name(src)}]" for t, src in zip(frame.loc[rows, "task"],
+                                                                           frame.loc[rows, "labels"])]
+    return frame
+
+
+def mixed_sources(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """task -> its label sources, for the tasks whose results come from more than one (the column `labels`:
+    the label folder's path, or empty for a task file)."""
+    if frame.empty or "labels" not in frame:
+        return {}
+    sources = frame.assign(labels=frame["labels"].fillna("")).groupby("task")["labels"].unique()
+    return {task: sorted(map(_source_name, s)) for task, s in sources.items() if len(s) > 1}
+
+
+def _source_name(labels) -> str:
+    return labels if isinstance(labels, str) and labels else "task file"
 
 
 def _write(root: Path, frame: pd.DataFrame) -> None:
@@ -192,7 +250,7 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
     has_truth = np.all(np.isfinite(truth))
     best = evaluate(y, truth, subjects, kind=kind, n_boot=0) if has_truth else {}
     base = {**meta, "task": data.task.name, "mode": mode, "label_budget": str(budget), "seed": seed,
-            "n_fit": n_fit, "n_test": len(rows), "protocol": spec.protocol}
+            "n_fit": n_fit, "n_test": len(rows), "protocol": spec.protocol, "labels": spec.labels or ""}
     out = []
     for metric, (value, low, high) in got.items():
         ceiling = best.get(metric, (np.nan,))[0]
@@ -285,17 +343,14 @@ class _Evaluator:
 
 def compile_downstream(store_root: Path | str) -> pd.DataFrame:
     """The rows of every finished evaluation step under `<store_root>/downstream/`, in a stable order."""
-    rows: list[dict] = []
-    for folder in sorted((Path(store_root) / "downstream").glob("eval-*")):
-        if StepDir(folder).state() == "done":
-            rows.extend(read_json(folder / "rows.json") or [])
+    rows = [r for folder in _done_steps(store_root) for r in _with_source(folder, "rows.json")]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["label_budget"] = frame["label_budget"].astype(str)
     return frame
 
 
 SUBGROUP_COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "kind",
-                    "group", "n", "metric", "value", "low", "high", "ceiling", "protocol"]
+                    "group", "n", "metric", "value", "low", "high", "ceiling", "protocol", "labels"]
 
 
 def _done_steps(store_root):
@@ -304,9 +359,16 @@ def _done_steps(store_root):
             yield folder
 
 
+def _with_source(folder: Path, name: str) -> list[dict]:
+    """A finished step's rows (rows.json, subgroups.json), each with its label source (`labels`: the label
+    folder, empty for a task file), which rows written before the column existed take from identity.json."""
+    source = (read_json(folder / "identity.json") or {}).get("labels") or ""
+    return [{**r, "labels": r.get("labels", source) or ""} for r in (read_json(folder / name) or [])]
+
+
 def compile_subgroups(store_root: Path | str) -> pd.DataFrame:
     """Every finished evaluation's metrics per subgroup (sex, age band) of its test rows."""
-    rows = [r for folder in _done_steps(store_root) for r in (read_json(folder / "subgroups.json") or [])]
+    rows = [r for folder in _done_steps(store_root) for r in _with_source(folder, "subgroups.json")]
     frame = pd.DataFrame(rows, columns=SUBGROUP_COLUMNS)
     frame["label_budget"] = frame["label_budget"].astype(str)
     return frame
@@ -328,8 +390,8 @@ def read_draws(store_root: Path | str, metric: str = "auroc", label_budget: str 
         v = np.array([np.nan if x is None else x for x in values], dtype=float)
         parts.append(pd.DataFrame({"run_id": ident["run_id"], "task": ident["task"], "mode": ident["mode"],
                                    "metric": metric, "seed": int(ident["seed"]), "draw": np.arange(v.size),
-                                   "value": v, "resample": got["resample"]}))
-    cols = ["run_id", "task", "mode", "metric", "seed", "draw", "value", "resample"]
+                                   "value": v, "resample": got["resample"], "labels": ident.get("labels") or ""}))
+    cols = ["run_id", "task", "mode", "metric", "seed", "draw", "value", "resample", "labels"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
@@ -339,10 +401,11 @@ def downstream_data(store_root: Path | str, table: pd.DataFrame | None = None, l
     from medscale.analysis.downstream_data import DownstreamData
 
     table = compile_downstream(store_root) if table is None else table
+    mixed = set(mixed_sources(table))   # a task evaluated on two label sources is two tasks to the analysis
     sub = compile_subgroups(store_root)
-    sub = sub[sub["label_budget"].astype(str) == str(label_budget)]
-    return DownstreamData(results=saturation_input(table, label_budget), draws=read_draws(store_root, "auroc", label_budget),
-                          subgroups=sub)
+    sub = with_sources(sub[sub["label_budget"].astype(str) == str(label_budget)], mixed)
+    return DownstreamData(results=saturation_input(with_sources(table, mixed), label_budget),
+                          draws=with_sources(read_draws(store_root, "auroc", label_budget), mixed), subgroups=sub)
 
 
 def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokenizer) -> None:
@@ -519,25 +582,23 @@ def evaluate_store(store_root, spec: DownstreamSpec, *, runs=None, progress: Pro
     by_tokens: dict[str, list[RunDir]] = {}
     for r in all_runs:
         by_tokens.setdefault(r.config()["data"]["token_dir"], []).append(r)
-    total = len(all_runs) + len(by_tokens)
-    done = 0
-    for token_dir, group in by_tokens.items():
+    # two counters, each reported up to its total: the datasets whose labels and baselines are ready, the runs
+    done_runs = 0
+    for n_data, (token_dir, group) in enumerate(by_tokens.items()):
         manifest = json.loads((Path(token_dir) / "manifest.json").read_text())
         meds = spec.meds or manifest["meds_dir"]
         tokenizer = Tokenizer.load(token_dir)
         dataset = group[0].config()["data"].get("dataset_id") or Path(token_dir).parent.name
-        ev.progress("downstream: labels", done, total)
         tasks = {name: prepare_task(meds, name, spec) for name in spec.tasks}
         _baselines(ev, dataset, tasks, tokenizer)
-        done += 1
-        ev.progress("downstream", done, total)
+        ev.progress("downstream: labels and baselines", n_data + 1, len(by_tokens))
+        ev.progress("downstream: runs", done_runs, len(all_runs))
         finetune_ids = _spread(group, spec.finetune.max_runs)
         zero_shot_ids = _spread([r for r in group if r.config()["objective"] == "decoder"], spec.zero_shot.max_runs)
         history_cache: dict = {}
         for run in sorted(group, key=lambda r: r.run_id):
-            t = time.time()
             _evaluate_run(ev, run, tasks, tokenizer, run.run_id in finetune_ids, history_cache,
                           zero_shot_ok=run.run_id in zero_shot_ids)
-            done += 1
-            ev.progress(f"downstream ({time.time() - t:.0f}s/run)", done, total)
+            done_runs += 1
+            ev.progress("downstream: runs", done_runs, len(all_runs))
     return ev.table

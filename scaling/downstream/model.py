@@ -35,6 +35,7 @@ class LoadedModel:
     n_params: int          # N in the run's convention (non-embedding or total), as in the results table
     compute: float
     token_dir: str
+    step: int | None = None   # the checkpoint's training step
 
 
 def load_run_model(run: RunDir) -> LoadedModel:
@@ -60,7 +61,7 @@ def load_run_model(run: RunDir) -> LoadedModel:
     metrics = run.metrics() or {}
     n = int(metrics.get("params") or counted_params(model_cfg, cfg.get("param_count")))
     return LoadedModel(run.run_id, cfg["objective"], model_cfg, graphdef, state["params"], n,
-                       float(metrics.get("compute", np.nan)), cfg["data"]["token_dir"])
+                       float(metrics.get("compute", np.nan)), cfg["data"]["token_dir"], int(step))
 
 
 def fresh_params(model_cfg, seed: int) -> tuple[object, dict]:

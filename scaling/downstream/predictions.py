@@ -1,6 +1,9 @@
 """Predictions in meds-evaluation's schema, one parquet file per (run, task, mode, label budget, seed).
 
-    <store>/predictions/<run_id>/<task>/<mode>_budget-<b>_seed-<s>.parquet
+    <store>/predictions/<run_id>/<task>/<mode>_budget-<b>_seed-<s>[_labels-<h>].parquet
+
+where <h> (8 hex digits of the label folder's path) names the source of tasks read from a MEDS label folder, so
+that two label folders evaluated into one store keep two files instead of the second overwriting the first.
 
 Binary tasks: the MEDS label schema plus `predicted_boolean_probability` (float32, the model's probability
 of the positive class) and `predicted_boolean_value` (probability >= 0.5), exactly what
@@ -11,6 +14,7 @@ yet). Written by the evaluation step before it is marked done, so a finished ste
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +30,11 @@ REGRESSION_SCHEMA = pa.schema([("subject_id", pa.int64()), ("prediction_time", p
                                ("float_value", pa.float64()), ("predicted_float_value", pa.float64())])
 
 
-def predictions_path(store_root, run_id: str, task: str, mode: str, budget, seed: int) -> Path:
+def predictions_path(store_root, run_id: str, task: str, mode: str, budget, seed: int, labels: str = "") -> Path:
     safe_run = str(run_id).replace(":", "_")   # baseline:<dataset> rows
-    return Path(store_root) / "predictions" / safe_run / task / f"{mode}_budget-{budget}_seed-{seed}.parquet"
+    source = f"_labels-{hashlib.sha1(labels.encode()).hexdigest()[:8]}" if labels else ""
+    return (Path(store_root) / "predictions" / safe_run / task
+            / f"{mode}_budget-{budget}_seed-{seed}{source}.parquet")
 
 
 def predictions_table(rows: pd.DataFrame, score: np.ndarray, kind: str) -> pa.Table:
@@ -49,7 +55,7 @@ def write_predictions(store_root, result_rows: list[dict], rows: pd.DataFrame, s
 
     first = result_rows[0]
     path = predictions_path(store_root, first["run_id"], first["task"], first["mode"], first["label_budget"],
-                            first["seed"])
+                            first["seed"], first.get("labels") or "")
     path.parent.mkdir(parents=True, exist_ok=True)
     table = predictions_table(rows.iloc[: len(score)], score, kind)
     write_with(path, lambda p: pq.write_table(table, p))

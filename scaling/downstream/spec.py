@@ -6,7 +6,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
 
@@ -116,12 +117,34 @@ class DownstreamSpec(_Strict):
         return f"temporal:{self.temporal_cutoff}" if self.temporal_cutoff else "subjects"
 
 
-def load_downstream_spec(raw: dict | str | Path) -> DownstreamSpec:
+def load_downstream_spec(raw: dict | str | Path, source: str | None = None) -> DownstreamSpec:
     """From a dict (a sweep spec's `downstream:` value) or a YAML file holding one (top level or under
-    `downstream:`)."""
+    `downstream:`). A problem raises the error that names it: a label folder's or task file's own error
+    (LabelError, TaskError), else a UserError listing each field's problem, headed by `source`."""
     import yaml
 
     if not isinstance(raw, dict):
+        source = source or str(raw)
         raw = yaml.safe_load(Path(raw).read_text())
         raw = raw.get("downstream", raw) if isinstance(raw, dict) else raw
-    return DownstreamSpec.model_validate(raw)
+    try:
+        return DownstreamSpec.model_validate(raw)
+    except ValidationError as err:
+        raise _named_error(source or "the downstream spec", err) from None
+
+
+def _named_error(source: str, err: ValidationError) -> ValueError:
+    """The user's error a validator raised (it names the folder or file), or one message per field in the
+    sweep spec's format (scaling/spec.py _format_error), without pydantic's raw text."""
+    from medscale.data.meds import MedsError
+    from medscale.data.tasks import TaskError
+    from medscale.scaling.errors import UserError
+    from medscale.scaling.spec import _format_error
+
+    for problem in err.errors():
+        raised = (problem.get("ctx") or {}).get("error")
+        if isinstance(raised, (MedsError, TaskError)):
+            return raised
+    fields = _format_error(source, err).split("\n", 1)[1]
+    return UserError(f"{source}: the downstream spec is invalid ({err.error_count()} problem(s)); nothing was "
+                     f"evaluated.\n{fields}")
