@@ -10,7 +10,10 @@ the first record, "brain.Event:2") or a `Summary` (5) of `Value`s {tag (1, strin
 
 Optional mirrors, only when asked for (MEDSCALE_TRACKING=wandb,mlflow) and installed: the same scalars go
 to Weights & Biases and/or MLflow. A tracker that cannot start is reported once and skipped; it never
-fails a run.
+fails a run. Each takes its own settings from the environment: W&B's WANDB_MODE=offline writes the run under
+WANDB_DIR for a later `wandb sync`; MLflow logs where MLFLOW_TRACKING_URI points (a server, or a local
+`file:` store, which MLflow 3 accepts with MLFLOW_ALLOW_FILE_STORE=true). tests/test_tracking_backends.py
+reads a run's metrics back from both without the network.
 """
 from __future__ import annotations
 
