@@ -15,6 +15,9 @@ Families (`FAMILIES`, `make_family(name)`):
 
 - ``chinchilla`` (5 parameters): L = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022), the existing
   `ParametricFit`, wrapped. Run weights, when given, use the same lse_huber/power_sum machinery.
+- ``gadre`` (4): L = E + A/N^b + B/D^b, Chinchilla with one exponent for N and D, the form Gadre et al. 2024
+  fit as L(N, M) = E + A N^-b + B' (M N)^-b (M = D/N tokens per parameter) to extrapolate 300x in compute.
+  Nested in Chinchilla (alpha = beta); N_opt in closed form, proportional to C^0.5.
 - ``kaplan`` (5): L = E + ((N_c/N)^(alpha_N/alpha_D) + D_c/D)^alpha_D, Kaplan et al. 2020 eq. (1.5) with an
   irreducible offset E. N and D do not add: the data term is raised to alpha_D together with the size term,
   so the penalty for too few tokens grows with N (overfitting-style interaction). N_opt in closed form.
@@ -52,7 +55,7 @@ from .bootstrap import DEFAULT_LEVEL, Estimate, estimate, interval, parallel_map
 from .errors import AnalysisError
 from .inputs import average_replicates, need_points, positive
 
-FAMILIES = ("chinchilla", "kaplan", "farseer", "data_constrained")
+FAMILIES = ("chinchilla", "gadre", "kaplan", "farseer", "data_constrained")
 DEFAULT_N_BOOT = 200
 BASIN_FACTOR = 1.5  # a basin joins the bootstrap starts when its objective is within this factor of the best
 # Search range for a numeric N_opt: this many e-folds either side of sqrt(C / 120) (20 tokens per parameter).
@@ -212,6 +215,49 @@ class _FarseerLaw(_Law):
         with np.errstate(over="ignore"):
             return {"E": np.exp(e), "A": np.exp(a + al * self.mu[0]), "alpha": al, "B": np.exp(c), "beta": be,
                     "b_N": bn, "beta_N": ben}
+
+
+class _GadreLaw(_Law):
+    """log L = LSE(a - b x, c - b y, e): Chinchilla with one exponent b for N and D."""
+
+    names = ("a", "c", "b", "e")
+    shape_cols = (2,)
+    box = [lse_huber.BOUND_LOG_COEF_CENTRED, lse_huber.BOUND_LOG_COEF_CENTRED, lse_huber.BOUND_EXPONENT,
+           lse_huber.BOUND_LOG_OFFSET]
+
+    def log_rows(self, T, x, y):
+        T = np.atleast_2d(T)
+        a, c, b, e = (T[:, i, None] for i in range(4))
+        out, _ = _lse(a - b * x, c - b * y, e + 0 * x * y)
+        return out
+
+    def value_jac(self, theta, x, y):
+        a, c, b, e = theta
+        out, (r1, r2, r3) = _lse(a - b * x, c - b * y, np.full_like(x, e))
+        return out, np.array([r1, r2, -r1 * x - r2 * y, r3])
+
+    def starts(self, x, y, logL, w, delta):
+        """The best rows of Chinchilla's screened Hoffmann grid, each with its alpha and with its beta as the
+        shared exponent."""
+        grid = lse_huber.initialisation_grid(2)  # Hoffmann's grid is in raw log N, log D: screen there
+        ch = lse_huber.screen_grid(grid, np.vstack([x + self.mu[0], y + self.mu[1]]), logL, w, delta)
+        rows = [(t[0] - b * self.mu[0], t[1] - b * self.mu[1], b, t[4]) for t in ch[: MAX_STARTS // 2]
+                for b in (t[2], t[3])]
+        return np.clip(np.array(rows), [lo for lo, _ in self.box], [hi for _, hi in self.box])
+
+    def named(self, T) -> dict[str, np.ndarray]:
+        T = np.atleast_2d(T)
+        a, c, b, e = (T[:, i] for i in range(4))
+        with np.errstate(over="ignore"):
+            return {"E": np.exp(e), "A": np.exp(a + b * self.mu[0]), "B": np.exp(c + b * self.mu[1]), "alpha": b,
+                    "beta": b}
+
+    def log_n_opt(self, T, compute) -> np.ndarray:
+        """Closed form: the two terms are equal at the optimum, a - b x = c - b y with y = log(C/6) - log N - mu_D."""
+        T = np.atleast_2d(T)
+        a, c, b = T[:, 0], T[:, 1], T[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (a - c) / (2 * b) + 0.5 * (self.mu[0] - self.mu[1] + np.log(compute / 6.0))
 
 
 def _screen(law: _Law, grid, shape_cols, x, y, logL, w, delta) -> np.ndarray:
@@ -547,6 +593,26 @@ class KaplanFamily(_CustomFamily):
             return np.exp(self.law_.log_n_opt(self.boot_thetas_, _budget(compute)))
 
 
+class GadreFamily(_CustomFamily):
+    """Chinchilla's form with one exponent for N and D, as Gadre et al. 2024 fit it (L(N, M) = E + A N^-b +
+    B' (M N)^-b with M = D/N): L = E + A/N^b + B/D^b. Nested in Chinchilla (alpha = beta), so N_opt grows as
+    C^0.5; one parameter fewer to extrapolate with."""
+
+    name = "gadre"
+    n_params = 4
+    formula = "L = E + A/N^b + B/D^b (one exponent)"
+    law_class = _GadreLaw
+
+    def _n_opt_point(self, compute, unique_tokens=None):
+        return float(np.exp(self.law_.log_n_opt(self.theta_, compute)[0]))
+
+    def n_opt_draws(self, compute, unique_tokens=None) -> np.ndarray:
+        if not len(self.boot_thetas_):
+            return np.empty(0)
+        with np.errstate(over="ignore"):
+            return np.exp(self.law_.log_n_opt(self.boot_thetas_, _budget(compute)))
+
+
 class FarseerFamily(_CustomFamily):
     """A first-order Farseer (Li et al. 2025) form: the data term's coefficient and exponent vary with N.
 
@@ -796,8 +862,8 @@ def _from_fit(fam: LawFamily, fit) -> LawFamily:
     return fam
 
 
-_CLASSES = {"chinchilla": ChinchillaFamily, "kaplan": KaplanFamily, "farseer": FarseerFamily,
-            "data_constrained": DataConstrainedFamily}
+_CLASSES = {"chinchilla": ChinchillaFamily, "gadre": GadreFamily, "kaplan": KaplanFamily,
+            "farseer": FarseerFamily, "data_constrained": DataConstrainedFamily}
 
 
 def make_family(name: str, **kw) -> LawFamily:
@@ -819,5 +885,5 @@ def family_table(families) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["FAMILIES", "LawFamily", "ChinchillaFamily", "KaplanFamily", "FarseerFamily", "DataConstrainedFamily",
-           "make_family", "family_table"]
+__all__ = ["FAMILIES", "LawFamily", "ChinchillaFamily", "GadreFamily", "KaplanFamily", "FarseerFamily",
+           "DataConstrainedFamily", "make_family", "family_table"]

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import family_plots, plots
 from .bounds import AtBound, at_bound, marks, short
 from .envelope import EnvelopeFit
 from .errors import AnalysisError
@@ -161,6 +161,9 @@ class ObjectiveFits:
     dc_free: Allocation | None = None  # ... at the budget with unlimited data
     conventions: dict = field(default_factory=dict)  # parameter convention -> FitResult of Approach 3, or why not
     fpt_by_column: dict = field(default_factory=dict)  # params column -> full FLOPs per token of that N
+    families: object = None  # selection.FamilyChoice: the law families, chosen by error on held-out costlier runs
+    families_n_opt: object = None  # selection.MixtureEstimate: N_opt at the budget across the families
+    families_error: str | None = None  # why the families were not fitted
 
     @property
     def law(self) -> FitResult | None:
@@ -205,6 +208,7 @@ def analyze_results(results: pd.DataFrame, curves: pd.DataFrame | None = None, *
         o.fpt = flops_per_token_of(df_group)
         _fit_data_constrained(o, at, max_tokens, n_boot, seed)
         _fit_conventions(o, n_boot, seed)
+        _fit_families(o, at, max_tokens, n_boot, seed)
         analysis.objectives[name] = o
     return analysis
 
@@ -228,6 +232,29 @@ def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, 
     o.dc_tokens = float(max_tokens) if max_tokens else float(df["unique_tokens"].max())
     o.dc_alloc = compute_optimal(o.data_constrained.fit, at, max_tokens=o.dc_tokens, flops_per_token=o.fpt)
     o.dc_free = compute_optimal(o.data_constrained.fit, at, flops_per_token=o.fpt)
+
+
+def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int) -> None:
+    """The law families (analysis/selection.py) on the runs the recommendation's law was fitted to (every run
+    with its unique tokens where the data-constrained law is that law, else the runs on all the data), and their
+    mixture's N_opt at the budget in the recommendation's FLOP count and with its unique tokens (`max_tokens`;
+    None: unlimited, as the recommendation without it).
+    That law itself is one of the families, not refitted (the report's fit is the family's)."""
+    from .families import DEFAULT_N_BOOT, ChinchillaFamily, DataConstrainedFamily
+    from .selection import choose
+
+    dc = o.data_constrained is not None
+    df = o.runs if dc else o.df
+    fitted = ({"data_constrained": DataConstrainedFamily.from_fit(o.data_constrained.fit)} if dc else
+              {"chinchilla": ChinchillaFamily.from_fit(o.fits[3])} if 3 in o.fits else {})
+    try:
+        o.families = choose(df["params"], df["tokens"], df["loss"], df["unique_tokens"] if dc else None,
+                            n_boot=min(n_boot, DEFAULT_N_BOOT), seed=seed, fitted=fitted,
+                            seeds=df["seed"].to_numpy() if "seed" in df.columns else None,
+                            lrs=df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None)
+        o.families_n_opt = o.families.n_opt(at, max_tokens if dc else None, flops_per_token=o.fpt)
+    except AnalysisError as e:
+        o.families, o.families_error = None, str(e)
 
 
 def _fit_conventions(o: ObjectiveFits, n_boot: int, seed: int) -> None:
@@ -400,14 +427,15 @@ def write_report(
                  "not_fitted": {f"approach_{k}": v for k, v in o.skipped.items()}}
         report_json["objectives"][name] = store
         if name in recommendations:
-            store["recommendation"] = (_recommendation_json(rec) if rec is not None
+            store["recommendation"] = (_recommendation_json(rec, o) if rec is not None
                                        else {"not_made": str(recommendations[name])})
-            body.append(_section(o, at, figs, out, _recommendation_section(name, rec, recommendations[name], at)))
+            body.append(_section(o, at, figs, out, _recommendation_section(name, rec, recommendations[name], at, o)))
         else:
             body.append(_section(o, at, figs, out, ""))
         body.append(_extrapolation_section(results_json))
         body.append(_conventions_section(o, at, max_tokens, store))
         body.append(_data_constrained_section(o, at, store, summary))
+        body.append(_families_section(o, at, max_tokens, out, slug, store, summary))
 
     compute = compute_used(analysis.df_all)
     report_json["compute"] = compute
@@ -434,11 +462,14 @@ def write_report(
     return index
 
 
-def _recommendation_json(rec: dict) -> dict:
-    """What fits.json records of a recommendation (scaling/recommend.py): the same objects the CLI prints."""
+def _recommendation_json(rec: dict, o: ObjectiveFits | None = None) -> dict:
+    """What fits.json records of a recommendation (scaling/recommend.py): the same objects the CLI prints, and
+    N_opt at the budget across the law families (`families_n_opt`, None without them)."""
     law = rec["fit"]
     shape = rec["shape"]
-    return {"law": getattr(getattr(law, "fit", law), "law", "chinchilla"), "n_points": getattr(law, "n_points", None),
+    mix = getattr(o, "families_n_opt", None)
+    return {"families_n_opt": None if mix is None else mix.to_dict(),
+            "law": getattr(getattr(law, "fit", law), "law", "chinchilla"), "n_points": getattr(law, "n_points", None),
             "compute_convention": rec.get("compute_convention"), "param_count": rec.get("param_count"),
             "allocation": rec["allocation"].to_dict(),
             "shape": {"d_model": shape.d_model, "n_layers": shape.n_layers, "n_heads": shape.n_heads,
@@ -447,7 +478,7 @@ def _recommendation_json(rec: dict) -> dict:
             "notes": list(rec.get("notes", [])), "at_bound": [b.to_dict() for b in at_bound(law)]}
 
 
-def _recommendation_section(name: str, rec: dict | None, why, at: float) -> str:
+def _recommendation_section(name: str, rec: dict | None, why, at: float, o: ObjectiveFits | None = None) -> str:
     if rec is None:
         return (f"<h3>Recommendation at {at:.3g} FLOPs</h3><div class='warn'>not made: "
                 f"{html.escape(str(why))}</div>")
@@ -461,6 +492,9 @@ def _recommendation_section(name: str, rec: dict | None, why, at: float) -> str:
     if a.epochs is not None:
         rows.append((f"epochs over {_g(a.max_tokens)} unique tokens", a.epochs))
     rows += [("tokens per parameter", a.tokens_per_param)] + ([("predicted loss", a.loss)] if a.loss else [])
+    mix = getattr(o, "families_n_opt", None)
+    if mix is not None:
+        rows.append(("N_opt across the law families (weighted by their error on held-out costlier runs)", mix))
     h = [f"<h3>Recommendation at {at:.3g} FLOPs</h3>",
          f"<p>From {html.escape(_law_words(law))} fitted to {getattr(law, 'n_points', '?')} points, "
          f"{html.escape(_flops_words(rec))}; N counts {html.escape(str(rec.get('param_count')).replace('_', '-'))} "
@@ -474,9 +508,10 @@ def _recommendation_section(name: str, rec: dict | None, why, at: float) -> str:
              f"within 1% of the best predicted loss: {_g(lo)} to {_g(hi)}.</p>")
     h += [f"<p>{html.escape(n)}</p>" for n in list(a.notes) + list(rec.get("notes", []))]
     items = _bound_items(_law_words(law), law)
-    if items or a.warnings:
+    warns = list(a.warnings) + ([] if mix is None else [w for w in mix.warnings if "disagree" in w])
+    if items or warns:
         h.append("<div class='warn'><ul>" + "".join(items)
-                 + "".join(f"<li>{html.escape(w)}</li>" for w in a.warnings) + "</ul></div>")
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
     return "\n".join(h)
 
 
@@ -632,6 +667,79 @@ def _data_constrained_section(o: ObjectiveFits, at: float, store: dict, summary:
     if warns or bound_items:
         h.append("<div class='warn'><ul>" + "".join(bound_items)
                  + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
+    return "\n".join(h)
+
+
+def families_json(o: ObjectiveFits, at: float, max_tokens=None) -> dict:
+    """What fits.json records of the law families: the choice (validation, weights, chosen family, each family's
+    fit) and the mixture's N_opt at the budget, in the FLOP count and with the unique tokens it was made for."""
+    if o.families is None:
+        return {"not_fitted": o.families_error} if o.families_error else {}
+    return {**o.families.to_dict(), "n_opt": o.families_n_opt.to_dict(), "budget": at,
+            "compute_convention": "full" if o.fpt is not None else "6nd",
+            "unique_tokens": max_tokens if o.data_constrained is not None else None}
+
+
+def _families_summary(o: ObjectiveFits, at: float) -> str:
+    ch, mix = o.families, o.families_n_opt
+    s = ch.summary
+    errs = "" if s is None else " (" + ", ".join(f"{r.family} {r.mape:.2f}%" for r in s.itertuples()) + ")"
+    return (f"{o.name}: of the law families, {ch.chosen} extrapolated best to held-out costlier runs{errs}; "
+            f"weighted by that error, the families put N_opt at {at:.3g} FLOPs at {_g(mix.value)} parameters "
+            f"(interval {_g(mix.low)} to {_g(mix.high)})."
+            + "".join(f" Warning: {w}" for w in mix.warnings if "disagree" in w))
+
+
+def _families_table(o: ObjectiveFits) -> list[str]:
+    ch, mix = o.families, o.families_n_opt
+    v = ch.validation
+    cuts = [] if v is None else sorted(v["cut"].unique())
+    h = ["<table><tr><th>family</th><th>parameters</th>"
+         + "".join(f"<th>error, top {c:.0%} held out</th>" for c in cuts)
+         + "<th>mean error</th><th>R^2 held out</th><th>weight</th><th>N_opt [95% interval]</th></tr>"]
+    for k, fam in ch.families.items():
+        cells = [f"{r.mape:.2f}%" if np.isfinite(r.mape) else "not fitted" for r in
+                 v[v["family"] == k].sort_values("cut").itertuples()] if v is not None else []
+        row = None if ch.summary is None else ch.summary.set_index("family").loc[k]
+        mean = "" if row is None else f"{row['mape']:.2f}%"
+        r2 = "" if row is None else _g(row["r2"])
+        name = f"<b>{html.escape(k)} (chosen)</b>" if k == ch.chosen else html.escape(k)
+        h.append(f"<tr><td>{name}</td><td>{fam.n_params}</td>" + "".join(f"<td>{c}</td>" for c in cells)
+                 + f"<td>{mean}</td><td>{r2}</td><td>{ch.weights.get(k, 0):.2f}</td>"
+                 f"<td>{_est(mix.per_family.get(k))}</td></tr>")
+    h.append("<tr><td><b>mixture</b></td><td></td>" + "<td></td>" * len(cuts)
+             + f"<td></td><td></td><td>1</td><td><b>{_est(mix)}</b></td></tr></table>")
+    return h
+
+
+def _families_section(o: ObjectiveFits, at: float, max_tokens, out: Path, slug: str, store: dict,
+                      summary: list[str]) -> str:
+    """Which law to trust: the families' validation on held-out costlier runs, their weights, the chosen family,
+    N_opt at the budget across them (with the disagreement warning), and the families' figure."""
+    store["families"] = families_json(o, at, max_tokens)
+    if o.families is None:
+        return ("" if o.families_error is None else "<h3>Law families</h3><div class='warn'>not fitted: "
+                f"{html.escape(o.families_error)}</div>")
+    ch, mix, j = o.families, o.families_n_opt, store["families"]
+    summary.append(_families_summary(o, at))
+    fig = family_plots.plot_families(ch, out / f"{slug}_families", budget=at)[0]
+    rel = fig.relative_to(out).as_posix()
+    h = ["<h3>Which law to trust: law families chosen by how they extrapolate</h3>",
+         f"<p>Each family is fitted to the runs below a compute cut and scored on the costlier runs above it "
+         f"(mean absolute % error of the loss); weights ~ 1/error^2; the chosen family has the lowest error (ties "
+         f"within 5% go to fewer parameters). Fitted to {ch.families[ch.chosen].n_points_} points.</p>"]
+    h += _families_table(o)
+    h.append(f"<p>N_opt at {at:.3g} FLOPs ({html.escape(_flops_words(j))}"
+             + (f", {_g(j['unique_tokens'])} unique tokens" if j["unique_tokens"] else "")
+             + f"): {_est(mix)} across the families; the interval is the mixture of the families' bootstrap N_opt "
+             "draws, each family in proportion to its weight: parameter uncertainty and the disagreement between "
+             "families, not an error every family shares beyond the runs.</p>")
+    warns = list(ch.warnings) + list(mix.warnings)
+    if warns:
+        h.append("<div class='warn'><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
+    h.append(f"<figure><img src='{html.escape(rel)}' alt='law families'><figcaption>Law families: each family's "
+             "prediction of the held-out costlier runs (left) and beyond the runs (right), the chosen family marked "
+             f"(<a href='{html.escape(Path(rel).with_suffix('.svg').as_posix())}'>SVG</a>)</figcaption></figure>")
     return "\n".join(h)
 
 

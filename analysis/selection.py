@@ -21,7 +21,8 @@ from that family's own (centred, inflated) log residuals. So the interval covers
 uncertainty (bootstrap over runs), the spread between the families in proportion to their weights, and the
 scatter of a single new run around the law, as seen on the fitted runs. It does NOT cover a shared error of
 every family beyond the fitted range, nor a change of recipe at the target (batch size, schedule, data).
-N_opt at a budget gets the same treatment (mixture of the families' N_opt draws, no run noise).
+N_opt at a budget gets the same treatment (mixture of the families' N_opt draws, no run noise), on 6ND = C or,
+given `flops_per_token(N)`, on the full FLOP count (each law minimised numerically along D = C / f(N)).
 `interval_noise="validation"` draws each family's noise instead from its own errors on the held-out costlier
 runs of the validation (both signs): the interval then also covers the law's misfit when extrapolating as far as
 the validation did, at the price of counting the parameter uncertainty of the smaller fits twice.
@@ -45,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .summary import _plain
-from .bootstrap import DEFAULT_LEVEL, Estimate
+from .bootstrap import DEFAULT_LEVEL, Estimate, estimate
 from .conventions import PARAMS_COLUMNS, PARAMS_CONVENTIONS, compute_6nd, tokens_for_compute
 from .errors import AnalysisError
 from .families import (DEFAULT_N_BOOT, FAMILIES, ChinchillaFamily, DataConstrainedFamily, LawFamily, make_family)
@@ -91,7 +92,7 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
 
     Returns (table, errors): one row per (cut, family) with n_train, n_test, the compute ratio the cut
     extrapolates over (largest held-out / largest fitted), MAPE, R^2, bias and status; and one row per held-out
-    run and family with its relative error.
+    run and family with its observed and predicted loss and the relative error.
     """
     N, D, L = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
     U = None if unique_tokens is None else np.asarray(unique_tokens, dtype=float)
@@ -122,14 +123,15 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
                     raise AnalysisError("non-finite predictions")
                 row.update(scores(pred, L[test]))
                 row["status"] = "ok"
-                errs += [{"cut": float(f), "family": name, "params": n, "tokens": d, "compute": c, "rel_error": e}
-                         for n, d, c, e in zip(N[test], D[test], C[test], pred / L[test] - 1.0)]
+                errs += [{"cut": float(f), "family": name, "params": n, "tokens": d, "compute": c, "loss": o,
+                          "predicted": q, "rel_error": q / o - 1.0}
+                         for n, d, c, o, q in zip(N[test], D[test], C[test], L[test], pred)]
             except AnalysisError as e:
                 row["status"] = f"not fitted: {e}"
             rows.append(row)
     cols = ["cut", "family", "n_train", "n_test", "compute_ratio", "mape", "r2", "bias", "max_abs", "status"]
     return pd.DataFrame(rows)[cols], pd.DataFrame(errs, columns=["cut", "family", "params", "tokens", "compute",
-                                                                  "rel_error"])
+                                                                  "loss", "predicted", "rel_error"])
 
 
 def pick(errors: dict[str, float], n_params: dict[str, int] | None = None) -> str | None:
@@ -303,18 +305,18 @@ class FamilyChoice:
             out["family_spread_pct"] = 0.0
         return out
 
-    def n_opt(self, budget: float, unique_tokens=None) -> MixtureEstimate:
-        """N_opt at `budget` FLOPs on 6ND = C: each family's estimate, their weighted geometric mean, and the
-        interval of the mixture of their bootstrap N_opt draws."""
+    def n_opt(self, budget: float, unique_tokens=None, flops_per_token=None) -> MixtureEstimate:
+        """N_opt at `budget` FLOPs on 6ND = C (or, with `flops_per_token(N)`, on the full count: D = C / f(N)):
+        each family's estimate, their weighted geometric mean, and the interval of the mixture of their
+        bootstrap N_opt draws."""
         per, blocks, ws, open_ends = {}, [], [], []
         act = self._active()
         for k in self.families:
             try:
-                per[k] = self.families[k].n_opt(budget, unique_tokens)
+                per[k], d = _family_n_opt(self.families[k], budget, unique_tokens, flops_per_token)
             except AnalysisError:
                 continue
             if k in act:
-                d = self.families[k].n_opt_draws(budget, unique_tokens) if self.families[k].n_boot else np.empty(0)
                 d = np.asarray(d, dtype=float)
                 d = d[~np.isnan(d)]
                 edge = float(np.mean(~np.isfinite(d))) if d.size else 0.0
@@ -342,7 +344,8 @@ class FamilyChoice:
                          f"which law holds decides the model size; the mixture interval [{lo:.3g}, {hi:.3g}] spans "
                          "them. An IsoFLOP profile at the largest budget you can afford measures it directly")
         if open_ends:
-            warns.append(f"along 6ND = {budget:.3g} the loss of {', '.join(open_ends)} keeps falling to the edge of "
+            line = f"6ND = {budget:.3g}" if flops_per_token is None else f"the full FLOP count = {budget:.3g}"
+            warns.append(f"along {line} the loss of {', '.join(open_ends)} keeps falling to the edge of "
                          "the search range (no optimum inside): the N_opt interval is open-ended there, so these runs "
                          "do not fix the compute-optimal size for that law")
         return MixtureEstimate(value, lo, hi, per, {k: self.weights[k] for k in self.families}, warns)
@@ -363,12 +366,53 @@ class FamilyChoice:
                 "interval_level": self.level, "warnings": list(self.warnings), "notes": list(self.notes)}
 
 
+def _family_n_opt(fam: LawFamily, budget: float, unique_tokens, flops_per_token) -> tuple[Estimate, np.ndarray]:
+    """A family's N_opt at `budget` and its bootstrap draws: the family's own (6ND = C) without
+    `flops_per_token`, else numerically along D = budget / flops_per_token(N) (`_line_n_opt`)."""
+    if flops_per_token is None:
+        est = fam.n_opt(budget, unique_tokens)
+        return est, (fam.n_opt_draws(budget, unique_tokens) if fam.n_boot else np.empty(0))
+    value = float(np.exp(_line_n_opt(lambda N, D: fam.predict(N, D, unique_tokens)[None], budget,
+                                     flops_per_token)[0]))
+    draws = np.exp(_line_n_opt(lambda N, D: fam.predict_draws(N, D, unique_tokens), budget, flops_per_token)) \
+        if fam.n_boot else np.empty(0)
+    return estimate(value, draws if draws.size else None, fam.level), draws
+
+
+LINE_SPAN = 12.0  # e-folds of N either side of sqrt(C / 120) searched for a numeric N_opt
+LINE_STEP = 0.001  # the grid step (e-folds of N, 0.1%) of the refined search
+
+
+def _line_n_opt(loss_rows, budget: float, flops_per_token) -> np.ndarray:
+    """log N minimising each row of loss_rows(N (G,), D (G,)) -> (rows, G) along D = budget / flops_per_token(N):
+    a coarse log grid, then a fine one (LINE_STEP) over the span of the rows' coarse minima. +-inf where a row's
+    minimum is at the edge of the search (no optimum inside), NaN where its loss is nowhere finite."""
+    centre = 0.5 * np.log(budget / 120.0)
+    x = np.linspace(centre - LINE_SPAN, centre + LINE_SPAN, 481)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        L = np.asarray(loss_rows(np.exp(x), budget / flops_per_token(np.exp(x))), dtype=float)
+    L = np.where(np.isfinite(L), L, np.inf)
+    i = np.argmin(L, axis=1)
+    bad, edge = ~np.isfinite(L).any(axis=1), np.where(i == 0, -1.0, np.where(i == x.size - 1, 1.0, 0.0))
+    inner = ~bad & (edge == 0)
+    out = np.where(bad | (edge == 0), np.nan, np.where(edge < 0, -np.inf, np.inf))
+    if inner.any():
+        step = x[1] - x[0]
+        fine = np.arange(x[i[inner]].min() - step, x[i[inner]].max() + step + LINE_STEP, LINE_STEP)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            Lf = np.asarray(loss_rows(np.exp(fine), budget / flops_per_token(np.exp(fine))), dtype=float)[inner]
+        out[inner] = fine[np.argmin(np.where(np.isfinite(Lf), Lf, np.inf), axis=1)]
+    return out
+
+
 def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFAULT_CUTS, order: str = "compute",
            rule: str = RULE, run_weighting: float | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
            n_jobs: int | None = 1, level: float = DEFAULT_LEVEL, seeds=None, lrs=None,
-           validate: bool = True, interval_noise: str = "residuals") -> FamilyChoice:
+           validate: bool = True, interval_noise: str = "residuals", fitted: dict | None = None) -> FamilyChoice:
     """Validate the families on the runs' costlier end, weight them, and fit each to all runs with a bootstrap.
 
+    `fitted` (name -> a family already fitted to these same runs, e.g. `ChinchillaFamily.from_fit` of the
+    report's Approach 3) is used as is instead of refitting that family: one fit, one number.
     Arrays in, a FamilyChoice out (`fit_families` is the same from a table by column names). Replicates are
     merged first (seeds averaged, the best learning rate kept), so every family sees the same runs."""
     N, D, L = positive(params, "params"), positive(tokens, "tokens"), positive(loss, "loss")
@@ -415,6 +459,9 @@ def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFA
     fams: dict[str, LawFamily] = {}
     w_runs = run_weights(C, run_weighting)
     for k in names:
+        if fitted and k in fitted and w_runs is None:
+            fams[k] = fitted[k]
+            continue
         try:
             fam = make_family(k, n_boot=n_boot, seed=seed, n_jobs=n_jobs, level=level)
             fams[k] = fam.fit(N, D, L, U, weights=w_runs)

@@ -7,8 +7,9 @@ analysis/families.py and the choice of analysis/selection.py (validated by rolli
 only) predict the costly runs. Per family and for the choice: mean absolute % error (MAPE), R^2 over the costly
 runs (1 - SS_res/SS_tot around their mean), and how many costly runs fall inside the 95% prediction interval
 for a new run (bootstrap over runs + the fit's run-to-run scatter; the mixture adds the spread between
-families). `chinchilla` is medscale's current single law (ParametricFit). The authors' own figures, where
-published, are printed beside ours with where they come from. Intervals are scored under both noise models
+families). `chinchilla` is medscale's single law before the families (ParametricFit); `gadre` is Chinchilla
+with one exponent for N and D. The authors' own figures, where published, are printed beside ours with where they
+come from. Intervals are scored under both noise models
 of selection.py (the fit's residuals; the held-out validation errors). The families are also refitted with
 runs weighted toward the largest compute ((C/C_max)^0.5) to measure that option (point predictions, mixed with
 the unweighted validation weights).
@@ -41,7 +42,8 @@ from medscale.scaling.processor import processor  # noqa: E402
 from medscale.analysis.bootstrap import interval  # noqa: E402
 from medscale.analysis.conventions import compute_6nd  # noqa: E402
 from medscale.analysis.families import make_family  # noqa: E402
-from medscale.analysis.selection import choose, run_weights, scores  # noqa: E402
+from medscale.analysis.selection import (choose, family_weights, pick, rolling_origin, run_weights,  # noqa: E402
+                                         scores)
 
 DATA = ROOT / "tests" / "data"
 WEIGHTING = 0.5
@@ -97,9 +99,20 @@ def _fit_predict(groups, n_boot, n_jobs):
         out["w_chosen"] = out[f"w_{c}"]
         out["w_mixture"] = sum(ch.weights[k] * out[f"w_{k}"] for k in ch.families)
         wsecs += time.time() - t0
+        out["p_chosen"], out["p_mixture"], out["p_pick"] = _params_order(ch, cheap, nc, dc, lc, N, D)
         rows.append(out)
         choices.append(ch)
     return pd.concat(rows, ignore_index=True), choices, secs, wsecs
+
+
+def _params_order(ch, cheap, nc, dc, lc, N, D):
+    """The same families (fitted to all cheap runs) chosen and weighted by rolling origin in order of N instead of
+    compute (the largest models held out): the chosen family's and the mixture's point predictions."""
+    table, _ = rolling_origin(cheap[nc], cheap[dc], cheap[lc], families=list(ch.families), order="params")
+    err = table.groupby("family", sort=False)["mape"].mean().to_dict()
+    w, best = family_weights(err), pick(err)
+    pts = {k: f.predict(N, D) for k, f in ch.families.items()}
+    return pts[best], sum(w[k] * pts[k] for k in pts), best
 
 
 def _metrics(pred: pd.DataFrame, cols) -> dict:
@@ -131,7 +144,7 @@ def _table_section(title, groups, n_boot, n_jobs, authors_line, detail=None):
     for k in fams + ["chosen", "mixture"]:
         if k in fams:
             val = "; ".join(f"{c.summary.set_index('family').at[k, 'mape']:.2f}% ({c.weights[k]:.2f})" for c in choices)
-            label = f"{k}" + (" (medscale's current single law)" if k == "chinchilla" else "")
+            label = f"{k}" + (" (medscale's single law before the families)" if k == "chinchilla" else "")
         elif k == "chosen":
             val, label = "-", f"choice: single family ({chosen})"
         else:
@@ -147,6 +160,12 @@ def _table_section(title, groups, n_boot, n_jobs, authors_line, detail=None):
               f"{wsecs:.0f} s.",
               ""]
     lines += warns
+    o = pred["observed"].to_numpy()
+    pc, pm = (scores(pred[c].to_numpy(), o) for c in ("p_chosen", "p_mixture"))
+    lines += [f"Validated in order of N instead of compute (the largest cheap models held out; same families, "
+              f"point predictions): chosen {', '.join(dict.fromkeys(pred['p_pick']))}, costly MAPE {pc['mape']:.2f}% / "
+              f"R^2 {pc['r2']:.2f}; mixture {pm['mape']:.2f}% / {pm['r2']:.2f}.", ""]
+    m["params_order"] = {"chosen": pc, "mixture": pm}
     if detail is not None:
         lines += detail(pred)
     return lines + [""], m, pred
@@ -165,12 +184,13 @@ def gadre(n_boot, n_jobs):
             "published R^2).")
 
     def detail(pred):
-        out = ["", "| set | run | observed | chinchilla | kaplan | farseer | mixture [95% PI] | authors |",
-               "|---|---|---|---|---|---|---|---|"]
+        out = ["", "| set | run | observed | chinchilla | gadre | kaplan | farseer | mixture [95% PI] | authors |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for (ds, model, M), r in zip(keys, pred.itertuples()):
             e = lambda v: f"{v:.3f} ({100 * (v / r.observed - 1):+.1f}%)"  # noqa: E731
             a, src = GADRE_AUTHORS[(ds, model, M)]
-            out.append(f"| {ds} | {model} M={M} | {r.observed:.3f} | {e(r.chinchilla)} | {e(r.kaplan)} | "
+            out.append(f"| {ds} | {model} M={M} | {r.observed:.3f} | {e(r.chinchilla)} | {e(r.gadre)} | "
+                       f"{e(r.kaplan)} | "
                        f"{e(r.farseer)} | {e(r.mixture)} [{r.mixture_low:.3f}, {r.mixture_high:.3f}] | "
                        f"{a:.2f}% ({'published' if src.startswith('published') else 'rerun'}) |")
         return out
@@ -186,12 +206,13 @@ def olmo(n_boot, n_jobs, ladder_only):
             "with their procedure rerun here (not published).")
 
     def detail(pred):
-        out = ["", "| run | observed | chinchilla | kaplan | farseer | mixture [95% PI] | authors |",
-               "|---|---|---|---|---|---|---|"]
+        out = ["", "| run | observed | chinchilla | gadre | kaplan | farseer | mixture [95% PI] | authors |",
+               "|---|---|---|---|---|---|---|---|"]
         for run, r in zip(costly["run"], pred.itertuples()):
             e = lambda v: f"{v:.3f} ({100 * (v / r.observed - 1):+.2f}%)"  # noqa: E731
             a, src = OLMO_AUTHORS[run]
-            out.append(f"| {run} | {r.observed:.3f} | {e(r.chinchilla)} | {e(r.kaplan)} | {e(r.farseer)} | "
+            out.append(f"| {run} | {r.observed:.3f} | {e(r.chinchilla)} | {e(r.gadre)} | {e(r.kaplan)} | "
+                       f"{e(r.farseer)} | "
                        f"{e(r.mixture)} [{r.mixture_low:.3f}, {r.mixture_high:.3f}] | {a:+.2f}% "
                        f"({'published' if src.startswith('published') else 'rerun'}) |")
         return out
@@ -227,21 +248,27 @@ def main() -> int:
              "the mixture adds the spread between families. `band of the law`: the bootstrap interval of the mean "
              "loss alone (no run noise), the kind of band a single fitted law reports. The last column refits every "
              "family with each run's "
-             f"Huber term weighted by (C/C_max)^{WEIGHTING} (point predictions).", ""]
+             f"Huber term weighted by (C/C_max)^{WEIGHTING} (point predictions). `validated in N order`: the same "
+             "families chosen and weighted by rolling origin over model size (the largest cheap models held out) "
+             "instead of compute.", ""]
     summary = []
-    for name, (sec, m, _) in (("gadre", gadre(args.n_boot, args.n_jobs)),
+    for name, (sec, m, _) in (("Gadre et al.", gadre(args.n_boot, args.n_jobs)),
                               ("olmo (30 cheap)", olmo(args.n_boot, args.n_jobs, False)),
                               ("olmo (16 ladder)", olmo(args.n_boot, args.n_jobs, True)),
                               ("farseer", farseer(args.n_boot, args.n_jobs))):
         lines += sec
         summary.append((name, m))
     head = ["## Summary: costly-run MAPE / R^2 / inside 95% PI (residual noise; validation noise)", "",
-            "| table | chinchilla (current) | kaplan | farseer | choice: single | choice: mixture |",
-            "|---|---|---|---|---|---|"]
+            "| table | chinchilla (the single law before) | gadre | kaplan | farseer | choice: single | choice: mixture "
+            "| validated in N order: single; mixture (MAPE / R^2) |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, m in summary:
         cell = lambda r: f"{r['mape']:.2f}% / {r['r2']:.2f} / {r['inside']}; {r['inside_v']} of {r['n']}"  # noqa: E731
-        head.append(f"| {name} | " + " | ".join(cell(m[k]) for k in ("chinchilla", "kaplan", "farseer", "chosen",
-                                                                         "mixture")) + " |")
+        po = m["params_order"]
+        head.append(f"| {name} | " + " | ".join(cell(m[k]) for k in ("chinchilla", "gadre", "kaplan", "farseer",
+                                                                         "chosen", "mixture"))
+                    + f" | {po['chosen']['mape']:.2f}% / {po['chosen']['r2']:.2f}; "
+                      f"{po['mixture']['mape']:.2f}% / {po['mixture']['r2']:.2f} |")
     lines = lines[:4] + head + [""] + lines[4:]
     lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} ({processor().describe()}), "
                  f"n_jobs {args.n_jobs}.")

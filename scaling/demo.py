@@ -93,6 +93,7 @@ class DemoResult:
     data_constrained: dict[str, Any] | None = None  # the recommendation with the cohort's unique tokens
     fits: dict[str, Any] | None = None  # what the report's fits.json holds (the same dict, not read back)
     analysis: Any = None  # analysis.report.Analysis: the fits everything above was made from
+    families: dict[str, Any] | None = None  # fits.json's law families for the decoder: N_opt across families
 
 
 def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = None, budget: float | None = None,
@@ -101,7 +102,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     """The whole demo study; rerun after an interruption to resume it."""
     from medscale.scaling.dataset import prepare_dataset
     from medscale.scaling.pipeline import analyze_store, expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.scheduler import _init_ray
+    from medscale.scaling.scheduler import _init_ray, _shutdown_ray
     from medscale.scaling.spec import expand, load_spec
 
     if size not in PRESETS:
@@ -141,9 +142,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
         clock.finish("downstream tasks")
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            _shutdown_ray()  # also ends the local head's watcher (runtime.LocalRayHead) now, not at exit
 
     clock.start("fits and report")
     # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
@@ -152,9 +151,31 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
                              title=f"medscale demo ({size})", downstream=downstream)
     rec = analyzed.recommendation("decoder")
     constrained = _data_constrained_effect(analyzed, out_dir, say or reporter.say) if arm_name else None
+    for line in families_lines(analyzed.fits, "decoder"):
+        (say or reporter.say)(line)
     clock.finish("fits and report")
     return DemoResult(analyzed.report, analyzed.budget, rec, (time.time() - t0) / 60, constrained,
-                      fits=analyzed.fits, analysis=analyzed.analysis)
+                      fits=analyzed.fits, analysis=analyzed.analysis,
+                      families=(analyzed.fits or {}).get("objectives", {}).get("decoder", {}).get("families"))
+
+
+def families_lines(fits: dict | None, objective: str = "decoder") -> list[str]:
+    """The recommendation's uncertainty across law families, from the report's fits (the dict fits.json holds):
+    N_opt at the budget from the families weighted by their error on held-out costlier runs, and the warnings
+    when they disagree beyond their own intervals or a family has no optimum inside the search range."""
+    fam = ((fits or {}).get("objectives", {}).get(objective) or {}).get("families") or {}
+    if fam.get("not_fitted"):
+        return [f"{objective}: law families not fitted: {fam['not_fitted']}"]
+    n = fam.get("n_opt")
+    if not n or n.get("value") is None:
+        return []
+    lo, hi = (f"{v:.3g}" if v is not None else "n/a" for v in n["interval"])
+    weights = ", ".join(f"{k} {w:.2f}" for k, w in fam["weights"].items())
+    count = "full" if fam.get("compute_convention") == "full" else "6ND"
+    lines = [f"{objective} across law families (weights from their error on held-out costlier runs: {weights}; "
+             f"chosen {fam['chosen']}): N_opt at {fam['budget']:.3g} FLOPs = {n['value']:.3g} [{lo}, {hi}] params "
+             f"({count} FLOP count)"]
+    return lines + [f"  warning: {w}" for w in n.get("warnings", [])]
 
 
 def _data_constrained_effect(analyzed, out_dir: Path, say: Callable[[str], None]) -> dict[str, Any] | None:

@@ -15,8 +15,13 @@ from medscale.analysis.families import (FAMILIES, ChinchillaFamily, FarseerFamil
 from medscale.analysis.selection import (as_choice, choose, family_weights, fit_families, pick, predict_planned,
                                          rolling_origin, weighted_quantiles)
 
+GADRE = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.3, "beta": 0.3}
 KAPLAN = {"E": 1.5, "N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.228, "alpha_D": 0.285}
 FARSEER = {"E": 1.6, "A": 400.0, "alpha": 0.34, "B": 0.45, "beta": 0.28, "b_N": 0.1, "beta_N": 0.05}
+
+
+def gadre_loss(N, D, p=GADRE):
+    return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
 
 
 def kaplan_loss(N, D, p=KAPLAN):
@@ -48,14 +53,15 @@ def farseer_truth(N, D):
 
 
 # -- each family recovers its own law -------------------------------------------------------------------------
-@pytest.mark.parametrize("name, truth", [("chinchilla", synthetic.LAW), ("kaplan", KAPLAN), ("farseer", FARSEER)])
+@pytest.mark.parametrize("name, truth", [("chinchilla", synthetic.LAW), ("gadre", GADRE), ("kaplan", KAPLAN),
+                                         ("farseer", FARSEER)])
 def test_each_family_recovers_its_own_noise_free_law(name, truth):
     N, D = runs(60, seed=1)
-    law = {"chinchilla": lambda n, d: synthetic.loss(n, d), "kaplan": kaplan_loss,
+    law = {"chinchilla": lambda n, d: synthetic.loss(n, d), "kaplan": kaplan_loss, "gadre": gadre_loss,
            "farseer": lambda n, d, r=refs(N, D): farseer_loss(n, d, refs=r)}[name]
     L = law(N, D)
     fam = make_family(name, n_boot=0).fit(N, D, L)
-    assert fam.n_params == {"chinchilla": 5, "kaplan": 5, "farseer": 7}[name]
+    assert fam.n_params == {"chinchilla": 5, "gadre": 4, "kaplan": 5, "farseer": 7}[name]
     for k, v in truth.items():
         assert fam.params_[k] == pytest.approx(v, rel=1e-3, abs=1e-6), k
     N2, D2 = runs(20, seed=9, n_range=(1e10, 1e11), d_range=(5e11, 5e12))  # beyond the fitted range
@@ -96,6 +102,30 @@ def test_n_opt_closed_and_numeric_forms_agree_with_direct_minimisation():
     # Farseer contains Chinchilla: on Chinchilla's runs its numeric N_opt is Chinchilla's closed form
     far = FarseerFamily(n_boot=0).fit(N, D, synthetic.loss(N, D))
     assert far.n_opt(C).value == pytest.approx(float(synthetic.n_opt(C)), rel=1e-3)
+    gad = make_family("gadre", n_boot=0).fit(N, D, gadre_loss(N, D))
+    direct = minimize_scalar(lambda x: gadre_loss(np.exp(x), C / (6 * np.exp(x))), bounds=(10, 40),
+                             method="bounded", options={"xatol": 1e-9}).x
+    assert gad.n_opt(C).value == pytest.approx(np.exp(direct), rel=1e-4)
+
+
+def test_n_opt_on_the_full_flop_count_is_the_minimum_along_that_budget(noisy_chinchilla):
+    """With flops_per_token(N) the mixture's N_opt lies on D = C / f(N): with f = 6N it is the closed form; with
+    attention and head on top (f > 6N, more so at small N) it is the direct minimum of each law on that line."""
+    df, fam = noisy_chinchilla
+    k = make_family("kaplan", n_boot=8).fit(df.params, df.tokens, df.loss)
+    ch = as_choice([fam, k], weights={"chinchilla": 0.7, "kaplan": 0.3})
+    C = 1e22
+    six = ch.n_opt(C, flops_per_token=lambda n: 6 * np.asarray(n, float))
+    assert six.per_family["chinchilla"].value == pytest.approx(fam.n_opt(C).value, rel=2e-3)
+    assert six.value == pytest.approx(ch.n_opt(C).value, rel=2e-3)
+    full = lambda n: 6 * np.asarray(n, float) * (1 + 3e3 / np.asarray(n, float) ** 0.4)  # noqa: E731
+    est = ch.n_opt(C, flops_per_token=full)
+    for name, f in (("chinchilla", fam), ("kaplan", k)):
+        on_line = lambda x: np.atleast_1d(f.predict(np.exp(x), C / full(np.exp(x))))[0]  # noqa: E731
+        direct = minimize_scalar(on_line, bounds=(10, 40), method="bounded", options={"xatol": 1e-9}).x
+        assert est.per_family[name].value == pytest.approx(np.exp(direct), rel=2e-3), name
+        assert est.per_family[name].value != pytest.approx(six.per_family[name].value, rel=1e-2)
+    assert est.low <= est.value <= est.high
 
 
 # -- intervals ----------------------------------------------------------------------------------------------
@@ -151,7 +181,7 @@ def test_rolling_origin_choice_picks_the_generating_family(truth, law):
     N, D = runs(40, seed=7, n_range=(5e7, 5e9), d_range=(2e9, 2e11))
     L = law(N, D) * np.exp(np.random.default_rng(8).normal(0, 1e-4, N.size))
     table, errors = rolling_origin(N, D, L, cuts=(0.15, 0.3))
-    assert set(table["family"]) == {"chinchilla", "kaplan", "farseer"} and (table["status"] == "ok").all()
+    assert set(table["family"]) == {"chinchilla", "gadre", "kaplan", "farseer"} and (table["status"] == "ok").all()
     assert (table["compute_ratio"] > 2).all()
     assert len(errors) == sum(table["n_test"])
     err = table.groupby("family")["mape"].mean().to_dict()
@@ -172,7 +202,7 @@ def test_fit_families_chooses_and_predicts_with_a_mixture(farseer_choice):
     assert ch.chosen == "farseer"
     assert sum(ch.weights.values()) == pytest.approx(1.0)
     assert ch.weights["farseer"] > 0.5
-    assert list(ch.summary["family"]) == ["chinchilla", "kaplan", "farseer"]
+    assert list(ch.summary["family"]) == ["chinchilla", "gadre", "kaplan", "farseer"]
     assert ch.columns["params"] == "n"
     N, D = np.array([2e9, 8e9]), np.array([1e11, 4e11])
     pr = ch.predict(N, D)
@@ -180,7 +210,7 @@ def test_fit_families_chooses_and_predicts_with_a_mixture(farseer_choice):
     truth = farseer_loss(N, D, refs=refs(df["n"], df["d"]))  # the law that generated the table
     assert ((pr["low"] <= truth) & (truth <= pr["high"])).all()
     est = ch.n_opt(1e21)
-    assert est.low <= est.value <= est.high and set(est.per_family) == {"chinchilla", "kaplan", "farseer"}
+    assert est.low <= est.value <= est.high and set(est.per_family) == {"chinchilla", "gadre", "kaplan", "farseer"}
     assert ch.to_dict()["chosen"] == "farseer"
 
 
@@ -233,7 +263,7 @@ def test_predict_planned_takes_a_single_fit_or_a_table():
 
 
 def test_family_names_and_bad_inputs():
-    assert FAMILIES == ("chinchilla", "kaplan", "farseer", "data_constrained")
+    assert FAMILIES == ("chinchilla", "gadre", "kaplan", "farseer", "data_constrained")
     with pytest.raises(AnalysisError, match="unknown law family"):
         make_family("gpt")
     N, D = runs(10)
@@ -241,3 +271,18 @@ def test_family_names_and_bad_inputs():
         make_family("farseer").fit(N[:6], D[:6], synthetic.loss(N[:6], D[:6]))
     with pytest.raises(AnalysisError, match="unique tokens"):
         choose(N, D, synthetic.loss(N, D), families=["data_constrained"])
+
+
+def test_the_families_figure_shows_each_familys_held_out_error_and_marks_the_chosen(farseer_choice, tmp_path):
+    from medscale.analysis.family_plots import plot_families
+
+    df, ch = farseer_choice
+    paths = plot_families(ch, tmp_path / "families", budget=1e21)
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in paths)
+    svg = paths[1].read_text()
+    last = ch.errors[ch.errors["cut"] == ch.errors["cut"].max()]
+    for k, g in last.groupby("family"):
+        label = f"{k} (chosen)" if k == ch.chosen else k
+        assert f"{label}: {100 * g['rel_error'].abs().mean():.2f}% error" in svg, k  # the left panel's legend
+        assert f"{label} (weight {ch.weights[k]:.2f})" in svg  # the right panel's
+    np.testing.assert_allclose(last["predicted"] / last["loss"] - 1, last["rel_error"])

@@ -37,6 +37,11 @@ def test_report_is_complete(tmp_path):
     alloc = dec["approach_3"]["allocation"]
     assert alloc["token_limited"] and alloc["d_opt"]["value"] == 2e10
     assert [r["task"] for r in fits["saturation"]["ranking"]] == ["fast", "slow"]
+    # the law families: their figure is shown, their choice and N_opt at the budget are in fits.json
+    fam = fits["objectives"]["decoder"]["families"]
+    assert "decoder_families.png" in refs and fam["chosen"] in fam["weights"]
+    assert fam["budget"] == 1e21 and fam["n_opt"]["interval"][0] <= fam["n_opt"]["value"] <= fam["n_opt"]["interval"][1]
+    assert f"{fam['chosen']} (chosen)" in text and "Which law to trust" in text
 
 
 def test_compute_used_counts_a_wsd_branch_from_its_fork_only():

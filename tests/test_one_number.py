@@ -12,6 +12,7 @@ from io import StringIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from medscale.analysis import synthetic
@@ -42,6 +43,7 @@ def fast_figures(monkeypatch):
 
     for name in ("plot_isoflop", "plot_frontier", "plot_allocation", "plot_contours", "plot_residuals"):
         monkeypatch.setattr(report.plots, name, stub)
+    monkeypatch.setattr(report.family_plots, "plot_families", stub)
 
 
 def _e_at_zero_table():
@@ -215,6 +217,14 @@ def test_with_a_data_constrained_arm_each_printed_law_is_named_and_is_the_report
     dc, a3, recj = dec["data_constrained"], dec["fits"]["approach_3"], dec["recommendation"]
     assert recj["law"] == "data_constrained"
     assert dc["unlimited"]["n_opt"] == recj["allocation"]["n_opt"]  # one N_opt for one law and FLOP count
+    # the law families: the data-constrained law is their member (not refitted), on every run with its unique
+    # tokens; their N_opt is made as the recommendation is (unlimited data, the full FLOP count)
+    assert fits.families.families["data_constrained"].fit_ is fits.data_constrained.fit
+    fam = dec["families"]
+    assert fam["n_opt"] == recj["families_n_opt"] and fam["unique_tokens"] is None
+    assert fits.families.families["chinchilla"].n_points_ == dc["n_points"]
+    assert fam["n_opt"]["per_family"]["data_constrained"]["value"] == pytest.approx(
+        recj["allocation"]["n_opt"]["value"], rel=2e-3)
 
     lines = _demo_lines(analyzed)
     law = lines[0]
@@ -231,6 +241,77 @@ def test_with_a_data_constrained_arm_each_printed_law_is_named_and_is_the_report
     assert constrained["allocation"].to_dict() == fits.dc_alloc.to_dict()
     assert f"N = {dc['allocation']['n_opt']['value']:.3g} for" in said[0]
     assert f"unlimited data: N = {dc['unlimited']['n_opt']['value']:.3g}" in said[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the law families: fits.json, the report, the demo's lines and `medscale fit --predict`
+# ---------------------------------------------------------------------------------------------
+
+def test_the_law_families_are_one_set_of_numbers_in_fits_json_the_report_the_demo_and_the_cli(tmp_path,
+                                                                                            fast_figures):
+    """The families are fitted once per analysis (Approach 3 is their chinchilla member, not a refit); fits.json,
+    the recommendation, the report's families table and the demo's line give the same validation, weights,
+    chosen family and N_opt at the budget; `medscale fit --predict` on the same runs validates and weights the
+    families identically."""
+    from typer.testing import CliRunner
+
+    from medscale.analysis.report import _g
+    from medscale.scaling.cli import app
+    from medscale.scaling.demo import families_lines
+    from medscale.scaling.pipeline import analyze_store
+    from medscale.scaling.results import load_results
+
+    root = _store(tmp_path / "store", arm=False)
+    analyzed = analyze_store(root, n_boot=4)
+    o = analyzed.analysis.objectives["decoder"]
+    dec = analyzed.fits["objectives"]["decoder"]
+    fam, recj = dec["families"], dec["recommendation"]
+    assert o.families.families["chinchilla"].fit_ is o.fits[3]  # fitted once
+    mix = fam["n_opt"]
+    assert mix == json.loads(json.dumps(o.families_n_opt.to_dict()))
+    assert fam["chosen"] == o.families.chosen and fam["weights"] == pytest.approx(o.families.weights)
+    assert set(fam["weights"]) == {"chinchilla", "gadre", "kaplan", "farseer"}
+    assert recj["families_n_opt"] == mix  # the recommendation carries the families' N_opt
+    # the same law and FLOP count as the recommendation: chinchilla's N_opt is the recommendation's (0.1% grid)
+    assert fam["compute_convention"] == recj["compute_convention"] == "full" and fam["budget"] == analyzed.budget
+    assert mix["per_family"]["chinchilla"]["value"] == pytest.approx(recj["allocation"]["n_opt"]["value"], rel=2e-3)
+    assert mix["interval"][0] <= mix["value"] <= mix["interval"][1]
+
+    page = analyzed.report.read_text()
+    cell = f"{_g(mix['value'])} <small>[{_g(mix['interval'][0])}, {_g(mix['interval'][1])}]</small>"
+    assert page.count(cell) >= 2, cell  # the families table and the recommendation's row
+    assert f"<b>{fam['chosen']} (chosen)</b>" in page
+    for row in fam["summary"]:
+        assert f"{row['mape']:.2f}%" in page, row
+    assert f"N_opt at {fam['budget']:.3g} FLOPs = {_triple(mix)} params" in families_lines(analyzed.fits)[0]
+
+    results, _ = load_results(root)
+    runs = results[(results["status"] == "done") & (results["objective"] == "decoder")]
+    runs[["params", "tokens", "loss"]].to_csv(tmp_path / "runs.csv", index=False)
+    pd.DataFrame({"params": [1e6], "tokens": [1e8]}).to_csv(tmp_path / "planned.csv", index=False)
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "runs.csv"), "--params", "params", "--loss", "loss",
+                                   "--tokens", "tokens", "--n-boot", "4", "--predict", str(tmp_path / "planned.csv"),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    cli = json.loads(res.stdout)["families"]
+    assert cli["chosen"] == fam["chosen"] and cli["weights"] == pytest.approx(fam["weights"])
+    assert [r["mape"] for r in cli["validation"]] == pytest.approx([r["mape"] for r in fam["validation"]])
+
+
+def test_the_demo_says_when_the_families_disagree_on_n_opt():
+    from medscale.scaling.demo import families_lines
+
+    warning = "the laws disagree on N_opt at 1e+15 FLOPs beyond their own intervals (chinchilla 2e6 [1.9e6, 2.1e6])"
+    fits = {"objectives": {"decoder": {"families": {
+        "chosen": "kaplan", "weights": {"chinchilla": 0.25, "kaplan": 0.75}, "budget": 1e15,
+        "compute_convention": "6nd", "n_opt": {"value": 3e6, "interval": [1.9e6, 4.2e6], "warnings": [warning]}}}}}
+    lines = families_lines(fits)
+    assert lines[0].startswith("decoder across law families (weights from their error on held-out costlier runs: "
+                               "chinchilla 0.25, kaplan 0.75; chosen kaplan)")
+    assert "N_opt at 1e+15 FLOPs = 3e+06 [1.9e+06, 4.2e+06] params (6ND FLOP count)" in lines[0]
+    assert lines[1] == f"  warning: {warning}"
+    assert families_lines({"objectives": {"decoder": {"families": {"not_fitted": "too few runs"}}}}) == [
+        "decoder: law families not fitted: too few runs"]
 
 
 # ---------------------------------------------------------------------------------------------
