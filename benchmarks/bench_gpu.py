@@ -480,7 +480,7 @@ def section_sweep(deadline: float, work: Path, dry: bool, gpus: int) -> dict:
 
     spec_path, out = work / "sweep.yaml", work / "sweep"
     spec_path.write_text(yaml.safe_dump(sweep_spec(dry), sort_keys=False))
-    os.environ.update(malloc_env())  # as scheduler._init_ray: local Ray processes inherit it
+    os.environ.update(malloc_env())  # as scheduler.start_ray: local Ray processes inherit it
     result: dict = {"ray_gpus": gpus, "spec": sweep_spec(dry)}
     started = time.monotonic()
     with keeping_signal_handlers():

@@ -143,7 +143,7 @@ def main() -> None:
     from medscale.scaling.pipeline import Reporter, SweepFailed, expand_over, launch_sweep, load_spec_and_data
     from medscale.scaling.processor import processor
     from medscale.scaling.results import load_results
-    from medscale.scaling.scheduler import _init_ray
+    from medscale.scaling.scheduler import start_ray, stop_ray
     from medscale.scaling.wsd import compute_comparison
 
     class Say(Reporter):
@@ -168,7 +168,7 @@ def main() -> None:
         write_yaml(path, s)
         loaded, prepared = load_spec_and_data(path, out, Say())  # the dataset is prepared once, then shared
         plans[kind] = (loaded, expand_over(loaded, prepared, path))
-    started_ray = _init_ray(None, args.cores)
+    started_ray = start_ray(None, args.cores)
     try:
         for kind, (loaded, runs) in plans.items():
             print(f"{kind}: {len(runs)} runs", flush=True)
@@ -180,9 +180,7 @@ def main() -> None:
             walls[kind] = time.time() - t0
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
 
     results, _ = load_results(out)
     done = results[results["status"] == "done"].copy()

@@ -824,6 +824,7 @@ app.add_typer(_meds_dev_app, name="meds-dev")
 from medscale.scaling.predictions_report import predictions_report_command  # noqa: E402
 
 app.command("predictions-report")(predictions_report_command)
+app.command("design")(__import__("medscale.scaling.design_cli", fromlist=["_"]).design_command)
 
 
 def main() -> None:

@@ -102,7 +102,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     """The whole demo study; rerun after an interruption to resume it."""
     from medscale.scaling.dataset import prepare_dataset
     from medscale.scaling.pipeline import analyze_store, expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.scheduler import _init_ray, _shutdown_ray
+    from medscale.scaling.scheduler import start_ray, stop_ray
     from medscale.scaling.spec import expand, load_spec
 
     if size not in PRESETS:
@@ -130,7 +130,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
         expand(arm_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(arm_path))
         arms.append(("data-constrained arm", arm_spec, arm_path))
     arms.append(("encoder ladder", encoder_spec, encoder_path))
-    started_ray = _init_ray(address, None)
+    started_ray = start_ray(address, None)
     try:
         for stage, spec, path in arms:
             clock.start(stage)
@@ -142,7 +142,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
         clock.finish("downstream tasks")
     finally:
         if started_ray:
-            _shutdown_ray()  # also ends the local head's watcher (runtime.LocalRayHead) now, not at exit
+            stop_ray()  # also ends the local head's watcher (runtime.LocalRayHead) now, not at exit
 
     clock.start("fits and report")
     # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
@@ -151,8 +151,6 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
                              title=f"medscale demo ({size})", downstream=downstream)
     rec = analyzed.recommendation("decoder")
     constrained = _data_constrained_effect(analyzed, out_dir, say or reporter.say) if arm_name else None
-    for line in families_lines(analyzed.fits, "decoder"):
-        (say or reporter.say)(line)
     clock.finish("fits and report")
     return DemoResult(analyzed.report, analyzed.budget, rec, (time.time() - t0) / 60, constrained,
                       fits=analyzed.fits, analysis=analyzed.analysis,

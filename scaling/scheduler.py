@@ -137,8 +137,8 @@ def next_ready(queue: deque, active: set[str], forks: dict[str, tuple[str, Path]
 _local_head: LocalRayHead | None = None  # the local Ray this process started (runtime.LocalRayHead)
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray; returns whether we started a local instance (and so must shut it down: _shutdown_ray).
+def start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start or join Ray; returns whether we started a local instance (and so must shut it down: stop_ray).
     A local one runs in its own session under a watcher that ends it with this process (runtime.LocalRayHead)."""
     global _local_head
     import ray
@@ -148,7 +148,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.update(malloc_env())  # local processes inherit it; run tasks also get it in their runtime_env
     if not address:
-        _shutdown_ray()  # a head left by a caller that only called ray.shutdown()
+        stop_ray()  # a head left by a caller that only called ray.shutdown()
         _local_head = LocalRayHead(num_cpus or os.cpu_count() or 1, os.environ.get("MEDSCALE_RAY_TMP", "/tmp/ray"))
         if _local_head.auth_mode == "token" and os.environ.get("RAY_AUTH_MODE") != "token":
             # Ray turned token authentication on for its new head (as ray.init does locally); this process read
@@ -163,12 +163,12 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
             else:
                 ray.init(address=_local_head.address, log_to_driver=False, configure_logging=False)
     except BaseException:
-        _shutdown_ray()
+        stop_ray()
         raise
     return not address
 
 
-def _shutdown_ray() -> None:
+def stop_ray() -> None:
     """Leave Ray, and end the local Ray this process started, if any."""
     global _local_head
     import ray
@@ -251,7 +251,7 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
     cpus, gpus, tpus and host_devices are per process; a run is `hosts` processes (one per host)."""
     import ray
 
-    started_here = _init_ray(address, None)
+    started_here = start_ray(address, None)
     inflight: dict = {}  # ref -> (run, its GangRun or None for a one-process task)
     try:
         refuse_infeasible(cpus, gpus, tpus, hosts)
@@ -375,4 +375,4 @@ def run_sweep(store: RunStore, run_dirs: list[RunDir], *, cpus: int = 1, gpus: f
         for gang in {id(g): g for _, g in inflight.values() if g is not None}.values():
             gang.teardown()  # interrupted: leave no processes or reserved bundles behind
         if started_here:
-            _shutdown_ray()
+            stop_ray()
