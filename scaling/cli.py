@@ -818,13 +818,14 @@ def export(
               "(model.safetensors, config.json, vocab.json, tokenizer.json)", highlight=False, soft_wrap=True)
 
 
-from medscale.scaling.meds_dev import app as _meds_dev_app  # noqa: E402  (MEDS-DEV model entry)
-
-app.add_typer(_meds_dev_app, name="meds-dev")
+# Commands kept in modules of their own (registered last: they use only the shared error handling)
+from medscale.scaling.design_cli import design_command  # noqa: E402
+from medscale.scaling.meds_dev import app as _meds_dev_app  # noqa: E402
 from medscale.scaling.predictions_report import predictions_report_command  # noqa: E402
 
+app.add_typer(_meds_dev_app, name="meds-dev")
 app.command("predictions-report")(predictions_report_command)
-app.command("design")(__import__("medscale.scaling.design_cli", fromlist=["_"]).design_command)
+app.command("design")(design_command)
 
 
 def main() -> None:

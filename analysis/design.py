@@ -1,0 +1,271 @@
+"""Adaptive designs: choose the next runs by the expected shrinkage of a target's interval per FLOP.
+
+The selector is a pure function of what a sweep knows at a decision point: the candidate pool (N, D[, U] and
+a cost per run), the losses revealed so far, the target and the compute left. `select` refits the law once on
+the revealed runs (ParametricFit, or DataConstrainedFit where unique tokens are given) and scores every
+candidate from that one fit's bootstrap draws (docs/SCIENCE.md, "Adaptive designs"):
+
+    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2),    score_c = gain_c / cost_c,
+
+with f_c the draws' predicted log loss of candidate c, g_t the draws' log target t (a planned run's loss, or
+log N_opt at a compute C) and s^2 the run-to-run variance of log loss from the fit's residuals: the linear
+(ensemble Kalman) update of the target's variance were c's loss observed. A batch of K is chosen greedily,
+each pick updating the draws' covariance as if its loss had been seen, so a batch does not repeat itself.
+No refit per candidate. `replay` runs the sweep loop over an existing table whose losses are revealed one
+chosen row at a time (`medscale design`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .bootstrap import interval
+from .conventions import compute_6nd
+from .data_constrained import DataConstrainedFit
+from .errors import AnalysisError
+from .parametric import ParametricFit
+
+NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the design should pin down: planned runs' losses (params, tokens[, unique]) or N_opt at `compute`."""
+
+    params: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    unique: np.ndarray | None = None
+    compute: float | None = None
+
+    @classmethod
+    def planned(cls, params, tokens, unique=None) -> "Target":
+        arr = lambda v: None if v is None else np.atleast_1d(np.asarray(v, dtype=float))  # noqa: E731
+        return cls(arr(params), arr(tokens), arr(unique))
+
+    @classmethod
+    def n_opt(cls, compute: float) -> "Target":
+        return cls(compute=float(compute))
+
+    @property
+    def kind(self) -> str:
+        return "n_opt" if self.compute is not None else "loss"
+
+    def log_draws(self, fit) -> np.ndarray:
+        """(B, T) draws of the log target from the fit's bootstrap draws (row i = draw i everywhere)."""
+        if self.compute is not None:
+            return np.log(fit.allocation_.n_opt_draws(self.compute))
+        return np.log(_loss_draws(fit, self.params, self.tokens, self.unique))
+
+    def point(self, fit) -> np.ndarray:
+        if self.compute is not None:
+            return np.atleast_1d(fit.n_opt(self.compute))
+        if isinstance(fit, DataConstrainedFit):
+            return fit.predict(self.params, self.tokens, self.unique)
+        return fit.predict(self.params, self.tokens)
+
+
+@dataclass
+class Batch:
+    """One decision: the pool rows chosen (in order), each one's score when chosen (expected variance reduction
+    of the log target per FLOP, as the greedy pick saw it), the fit the scores came from, and the target's
+    variance before and after the batch's expected update."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    fit: object
+    variance: float
+    variance_after: float
+    noise: float
+
+
+def pool_frame(params, tokens, unique=None, cost=None) -> pd.DataFrame:
+    """The candidate pool as the selector reads it: params, tokens[, unique_tokens], cost (6ND by default)."""
+    df = pd.DataFrame({"params": np.asarray(params, dtype=float), "tokens": np.asarray(tokens, dtype=float)})
+    if unique is not None:
+        df["unique_tokens"] = np.asarray(unique, dtype=float)
+    df["cost"] = compute_6nd(df["params"], df["tokens"]) if cost is None else np.asarray(cost, dtype=float)
+    if df.empty:
+        raise AnalysisError("the candidate pool is empty: give a table with at least one run")
+    return df
+
+
+def fit_revealed(pool: pd.DataFrame, revealed: dict[int, float], *, n_boot: int, seed: int):
+    """The law fitted to the revealed rows (bootstrap draws over runs: no budget labels in a pool)."""
+    idx = np.array(sorted(revealed), dtype=int)
+    sub, loss = pool.iloc[idx], np.array([revealed[i] for i in idx])
+    if "unique_tokens" in pool:
+        return DataConstrainedFit(n_boot=n_boot, seed=seed, boot_starts=1).fit(
+            sub["params"], sub["tokens"], sub["unique_tokens"], loss)
+    return ParametricFit(n_boot=n_boot, seed=seed, boot_starts=1, interval="bootstrap").fit(
+        sub["params"], sub["tokens"], loss)
+
+
+def _loss_draws(fit, params, tokens, unique=None) -> np.ndarray:
+    if isinstance(fit, DataConstrainedFit):
+        return fit.predict_draws(params, tokens, np.inf if unique is None else unique)
+    return fit.predict_draws(params, tokens)
+
+
+def noise_var(fit) -> float:
+    """Run-to-run variance of log loss: the residuals' mean square, floored at NOISE_FLOOR^2."""
+    r = fit.residuals()["residual"].to_numpy()
+    return float(max(np.mean(r**2), NOISE_FLOOR**2))
+
+
+def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target) -> tuple[np.ndarray, int]:
+    """Covariance of [candidates' log loss, log targets] over the fit's finite draws; and the candidate count."""
+    sub = pool.iloc[cand]
+    F = np.log(_loss_draws(fit, sub["params"], sub["tokens"], sub.get("unique_tokens")))
+    Z = np.hstack([F, target.log_draws(fit)])
+    Z = Z[np.all(np.isfinite(Z), axis=1)]
+    if len(Z) < 3:
+        raise AnalysisError("the fit's bootstrap gave fewer than 3 usable draws: raise n_boot")
+    return np.atleast_2d(np.cov(Z, rowvar=False)), len(cand)
+
+
+def gains(S: np.ndarray, n: int, s2: float) -> np.ndarray:
+    """Expected reduction of sum_t Var(g_t) if each candidate's log loss were observed with noise s2."""
+    return (S[:n, n:] ** 2).sum(axis=1) / (np.diag(S)[:n] + s2)
+
+
+def _observe(S: np.ndarray, c: int, s2: float) -> np.ndarray:
+    """The covariance after observing candidate c (linear Gaussian update)."""
+    return S - np.outer(S[:, c], S[c, :]) / (S[c, c] + s2)
+
+
+def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budget_left: float, *, batch: int = 4,
+           n_boot: int = 100, seed: int = 0, fit=None) -> Batch:
+    """The next batch: up to `batch` unrevealed rows, greedily by expected target-variance reduction per FLOP,
+    each affordable within what is left. `fit` reuses a fit of exactly the revealed rows."""
+    fit = fit if fit is not None else fit_revealed(pool, revealed, n_boot=n_boot, seed=seed)
+    cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
+    s2 = noise_var(fit)
+    if cand.size == 0:
+        return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
+    S, n = _joint_cov(fit, pool, cand, target)
+    var0 = float(np.trace(S[n:, n:]))
+    cost = pool["cost"].to_numpy()[cand]
+    rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
+    for _ in range(batch):
+        score = np.where(~taken & (cost <= left), gains(S, n, s2) / cost, -np.inf)
+        c = int(np.argmax(score))
+        if not np.isfinite(score[c]):
+            break
+        rows.append(int(cand[c]))
+        scores.append(float(score[c]))
+        taken[c], left = True, left - cost[c]
+        S = _observe(S, c, s2)
+    return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
+
+
+def initial_design(pool: pd.DataFrame, min_runs: int = 7) -> np.ndarray:
+    """The cheapest runs that spread over sizes and token counts: in order of cost, a row is taken when it adds a
+    model size or a token count not yet in the design, until there are 3 distinct N and 3 distinct D; then the
+    cheapest remaining rows up to `min_runs` (a 5-parameter law needs 6 points; 7 leaves a residual)."""
+    order = np.argsort(pool["cost"].to_numpy(), kind="stable")
+    N, D = np.round(np.log(pool["params"].to_numpy()), 6), np.round(np.log(pool["tokens"].to_numpy()), 6)
+    chosen: list[int] = []
+    for row in order:
+        if _identified(N, D, chosen, 0):
+            break
+        if N[row] not in N[chosen] or D[row] not in D[chosen]:
+            chosen.append(int(row))
+    chosen += [int(r) for r in order if r not in chosen][:max(0, min_runs - len(chosen))]
+    return np.array(chosen, dtype=int)
+
+
+def _identified(N, D, rows, min_runs) -> bool:
+    return len(rows) >= min_runs and np.unique(N[rows]).size >= 3 and np.unique(D[rows]).size >= 3
+
+
+@dataclass
+class Step:
+    step: int
+    rows: np.ndarray
+    scores: np.ndarray
+    spent: float
+    point: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def width(self) -> float:
+        """The target's interval width relative to its prediction, averaged over targets."""
+        return float(np.mean((self.high - self.low) / self.point))
+
+
+@dataclass
+class Replay:
+    chosen: pd.DataFrame  # pool row, order, step, score, cost
+    steps: list[Step] = field(default_factory=list)
+    fit: object = None
+    budget: float = 0.0
+    stopped: str = ""
+
+
+def predict_target(fit, target: Target, level: float = LEVEL, seed: int = 0):
+    """The target's point and interval: a planned run's loss for a new run (draws times a noise factor resampled
+    from the fit's residuals), or N_opt (draws only)."""
+    point = target.point(fit)
+    draws = np.exp(target.log_draws(fit))
+    if target.kind == "loss":
+        r = fit.residuals()["residual"].to_numpy()
+        draws = draws * np.exp(np.random.default_rng(seed).choice(r, size=draws.shape))
+    lo, hi = interval(draws, level)
+    return point, lo, hi
+
+
+def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, budget: float, *, batch: int = 4,
+           n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
+           on_step: Callable[[Step], None] | None = None) -> Replay:
+    """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
+    nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
+    once per chosen row, after it is chosen, and is the only way a loss is read."""
+    init = initial_design(pool, min_runs=9 if "unique_tokens" in pool else 7)
+    cost = pool["cost"].to_numpy()
+    if cost[init].sum() > budget:
+        total = cost.sum()
+        raise AnalysisError(f"the initial design ({init.size} runs spread over N and D, {cost[init].sum():.3g} "
+                            f"FLOPs) costs more than the budget ({budget:.3g} FLOPs, {budget / total:.1%} of the "
+                            f"pool): raise the fraction to at least {cost[init].sum() / total:.3f}")
+    revealed: dict[int, float] = {}
+    log: list[tuple[int, int, float]] = []
+    spent, batch_rows, batch_scores, step, fit = 0.0, init, np.full(init.size, np.nan), 0, None
+    out = Replay(chosen=pd.DataFrame(), budget=budget)
+    while True:
+        for r, s in zip(batch_rows, batch_scores):
+            revealed[int(r)] = float(reveal(int(r)))
+            log.append((int(r), step, float(s)))
+            spent += cost[r]
+        fit = fit_revealed(pool, revealed, n_boot=n_boot, seed=seed)
+        point, lo, hi = predict_target(fit, target, seed=seed)
+        out.steps.append(Step(step, np.asarray(batch_rows), np.asarray(batch_scores), spent, point, lo, hi))
+        if on_step is not None:
+            on_step(out.steps[-1])
+        if stop_width is not None and out.steps[-1].width <= stop_width:
+            out.stopped = f"the target's interval width {out.steps[-1].width:.2%} <= {stop_width:.2%}"
+            break
+        nxt = select(pool, revealed, target, budget - spent, batch=batch, seed=seed, fit=fit)
+        if nxt.rows.size == 0:
+            out.stopped = "no unchosen run fits in the compute left" if len(revealed) < len(pool) else "pool exhausted"
+            break
+        step, batch_rows, batch_scores = step + 1, nxt.rows, nxt.scores
+    out.fit = fit
+    out.chosen = pd.DataFrame(log, columns=["row", "step", "score"]).assign(
+        order=lambda d: np.arange(1, len(d) + 1), cost=lambda d: cost[d["row"]])
+    return out
+
+
+def random_design(pool: pd.DataFrame, budget: float, seed: int) -> np.ndarray:
+    """Rows in a random order, each kept if it still fits in the budget: random selection at equal compute."""
+    cost = pool["cost"].to_numpy()
+    rows, spent = [], 0.0
+    for r in np.random.default_rng(seed).permutation(len(pool)):
+        if spent + cost[r] <= budget:
+            rows.append(int(r))
+            spent += cost[r]
+    return np.array(rows, dtype=int)
