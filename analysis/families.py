@@ -572,7 +572,20 @@ class _CustomFamily(LawFamily):
         return sorted(found, key=lambda b: b.where != "estimate")
 
 
-class KaplanFamily(_CustomFamily):
+class _ClosedFormFamily(_CustomFamily):
+    """A family whose law gives log N_opt(C) in closed form (`law_class.log_n_opt`)."""
+
+    def _n_opt_point(self, compute, unique_tokens=None):
+        return float(np.exp(self.law_.log_n_opt(self.theta_, compute)[0]))
+
+    def n_opt_draws(self, compute, unique_tokens=None) -> np.ndarray:
+        if not len(self.boot_thetas_):
+            return np.empty(0)
+        with np.errstate(over="ignore"):
+            return np.exp(self.law_.log_n_opt(self.boot_thetas_, _budget(compute)))
+
+
+class KaplanFamily(_ClosedFormFamily):
     """Kaplan et al. 2020 eq. (1.5) with an irreducible offset: L = E + ((N_c/N)^(alpha_N/alpha_D) + D_c/D)^alpha_D."""
 
     name = "kaplan"
@@ -583,17 +596,8 @@ class KaplanFamily(_CustomFamily):
     def _bound_specs(self):
         return [("alpha_N/alpha_D", 2, "linear"), ("alpha_D", 3, "linear")]
 
-    def _n_opt_point(self, compute, unique_tokens=None):
-        return float(np.exp(self.law_.log_n_opt(self.theta_, compute)[0]))
 
-    def n_opt_draws(self, compute, unique_tokens=None) -> np.ndarray:
-        if not len(self.boot_thetas_):
-            return np.empty(0)
-        with np.errstate(over="ignore"):
-            return np.exp(self.law_.log_n_opt(self.boot_thetas_, _budget(compute)))
-
-
-class GadreFamily(_CustomFamily):
+class GadreFamily(_ClosedFormFamily):
     """Chinchilla's form with one exponent for N and D, as Gadre et al. 2024 fit it (L(N, M) = E + A N^-b +
     B' (M N)^-b with M = D/N): L = E + A/N^b + B/D^b. Nested in Chinchilla (alpha = beta), so N_opt grows as
     C^0.5; one parameter fewer to extrapolate with."""
@@ -602,15 +606,6 @@ class GadreFamily(_CustomFamily):
     n_params = 4
     formula = "L = E + A/N^b + B/D^b (one exponent)"
     law_class = _GadreLaw
-
-    def _n_opt_point(self, compute, unique_tokens=None):
-        return float(np.exp(self.law_.log_n_opt(self.theta_, compute)[0]))
-
-    def n_opt_draws(self, compute, unique_tokens=None) -> np.ndarray:
-        if not len(self.boot_thetas_):
-            return np.empty(0)
-        with np.errstate(over="ignore"):
-            return np.exp(self.law_.log_n_opt(self.boot_thetas_, _budget(compute)))
 
 
 class FarseerFamily(_CustomFamily):

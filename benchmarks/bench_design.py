@@ -25,6 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import publish  # noqa: E402
 from medscale.analysis import design as ds  # noqa: E402
 from medscale.analysis.errors import AnalysisError  # noqa: E402
 from medscale.scaling.processor import processor  # noqa: E402
@@ -121,10 +122,7 @@ def main() -> int:
             print(lines[-1], flush=True)
         lines += ["", f"{time.time() - t1:.0f} s for this table.", ""]
     lines.append(f"Wall time {time.time() - t0:.0f} s on {processor().describe()}, nice 5, beside another job on 2 cores.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -38,6 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import publish  # noqa: E402
 from medscale.scaling.processor import processor  # noqa: E402
 from medscale.analysis.bootstrap import interval  # noqa: E402
 from medscale.analysis.conventions import compute_6nd  # noqa: E402
@@ -272,10 +273,7 @@ def main() -> int:
     lines = lines[:4] + head + [""] + lines[4:]
     lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} ({processor().describe()}), "
                  f"n_jobs {args.n_jobs}.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import publish  # noqa: E402
 from medscale.scaling.processor import processor  # noqa: E402
 from medscale.analysis import IsoFlopFit, ParametricFit  # noqa: E402
 from medscale.analysis.data_constrained import DataConstrainedFit, _Data, _objective  # noqa: E402
@@ -114,10 +115,7 @@ def main() -> int:
     lines += porian(args.n_boot) + muennighoff(args.n_boot) + epoch(args.n_boot)
     lines.append(f"Wall time {time.time() - t0:.0f} s on {platform.processor() or platform.machine()} "
                  f"({processor().describe()}).")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 
