@@ -1,7 +1,7 @@
 """C = 6ND, written down once: training compute from parameters N and tokens D, and back.
 
 N follows the run's parameter-count convention (medscale.models.config.counted_params); the full
-FLOP count with attention and the output head is medscale.scaling.flops.flops_per_token.
+FLOP count with attention and the output head is medscale.scaling.plan.flops.flops_per_token.
 """
 from __future__ import annotations
 

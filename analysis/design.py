@@ -5,14 +5,17 @@ a cost per run), the losses revealed so far, the target and the compute left. `s
 the revealed runs (ParametricFit, or DataConstrainedFit where unique tokens are given) and scores every
 candidate from that one fit's bootstrap draws (docs/SCIENCE.md, "Adaptive designs"):
 
-    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2),    score_c = gain_c / cost_c,
+    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2),    score_c = gain_c / cost_c^gamma,
 
 with f_c the draws' predicted log loss of candidate c, g_t the draws' log target t (a planned run's loss, or
 log N_opt at a compute C) and s^2 the run-to-run variance of log loss from the fit's residuals: the linear
 (ensemble Kalman) update of the target's variance were c's loss observed. A batch of K is chosen greedily,
 each pick updating the draws' covariance as if its loss had been seen, so a batch does not repeat itself.
-No refit per candidate. `replay` runs the sweep loop over an existing table whose losses are revealed one
-chosen row at a time (`medscale design`).
+No refit per candidate. gamma (`cost_exponent`, default COST_EXPONENT = 1: gain per FLOP) was chosen on the
+simulator arm of benchmarks/bench_design.py; `families` adds other law families' draws (a mixture) so runs that
+tell the families apart count. `random_design` and `cheapest_first_design` are the baselines at equal compute.
+`replay` runs the sweep loop over an existing table whose losses are revealed one chosen row at a time
+(`medscale design`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from .data_constrained import DataConstrainedFit
 from .errors import AnalysisError
 from .parametric import ParametricFit
 
+COST_EXPONENT = 1.0  # score = gain / cost^gamma (set from the simulator arm: benchmarks/results/design.md)
 NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
 LEVEL = 0.95
 
@@ -116,11 +120,16 @@ def noise_var(fit) -> float:
     return float(max(np.mean(r**2), NOISE_FLOOR**2))
 
 
-def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target) -> tuple[np.ndarray, int]:
-    """Covariance of [candidates' log loss, log targets] over the fit's finite draws; and the candidate count."""
+def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra=()) -> tuple[np.ndarray, int]:
+    """Covariance of [candidates' log loss, log targets] over the fit's finite draws (and those of `extra` fits,
+    stacked: a mixture's draws); and the candidate count."""
     sub = pool.iloc[cand]
-    F = np.log(_loss_draws(fit, sub["params"], sub["tokens"], sub.get("unique_tokens")))
-    Z = np.hstack([F, target.log_draws(fit)])
+    blocks = []
+    for f in (fit, *extra):
+        F = np.log(_loss_draws(f, sub["params"], sub["tokens"], sub.get("unique_tokens")))
+        g = target.log_draws(f)
+        blocks.append(np.hstack([F, g.reshape(len(g), -1)]))
+    Z = np.vstack(blocks)
     Z = Z[np.all(np.isfinite(Z), axis=1)]
     if len(Z) < 3:
         raise AnalysisError("the fit's bootstrap gave fewer than 3 usable draws: raise n_boot")
@@ -137,21 +146,58 @@ def _observe(S: np.ndarray, c: int, s2: float) -> np.ndarray:
     return S - np.outer(S[:, c], S[c, :]) / (S[c, c] + s2)
 
 
+def family_fits(pool: pd.DataFrame, revealed: dict[int, float], families, *, n_boot: int, seed: int) -> list:
+    """Other law families (analysis/families.py names) fitted to the revealed rows, for a mixture's draws; a
+    family that cannot be fitted on so few runs is left out."""
+    from .families import make_family
+
+    idx = np.array(sorted(revealed), dtype=int)
+    sub, loss = pool.iloc[idx], np.array([revealed[i] for i in idx])
+    out = []
+    for name in families or ():
+        if name == "chinchilla":
+            continue  # the selector's own fit
+        try:
+            out.append(make_family(name, n_boot=n_boot, seed=seed, boot_starts=1).fit(
+                sub["params"], sub["tokens"], loss, sub.get("unique_tokens")))
+        except (AnalysisError, ValueError):
+            continue
+    return out
+
+
 def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budget_left: float, *, batch: int = 4,
-           n_boot: int = 100, seed: int = 0, fit=None) -> Batch:
-    """The next batch: up to `batch` unrevealed rows, greedily by expected target-variance reduction per FLOP,
-    each affordable within what is left. `fit` reuses a fit of exactly the revealed rows."""
+           n_boot: int = 100, seed: int = 0, fit=None, cost_exponent: float | None = None,
+           families=None, extra_fits=None) -> Batch:
+    """The next batch of runs to train: what the sweep loop calls at each decision point.
+
+    Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
+    candidate's id), `revealed` ({pool row: observed final loss} for every run trained so far; at least an
+    initial_design's worth), `target` (Target.n_opt(C) or Target.planned(N, D)), `budget_left` (FLOPs still to
+    spend). Optional: `batch` (runs per decision), `n_boot` and `seed` (the refit's bootstrap), `fit` (reuse a
+    fit_revealed of exactly the revealed rows), `cost_exponent` gamma (score = gain / cost^gamma; default
+    COST_EXPONENT), `families` (law family names from analysis/families.py whose draws join the Chinchilla
+    fit's, so runs that tell the families apart count; `extra_fits` reuses such fits).
+
+    Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
+    affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
+    `variance_after` (the target's summed log-variance before and after the batch's expected update), `noise`.
+    Deterministic for a given (pool, revealed, target, budget_left, seed). Every pick fits in `budget_left`
+    together with the picks before it."""
     fit = fit if fit is not None else fit_revealed(pool, revealed, n_boot=n_boot, seed=seed)
+    if extra_fits is None:
+        extra_fits = family_fits(pool, revealed, families, n_boot=n_boot, seed=seed) if families else []
+    gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     s2 = noise_var(fit)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
-    S, n = _joint_cov(fit, pool, cand, target)
+    S, n = _joint_cov(fit, pool, cand, target, extra_fits)
     var0 = float(np.trace(S[n:, n:]))
     cost = pool["cost"].to_numpy()[cand]
+    price = (cost / cost.max()) ** gamma
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
     for _ in range(batch):
-        score = np.where(~taken & (cost <= left), gains(S, n, s2) / cost, -np.inf)
+        score = np.where(~taken & (cost <= left), gains(S, n, s2) / price, -np.inf)
         c = int(np.argmax(score))
         if not np.isfinite(score[c]):
             break
@@ -163,16 +209,22 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
 
 
 def initial_design(pool: pd.DataFrame, min_runs: int = 7) -> np.ndarray:
-    """The cheapest runs that spread over sizes and token counts: in order of cost, a row is taken when it adds a
-    model size or a token count not yet in the design, until there are 3 distinct N and 3 distinct D; then the
-    cheapest remaining rows up to `min_runs` (a 5-parameter law needs 6 points; 7 leaves a residual)."""
-    order = np.argsort(pool["cost"].to_numpy(), kind="stable")
+    """The cheapest runs that spread over sizes, token counts and scales: in order of cost, a row is taken when it
+    adds a model size or a token count while there are fewer than 3 of either, or a compute level (cost rounded
+    to 0.05 decades) while there are fewer than 3; then the cheapest remaining rows up to `min_runs` (a
+    5-parameter law needs 6 points; 7 leaves a residual). The compute levels matter on IsoFLOP pools, whose
+    cheapest budget alone has as many sizes and token counts as wanted and identifies no law."""
+    cost = pool["cost"].to_numpy()
+    order = np.argsort(cost, kind="stable")
     N, D = np.round(np.log(pool["params"].to_numpy()), 6), np.round(np.log(pool["tokens"].to_numpy()), 6)
+    level = np.round(np.log10(cost) / 0.05)
     chosen: list[int] = []
     for row in order:
-        if _identified(N, D, chosen, 0):
+        if _identified(N, D, chosen, 0) and np.unique(level[chosen]).size >= 3:
             break
-        if N[row] not in N[chosen] or D[row] not in D[chosen]:
+        if ((N[row] not in N[chosen] and np.unique(N[chosen]).size < 3)
+                or (D[row] not in D[chosen] and np.unique(D[chosen]).size < 3)
+                or (level[row] not in level[chosen] and np.unique(level[chosen]).size < 3)):
             chosen.append(int(row))
     chosen += [int(r) for r in order if r not in chosen][:max(0, min_runs - len(chosen))]
     return np.array(chosen, dtype=int)
@@ -180,6 +232,22 @@ def initial_design(pool: pd.DataFrame, min_runs: int = 7) -> np.ndarray:
 
 def _identified(N, D, rows, min_runs) -> bool:
     return len(rows) >= min_runs and np.unique(N[rows]).size >= 3 and np.unique(D[rows]).size >= 3
+
+
+def _spread_pick(pool: pd.DataFrame, revealed, budget_left: float, batch: int) -> np.ndarray:
+    """When the fit cannot score candidates (too few usable draws): the cheapest affordable rows at compute
+    levels not yet revealed, then the cheapest."""
+    cost = pool["cost"].to_numpy()
+    level = np.round(np.log10(cost) / 0.05)
+    seen = {level[i] for i in revealed}
+    order = [int(r) for r in np.argsort(cost, kind="stable") if int(r) not in revealed]
+    order = [r for r in order if level[r] not in seen] + [r for r in order if level[r] in seen]
+    rows, left = [], float(budget_left)
+    for r in order:
+        if len(rows) < batch and cost[r] <= left:
+            rows.append(r)
+            left -= cost[r]
+    return np.array(rows, dtype=int)
 
 
 @dataclass
@@ -221,7 +289,8 @@ def predict_target(fit, target: Target, level: float = LEVEL, seed: int = 0):
 
 def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, budget: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
-           on_step: Callable[[Step], None] | None = None) -> Replay:
+           on_step: Callable[[Step], None] | None = None, cost_exponent: float | None = None,
+           families=None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -249,7 +318,12 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
         if stop_width is not None and out.steps[-1].width <= stop_width:
             out.stopped = f"the target's interval width {out.steps[-1].width:.2%} <= {stop_width:.2%}"
             break
-        nxt = select(pool, revealed, target, budget - spent, batch=batch, seed=seed, fit=fit)
+        try:
+            nxt = select(pool, revealed, target, budget - spent, batch=batch, n_boot=n_boot, seed=seed, fit=fit,
+                         cost_exponent=cost_exponent, families=families)
+        except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
+            rows = _spread_pick(pool, revealed, budget - spent, batch)
+            nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, noise_var(fit))
         if nxt.rows.size == 0:
             out.stopped = "no unchosen run fits in the compute left" if len(revealed) < len(pool) else "pool exhausted"
             break
@@ -265,6 +339,17 @@ def random_design(pool: pd.DataFrame, budget: float, seed: int) -> np.ndarray:
     cost = pool["cost"].to_numpy()
     rows, spent = [], 0.0
     for r in np.random.default_rng(seed).permutation(len(pool)):
+        if spent + cost[r] <= budget:
+            rows.append(int(r))
+            spent += cost[r]
+    return np.array(rows, dtype=int)
+
+
+def cheapest_first_design(pool: pd.DataFrame, budget: float) -> np.ndarray:
+    """Rows from the cheapest up, each kept while it fits in the budget: the small-runs-first baseline."""
+    cost = pool["cost"].to_numpy()
+    rows, spent = [], 0.0
+    for r in np.argsort(cost, kind="stable"):
         if spent + cost[r] <= budget:
             rows.append(int(r))
             spent += cost[r]

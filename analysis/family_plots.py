@@ -42,10 +42,17 @@ def _held_out_panel(ax, choice) -> None:
         ax.scatter(C, L, s=12, color="gray", label="runs")
         ax.set_title("no validation on held-out costlier runs (too few runs)")
     else:
+        orders = getattr(choice, "orders", None) or {}
+        order = max(orders, key=orders.get) if orders else None  # the order that counts most
+        if "order" in err.columns and order in set(err["order"]):
+            err = err[err["order"] == order]
+        order = err["order"].iloc[0] if "order" in err.columns else "compute"
         cut = err["cut"].max()
         e = err[err["cut"] == cut]
         first = e[e["family"] == e["family"].iloc[0]]
-        below = C < first["compute"].min()
+        held = set(zip(first["params"], first["tokens"]))
+        d = next(iter(choice.families.values())).data_
+        below = np.array([(n, t) not in held for n, t in zip(d["params"], d["tokens"])])
         ax.scatter(C[below], L[below], s=12, color="lightgray", label="fitted at this cut")
         ax.scatter(first["compute"], first["loss"], s=42, facecolors="none", edgecolors="black", zorder=4,
                    label="held out (observed)")
@@ -54,7 +61,8 @@ def _held_out_panel(ax, choice) -> None:
             ax.scatter(g["compute"], g["predicted"], s=40 if chosen else 18, marker="*" if chosen else "x",
                        color=FAMILY_COLORS.get(k, "gray"), zorder=5 if chosen else 3,
                        label=f"{_label(choice, k)}: {100 * np.mean(np.abs(g['rel_error'])):.2f}% error")
-        ax.set_title(f"validation: top {cut:.0%} of runs by compute held out")
+        by = {"compute": "compute", "params": "N (largest models)", "tokens": "D (longest runs)"}.get(order, order)
+        ax.set_title(f"validation: top {cut:.0%} of runs by {by} held out")
     ax.set_xscale("log")
     ax.set_xlabel("compute C = 6ND (FLOPs)")
     ax.set_ylabel("loss")

@@ -134,7 +134,7 @@ def average_replicates(keys: dict[str, np.ndarray], loss: np.ndarray, *, seed=No
 
 
 # The fewest unique tokens a recommendation is made for when the runs' window length is unknown (`medscale fit`):
-# one training window at medscale's default model.seq_len (scaling/spec.py). Fewer cannot fill one sequence.
+# one training window at medscale's default model.seq_len (scaling/sweep/spec.py). Fewer cannot fill one sequence.
 MIN_UNIQUE_TOKENS = 128
 
 # A compute column may differ from 6 N D by this fraction before rows are named (rounding, or budgets recorded as

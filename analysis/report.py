@@ -5,7 +5,7 @@ and the PNG/SVG figures into one folder; the HTML references figures by relative
 Fit once, show everywhere: `analyze_results` fits every law once per objective (Approaches 1-3 on the runs
 with all the data, the data-constrained law where runs repeat their data, Approach 3 on each parameter
 convention) into an `Analysis`; `write_report` only renders it, and the pipeline hands the same objects to the
-recommendation (scaling/recommend.py) and to the CLI, so a quantity is one number wherever it is printed.
+recommendation (scaling/plan/recommend.py) and to the CLI, so a quantity is one number wherever it is printed.
 A fitted parameter at its optimisation bound is named beside its value (analysis/bounds.py).
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _lobo(fit):
 
 def repeats_data(runs: pd.DataFrame) -> bool:
     """Every run records its unique tokens U and some run trained on more tokens than that: the runs identify
-    the data-constrained law, which is then the law fitted to them (here and in scaling/recommend.py)."""
+    the data-constrained law, which is then the law fitted to them (here and in scaling/plan/recommend.py)."""
     if not len(runs) or "unique_tokens" not in runs.columns or "tokens" not in runs.columns:
         return False
     u = pd.to_numeric(runs["unique_tokens"], errors="coerce").to_numpy(float)
@@ -168,7 +168,7 @@ class ObjectiveFits:
     @property
     def law(self) -> FitResult | None:
         """The law a recommendation is made from: the data-constrained law where runs repeat their data, else
-        Approach 3 (the same rule as scaling/recommend.py when it fits for itself)."""
+        Approach 3 (the same rule as scaling/plan/recommend.py when it fits for itself)."""
         return self.data_constrained if self.data_constrained is not None else self.results.get(3)
 
 
@@ -247,9 +247,12 @@ def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: in
     df = o.runs if dc else o.df
     fitted = ({"data_constrained": DataConstrainedFamily.from_fit(o.data_constrained.fit)} if dc else
               {"chinchilla": ChinchillaFamily.from_fit(o.fits[3])} if 3 in o.fits else {})
+    # validation aims at the runs the recommendation is about: its own N_opt and D_opt at the budget
+    alloc = o.dc_alloc if dc else o.allocs.get(3)
+    target = None if alloc is None else (np.array([alloc.n_opt.value]), np.array([alloc.d_opt.value]))
     try:
         o.families = choose(df["params"], df["tokens"], df["loss"], df["unique_tokens"] if dc else None,
-                            n_boot=min(n_boot, DEFAULT_N_BOOT), seed=seed, fitted=fitted,
+                            n_boot=min(n_boot, DEFAULT_N_BOOT), seed=seed, fitted=fitted, target=target,
                             seeds=df["seed"].to_numpy() if "seed" in df.columns else None,
                             lrs=df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None)
         o.families_n_opt = o.families.n_opt(at, max_tokens if dc else None, flops_per_token=o.fpt)
@@ -463,7 +466,7 @@ def write_report(
 
 
 def _recommendation_json(rec: dict, o: ObjectiveFits | None = None) -> dict:
-    """What fits.json records of a recommendation (scaling/recommend.py): the same objects the CLI prints, and
+    """What fits.json records of a recommendation (scaling/plan/recommend.py): the same objects the CLI prints, and
     N_opt at the budget across the law families (`families_n_opt`, None without them)."""
     law = rec["fit"]
     shape = rec["shape"]
@@ -517,7 +520,7 @@ def _recommendation_section(name: str, rec: dict | None, why, at: float, o: Obje
 
 def compute_used(df: pd.DataFrame) -> dict:
     """FLOPs the finished runs trained, and what the same runs would have cost each trained from scratch (as
-    under cosine). A WSD branch (scaling/wsd.py) trains only from the step it forked at (`forked_at_step`;
+    under cosine). A WSD branch (scaling/sweep/wsd.py) trains only from the step it forked at (`forked_at_step`;
     none recorded: from step 0), so its share is 1 - fork / steps. The full FLOP count when every run has one,
     else 6ND."""
     full = "flops_full" in df.columns and len(df) > 0 and bool(np.isfinite(df["flops_full"].to_numpy(float)).all())

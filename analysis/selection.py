@@ -1,16 +1,28 @@
 """Which law to trust: choose among law families by how well they extrapolate, and predict planned runs.
 
 A law is bought to extrapolate, so families are scored where they extrapolate, on the table's own costlier
-runs (rolling-origin validation in compute order):
+runs (rolling-origin validation):
 
     for each cut f in `cuts` (default 10%, 20%, 30%): fit every family (no bootstrap) to the runs below the
-    compute of the top f of runs, predict those top-f runs, and score the held-out predictions by the mean
-    absolute percentage error (MAPE) of the loss and R^2 over the held-out runs.
+    top f of runs in an order, predict those top-f runs, and score the held-out predictions by the mean
+    absolute percentage error (MAPE) of the loss and R^2 over the held-out runs. A cut whose held-out runs are
+    the same as a smaller cut's (ties: several runs per model size) is not counted twice.
 
-A family's validation error is its MAPE averaged over the cuts, floored at ERROR_FLOOR (0.01%: differences
-below it are numerical, not evidence). The rule (`RULE`, default "inverse_square"): weights proportional to
-1 / error^2 (Bates & Granger's inverse mean-squared-error combination, with MAPE^2 standing in for the mean
-squared relative error); "best" puts all weight on the chosen family. A family that cannot be fitted on some
+The order is aimed at the extrapolation the study needs (`validation_orders`). Given a target, the planned
+runs' sizes (params, tokens; never a loss), the runs are held out by N (the largest models) and by D (the
+longest runs), and each order's error counts in proportion to how far the target's centre lies beyond the runs
+along that axis (log excess over the largest N and the largest D): a target 17x larger in N at ordinary token
+counts is scored on held-out larger models, one trained on 10x more tokens than any run on held-out longer runs.
+Without a target, or with one inside the runs' range, the order is compute (the costliest runs held out). Why:
+on Gadre et al. 2024 compute order holds out the small models' longest runs and prefers Chinchilla's two
+exponents, while the costly runs lie 3-17x beyond in N, where one exponent for N and D extrapolates best;
+benchmarks/results/families.md has the numbers per table.
+
+A family's validation error is its MAPE averaged over the cuts (then over the orders by their share), floored
+at ERROR_FLOOR (0.01%: differences below it are numerical, not evidence). The rule (`RULE`, default
+"inverse_square"): weights proportional to 1 / error^2 (Bates & Granger's inverse mean-squared-error
+combination, with MAPE^2 standing in for the mean squared relative error); "best" puts all weight on the chosen
+family. A family that cannot be fitted on some
 cut gets weight 0. `chosen` is the family with the lowest error, except that a family with fewer parameters
 whose error is within 5% (TIE) of the lowest is preferred (nested laws tie on data from the smaller one).
 
@@ -90,7 +102,10 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rolling-origin validation: per cut and family, fit below the cut, score above it.
 
-    Returns (table, errors): one row per (cut, family) with n_train, n_test, the compute ratio the cut
+    `order`: 'compute', 'params' (the largest models held out) or 'tokens' (the longest runs). A cut whose held-out
+    runs are those of a smaller cut (ties) is skipped: the same evidence once.
+
+    Returns (table, errors): one row per (cut, family) with the order, n_train, n_test, the compute ratio the cut
     extrapolates over (largest held-out / largest fitted), MAPE, R^2, bias and status; and one row per held-out
     run and family with its observed and predicted loss and the relative error.
     """
@@ -103,14 +118,17 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
     C = compute_6nd(N, D)
     kw = {"n_boot": 0, **(family_kw or {})}
     kw["n_boot"] = 0
-    rows, errs = [], []
+    rows, errs, seen = [], [], []
     srt = np.sort(key)
     for f in cuts:
         n_test = max(1, int(math.ceil(f * N.size)))
         thr = srt[N.size - n_test]
         test = key >= thr
+        if any((test == t).all() for t in seen):  # ties (several runs per model size): the same fold again
+            continue
+        seen.append(test)
         train = ~test
-        base = {"cut": float(f), "n_train": int(train.sum()), "n_test": int(test.sum()),
+        base = {"order": order, "cut": float(f), "n_train": int(train.sum()), "n_test": int(test.sum()),
                 "compute_ratio": float(C[test].max() / C[train].max()) if train.any() else float("nan")}
         for name in names:
             row = {**base, "family": name, "mape": np.nan, "r2": np.nan, "bias": np.nan, "max_abs": np.nan}
@@ -123,15 +141,51 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
                     raise AnalysisError("non-finite predictions")
                 row.update(scores(pred, L[test]))
                 row["status"] = "ok"
-                errs += [{"cut": float(f), "family": name, "params": n, "tokens": d, "compute": c, "loss": o,
+                errs += [{"order": order, "cut": float(f), "family": name, "params": n, "tokens": d, "compute": c,
+                          "loss": o,
                           "predicted": q, "rel_error": q / o - 1.0}
                          for n, d, c, o, q in zip(N[test], D[test], C[test], L[test], pred)]
             except AnalysisError as e:
                 row["status"] = f"not fitted: {e}"
             rows.append(row)
-    cols = ["cut", "family", "n_train", "n_test", "compute_ratio", "mape", "r2", "bias", "max_abs", "status"]
-    return pd.DataFrame(rows)[cols], pd.DataFrame(errs, columns=["cut", "family", "params", "tokens", "compute",
-                                                                  "loss", "predicted", "rel_error"])
+    cols = ["order", "cut", "family", "n_train", "n_test", "compute_ratio", "mape", "r2", "bias", "max_abs", "status"]
+    return pd.DataFrame(rows, columns=cols), pd.DataFrame(errs, columns=["order", "cut", "family", "params", "tokens",
+                                                                        "compute", "loss", "predicted", "rel_error"])
+
+
+ORDERS = ("auto", "compute", "params", "tokens", "target")
+
+
+def validation_orders(params, tokens, target=None, order: str = "auto") -> dict[str, float]:
+    """The orders the rolling origin holds runs out by, each with the share it counts for in a family's error.
+
+    'compute', 'params' or 'tokens': that order alone. 'target', or 'auto' given a target: the folds stand for the
+    extrapolation the target asks for. `target` is (params, tokens) of the planned runs (their sizes only); its
+    excess beyond the runs along each axis, e_N = max(0, mean log N_target - log max N) and e_D likewise for D,
+    weights the folds held out by N (the largest models) and by D (the longest runs): shares e_N / (e_N + e_D) and
+    e_D / (e_N + e_D). A target bigger in N than any run is scored on held-out larger models; one trained on more
+    tokens than any run, on held-out longer runs. 'auto' without a target, or a target inside the runs' range on
+    both axes: compute order (the costliest runs held out)."""
+    if order in ("compute", "params", "tokens"):
+        return {order: 1.0}
+    if order not in ("auto", "target"):
+        raise AnalysisError(f"order must be one of {ORDERS}; got {order!r}")
+    if target is None:
+        if order == "target":
+            raise AnalysisError("order='target' needs target=(params, tokens) of the planned runs")
+        return {"compute": 1.0}
+    try:
+        tN, tD = target
+    except (TypeError, ValueError):
+        raise AnalysisError("target must be a pair (params, tokens) of the planned runs' sizes") from None
+    tN = positive(np.atleast_1d(np.asarray(tN, dtype=float)), "target params")
+    tD = positive(np.atleast_1d(np.asarray(tD, dtype=float)), "target tokens")
+    excess = {"params": max(0.0, float(np.log(tN).mean() - np.log(np.max(params)))),
+              "tokens": max(0.0, float(np.log(tD).mean() - np.log(np.max(tokens))))}
+    tot = sum(excess.values())
+    if tot <= 0:
+        return {"compute": 1.0}
+    return {k: v / tot for k, v in excess.items() if v > 0}
 
 
 def pick(errors: dict[str, float], n_params: dict[str, int] | None = None) -> str | None:
@@ -224,6 +278,7 @@ class FamilyChoice:
     columns: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    orders: dict = field(default_factory=dict)  # the validation's orders and their shares (validation_orders)
     max_compute: float = float("nan")  # the largest fitted run's 6ND
     validated_ratio: float = float("nan")  # the largest compute ratio the validation extrapolated over
     seed: int = 0
@@ -361,7 +416,8 @@ class FamilyChoice:
         rec = lambda df: None if df is None else [{k: _plain(v) for k, v in r.items()}  # noqa: E731
                                                   for r in df.to_dict(orient="records")]
         return {"rule": self.rule, "chosen": self.chosen, "weights": dict(self.weights),
-                "validation": rec(self.validation), "summary": rec(self.summary),
+                "validation": rec(self.validation), "validation_orders": dict(self.orders),
+                "summary": rec(self.summary),
                 "families": {k: f.to_dict() for k, f in self.families.items()},
                 "interval_level": self.level, "warnings": list(self.warnings), "notes": list(self.notes)}
 
@@ -405,14 +461,17 @@ def _line_n_opt(loss_rows, budget: float, flops_per_token) -> np.ndarray:
     return out
 
 
-def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFAULT_CUTS, order: str = "compute",
+def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFAULT_CUTS, order: str = "auto",
            rule: str = RULE, run_weighting: float | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
            n_jobs: int | None = 1, level: float = DEFAULT_LEVEL, seeds=None, lrs=None,
-           validate: bool = True, interval_noise: str = "residuals", fitted: dict | None = None) -> FamilyChoice:
+           validate: bool = True, interval_noise: str = "residuals", fitted: dict | None = None,
+           target=None) -> FamilyChoice:
     """Validate the families on the runs' costlier end, weight them, and fit each to all runs with a bootstrap.
 
     `fitted` (name -> a family already fitted to these same runs, e.g. `ChinchillaFamily.from_fit` of the
     report's Approach 3) is used as is instead of refitting that family: one fit, one number.
+    `target` (params, tokens) of the planned runs, sizes only: with `order` 'auto' (default) the validation holds
+    runs out along the axes the target leaves the runs' range by (`validation_orders`); without it, by compute.
     Arrays in, a FamilyChoice out (`fit_families` is the same from a table by column names). Replicates are
     merged first (seeds averaged, the best learning rate kept), so every family sees the same runs."""
     N, D, L = positive(params, "params"), positive(tokens, "tokens"), positive(loss, "loss")
@@ -433,26 +492,45 @@ def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFA
     table = summary = errs = None
     C = compute_6nd(N, D)
     validated_ratio = float("nan")
+    orders = validation_orders(N, D, target, order)
     if validate and len(names) > 1:
-        table, errs = rolling_origin(N, D, L, U, families=names, cuts=cuts, order=order,
-                                     run_weighting=run_weighting)
-        ok_cuts = table.groupby("cut")["status"].apply(lambda s: (s == "ok").any())
-        t = table[table["cut"].isin(ok_cuts[ok_cuts].index)]
-        err = {k: float(g["mape"].mean()) if (g["status"] == "ok").all() and len(g) else float("inf")
-               for k, g in t.groupby("family", sort=False)}
-        err = {k: err.get(k, float("inf")) for k in names}
+        tables, errl, used = [], [], {}
+        err = {k: 0.0 for k in names}
+        r2 = {k: 0.0 for k in names}
+        for o, share in orders.items():
+            tb, er = rolling_origin(N, D, L, U, families=names, cuts=cuts, order=o, run_weighting=run_weighting)
+            tb["share"] = share
+            tables.append(tb)
+            errl.append(er)
+            ok_cuts = tb.groupby("cut")["status"].apply(lambda s: (s == "ok").any())
+            t = tb[tb["cut"].isin(ok_cuts[ok_cuts].index)]
+            if not len(t):
+                continue
+            used[o] = share
+            for k in names:
+                g = t[t.family == k]
+                e = float(g["mape"].mean()) if len(g) and (g["status"] == "ok").all() else float("inf")
+                err[k] += share * e
+                r2[k] += share * float(g["r2"].mean()) if len(g) else float("nan")
+        table, errs = pd.concat(tables, ignore_index=True), pd.concat(errl, ignore_index=True)
+        tot = sum(used.values())
+        err = {k: (err[k] / tot if tot > 0 else float("inf")) for k in names}
+        r2 = {k: (r2[k] / tot if tot > 0 else float("nan")) for k in names}
         weights = family_weights(err, rule)
         summary = pd.DataFrame({"family": names, "n_params": [make_family(k).n_params for k in names],
-                                "mape": [err[k] for k in names],
-                                "r2": [float(t[t.family == k]["r2"].mean()) for k in names],
+                                "mape": [err[k] for k in names], "r2": [r2[k] for k in names],
                                 "weight": [weights[k] for k in names]})
-        if len(t):
-            validated_ratio = float(t["compute_ratio"].max())
+        if used:
+            validated_ratio = float(table.loc[table["order"].isin(list(used)) & (table["status"] == "ok"),
+                                              "compute_ratio"].max())
         else:
             warnings.append("too few runs to validate the families on held-out costlier runs: they are weighted "
                             "equally")
+        by = " and ".join(f"{o} (share {w:.2f})" if len(orders) > 1 else o for o, w in orders.items())
         notes.append(f"families weighted by their extrapolation error on the top {', '.join(f'{c:.0%}' for c in cuts)} "
-                     f"of runs by {order} (rolling origin, rule {rule}: "
+                     f"of runs by {by}" + (" (the axes the target leaves the runs' range by)" if target is not None
+                                          and order in ("auto", "target") else "")
+                     + f" (rolling origin, rule {rule}: "
                      + ("weights ~ 1/MAPE^2" if rule == "inverse_square" else "all weight on the lowest MAPE") + ")")
     else:
         weights = {k: 1.0 / len(names) for k in names}
@@ -473,7 +551,7 @@ def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFA
         raise AnalysisError("no law family could be fitted to these runs")
     weights = {k: (weights[k] / tot if k in fams else 0.0) for k in names}
     ch = FamilyChoice(families=fams, weights=weights, validation=table, summary=summary, errors=errs, rule=rule,
-                      level=level, warnings=warnings, notes=notes, max_compute=float(C.max()),
+                      level=level, warnings=warnings, notes=notes, max_compute=float(C.max()), orders=orders,
                       validated_ratio=validated_ratio, seed=seed, interval_noise=interval_noise)
     for k, f in fams.items():
         ch.warnings += [f"{k}: {w}" for w in f.warnings_ if weights[k] >= MIN_WEIGHT]
@@ -501,13 +579,14 @@ def _columns(df: pd.DataFrame, params, tokens, compute, params_convention=None) 
 def fit_families(df: pd.DataFrame | str | Path, *, params: str | None = None, loss: str, tokens: str | None = None,
                  compute: str | None = None, unique_tokens: str | None = None, seed_col: str | None = "seed",
                  lr_col: str | None = "lr", params_convention: str | None = None, families=None,
-                 cuts=DEFAULT_CUTS, order: str = "compute", rule: str = RULE, run_weighting: float | None = None,
+                 cuts=DEFAULT_CUTS, order: str = "auto", rule: str = RULE, run_weighting: float | None = None,
                  n_boot: int = DEFAULT_N_BOOT, seed: int = 0, n_jobs: int | None = 1,
-                 level: float = DEFAULT_LEVEL, interval_noise: str = "residuals") -> FamilyChoice:
+                 level: float = DEFAULT_LEVEL, interval_noise: str = "residuals", target=None) -> FamilyChoice:
     """`choose` on a table (DataFrame, or a .csv/.parquet path) by the column names `fit_table` takes.
 
     Give tokens, compute or both (D = C / (6N) fills a missing tokens column). Rows that share a point are
-    replicates: seeds (`seed_col`) are averaged, the best learning rate (`lr_col`) is kept."""
+    replicates: seeds (`seed_col`) are averaged, the best learning rate (`lr_col`) is kept. `target`: see `choose`
+    (the planned runs' (params, tokens); their losses are never used)."""
     if not isinstance(df, pd.DataFrame):
         from .summary import read_table
 
@@ -522,7 +601,7 @@ def fit_families(df: pd.DataFrame | str | Path, *, params: str | None = None, lo
     lrs = df[lr_col].to_numpy(dtype=float) if lr_col and lr_col in df.columns else None
     ch = choose(N, D, L, U, families=families, cuts=cuts, order=order, rule=rule, run_weighting=run_weighting,
                 n_boot=n_boot, seed=seed, n_jobs=n_jobs, level=level, seeds=seeds, lrs=lrs,
-                interval_noise=interval_noise)
+                interval_noise=interval_noise, target=target)
     ch.columns = {"params": PARAMS_COLUMNS[params_convention] if params_convention else params, "tokens": tokens,
                   "compute": compute, "unique_tokens": unique_tokens, "loss": loss}
     return ch
@@ -597,8 +676,33 @@ def predict_planned(source, planned: pd.DataFrame | str | Path, *, params: str |
         fit_kwargs.setdefault("tokens", tokens)
         fit_kwargs.setdefault("compute", compute)
         fit_kwargs.setdefault("unique_tokens", unique_tokens)
+    if isinstance(source, (pd.DataFrame, str, Path)) and "target" not in fit_kwargs:
+        fit_kwargs["target"] = planned_sizes(planned, params=fit_kwargs.get("params"),
+                                             tokens=fit_kwargs.get("tokens"), compute=fit_kwargs.get("compute"))
     ch = as_choice(source, **fit_kwargs)
     return _predict_planned(ch, planned, params=params, tokens=tokens, compute=compute, unique_tokens=unique_tokens)
+
+
+def planned_sizes(planned, *, params: str | None = None, tokens: str | None = None, compute: str | None = None):
+    """(params, tokens) of the planned rows (a DataFrame or .csv/.parquet path) that give both, tokens from
+    compute (D = C / 6N) where only that is given: the `target` of `choose` / `fit_families`. Column names default
+    to 'params', 'tokens', 'compute'. None when no row gives a size (rows planned at N_opt)."""
+    if not isinstance(planned, pd.DataFrame):
+        from .summary import read_table
+
+        planned = read_table(planned)
+
+    def col(name):
+        return (np.array(pd.to_numeric(planned[name], errors="coerce"), dtype=float)
+                if name and name in planned.columns else np.full(len(planned), np.nan))
+
+    N = col(params or "params")
+    D = col(tokens or "tokens")
+    C = col(compute or "compute")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        D = np.where(np.isfinite(D), D, C / (6 * N))
+    ok = np.isfinite(N) & np.isfinite(D) & (N > 0) & (D > 0)
+    return (N[ok], D[ok]) if ok.any() else None
 
 
 INTERVAL_NOISE = ("residuals", "validation")
@@ -670,6 +774,7 @@ def _predict_planned(ch: FamilyChoice, planned, *, params=None, tokens=None, com
     out["params_from"] = np.where(from_opt, "n_opt", "planned")
     out.attrs.update({"warnings": list(ch.warnings) + _planned_warnings(ch, out, pred), "weights": dict(ch.weights),
                       "chosen": ch.chosen, "interval": INTERVAL_COVERS[ch.interval_noise],
+                      "validation_orders": dict(ch.orders),
                       "level": ch.level})
     return out
 
@@ -701,5 +806,6 @@ def _planned_warnings(ch: FamilyChoice, out: pd.DataFrame, pred: pd.DataFrame) -
     return warns
 
 
-__all__ = ["DEFAULT_CUTS", "FamilyChoice", "MixtureEstimate", "RULES", "as_choice", "choose", "family_weights", "pick",
-           "fit_families", "predict_planned", "rolling_origin", "run_weights", "scores", "weighted_quantiles"]
+__all__ = ["DEFAULT_CUTS", "FamilyChoice", "MixtureEstimate", "ORDERS", "RULES", "as_choice", "choose",
+           "family_weights", "pick", "fit_families", "planned_sizes", "predict_planned", "rolling_origin",
+           "run_weights", "scores", "validation_orders", "weighted_quantiles"]

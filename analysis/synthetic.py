@@ -220,7 +220,7 @@ def data_constrained_table(
 
 def _shape_counts(d_model, vocab: int, seq_len: int):
     """(non-embedding N, total N, full training FLOPs per token) of a decoder with n_layers = d_model / 64 and
-    d_ff = 4 d_model, counted as medscale.scaling.flops does (head 2 d V, attention over (L + 1) / 2 keys)."""
+    d_ff = 4 d_model, counted as medscale.scaling.plan.flops does (head 2 d V, attention over (L + 1) / 2 keys)."""
     d = np.asarray(d_model, dtype=float)
     layers = d / 64
     n_ne = 12 * layers * d * d

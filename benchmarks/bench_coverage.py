@@ -951,7 +951,7 @@ def run(argv=None) -> tuple[pd.DataFrame, str]:
     if args.csv:
         df.to_csv(args.csv, index=False)
     table = score(df)
-    from medscale.scaling.processor import processor
+    from medscale.scaling.run.processor import processor
 
     cpu = processor()
     n_cells = df.groupby(["study", "scenario"])["index"].nunique()

@@ -6,7 +6,7 @@
 Each variant is a set of XLA_FLAGS for the JAX worker of bench_train_throughput.py (same model,
 batch and step); all variants' workers run in alternating rounds so they see the same background
 load, and each is reported as its median step time and its speed against XLA's defaults (what
-medscale runs use). A flag earns a place in scaling/runtime.py only from a quiet machine's figures on
+medscale runs use). A flag earns a place in scaling/run/runtime.py only from a quiet machine's figures on
 each processor kind it would apply to.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", help="XLA_FLAGS of a variant (repeatable); default: candidates")
     args = p.parse_args()
 
-    from medscale.scaling.processor import processor
+    from medscale.scaling.run.processor import processor
 
     cpu = processor()
     variants = args.variant or CANDIDATES

@@ -1,127 +1,285 @@
-"""Adaptive designs on public tables of real runs: the same targets from a fraction of the cheap runs' compute.
+"""Adaptive designs against the full grid, random and cheapest-first selection at equal compute (issue 32, item 3).
 
-    .venv/bin/python benchmarks/bench_design.py [--n-boot 50] [--seeds 5] [--out benchmarks/results/design.md]
+    .venv/bin/python benchmarks/bench_design.py                      # both arms, the defaults (~8 min CPU)
+    .venv/bin/python benchmarks/bench_design.py --arm sim --studies 4 --gammas 1,0.5,0.25   # choose a default
+    .venv/bin/python benchmarks/bench_design.py --farseer --n-boot 50 --seeds 5              # bigger: + Farseer
 
-For each table (tests/data/*.md: provenance, licence, the `costly` split), the cheap runs are the pool and the
-costly runs the targets (their planned N, D; the loss is the target). At each fraction F of the pool's compute
-(6ND summed over the pool): the adaptive replay of analysis/design.py (initial design, refit, batches chosen by
-expected reduction of the targets' log-loss variance per FLOP), random selection at the same compute (rows in a
-random order, each kept while it fits; `--seeds` orders), and all pool rows. Scored on the targets: mean absolute
-% error of the predicted loss (Chinchilla's law, ParametricFit with a bootstrap of runs) and how many targets fall
-inside the 95% interval for a new run (bootstrap draws times a noise factor from the fit's residuals). A random
-design too small to fit (under 6 runs or 3 distinct N or D) counts as a failure. Wall times with the processor.
+Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
+grid (9 budgets over 2.7 decades x 9 sizes, 81 runs) and the demo-like one (7 budgets over 2 decades, 4-6
+sizes per budget), each on a surface of the fitted form (`law`, parameters drawn per study) and on a
+misspecified one (Farseer-like or curved powers), with 0.5-1.5% log-normal run noise. The pool is the grid
+(cost 6ND per run), the target N_opt at 10x the grid's largest budget, the truth the true surface's minimum on
+6ND = C. Scored: |N_opt / truth - 1| and the 95% interval's width relative to the truth (Chinchilla fit,
+ParametricFit, bootstrap of runs).
+
+Arm (b), replays on public tables (tests/data/*.md: provenance, licence, the `costly` split): the cheap runs
+are the pool, the costly runs the targets (their planned N, D; loss revealed only for scoring). Scored: mean
+absolute % error of the predicted loss over the costly runs (MAPE) and R^2 = 1 - SS_res / SS_tot over them
+(pooled over a table's groups, as benchmarks/bench_families.py does).
+
+At each fraction F of the pool's compute (6ND summed): the adaptive replay of analysis/design.py (its initial
+design, refit, batches by expected variance reduction of the log target per FLOP^gamma), random selection at
+the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range), cheapest
+first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small to fit (under
+6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts as a
+failure and is named in the cell. Wall times with the processor.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-import warnings
-from pathlib import Path
+import os
 
-import numpy as np
-import pandas as pd
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results_file import publish  # noqa: E402
 from medscale.analysis import design as ds  # noqa: E402
 from medscale.analysis.errors import AnalysisError  # noqa: E402
-from medscale.scaling.processor import processor  # noqa: E402
+from medscale.scaling.run.processor import processor  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-FRACTIONS = (0.10, 0.25, 0.50)
+FRACTIONS = (0.01, 0.05, 0.10, 0.20)
+SIM_KINDS = ("isoflop-chinchilla", "isoflop-demo")
+SIM_SCENARIOS = ("law", "misspecified")
 
 
-def tables() -> dict[str, list[tuple[pd.DataFrame, pd.DataFrame, str]]]:
+# ------------------------------------------------------------------------------------------------------------
+# the arms: one fit per design (None: too small to fit)
+# ------------------------------------------------------------------------------------------------------------
+def _fit(pool, loss, rows, n_boot):
+    try:
+        return ds.fit_revealed(pool, {int(r): float(loss[r]) for r in rows}, n_boot=n_boot, seed=0)
+    except (AnalysisError, ValueError):
+        return None
+
+
+def designs(pool, loss, target, F, *, n_boot, seeds, batch, gammas, families=None) -> dict[str, list]:
+    """arm -> [(fit or None, compute spent as a share of the pool's, runs)] (random: one per seed)."""
+    cost, total = pool["cost"].to_numpy(), pool["cost"].sum()
+    share = lambda rows: cost[np.asarray(rows, dtype=int)].sum() / total  # noqa: E731
+    if F >= 1:
+        rows = np.arange(len(pool))
+        return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
+    out = {}
+    for g in gammas:
+        try:
+            rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
+                            cost_exponent=g, families=families)
+            out[_adaptive(g)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
+        except AnalysisError:  # its initial design does not fit in F
+            out[_adaptive(g)] = [(None, 0.0, 0)]
+    out["random"] = []
+    for s in range(seeds):
+        rows = ds.random_design(pool, F * total, seed=s)
+        out["random"].append((_fit(pool, loss, rows, n_boot), share(rows), len(rows)))
+    rows = ds.cheapest_first_design(pool, F * total)
+    out["cheapest-first"] = [(_fit(pool, loss, rows, n_boot), share(rows), len(rows))]
+    return out
+
+
+def _adaptive(g) -> str:
+    return f"adaptive (gamma {g:g})"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# arm (a): the simulator
+# ------------------------------------------------------------------------------------------------------------
+def sim(args) -> tuple[list[str], dict]:
+    from bench_coverage import study  # noqa: E402 - the coverage benchmark's surfaces and grids
+
+    lines, summary = [], {}
+    for kind in args.kinds:
+        res = {}  # (F, arm) -> per study: list over seeds of (err %, width %, spent, runs) or None
+        t0 = time.time()
+        for scen in SIM_SCENARIOS:
+            for i in range(args.studies):
+                st = study(kind, scen, seed=10_007 * (SIM_KINDS.index(kind) + 1) + 101 * SIM_SCENARIOS.index(scen) + i,
+                           n_boot=args.n_boot)
+                tab = st["table"]
+                C, _ = tab.attrs["targets"]["N_opt@10x"]
+                truth = st["truth"]["N_opt@10x"]
+                pool = ds.pool_frame(tab["params"], tab["tokens"])
+                target = ds.Target.n_opt(C)
+                loss = tab["loss"].to_numpy(float)
+                for F in (*args.fractions, 1.0):
+                    for arm, runs in designs(pool, loss, target, F, n_boot=args.n_boot, seeds=args.seeds,
+                                             batch=args.batch, gammas=args.gammas, families=args.families).items():
+                        cell = []
+                        for fit, spent, n in runs:
+                            if fit is None:
+                                cell.append(None)
+                                continue
+                            p, lo, hi = ds.predict_target(fit, target)
+                            cell.append((abs(p[0] / truth - 1) * 100, (hi[0] - lo[0]) / truth * 100, spent, n))
+                        res.setdefault((F, arm), []).append(cell)
+                print(f"  {kind} {scen} study {i}: {time.time() - t0:.0f} s", flush=True)
+        arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
+        n_st = args.studies * len(SIM_SCENARIOS)
+        lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified)", "",
+                  "| fraction of the grid's compute | " + " | ".join(arms) + " | full grid |",
+                  "|---" * (len(arms) + 2) + "|"]
+        full = _sim_cell(res[(1.0, "full")])
+        for F in args.fractions:
+            cells = [_sim_cell(res[(F, a)]) for a in arms]
+            lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
+            summary[("sim", kind, F)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+        lines += ["", f"{time.time() - t0:.0f} s for {kind}.", ""]
+        print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
+    return lines, summary
+
+
+def _sim_cell(per_study: list[list]) -> tuple[str, float]:
+    """per study, per seed: (err, width, spent, runs) or None. Mean |error| over studies (random: per seed, then
+    mean and range over seeds) / median relative width / compute spent / runs; failures counted."""
+    seeds = max(len(c) for c in per_study)
+    errs, widths, spent, runs, fails = [], [], [], [], 0
+    for s in range(seeds):
+        got = [c[s] for c in per_study if s < len(c)]
+        ok = [g for g in got if g is not None]
+        fails += len(got) - len(ok)
+        if ok:
+            errs.append(np.mean([g[0] for g in ok]))
+            widths += [g[1] for g in ok]
+            spent += [g[2] for g in ok]
+            runs += [g[3] for g in ok]
+    if not errs:
+        return f"n/a ({fails} too small to fit)", np.nan
+    m = float(np.mean(errs))
+    rng = f" ({min(errs):.1f}-{max(errs):.1f})" if len(errs) > 1 else ""
+    fail = f" / {fails} of {len(per_study) * seeds} too small" if fails else ""
+    return (f"{m:.1f}%{rng} / {np.median(widths):.0f}% / {np.mean(spent):.1%} in {np.mean(runs):.0f}" + fail), m
+
+
+# ------------------------------------------------------------------------------------------------------------
+# arm (b): public tables
+# ------------------------------------------------------------------------------------------------------------
+def tables(farseer: bool) -> dict[str, list[tuple[pd.DataFrame, pd.DataFrame, str]]]:
     """name -> [(cheap pool, costly targets, loss column)] (one group per fit)."""
     g = pd.read_csv(DATA / "gadre2024_overtrain.csv")
     o = pd.read_csv(DATA / "olmo_ladder.csv")
-    return {
+    out = {
         "Gadre et al. 2024: 3 sets of ~31 runs (<= 412M) -> 9 runs at 1.4B/6.9B": [
             (g[(g.dataset == s) & ~g.costly], g[(g.dataset == s) & g.costly], "loss_c4_val")
             for s in ("c4_original", "rpj", "rw_original")],
         "OLMo ladder: 30 cheap runs (190M-3.2B) -> 7B-4T, 13B-5T": [(o[~o.costly], o[o.costly], "loss_c4")],
     }
+    if farseer:
+        f = pd.read_csv(DATA / "farseer2025.csv")
+        out["Farseer grid (Li et al. 2025): 366 runs with N <= 3.8B -> 34 runs with N > 4e9 (bits/char)"] = [
+            (f[~f.costly], f[f.costly], "bpc_en")]
+    return out
 
 
-def _score(fit, target, observed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p, lo, hi = ds.predict_target(fit, target)
-    return np.abs(p / observed - 1) * 100, (lo <= observed) & (observed <= hi), (hi - lo) / p
+def replay_tables(args) -> tuple[list[str], dict]:
+    lines, summary = [], {}
+    for name, groups in tables(args.farseer).items():
+        t0 = time.time()
+        batch = args.batch if "Farseer" not in name else max(args.batch, 12)
+        res = {}  # (F, arm) -> per seed: list over groups of (pred, obs, spent, runs) or None
+        for cheap, costly, lc in groups:
+            cheap = cheap.reset_index(drop=True)
+            pool = ds.pool_frame(cheap["N"], cheap["D"])
+            target, obs = ds.Target.planned(costly["N"], costly["D"]), costly[lc].to_numpy(float)
+            loss = cheap[lc].to_numpy(float)
+            for F in (*args.fractions, 1.0):
+                for arm, runs in designs(pool, loss, target, F, n_boot=args.n_boot, seeds=args.seeds, batch=batch,
+                                         gammas=args.gammas, families=args.families).items():
+                    for s, (fit, spent, n) in enumerate(runs):
+                        cell = res.setdefault((F, arm), [[] for _ in runs])
+                        cell[s].append(None if fit is None else (target.point(fit), obs, spent, n))
+        arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
+        lines += [f"### {name}", "", "| fraction of the pool's compute | " + " | ".join(arms) + " | all rows |",
+                  "|---" * (len(arms) + 2) + "|"]
+        full = _table_cell(res[(1.0, "full")])
+        for F in args.fractions:
+            cells = [_table_cell(res[(F, a)]) for a in arms]
+            lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
+            summary[("table", name, F)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+        lines += ["", f"{time.time() - t0:.0f} s for this table.", ""]
+        print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
+    return lines, summary
 
 
-def _group(cheap, costly, lc, F, n_boot, seeds, batch):
-    cheap = cheap.reset_index(drop=True)
-    pool = ds.pool_frame(cheap["N"], cheap["D"])
-    target, obs = ds.Target.planned(costly["N"], costly["D"]), costly[lc].to_numpy(float)
-    budget = F * pool["cost"].sum()
-    loss = cheap[lc].to_numpy(float)
-    res = {}
-    if F < 1:
-        rep = ds.replay(pool, lambda r: loss[r], target, budget, batch=batch, n_boot=n_boot)
-        res["adaptive"] = [(*_score(rep.fit, target, obs), rep.steps[-1].spent / pool["cost"].sum(),
-                            len(rep.chosen))]
-        res["random"] = []
-        for s in range(seeds):
-            rows = ds.random_design(pool, budget, seed=s)
-            spent = pool["cost"].to_numpy()[rows].sum() / pool["cost"].sum()
-            try:
-                fit = ds.fit_revealed(pool, {int(r): loss[r] for r in rows}, n_boot=n_boot, seed=0)
-                res["random"].append((*_score(fit, target, obs), spent, len(rows)))
-            except AnalysisError:
-                res["random"].append((np.full(obs.size, np.nan), np.zeros(obs.size, bool), np.full(obs.size, np.nan),
-                                      spent, len(rows)))
-    else:
-        fit = ds.fit_revealed(pool, dict(enumerate(loss)), n_boot=n_boot, seed=0)
-        res["all rows"] = [(*_score(fit, target, obs), 1.0, len(pool))]
-    return res
+def _table_cell(per_seed: list[list]) -> tuple[str, float]:
+    """per seed, per group: (pred, obs, spent, runs) or None. MAPE over all costly runs and R^2 pooled (random:
+    mean over seeds, range in brackets) / compute spent / runs; a seed with a group too small to fit fails."""
+    mapes, r2s, spent, runs, fails = [], [], [], [], 0
+    for groups in per_seed:
+        if any(g is None for g in groups):
+            fails += 1
+            continue
+        p = np.concatenate([g[0] for g in groups])
+        o = np.concatenate([g[1] for g in groups])
+        mapes.append(float(np.mean(np.abs(p / o - 1)) * 100))
+        r2s.append(float(1 - np.sum((p - o) ** 2) / np.sum((o - o.mean()) ** 2)))
+        spent.append(np.mean([g[2] for g in groups]))
+        runs.append(sum(g[3] for g in groups))
+    if not mapes:
+        return f"n/a ({fails} too small to fit)", np.nan
+    rng = lambda v, f: f" ({f.format(min(v))} to {f.format(max(v))})" if len(v) > 1 else ""  # noqa: E731
+    fail = f" / {fails} of {len(per_seed)} too small" if fails else ""
+    return (f"{np.mean(mapes):.2f}%{rng(mapes, '{:.2f}')} / R² {np.mean(r2s):.3f}{rng(r2s, '{:.2f}')} / "
+            f"{np.mean(spent):.1%} in {np.mean(runs):.0f}{fail}"), float(np.mean(mapes))
 
 
-def _cell(runs: list[list[tuple]]) -> str:
-    """runs: per seed, per group (err, inside, width, spent, n). MAPE over targets (mean over seeds), inside."""
-    mape = [np.concatenate([g[0] for g in seed]) for seed in runs]
-    ok = [m for m in mape if np.isfinite(m).all()]
-    inside = sum(int(np.concatenate([g[1] for g in seed]).sum()) for seed in runs)
-    n = sum(np.concatenate([g[1] for g in seed]).size for seed in runs)
-    width = np.mean([np.nanmean(np.concatenate([g[2] for g in seed])) for seed in runs])
-    spent = np.mean([np.mean([g[3] for g in seed]) for seed in runs])
-    runs_n = np.mean([sum(g[4] for g in seed) for seed in runs])
-    fails = len(mape) - len(ok)
-    m = f"{np.mean([x.mean() for x in ok]):.2f}%" if ok else "n/a"
-    spread = f" (seeds {min(x.mean() for x in ok):.2f}-{max(x.mean() for x in ok):.2f}%)" if len(ok) > 1 else ""
-    return (f"{m}{spread} / {inside} of {n} / {width:.1%} / {spent:.1%} in {runs_n:.0f} runs"
-            + (f" / {fails} of {len(mape)} too small to fit" if fails else ""))
-
-
-def main() -> int:
+# ------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-boot", type=int, default=50)
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--arm", choices=("sim", "tables", "all"), default="all")
+    ap.add_argument("--n-boot", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=3, help="random orders per cell")
+    ap.add_argument("--studies", type=int, default=1, help="simulator studies per kind and scenario")
+    ap.add_argument("--kinds", default=",".join(SIM_KINDS))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--gammas", default=None, help="cost exponents of the adaptive arm (default: design's)")
+    ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
+    ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
+    ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
-    args = ap.parse_args()
+    a = ap.parse_args(argv)
+    a.kinds = tuple(k for k in a.kinds.split(",") if k)
+    a.gammas = tuple(float(g) for g in a.gammas.split(",")) if a.gammas else (ds.COST_EXPONENT,)
+    a.families = tuple(f for f in a.families.split(",") if f) or None
+    a.fractions = tuple(float(f) for f in a.fractions.split(","))
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     t0 = time.time()
-    lines = ["# Adaptive designs on public tables: the costly runs' loss from a fraction of the cheap runs' compute", "",
-             f"`benchmarks/bench_design.py --n-boot {args.n_boot} --seeds {args.seeds} --batch {args.batch}`. Pool: the "
-             "cheap runs; targets: the costly runs (tests/data/*.md). Each cell: targets' mean abs % error (random: "
-             "mean over seeds, their range in brackets) / targets inside the 95% interval for a new run (summed over "
-             "seeds for random) / mean relative width of that interval / compute spent as a share of the pool's / "
-             "runs used. Law: Chinchilla (ParametricFit, bootstrap of runs).", ""]
-    for name, groups in tables().items():
-        lines += [f"## {name}", "", "| fraction of pool compute | adaptive | random at equal compute | all rows |",
-                  "|---|---|---|---|"]
-        t1 = time.time()
-        full = [[_group(c, t, lc, 1.0, args.n_boot, args.seeds, args.batch)["all rows"][0] for c, t, lc in groups]]
-        for F in FRACTIONS:
-            per = [_group(c, t, lc, F, args.n_boot, args.seeds, args.batch) for c, t, lc in groups]
-            ad = [[g["adaptive"][0] for g in per]]
-            rnd = [[g["random"][s] for g in per] for s in range(args.seeds)]
-            lines.append(f"| {F:.0%} | {_cell(ad)} | {_cell(rnd)} | {_cell(full)} |")
-            print(lines[-1], flush=True)
-        lines += ["", f"{time.time() - t1:.0f} s for this table.", ""]
-    lines.append(f"Wall time {time.time() - t0:.0f} s on {processor().describe()}, nice 5, beside another job on 2 cores.")
+    cmd = " ".join(sys.argv[1:])
+    lines = ["# Adaptive designs against the full grid, random and cheapest-first at equal compute", "",
+             f"`benchmarks/bench_design.py {cmd}` (n_boot {args.n_boot}, {args.seeds} random orders per cell, batch "
+             f"{args.batch}, cost exponents {', '.join(f'{g:g}' for g in args.gammas)}"
+             + (f", families {'+'.join(args.families)}" if args.families else "")
+             + "). Method: the script's docstring.",
+             ""]
+    if args.arm in ("sim", "all"):
+        sl, _ = sim(args)
+        lines += ["## (a) Simulator: N_opt at 10x the grid's largest budget, against the true surface's", "",
+                  "Each cell: mean |N_opt / truth - 1| over the studies (random: mean over orders, the orders' "
+                  "range in brackets) / median 95% interval width relative to the truth / compute spent as a share "
+                  "of the grid's / runs used.", "", *sl]
+    if args.arm in ("tables", "all"):
+        tl, _ = replay_tables(args)
+        lines += ["## (b) Replays on public tables: the costly runs' loss", "",
+                  "Each cell: MAPE over the costly runs (random: mean over orders, range in brackets) / R² over them "
+                  "/ compute spent as a share of the pool's / runs used (summed over a table's groups).", "", *tl]
+    lines.append(f"Wall time {time.time() - t0:.0f} s on {processor().describe()}, one process, nice 5, on a 2-core "
+                 "machine shared with other jobs.")
     publish(lines, args.out)
     return 0
 

@@ -31,7 +31,7 @@ def main() -> None:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from medscale.scaling.downstream.baselines import ONE_THREAD_UP_TO, _binary_classifier
-    from medscale.scaling.processor import processor
+    from medscale.scaling.run.processor import processor
 
     warnings.simplefilter("ignore")
     rng = np.random.default_rng(0)

@@ -11,14 +11,14 @@ cannot start in what is left is skipped and listed as skipped in the file:
   throughput  train step (models/step.py, AdamW as runs make it) tokens/s and MFU for decoders of
               about 100M, 400M and 1B non-embedding parameters at batch 32, 32, 16 x 1,024: attention
               auto (cuDNN's fused kernel on GPU) against the blocked fallback (models/flash_attention.py,
-              what runs when cuDNN refuses a call), remat none and full. MFU is scaling/flops.py's full
-              FLOP count against the device's dense bf16 peak (scaling/flops.py PEAK_BF16), n/a for a
+              what runs when cuDNN refuses a call), remat none and full. MFU is scaling/plan/flops.py's full
+              FLOP count against the device's dense bf16 peak (scaling/plan/flops.py PEAK_BF16), n/a for a
               device kind not in that table. Each row is one fresh process, timed in rounds as in
               bench_train_throughput.py; the auto rows of every size come before the blocked ones, so a
               short budget loses the kernel comparison at the largest sizes first.
   memory      each throughput row's measured peak (the device allocator's peak in the row's process;
               in a dry run, resident memory) against the planner's figure for the same run
-              (scaling/memory.py plan_run + estimate_memory, compiled on this machine's CPU in the
+              (scaling/plan/memory.py plan_run + estimate_memory, compiled on this machine's CPU in the
               background while the device measures).
   sweep       a 2-run decoder sweep (one size, two seeds) through Ray on the device (scaling/pipeline.py,
               one GPU per run, so each run gets a fresh worker): one worker is SIGKILLed after its run's first checkpoint,
@@ -54,7 +54,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # bench_train_throughput (make_batch, the PyTorch peer and its worker loop),
-# imported where needed, as is scaling/flops.py: it brings scipy and pandas, which the probe does without
+# imported where needed, as is scaling/plan/flops.py: it brings scipy and pandas, which the probe does without
 
 from medscale.models.config import param_counts, shape_for_params  # noqa: E402  (no JAX)
 
@@ -109,10 +109,10 @@ def prepare_environment(dry_run: bool) -> None:
 
 
 def bf16_peak(kind: str, platform: str) -> float | None:
-    """Dense bf16 FLOP/s of one device of this kind, from scaling/flops.py PEAK_BF16 (NVIDIA's datasheets:
+    """Dense bf16 FLOP/s of one device of this kind, from scaling/plan/flops.py PEAK_BF16 (NVIDIA's datasheets:
     H100 SXM 989, H100 PCIe 756, H200 989, A100 312 TFLOP/s; first matching substring wins). None on CPU
     and for a kind not in the table: MFU is then n/a, never a guess."""
-    from medscale.scaling.flops import PEAK_BF16
+    from medscale.scaling.plan.flops import PEAK_BF16
 
     if platform == "cpu":
         return None
@@ -151,7 +151,7 @@ class Budget:
 
 # --------------------------------------------------------------------------------------------- workers
 def probe_worker() -> None:
-    from medscale.scaling.runtime import configure_process
+    from medscale.scaling.run.runtime import configure_process
 
     configure_process(host_devices=1, compile_cache=False)
     import jax
@@ -223,7 +223,7 @@ def jax_worker(row: dict) -> None:
     line "n" read from stdin (bench_train_throughput.py's protocol); at the end of stdin, the peak memory."""
     import bench_train_throughput as btt
 
-    from medscale.scaling.runtime import configure_process
+    from medscale.scaling.run.runtime import configure_process
 
     configure_process(host_devices=1)  # malloc as runs have it, the compile cache; one CPU device in a dry run
     import jax
@@ -232,7 +232,7 @@ def jax_worker(row: dict) -> None:
     from medscale.models.options import ModelOptions
     from medscale.models.sharding import make_mesh, shard_batch
     from medscale.models.step import init_train_state, make_train_step
-    from medscale.scaling.train import make_optimizer
+    from medscale.scaling.run.train import make_optimizer
 
     backend = jax.default_backend()
     B, L = row["batch"], row["seq_len"]
@@ -285,7 +285,7 @@ def torch_worker(row: dict) -> None:
 def drive(worker: str, row: dict, rounds: int, steps: int, deadline: float, log: Path) -> dict:
     """Run one worker process: read its info up to "ready", time `rounds` x `steps`, read its last info.
     Killed at `deadline` (time.monotonic); the status says how it ended."""
-    from medscale.scaling.runtime import malloc_env
+    from medscale.scaling.run.runtime import malloc_env
 
     cmd = [sys.executable, str(Path(__file__).resolve()), f"--worker={worker}", f"--row={json.dumps(row)}"]
     started = time.monotonic()
@@ -337,13 +337,13 @@ def drive(worker: str, row: dict, rounds: int, steps: int, deadline: float, log:
 
 
 class Planner:
-    """The planner's per-device peak for each row's run (scaling/memory.py), compiled on this machine's
+    """The planner's per-device peak for each row's run (scaling/plan/memory.py), compiled on this machine's
     CPU in the background: the distinct plans in groups, one subprocess a group, as many groups as spare
     cores allow. Sets each row's "plan" key (rows whose runs plan alike, e.g. both attention rows on GPU,
     where auto resolves to the flash path the planner compiles, share it)."""
 
     def __init__(self, rows: list[dict], backend: str, budget: Budget):
-        from medscale.scaling.memory import default_cache_dir, estimate_memory, plan_key, plan_run
+        from medscale.scaling.plan.memory import default_cache_dir, estimate_memory, plan_key, plan_run
 
         runs = {}
         for row in rows:
@@ -451,7 +451,7 @@ class Killer(threading.Thread):
         self.out, self.stop, self.killed = out, threading.Event(), None
 
     def run(self) -> None:
-        from medscale.scaling.store import RunStore
+        from medscale.scaling.sweep.store import RunStore
 
         while not self.stop.wait(0.05):
             if not (self.out / "runs").is_dir():
@@ -474,9 +474,9 @@ def section_sweep(deadline: float, work: Path, dry: bool, gpus: int) -> dict:
     import yaml
 
     from medscale.scaling import pipeline
-    from medscale.scaling.runtime import malloc_env
-    from medscale.scaling.scheduler import keeping_signal_handlers
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.run.runtime import malloc_env
+    from medscale.scaling.sweep.scheduler import keeping_signal_handlers
+    from medscale.scaling.sweep.store import RunStore
 
     spec_path, out = work / "sweep.yaml", work / "sweep"
     spec_path.write_text(yaml.safe_dump(sweep_spec(dry), sort_keys=False))
@@ -566,7 +566,7 @@ class Report:
         self.started = time.strftime("%Y-%m-%d %H:%M %Z")
 
     def mfu(self, row: dict, tps: float | None) -> str:
-        from medscale.scaling.flops import mfu
+        from medscale.scaling.plan.flops import mfu
 
         if tps is None or self.peak is None:
             return "n/a"
@@ -581,7 +581,7 @@ class Report:
                  f"device: {d['kind']} ({d['platform']}, {d['count']} device(s), allocator limit "
                  f"{_fmt(d.get('limit_bytes') and d['limit_bytes'] / GIB, '.1f')} GiB); jax {d['jax']}; "
                  f"dense bf16 peak {_fmt(self.peak and self.peak / 1e12, '.0f')} TFLOP/s "
-                 f"({'scaling/flops.py PEAK_BF16' if self.peak else 'not in scaling/flops.py PEAK_BF16: MFU n/a'}); "
+                 f"({'scaling/plan/flops.py PEAK_BF16' if self.peak else 'not in scaling/plan/flops.py PEAK_BF16: MFU n/a'}); "
                  f"budget {self.budget.total_s:.0f} s (section caps: "
                  f"{', '.join(f'{k} {v[0]} s' for k, v in TIMES['dry' if self.dry else 'gpu'][1].items())}); decoders at {a.seq_len:,} events, vocabulary {a.vocab:,}, "
                  f"{a.rounds} rounds x {a.steps} steps timed per row after 2 warm-up steps"]
@@ -612,12 +612,12 @@ class Report:
         lines += ["", "attention auto on GPU is cuDNN's fused kernel (`jax.nn.dot_product_attention`, with the packed "
                       "subjects' mask); blocked is models/flash_attention.py, the kernel auto falls back to (a row "
                       "that fell back says so). On CPU, auto below 2,048 events is the plain path "
-                      "(models/attention_block.py). MFU: scaling/flops.py's full count (attention with causal "
+                      "(models/attention_block.py). MFU: scaling/plan/flops.py's full count (attention with causal "
                       "halving, output head) over the dense bf16 peak; remat's recomputation is not counted."]
         return lines
 
     def memory(self) -> list[str]:
-        lines = ["", f"## Memory: planned (scaling/memory.py) against measured{' (' + DRY + ')' if self.dry else ''}",
+        lines = ["", f"## Memory: planned (scaling/plan/memory.py) against measured{' (' + DRY + ')' if self.dry else ''}",
                  "", "| measured on | size | batch x len | attention | remat | planned peak GiB | measured peak GiB "
                      "| measured / planned | allocator limit GiB | how measured |",
                  "|---|---:|---|---|---|---:|---:|---:|---:|---|"]

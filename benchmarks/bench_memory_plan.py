@@ -1,4 +1,4 @@
-"""Memory per device of the train step at the sizes our users study, planned by scaling/memory.py
+"""Memory per device of the train step at the sizes our users study, planned by scaling/plan/memory.py
 (an AOT compile of the real step on fake host devices: nothing is allocated), in GiB.
 
     .venv/bin/python benchmarks/bench_memory_plan.py              # everything (~15 min on 2 cores)
@@ -30,13 +30,13 @@ VOCAB = 4096  # the dry run's vocabulary (scaling/pipeline.py DRY_RUN_VOCAB)
 
 
 def _run(cfg, B, L, mesh=None, **options) -> dict:
-    from medscale.scaling.memory import plan_run
+    from medscale.scaling.plan.memory import plan_run
 
     return plan_run(cfg.to_dict(), B, L, mesh, **options)
 
 
 def _plan(runs, devices, backend, cache):
-    from medscale.scaling.memory import estimate_memory
+    from medscale.scaling.plan.memory import estimate_memory
 
     t = time.time()
     out = estimate_memory(runs, devices=devices, backend=backend, cache_dir=cache)
@@ -93,7 +93,7 @@ def section_1b(cache) -> bool:
 
 def section_presets(cache) -> bool:
     from medscale.scaling.pipeline import DRY_RUN_VOCAB, Plan, plan_memory
-    from medscale.scaling.spec import expand, load_spec
+    from medscale.scaling.sweep.spec import expand, load_spec
 
     ok = True
     for path in sorted((ROOT / "experiments").glob("cluster_*.yaml")):
@@ -125,7 +125,7 @@ from medscale.models.config import ModelConfig
 from medscale.models.options import ModelOptions
 from medscale.models.sharding import make_mesh
 from medscale.models.step import init_train_state, make_train_step
-from medscale.scaling.train import make_optimizer
+from medscale.scaling.run.train import make_optimizer
 
 cfg, B, L, options = ModelConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 def rss():
@@ -159,7 +159,7 @@ print(json.dumps({"measured_peak": peak[0] - base}))
 
 def section_real(cache) -> bool:
     from medscale.models.config import ModelConfig
-    from medscale.scaling.memory import estimate_memory
+    from medscale.scaling.plan.memory import estimate_memory
 
     cases = [(ModelConfig(vocab_size=VOCAB, d_model=256, n_layers=4, n_heads=8, d_ff=704, max_len=1024), 8, 1024,
               {"attention": "xla"}),
@@ -193,7 +193,7 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/medscale-memory-plans"))
     args = parser.parse_args()
-    from medscale.scaling.processor import processor
+    from medscale.scaling.run.processor import processor
 
     cpu = processor().describe()
     print(f"memory planner benchmark on {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")

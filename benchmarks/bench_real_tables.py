@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from results_file import publish  # noqa: E402
-from medscale.scaling.processor import processor  # noqa: E402
+from medscale.scaling.run.processor import processor  # noqa: E402
 from medscale.analysis import IsoFlopFit, ParametricFit  # noqa: E402
 from medscale.analysis.data_constrained import DataConstrainedFit, _Data, _objective  # noqa: E402
 

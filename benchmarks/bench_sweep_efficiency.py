@@ -44,10 +44,10 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
 
-    from medscale.scaling.dataset import prepare_dataset
-    from medscale.scaling.scheduler import run_sweep
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.sweep.dataset import prepare_dataset
+    from medscale.scaling.sweep.scheduler import run_sweep
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.sweep.store import RunStore
 
     out = args.out or Path(tempfile.mkdtemp(prefix="medscale-efficiency-"))
     spec = parse_spec(yaml.safe_load(SPEC.format(tokens=", ".join(args.tokens))))

@@ -16,7 +16,7 @@ The processor (model and instruction-set extensions) is printed and the table is
 Each framework runs in its own worker process (idle thread pools of one runtime would otherwise
 steal cores from the other), and the workers are driven in alternating rounds so both see the
 same background load. tokens/s is reported at the median and at the best round (the best is the
-least disturbed by other processes on a shared machine). MFU uses scaling/flops.py's full count
+least disturbed by other processes on a shared machine). MFU uses scaling/plan/flops.py's full count
 against the float32 matmul peak, measured in this run: at the start and after each size, the
 highest of those (a noisy moment lowers a measurement, and a low peak would flatter MFU).
 `--cached-peak` starts from the cached figure of `device_peak_flops` instead of a new one.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from medscale.models.config import ModelConfig, param_counts, shape_for_params  # noqa: E402
-from medscale.scaling.flops import mfu  # noqa: E402
+from medscale.scaling.plan.flops import mfu  # noqa: E402
 
 LR, WD, CLIP = 1e-3, 0.1, 1.0
 
@@ -236,8 +236,8 @@ def main(args: argparse.Namespace) -> None:
     set_xla_devices(args.devices)
     import jax
 
-    from medscale.scaling.flops import device_peak_flops, measure_matmul_peak
-    from medscale.scaling.processor import processor
+    from medscale.scaling.plan.flops import device_peak_flops, measure_matmul_peak
+    from medscale.scaling.run.processor import processor
 
     cpu = processor()
     peak_dev, source = device_peak_flops(refresh=not args.cached_peak)
@@ -324,9 +324,9 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:
-        from medscale.scaling.runtime import malloc_env, started_with_malloc_env
+        from medscale.scaling.run.runtime import malloc_env, started_with_malloc_env
 
-        # what medscale's runs do (scaling/runtime.py), for both frameworks; set at start-up,
+        # what medscale's runs do (scaling/run/runtime.py), for both frameworks; set at start-up,
         # since this module's imports have already started numpy's and scipy's thread pools
         if not ARGS.default_malloc and not started_with_malloc_env():
             os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **malloc_env()})

@@ -5,7 +5,7 @@
 One decoder IsoFLOP grid on the demo's cohort (the embedded simulator, 8,000 subjects), trained twice per seed:
   cosine  every (size, budget) from scratch, cosine decay to its own end (budgets C0 x 1, 2, 4, 8)
   WSD     one trunk per (size, seed) at the largest budget, a 20% linear cooldown branch per smaller budget
-          (scaling/wsd.py); its budgets are C0 x 1, sqrt2, 2, ..., 8: the cosine grid's four plus three
+          (scaling/sweep/wsd.py); its budgets are C0 x 1, sqrt2, 2, ..., 8: the cosine grid's four plus three
           half-octaves between them, which cost only their cooldowns
 Both run as real sweeps (Ray, 2 concurrent runs of one core each, a shared compilation cache). Printed, and
 written to benchmarks/results/wsd-<processor kind>.md:
@@ -36,6 +36,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
+from scipy import stats
+
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.isoflop import IsoFlopFit
+from medscale.analysis.parametric import ParametricFit
+from medscale.atomic import write_text, write_yaml
+from medscale.scaling.pipeline import Reporter, SweepFailed, expand_over, launch_sweep, load_spec_and_data
+from medscale.scaling.run.processor import processor
+from medscale.scaling.sweep.ray_session import ray_session
+from medscale.scaling.sweep.results import load_results
+from medscale.scaling.sweep.wsd import compute_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +77,6 @@ def spec(name: str, schedule: str, sizes, compute: list[float], seeds: list[int]
 
 def demo_specs(seeds: list[int]) -> tuple[dict, dict]:
     """The demo's decoder study as shipped (WSD) and the same grid under cosine, both with these seeds."""
-    import yaml
-
     wsd = yaml.safe_load((ROOT / "experiments" / "demo_decoder_isoflop.yaml").read_text())
     wsd.update(name="bench-wsd", seeds=seeds)
     cosine = {**wsd, "name": "bench-cosine",
@@ -86,8 +96,6 @@ def allowed_ratio(cosine_runs: list[dict], cooldown: float) -> float:
 
 
 def t_interval(x: np.ndarray) -> tuple[float, float, float]:
-    from scipy import stats
-
     m = float(np.mean(x))
     if len(x) < 2:
         return m, float("nan"), float("nan")
@@ -97,10 +105,6 @@ def t_interval(x: np.ndarray) -> tuple[float, float, float]:
 
 def fit_exponents(df, n_boot: int) -> dict:
     """Approach 3 and 2 on these runs, as `medscale analyze` fits them (seeds averaged)."""
-    from medscale.analysis.errors import AnalysisError
-    from medscale.analysis.isoflop import IsoFlopFit
-    from medscale.analysis.parametric import ParametricFit
-
     out = {}
     reps = {"seeds": df["seed"].to_numpy(), "lrs": df["lr"].to_numpy(dtype=float)}
     try:
@@ -139,13 +143,6 @@ def main() -> None:
     sizes, c0, octaves = (QUICK["sizes"], QUICK["c0"], QUICK["octaves"]) if args.quick else (SIZES, C0, OCTAVES)
     n_boot = args.n_boot if args.n_boot is not None else (30 if args.quick else 200)
 
-    from medscale.atomic import write_text, write_yaml
-    from medscale.scaling.pipeline import Reporter, SweepFailed, expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.processor import processor
-    from medscale.scaling.results import load_results
-    from medscale.scaling.scheduler import start_ray, stop_ray
-    from medscale.scaling.wsd import compute_comparison
-
     class Say(Reporter):
         def say(self, message: str) -> None:
             print(f"  {message}", flush=True)
@@ -168,8 +165,7 @@ def main() -> None:
         write_yaml(path, s)
         loaded, prepared = load_spec_and_data(path, out, Say())  # the dataset is prepared once, then shared
         plans[kind] = (loaded, expand_over(loaded, prepared, path))
-    started_ray = start_ray(None, args.cores)
-    try:
+    with ray_session(num_cpus=args.cores):  # one local Ray for both sweeps, ended however they end
         for kind, (loaded, runs) in plans.items():
             print(f"{kind}: {len(runs)} runs", flush=True)
             t0 = time.time()
@@ -178,9 +174,6 @@ def main() -> None:
             except SweepFailed as err:  # the table is made of the runs that finished; say which did not
                 print(f"  {err}", flush=True)
             walls[kind] = time.time() - t0
-    finally:
-        if started_ray:
-            stop_ray()
 
     results, _ = load_results(out)
     done = results[results["status"] == "done"].copy()

@@ -144,7 +144,7 @@ def shape_for_params(target_non_embedding: float, *, vocab_size: int, max_len: i
     the target.
 
     `aspect` replaces the target aspect ratio 64 (e.g. the aspect of the best shape a sweep measured,
-    scaling/recommend.py); the range of proposed aspects then widens to [aspect / 2, 2 aspect] if needed.
+    scaling/plan/recommend.py); the range of proposed aspects then widens to [aspect / 2, 2 aspect] if needed.
     """
     if not target_non_embedding > 0:
         raise ShapeError(f"target_non_embedding must be > 0, got {target_non_embedding}")

@@ -138,7 +138,7 @@ class _ShardedStep:
 
     def lower(self, abstract_state: TrainState, batch_size: int, seq_len: int):
         """The step lowered for an abstract state and batch shape: compile it for its memory
-        analysis without allocating anything (scaling/memory.py)."""
+        analysis without allocating anything (scaling/plan/memory.py)."""
         sharding = batch_sharding(self.mesh)
         dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "weights": jnp.float32, "segment_ids": jnp.int32}
         batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes[k], sharding=sharding) for k in BATCH_KEYS}

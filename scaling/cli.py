@@ -9,10 +9,10 @@ these shows a traceback.
 """
 from __future__ import annotations
 
-from medscale.scaling.runtime import keep_freed_memory
+from medscale.scaling.run.runtime import keep_freed_memory
 
 # before any import starts a thread (numpy's and scipy's BLAS pools, then pyarrow's, Ray's, XLA's),
-# so that all of them share one malloc heap that keeps freed memory (scaling/runtime.py)
+# so that all of them share one malloc heap that keeps freed memory (scaling/run/runtime.py)
 keep_freed_memory()
 
 import contextlib  # noqa: E402
@@ -24,12 +24,35 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import pandas as pd
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from medscale.analysis import fit_families, fit_table
+from medscale.analysis.bounds import at_bound, marks, short
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.selection import planned_sizes
+from medscale.analysis.summary import _plain, read_table
+from medscale.atomic import CorruptFile, OutDirError, write_yaml
+from medscale.data.meds import MedsError
+from medscale.data.simulator import generate_cohort
+from medscale.models.config import ShapeError
+from medscale.scaling.demo import families_lines, run_demo
+from medscale.scaling.downstream import load_downstream_spec
+from medscale.scaling.downstream.evaluate import mixed_sources
+from medscale.scaling.downstream.forecast import forecast_lines
 from medscale.scaling.errors import UserError
-from medscale.scaling.pipeline import Reporter
+from medscale.scaling.pipeline import (Reporter, SweepFailed, analyze_store, estimate_plan, expand_over,
+                                       launch_adaptive_sweep, launch_sweep, load_spec_and_data, plan_sweep,
+                                       refuse_if_too_big, run_downstream, train_one)
+from medscale.scaling.plan.recommend import recommend, run_spec
+from medscale.scaling.run.export import export_run, partial_warning
+from medscale.scaling.sweep.adaptive import dry_run_lines, is_adaptive
+from medscale.scaling.sweep.results import load_results
+from medscale.scaling.sweep.spec import SpecError
+from medscale.scaling.sweep.store import RunStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="medscale: scaling-law studies for medical event foundation models.")
@@ -72,13 +95,7 @@ def _on_signal(signum, frame):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from medscale.analysis.errors import AnalysisError
-    from medscale.atomic import CorruptFile, OutDirError
-    from medscale.data.meds import MedsError
     from medscale.data.tasks import TaskError
-    from medscale.models.config import ShapeError
-    from medscale.scaling.spec import SpecError
-
     return (SpecError, MedsError, ShapeError, AnalysisError, TaskError, UserError, OutDirError, CorruptFile)
 
 
@@ -102,8 +119,6 @@ def _os_error(err: OSError) -> typer.Exit:
 def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from medscale.scaling.pipeline import SweepFailed
-
         try:
             return fn(*args, **kwargs)
         except _user_error_types() as err:
@@ -172,7 +187,8 @@ def _progress_bar(description: str):
     if not console.is_terminal:
         yield _NoProgress()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     with contextlib.ExitStack() as stack:
         lazy = _LazyProgress(stack, lambda: Progress(
@@ -233,8 +249,6 @@ def generate(
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel worker processes (default: number of cores)."),
 ) -> None:
     """Simulate a synthetic MEDS cohort with known ground-truth outcome probabilities."""
-    from medscale.data.simulator import generate_cohort
-
     t = time.time()
     with RichReporter().stages("generate") as update:   # the bar starts at the first callback, after the checks
         path = generate_cohort(out_dir, subjects, seed, n_shards=shards, workers=workers,
@@ -284,8 +298,6 @@ def train(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="CPU cores to pin this run to (default: the spec's resources.cpus)."),
 ) -> None:
     """Train (or resume) one run in this process."""
-    from medscale.scaling.pipeline import train_one
-
     run, state = train_one(config, out_dir, cpus=cpus, log=lambda msg: console.print(f"  {msg}", highlight=False),
                            reporter=RichReporter())
     if state == "leased":
@@ -296,13 +308,13 @@ def train(
     if state == "diverged":
         raise typer.Exit(code=3)
     if state == "preempted":
-        from medscale.scaling.preemption import EXIT_PREEMPTED
+        from medscale.scaling.run.preemption import EXIT_PREEMPTED
 
         raise typer.Exit(code=EXIT_PREEMPTED)  # resumable: run the same command again
 
 
 def wsd_line(cmp: dict) -> str:
-    """The dry run's comparison of a WSD plan with the same grid under cosine (scaling/wsd.py)."""
+    """The dry run's comparison of a WSD plan with the same grid under cosine (scaling/sweep/wsd.py)."""
     saved = 1 - cmp["planned_flops"] / cmp["cosine_flops"] if cmp["cosine_flops"] else 0.0
     return (f"WSD plan: {cmp['planned_flops']:.3g} FLOPs ({cmp['trunks']} trunk(s) trained from step 0, "
             f"{cmp['branches']} branch(es) training only their cooldown) against {cmp['cosine_flops']:.3g} FLOPs "
@@ -354,15 +366,15 @@ def sweep(
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Dry run: plan each run's per-device memory (an AOT compile per distinct shape, cached)."),
 ) -> None:
     """Run a sweep grid on Ray: idempotent (finished runs are skipped) and resumable."""
-    from medscale.scaling.pipeline import (estimate_plan, expand_over, launch_sweep, load_spec_and_data, plan_sweep,
-                                           refuse_if_too_big)
-    from medscale.scaling.store import RunStore
-
     reporter = RichReporter()
     if dry_run:
         spec, runs = plan_sweep(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
         RunStore(out_dir).refuse_changed_sweep(spec.name, runs)  # a changed schedule would pool two families
         plan = estimate_plan(runs, out_dir, spec.resources, memory=memory)
+        if is_adaptive(spec):  # the pool, the first batch and the planned compute
+            refuse_if_too_big(plan, runs, str(spec_path))
+            _print_lines(dry_run_lines(spec, runs, out_dir, plan, source=str(spec_path)))
+            return
         _print_wide(_plan_table(plan))
         refuse_if_too_big(plan, runs, str(spec_path))
         if plan.wsd:
@@ -373,6 +385,10 @@ def sweep(
     spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     runs = expand_over(spec, prepared, spec_path)
     RunStore(out_dir).refuse_changed_sweep(spec.name, runs)  # before launch_sweep writes the spec's copy
+    if is_adaptive(spec):  # grid.mode adaptive: runs chosen batch by batch from the pool (scaling/sweep/adaptive.py)
+        _print_lines(launch_adaptive_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent,
+                                           retry_failed=retry_failed, reporter=reporter, source=str(spec_path)).lines())
+        return
     launch_sweep(spec, runs, out_dir, address=address, max_concurrent=max_concurrent, retry_failed=retry_failed,
                  reporter=reporter)
 
@@ -402,8 +418,6 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: every parameter as {value, interval}."),
 ) -> None:
     """Fit a scaling law to any table of runs."""
-    from medscale.analysis import fit_table
-
     if tokens is None and compute is None:
         raise UserError("give --tokens COL, --compute COL, or both")
     result = fit_table(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute, approach=approach,
@@ -428,9 +442,6 @@ def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, 
     each planned run's loss with an interval across families (analysis/selection.py); N_opt at --budget too."""
     if planned is None:
         return None
-    from medscale.analysis import fit_families
-    from medscale.analysis.summary import _plain, read_table
-
     if not planned.exists():
         raise UserError(f"--predict {planned}: no such file; give a CSV of planned runs with the columns "
                         f"{params!r} and {tokens or compute!r}")
@@ -440,8 +451,9 @@ def _planned_predictions(table: Path, planned: Optional[Path], *, params, loss, 
     if missing or len(plan) == 0:
         raise UserError(f"--predict {planned}: " + (f"lacks column(s) {missing}; " if missing else "has no rows; ")
                         + f"planned runs need the columns {cols} (the same names as the fitted table)")
+    target = planned_sizes(plan, params=params, tokens=tokens, compute=compute)  # validation aims at these runs
     choice = fit_families(_read_runs_table(table), params=params, loss=loss, tokens=tokens, compute=compute,
-                          unique_tokens=unique_tokens, n_boot=min(n_boot, 200), seed=seed, n_jobs=1)
+                          unique_tokens=unique_tokens, n_boot=min(n_boot, 200), seed=seed, n_jobs=1, target=target)
     out = choice.predict_planned(plan, params=params, tokens=tokens, compute=compute, unique_tokens=unique_tokens)
     preds = []
     for planned_row, row in zip(plan.to_dict(orient="records"), out.to_dict(orient="records")):
@@ -498,8 +510,6 @@ PARAMETER_KEYS = ("E", "A", "B", "alpha", "beta", "R_star_D", "R_star_N", "a", "
 def _bound_note(mark, key: str) -> str:
     """What goes beside a value whose parameter sits at its optimisation bound (analysis/bounds.py): the bound,
     and for the parameter itself what that means."""
-    from medscale.analysis.bounds import short
-
     if mark is None:
         return ""
     return f"   <- {short(mark, key)}" + (f": {mark.meaning}" if mark.parameter == key else "")
@@ -508,8 +518,6 @@ def _bound_note(mark, key: str) -> str:
 def fit_lines(result, heading: str) -> list[str]:
     """`medscale fit`'s text: every number from the same dict `--json` prints (FitResult.to_dict), each
     parameter at a bound named beside its value with what that means. Warnings start with '  warning: '."""
-    from medscale.analysis.bounds import at_bound, marks
-
     payload = result.to_dict()
     flags = marks(at_bound(result.fit))
     lines = [f"{heading} ({payload.get('n_points')} points)"]
@@ -561,10 +569,6 @@ def _num(value) -> str:
 
 def _read_runs_table(table: Path):
     """The table `medscale fit` was given, or a UserError saying why it cannot be one."""
-    import pandas as pd
-
-    from medscale.analysis.summary import read_table
-
     if not table.exists():
         raise UserError(f"{table}: no such file")
     if table.is_dir():
@@ -594,8 +598,6 @@ def analyze(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Fit a sweep's results, plot them and write an HTML report."""
-    from medscale.scaling.pipeline import analyze_store
-
     analyzed = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot)
     out.print(f"report: {analyzed.report}", markup=False, highlight=False)
 
@@ -612,12 +614,6 @@ def optimal(
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """Compute-optimal model size and tokens for a budget, with intervals, a shape and a run spec."""
-    import yaml
-
-    from medscale.atomic import write_yaml
-    from medscale.scaling.recommend import recommend, run_spec
-    from medscale.scaling.results import load_results
-
     if compute_convention not in ("full", "6nd"):
         raise UserError(f"--compute-convention {compute_convention!r}: choose full or 6nd")
     if not 0 < compute < float("inf"):
@@ -627,7 +623,6 @@ def optimal(
     rec = recommend(results, compute, objective=objective, max_tokens=available_tokens, n_boot=n_boot,
                     compute_convention=compute_convention, sweeps=sweeps, tokens_option="--available-tokens")
     print_recommendation(rec, compute)
-    from medscale.scaling.downstream.forecast import forecast_lines
 
     _print_lines(forecast_lines(runs_dir, rec, objective, n_boot))
     if spec_out:
@@ -652,9 +647,7 @@ def _law_words(law) -> str:
 
 def recommendation_lines(rec: dict, compute: float) -> list[str]:
     """The recommendation as printed by `medscale optimal` and the demo: the allocation and shape of
-    scaling/recommend.py, and each parameter of its law that sits at a bound, with what that means."""
-    from medscale.analysis.bounds import at_bound
-
+    scaling/plan/recommend.py, and each parameter of its law that sits at a bound, with what that means."""
     a = rec["allocation"]
     shape = rec["shape"]
     fmt = lambda e: f"{e.value:.3g} [{_num3(e.low)}, {_num3(e.high)}]"  # noqa: E731
@@ -696,8 +689,6 @@ def demo(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
 ) -> None:
     """The whole study on the synthetic cohort: sweeps, downstream tasks, fits, report, recommendation."""
-    from medscale.scaling.demo import run_demo
-
     result = run_demo(out_dir, size=size, address=address, budget=budget, n_boot=n_boot, reporter=RichReporter(),
                       say=lambda msg: console.print(f"[bold cyan]{escape(msg)}[/]", highlight=False))
     _print_lines(demo_lines(result))
@@ -706,8 +697,6 @@ def demo(
 def law_line(name: str, law) -> list[str]:
     """One line of a fitted law's parameters (value [interval]) from the fit object itself, as fits.json records
     it; a parameter at a bound is marked (recommendation_lines says what each such bound means)."""
-    from medscale.analysis.bounds import at_bound, marks, short
-
     est = law.estimates
     flags = marks(at_bound(law))
     keys = [k for k in ("E", "alpha", "beta", "R_star_D", "R_star_N", "a", "b") if k in est]
@@ -718,8 +707,6 @@ def law_line(name: str, law) -> list[str]:
 
 def demo_lines(result) -> list[str]:
     """What the demo prints at the end, every number from the objects the report was written from."""
-    from medscale.scaling.demo import families_lines
-
     lines = law_line("decoder", result.recommendation["fit"])
     lines += recommendation_lines(result.recommendation, result.budget)
     lines += demo_summary(result.fits or {})
@@ -764,9 +751,6 @@ def downstream(
 ) -> None:
     """Evaluate finished runs on downstream tasks (probe, fine-tune, scratch, zero-shot, LightGBM, ceiling).
     Predictions go to RUNS/predictions/ in meds-evaluation's schema."""
-    from medscale.scaling.downstream import load_downstream_spec
-    from medscale.scaling.pipeline import run_downstream
-
     if spec_file is None and labels is None:
         raise UserError("give --spec FILE (tasks from task files) or --labels DIR (tasks from a label folder)")
     if spec_file is not None and not spec_file.exists():
@@ -790,8 +774,6 @@ def downstream(
 
 def _say_sources(table) -> None:
     """A note per task whose results in the store come from more than one label source."""
-    from medscale.scaling.downstream.evaluate import mixed_sources
-
     for task, sources in mixed_sources(table).items():
         note = (f"task {task} has results from {len(sources)} label sources ({', '.join(sources)}: column labels "
                 f"of downstream.csv); the report and its fits keep them apart as '{task} [<source>]'")
@@ -806,9 +788,7 @@ def export(
     partial: bool = typer.Option(False, "--partial", help="Export a run that did not finish (its latest checkpoint); config.json records the step and finished: false."),
 ) -> None:
     """Export a run's parameters as safetensors, with its model config and tokenizer as JSON
-    (load them back with medscale.scaling.export.load_exported)."""
-    from medscale.scaling.export import export_run, partial_warning
-
+    (load them back with medscale.scaling.run.export.load_exported)."""
     path, training = export_run(run_dir, out_dir, partial=partial)
     if not training["finished"]:
         console.print(f"[yellow]warning:[/] {escape(partial_warning(run_dir.name, training))}", highlight=False,
@@ -818,7 +798,7 @@ def export(
               "(model.safetensors, config.json, vocab.json, tokenizer.json)", highlight=False, soft_wrap=True)
 
 
-# Commands kept in modules of their own (registered last: they use only the shared error handling)
+# Commands kept in modules of their own (registered last: they import this module's error handling)
 from medscale.scaling.design_cli import design_command  # noqa: E402
 from medscale.scaling.meds_dev import app as _meds_dev_app  # noqa: E402
 from medscale.scaling.predictions_report import predictions_report_command  # noqa: E402

@@ -7,7 +7,7 @@ The data-constrained arm trains two decoders on a small fraction of the cohort f
 report can fit the value of a repeated token (R*_D) and the recommendation can say, for this cohort's
 unique tokens, whether to repeat the data or grow the model.
 
-The decoder sweep and the encoder ladder are WSD sweeps (scaling/wsd.py): each size trains once to its largest
+The decoder sweep and the encoder ladder are WSD sweeps (scaling/sweep/wsd.py): each size trains once to its largest
 budget and its smaller budgets are cooldown branches, so the decoder study spans two decades of compute and the
 ladder has four budgets per size for about the compute of the cosine demo (docs/WSD.md).
 
@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from medscale.analysis.bounds import at_bound, marks
+from medscale.scaling.downstream import load_downstream_spec
+from medscale.scaling.downstream.evaluate import downstream_data
 from medscale.scaling.errors import UserError
-from medscale.scaling.pipeline import Reporter
+from medscale.scaling.pipeline import (Reporter, analyze_store, expand_over, launch_sweep, load_spec_and_data,
+                                       run_downstream)
+from medscale.scaling.plan.recommend import recommend
+from medscale.scaling.sweep.dataset import prepare_dataset
+from medscale.scaling.sweep.ray_session import ray_session
+from medscale.scaling.sweep.results import load_results
+from medscale.scaling.sweep.spec import expand, load_spec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -100,10 +109,6 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
              n_boot: int = 200, reporter: Reporter | None = None,
              say: Callable[[str], None] | None = None) -> DemoResult:
     """The whole demo study; rerun after an interruption to resume it."""
-    from medscale.scaling.dataset import prepare_dataset
-    from medscale.scaling.pipeline import analyze_store, expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.scheduler import start_ray, stop_ray
-    from medscale.scaling.spec import expand, load_spec
 
     if size not in PRESETS:
         raise UserError(f"--size {size!r}: choose one of {', '.join(PRESETS)}")
@@ -130,8 +135,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
         expand(arm_spec, token_dir="", vocab_size=prepared.vocab_size, dataset_id="", source=str(arm_path))
         arms.append(("data-constrained arm", arm_spec, arm_path))
     arms.append(("encoder ladder", encoder_spec, encoder_path))
-    started_ray = start_ray(address, None)
-    try:
+    with ray_session(address):  # ends a local Ray (and its watcher) here, not at exit
         for stage, spec, path in arms:
             clock.start(stage)
             data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
@@ -140,9 +144,6 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
         clock.start("downstream tasks")
         downstream = _downstream(out_dir, downstream_name, reporter)
         clock.finish("downstream tasks")
-    finally:
-        if started_ray:
-            stop_ray()  # also ends the local head's watcher (runtime.LocalRayHead) now, not at exit
 
     clock.start("fits and report")
     # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
@@ -179,10 +180,6 @@ def families_lines(fits: dict | None, objective: str = "decoder") -> list[str]:
 def _data_constrained_effect(analyzed, out_dir: Path, say: Callable[[str], None]) -> dict[str, Any] | None:
     """The recommendation when the cohort's unique tokens are all there is, against unlimited data: the
     report's data-constrained law and allocations (the same objects), not a refit."""
-    from medscale.analysis.bounds import at_bound, marks
-    from medscale.scaling.recommend import recommend
-    from medscale.scaling.results import load_results
-
     fits = analyzed.analysis.objectives.get("decoder")
     if fits is None or fits.data_constrained is None:
         if fits is not None and fits.dc_error:
@@ -203,11 +200,6 @@ def _data_constrained_effect(analyzed, out_dir: Path, say: Callable[[str], None]
 def _downstream(out_dir: Path, spec_name: str, reporter: Reporter):
     """Downstream evaluation of the demo's models, in the report's format: one model per size (the
     encoder ladder's longest runs, and the decoders of the largest IsoFLOP budget)."""
-    from medscale.scaling.downstream import load_downstream_spec
-    from medscale.scaling.downstream.evaluate import downstream_data
-    from medscale.scaling.pipeline import run_downstream
-    from medscale.scaling.results import load_results
-
     results, _ = load_results(out_dir)
     done = results[results["status"] == "done"]
     decoders = done[(done["objective"] == "decoder") & (done["budget"] == done["budget"].max())]

@@ -14,6 +14,11 @@ import numpy as np
 import pandas as pd
 import typer
 
+from medscale.analysis import design as ds
+from medscale.analysis.design import Target, predict_target
+from medscale.analysis.inputs import positive
+from medscale.analysis.summary import read_table
+from medscale.atomic import write_text
 from medscale.scaling.errors import UserError
 from medscale.scaling.meds_dev import with_cli_errors
 
@@ -25,7 +30,6 @@ def _say(message: str) -> None:
 
 
 def _pool(table: Path, params, tokens, loss, unique, compute) -> tuple[pd.DataFrame, np.ndarray]:
-    from medscale.analysis.inputs import positive
     from medscale.scaling.cli import _read_runs_table
 
     df = _read_runs_table(table)
@@ -47,10 +51,6 @@ def _pool(table: Path, params, tokens, loss, unique, compute) -> tuple[pd.DataFr
 
 
 def _target(path: Optional[Path], target_compute: Optional[float], params, tokens, loss, unique):
-    from medscale.analysis.design import Target
-    from medscale.analysis.inputs import positive
-    from medscale.analysis.summary import read_table
-
     if (path is None) == (target_compute is None):
         raise UserError("give exactly one target: --target PLANNED.csv (planned runs whose loss to pin down) or "
                         "--target-compute C (N_opt at C FLOPs)")
@@ -104,8 +104,6 @@ def design_command(
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's
     interval per FLOP, revealing each loss only once chosen (docs/SCIENCE.md, "Adaptive designs")."""
-    from medscale.analysis import design as ds
-
     if not 0 < fraction <= 1:
         raise UserError(f"--fraction {fraction}: give a share of the pool's compute in (0, 1], e.g. 0.25")
     pool, losses = _pool(pool_file, params, tokens, loss, unique_tokens, compute)
@@ -127,8 +125,6 @@ def design_command(
 
 
 def _summary(rep, full, tgt, truth, total: float, seed: int) -> dict:
-    from medscale.analysis.design import predict_target
-
     last = rep.steps[-1]
     pf, lf, hf = predict_target(full, tgt, seed=seed)
     out = {"target": tgt.kind, "stopped": rep.stopped, "spent": last.spent, "fraction_spent": last.spent / total,
@@ -155,9 +151,6 @@ def _final_lines(r: dict) -> list[str]:
 
 
 def _write_chosen(pool_file: Path, out_file: Path, rep) -> None:
-    from medscale.analysis.summary import read_table
-    from medscale.atomic import write_text
-
     rows = read_table(pool_file).iloc[rep.chosen["row"].to_numpy()].reset_index(drop=True)
     extra = rep.chosen.rename(columns={"row": "pool_row"})[["order", "step", "score", "cost", "pool_row"]]
     write_text(out_file, pd.concat([rows, extra], axis=1).to_csv(index=False))

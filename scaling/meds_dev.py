@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pyarrow.parquet as pq
 import typer
+import yaml
 
+from medscale.atomic import write_json, write_with, write_yaml
+from medscale.data.labels import read_label_task
+from medscale.data.meds import read_meds
+from medscale.scaling.downstream.baselines import probe_head
+from medscale.scaling.downstream.predictions import predictions_table
 from medscale.scaling.errors import UserError
+from medscale.scaling.sweep.store import RunDir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="The commands of medscale's MEDS-DEV model entry (meds_dev/medscale/model.yaml).")
@@ -71,8 +80,6 @@ def _say(message: str) -> None:
 
 def pretrain_spec(spec_file: Optional[Path], dataset: Path, demo: bool) -> dict:
     """The one-run spec to pretrain: `spec_file` (or the demo) with its dataset set to `dataset`."""
-    import yaml
-
     spec = yaml.safe_load(spec_file.read_text()) if spec_file else {}
     if not isinstance(spec, dict):
         raise UserError(f"{spec_file}: a sweep spec (YAML mapping) is expected")
@@ -98,7 +105,6 @@ def pretrain(
     demo: str = typer.Option("False", "--demo", help="True: a tiny model that trains in seconds on a CPU ({demo})."),
 ) -> None:
     """Unsupervised train: tokenize the dataset and pretrain one model on it."""
-    from medscale.atomic import write_json, write_yaml
     from medscale.scaling.pipeline import train_one
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,11 +131,6 @@ def _stage(init: Path) -> dict:
 def task_labels(labels: Path, dataset: Path):
     """(task, label frame) of the one task in a MEDS-DEV labels folder ({labels_dir}: the task's parquet files,
     at any depth), read and validated by data/labels.py as a one-task label folder."""
-    import tempfile
-
-    from medscale.data.labels import read_label_task
-    from medscale.data.meds import read_meds
-
     labels = labels.resolve()
     if not labels.is_dir():
         raise UserError(f"{labels}: no such labels folder")
@@ -143,7 +144,6 @@ def representations(run_dir: str, dataset: str, rows):
     from medscale.data.history import build_histories
     from medscale.data.tokenizer import Tokenizer
     from medscale.scaling.downstream.model import embed, load_run_model
-    from medscale.scaling.store import RunDir
 
     model = load_run_model(RunDir(run_dir))
     tokenizer = Tokenizer.load(model.token_dir)
@@ -162,9 +162,6 @@ def fit(
 ) -> None:
     """Supervised train: a linear probe on the pretrained model's representations of the train and tuning
     splits' labelled histories."""
-    from medscale.atomic import write_json
-    from medscale.scaling.downstream.baselines import probe_head
-
     stage = _stage(init)
     task, rows, kind = task_labels(labels, dataset)
     rows = rows[rows["split"].isin(FIT_SPLITS)].reset_index(drop=True)
@@ -195,11 +192,6 @@ def predict(
     out_dir: Path = typer.Option(..., "--out", help="Stage folder ({output_dir}): predictions.parquet."),
 ) -> None:
     """Predict: the task's label rows of --split, scored, in meds-evaluation's schema."""
-    import pyarrow.parquet as pq
-
-    from medscale.atomic import write_with
-    from medscale.scaling.downstream.predictions import predictions_table
-
     stage = _stage(init)
     if "task" not in stage:
         raise UserError(f"{init}: holds no fitted head; --init must be the fit stage's folder")

@@ -11,14 +11,36 @@ Progress is reported through plain callbacks; a `Reporter` bundles the ones a lo
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
 
 import pandas as pd
+import yaml
 
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.report import analyze_results, write_report
+from medscale.atomic import CorruptFile, OutDirError, read_json, write_yaml
+from medscale.models.config import ShapeError, param_counts
+from medscale.scaling.downstream.evaluate import downstream_data, evaluate_store, read_downstream
 from medscale.scaling.errors import UserError
+from medscale.scaling.plan.flops import device_peak_flops, flops_per_token
+from medscale.scaling.plan.memory import (GIB, default_cache_dir, device_budget_gib, estimate_memory, remedies,
+                                          target_backend)
+from medscale.scaling.plan.recommend import recommend
+from medscale.scaling.run.run_config import RunConfig
+from medscale.scaling.run.runtime import configure_process, process_shape
+from medscale.scaling.run.train import execute_run
+from medscale.scaling.sweep.adaptive import run_adaptive
+from medscale.scaling.sweep.dataset import check_usable, dataset_path, prepare_dataset
+from medscale.scaling.sweep.results import load_results
+from medscale.scaling.sweep.scheduler import run_sweep
+from medscale.scaling.sweep.spec import MAX_RUNS, SpecError, dataset_id, expand, grid_size, load_spec
+from medscale.scaling.sweep.store import RunStore, run_id
+from medscale.scaling.sweep.wsd import compute_comparison
 
 DRY_RUN_VOCAB = 4096  # vocabulary assumed for a dry run before the dataset is tokenized
 StageProgress = Callable[[str, int, int], None]
@@ -47,10 +69,6 @@ def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Rep
                        allow_large_grid: bool = False):
     """Validate the spec and its whole grid first (cheap), then prepare the dataset (costly), then check
     that the dataset can serve the runs (splits, size). A grid over spec.MAX_RUNS runs needs allow_large_grid."""
-    from medscale.scaling.dataset import check_usable, prepare_dataset
-    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, grid_size, load_spec
-    from medscale.scaling.store import RunStore
-
     reporter = reporter or Reporter()
     spec = load_spec(spec_path, max_runs=None if allow_large_grid else MAX_RUNS)
     if spec.model.param_count == "non_embedding":  # the grid does not depend on the vocabulary: check it now
@@ -67,8 +85,6 @@ def load_spec_and_data(spec_path: Path | str, out_dir: Path | str, reporter: Rep
 
 
 def _refuse_out_inside_input(spec, out_dir: Path | str) -> None:
-    from medscale.atomic import OutDirError
-
     if spec.dataset.meds is not None:
         meds, out = Path(spec.dataset.meds).resolve(), Path(out_dir).resolve()
         if out == meds or meds in out.parents:
@@ -78,8 +94,6 @@ def _refuse_out_inside_input(spec, out_dir: Path | str) -> None:
 
 def expand_over(spec, prepared, source: Path | str) -> list[dict]:
     """The spec's runs as resolved configs over a prepared dataset."""
-    from medscale.scaling.spec import expand
-
     return expand(spec, token_dir=str(prepared.token_dir.absolute()), vocab_size=prepared.vocab_size,
                   dataset_id=prepared.dataset_id, source=str(source))
 
@@ -87,10 +101,6 @@ def expand_over(spec, prepared, source: Path | str) -> list[dict]:
 def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | None = None, *,
                allow_large_grid: bool = False):
     """(spec, runs) for a dry run: prepares nothing unless the run shapes depend on the vocabulary."""
-    from medscale.atomic import CorruptFile, read_json
-    from medscale.scaling.dataset import dataset_path
-    from medscale.scaling.spec import MAX_RUNS, dataset_id, expand, grid_size, load_spec
-
     reporter = reporter or Reporter()
     spec = load_spec(spec_path, max_runs=None if allow_large_grid else MAX_RUNS)
     reporter.say(f"expanding the grid of {spec_path}: {grid_size(spec):,} run(s)")
@@ -114,7 +124,7 @@ def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | 
 @dataclass
 class Plan:
     """A dry run's estimate: one row per run, the device speed assumed, the total; with memory
-    planned, each row's per-device memory (scaling/memory.py) against the device budget."""
+    planned, each row's per-device memory (scaling/plan/memory.py) against the device budget."""
     rows: list[dict]
     peak_flops: float
     peak_source: str
@@ -125,7 +135,7 @@ class Plan:
     budget_source: str = ""
     devices: int = 1
     backend: str = "cpu"
-    wsd: dict | None = None  # a WSD plan: its FLOPs against the same grid under cosine (scaling/wsd.py)
+    wsd: dict | None = None  # a WSD plan: its FLOPs against the same grid under cosine (scaling/sweep/wsd.py)
 
     def too_big(self) -> list[dict]:
         """The rows whose planned peak exceeds the device budget."""
@@ -140,10 +150,6 @@ class Plan:
 
 def measured_efficiency(out_dir: Path | str) -> tuple[float, str]:
     """Median MFU of the finished runs already in the store, else an assumption (said so)."""
-    from medscale.scaling.store import RunStore
-
-    from medscale.atomic import CorruptFile
-
     def mfu_of(run) -> float | None:
         try:
             return (run.metrics() or {}).get("mfu")
@@ -156,29 +162,24 @@ def measured_efficiency(out_dir: Path | str) -> tuple[float, str]:
     return 0.10, "assumed MFU (no finished runs yet)"
 
 
-def estimate_plan(runs: list[dict], out_dir: Path | str, resources=None, memory: bool = True) -> Plan:
+def estimate_plan(runs: list[RunConfig], out_dir: Path | str, resources=None, memory: bool = True) -> Plan:
     """Per-run size, tokens, FLOPs and estimated time on this machine, for `medscale sweep --dry-run`;
     with `memory`, each run's per-device memory on the devices `resources` (a spec's) gives it."""
-    from medscale.models.config import ModelConfig, param_counts
-    from medscale.scaling.flops import device_peak_flops, flops_per_token
-    from medscale.scaling.store import run_id
-    from medscale.scaling.wsd import compute_comparison, fork_of, trained_steps
-
     peak, source = device_peak_flops()
     efficiency, how = measured_efficiency(out_dir)
     rows = []
-    for r in runs:
-        cfg = ModelConfig.from_dict(r["model"])
-        fl = flops_per_token(cfg, r["data"]["seq_len"], r.get("param_count"))
-        tokens = r["train"]["tokens"]
-        trained = tokens * trained_steps(r) / r["train"]["steps"]  # a WSD branch trains only its cooldown
-        fork = fork_of(r)
-        rows.append({"run": run_id(r), "budget": r["budget"], "shape": f"{cfg.d_model} x {cfg.n_layers} ({cfg.n_heads})",
+    for r in map(RunConfig.coerce, runs):
+        cfg = r.model
+        fl = flops_per_token(cfg, r.data.seq_len, r.param_count)
+        tokens = r.train.tokens
+        trained = tokens * r.trained_steps / r.train.steps  # a WSD branch trains only its cooldown
+        fork = r.train.fork
+        rows.append({"run": run_id(r), "budget": r.budget, "shape": f"{cfg.d_model} x {cfg.n_layers} ({cfg.n_heads})",
                      "params_non_embedding": param_counts(cfg).non_embedding, "tokens": tokens,
-                     "steps": r["train"]["steps"], "flops_6nd": fl.six_n * tokens, "flops_full": fl.full * tokens,
-                     "lr": r["train"]["lr"], "est_s": fl.full * trained / (peak * efficiency),
+                     "steps": r.train.steps, "flops_6nd": fl.six_n * tokens, "flops_full": fl.full * tokens,
+                     "lr": r.train.lr, "est_s": fl.full * trained / (peak * efficiency),
                      "fork": f"{fork[0]}@{fork[1]}" if fork else None})
-    wsd = any(r["train"].get("schedule") == "wsd" for r in runs)
+    wsd = any(RunConfig.coerce(r).train.is_wsd for r in runs)
     plan = Plan(rows, peak, source, efficiency, how, wsd=compute_comparison(runs) if wsd else None)
     if memory and runs:
         plan_memory(plan, runs, resources)
@@ -190,11 +191,6 @@ def plan_memory(plan: Plan, runs: list[dict], resources=None, cache_dir: Path | 
 
     The cache lives outside --out (memory.default_cache_dir): a dry run writes nothing there.
     """
-    import os
-
-    from medscale.scaling.memory import GIB, default_cache_dir, device_budget_gib, estimate_memory, target_backend
-    from medscale.scaling.spec import SpecError
-
     plan.backend = target_backend(resources)
     plan.devices = resources.devices_per_run() if resources is not None else 1
     try:
@@ -216,29 +212,24 @@ def plan_memory(plan: Plan, runs: list[dict], resources=None, cache_dir: Path | 
 
 def refuse_if_too_big(plan: Plan, runs: list[dict], source: str) -> None:
     """SpecError (exit 2) naming every run that will not fit its device, and what to change."""
-    from medscale.scaling.memory import remedies
-    from medscale.scaling.spec import SpecError
-
     big = {r["run"] for r in plan.too_big()}
     if not big:
         return
     lines = [f"{source}: {len(big)} run(s) will not fit in {plan.budget_gib:.0f} GiB per device "
              f"({plan.budget_source}); nothing was launched."]
-    for row, run in zip(plan.rows, runs):
+    for row, run in zip(plan.rows, map(RunConfig.coerce, runs)):
         if row["run"] in big:
-            lines.append(f"  - {row['run']} ({row['shape']}, batch {run['data']['batch_size']} x "
-                         f"{run['data']['seq_len']}): {row['mem_peak_gib']:.1f} GiB per device on "
+            lines.append(f"  - {row['run']} ({row['shape']}, batch {run.data.batch_size} x "
+                         f"{run.data.seq_len}): {row['mem_peak_gib']:.1f} GiB per device on "
                          f"{plan.devices} {plan.backend} device(s). Remedies: {remedies(run)}")
     raise SpecError("\n".join(lines))
 
 
 def check_fits(spec, runs: list[dict], out_dir: Path | str, source: str) -> None:
     """Before a launch: when the spec names a device budget, refuse (SpecError) runs that exceed it."""
-    from medscale.scaling.store import run_id
-
     if not (spec.resources.device_memory_gb or spec.resources.accelerator) or not runs:
         return
-    plan = Plan([{"run": run_id(r), "shape": "{d_model} x {n_layers}".format(**r["model"])} for r in runs],
+    plan = Plan([{"run": run_id(r), "shape": f"{r.model.d_model} x {r.model.n_layers}"} for r in map(RunConfig.coerce, runs)],
                 0.0, "", 0.0, "")
     refuse_if_too_big(plan_memory(plan, runs, spec.resources), runs, source)
 
@@ -247,11 +238,6 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
               log: Callable[[str], None] | None = None, reporter: Reporter | None = None) -> tuple[object, str]:
     """Train (or resume) the single run a one-point spec describes, in this process. Returns (run, state);
     state "leased" means another live process is training it."""
-    import time
-
-    from medscale.scaling.runtime import configure_process, process_shape
-    from medscale.scaling.store import RunStore
-
     started = time.time()
     spec, prepared = load_spec_and_data(config_path, out_dir, reporter)
     runs = expand_over(spec, prepared, config_path)
@@ -266,7 +252,6 @@ def train_one(config_path: Path | str, out_dir: Path | str, *, cpus: int | None 
     run = store.ensure(runs[0])
     n_cpus = cpus or spec.resources.cpus
     configure_process(cores=n_cpus, host_devices=process_shape(n_cpus, spec.resources.host_devices, False)[1])
-    from medscale.scaling.train import execute_run
 
     (log or (lambda m: None))(f"run {run.run_id} -> {run.path}")
     state = execute_run(run, log=log, process_started=started)
@@ -279,15 +264,11 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
                  reporter: Reporter | None = None) -> pd.DataFrame:
     """Run the sweep's runs on Ray (skipping finished ones), then its downstream evaluation if the spec
     has one. Returns this sweep's rows of the results table."""
-    from medscale.atomic import write_yaml
-    from medscale.scaling.scheduler import run_sweep
-    from medscale.scaling.store import RunStore
-
     reporter = reporter or Reporter()
     check_fits(spec, runs, out_dir, spec.name)
     store = RunStore(out_dir, say=reporter.say).claim()
     if runs:
-        store.refuse_mixed_sweep(spec.name, runs[0]["data"]["dataset_id"], spec.dataset.model_dump())
+        store.refuse_mixed_sweep(spec.name, RunConfig.coerce(runs[0]).data.dataset_id, spec.dataset.model_dump())
         store.refuse_changed_sweep(spec.name, runs)  # before the spec copy is overwritten
     write_yaml(store.root / "sweeps" / f"{spec.name}.yaml", spec.model_dump())
     run_dirs = [store.ensure(r) for r in runs]
@@ -315,6 +296,14 @@ def launch_sweep(spec, runs: list[dict], out_dir: Path | str, *, address: str | 
     return mine
 
 
+def launch_adaptive_sweep(spec, runs: list[dict], out_dir: Path | str, **kwargs):
+    """An adaptive sweep (grid.mode adaptive) over its expanded pool `runs`: the initial design, then batch after
+    batch chosen by the expected reduction of the target's interval per FLOP, each through launch_sweep; resumes
+    from its recorded decisions. Keywords as launch_sweep's, and `max_batches`, `source`. Returns
+    scaling/sweep/adaptive.py's AdaptiveRun."""
+    return run_adaptive(spec, runs, out_dir, **kwargs)
+
+
 class SweepFailed(RuntimeError):
     """A sweep ended with failed runs; the message gives the first error of each."""
 
@@ -333,8 +322,6 @@ def first_error(run) -> str:
 def run_downstream(store_root: Path | str, downstream_spec, runs: list[str] | None = None,
                    reporter: Reporter | None = None) -> pd.DataFrame:
     """Evaluate the store's finished runs on downstream tasks; returns the table."""
-    from medscale.scaling.downstream.evaluate import evaluate_store
-
     reporter = reporter or Reporter()
     with reporter.stages("downstream") as progress:
         table = evaluate_store(Path(store_root), downstream_spec, runs=runs, progress=progress)
@@ -354,8 +341,6 @@ class StoreAnalysis:
 
     def recommendation(self, objective: str = "decoder") -> dict:
         """The objective's recommendation, or the AnalysisError saying why there is none."""
-        from medscale.analysis.errors import AnalysisError
-
         rec = self.recommendations.get(objective)
         if isinstance(rec, dict):
             return rec
@@ -368,15 +353,6 @@ def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None,
     """Fit a store's results once (every law, per objective), recommend a compute-optimal run per objective
     from those same fits, and write the HTML report and fits.json from them. `downstream`: the report's
     downstream data (default: the store's downstream table, if any)."""
-    import yaml
-
-    from medscale.analysis.errors import AnalysisError
-    from medscale.analysis.report import analyze_results, write_report
-    from medscale.models.config import ShapeError
-    from medscale.scaling.downstream.evaluate import downstream_data, read_downstream
-    from medscale.scaling.recommend import recommend
-    from medscale.scaling.results import load_results
-
     runs_dir = Path(runs_dir)
     results, curves = load_results(runs_dir)
     if downstream is None:

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import typer
 
+from medscale.analysis.metrics import evaluate_paired
+from medscale.analysis.paired import paired_differences
 from medscale.scaling.errors import UserError
-from medscale.scaling.meds_dev import with_cli_errors
+from medscale.scaling.meds_dev import _say, with_cli_errors
 
 METRICS = ("auroc", "auprc", "brier")
 KEY = ["subject_id", "prediction_time"]
@@ -74,9 +76,6 @@ def aligned(models: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np
 
 
 def task_report(task: str, models: dict[str, pd.DataFrame], *, n_boot: int, seed: int, level: float) -> list[dict]:
-    from medscale.analysis.metrics import evaluate_paired
-    from medscale.analysis.paired import paired_differences
-
     rows, scores = aligned(models)
     y, subjects = rows["boolean_value"].to_numpy(float), rows["subject_id"].to_numpy()
     res, draws = evaluate_paired(y, scores, subjects, metrics=METRICS, n_boot=n_boot, seed=seed, level=level)
@@ -129,8 +128,6 @@ def predictions_report_command(
     level: float = typer.Option(0.95, "--level", min=0.5, max=0.999, help="Interval level."),
 ) -> None:
     """Per-task metrics of prediction files with subject-level bootstrap intervals, paired across models."""
-    from medscale.scaling.meds_dev import _say
-
     table = predictions_report(parse_sources(sources), n_boot=n_boot, seed=seed, level=level)
     for line in report_lines(table):
         _say(line)

@@ -6,6 +6,11 @@ import os
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    # the suite's shapes are tiny: XLA's CPU backend without LLVM optimisation compiles them in about half the
+    # time and runs them as fast (as benchmarks/bench_gpu.py's dry run does); HLO passes, sharding and buffer
+    # assignment (what the tests inspect) are unchanged. Processes the tests start with this environment
+    # (Ray workers of an in-process Ray, `medscale` commands given os.environ) compile the same way.
+    " --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -15,7 +20,7 @@ import atexit
 import shutil
 import tempfile
 
-from medscale.scaling.runtime import keep_freed_memory
+from medscale.scaling.run.runtime import keep_freed_memory
 
 # this process trains models too: malloc keeps freed memory for all its threads, as in medscale's own
 # processes, which is only reliable before anything (numpy, polars, scipy) starts a thread pool
@@ -27,7 +32,7 @@ if "MEDSCALE_CACHE_DIR" not in os.environ:
     os.environ["MEDSCALE_CACHE_DIR"] = tempfile.mkdtemp(prefix="medscale-test-cache-")
     atexit.register(shutil.rmtree, os.environ["MEDSCALE_CACHE_DIR"], True)
 # runs trained in this process share compiled steps the way a sweep's worker processes do
-# (scaling/runtime.py compile_cache_dir)
+# (scaling/run/runtime.py compile_cache_dir)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["MEDSCALE_CACHE_DIR"], "jax-compile-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -89,3 +94,101 @@ def tiny_spec(meds_dir: Path, **overrides) -> dict:
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+# the report's figures that tests/test_analysis_report.py::test_report_is_complete draws and checks (files
+# referenced, not blank); tests about a report's numbers and text stub them (plot_saturation stays real)
+STUBBED_FIGURES = ("plot_isoflop", "plot_frontier", "plot_allocation", "plot_contours", "plot_residuals")
+
+
+def stub_figures(monkeypatch) -> None:
+    """The report's figures as empty files at the paths the report gives them (figures cost seconds each)."""
+    from medscale.analysis import report
+
+    def stub(fit, out, *args, **kwargs):
+        path = Path(out).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return [path]
+
+    for name in STUBBED_FIGURES:
+        monkeypatch.setattr(report.plots, name, stub)
+    monkeypatch.setattr(report.family_plots, "plot_families", stub)
+
+
+@pytest.fixture
+def fast_figures(monkeypatch):
+    """For tests about a report's numbers and text: its figures as empty files (stub_figures)."""
+    stub_figures(monkeypatch)
+
+
+@pytest.fixture
+def reuse_fits(monkeypatch):
+    """Within one test, `fit_table` and `fit_families` called again on the same table with the same options
+    return the first call's result instead of fitting again (both are deterministic: seeded, one job). For
+    tests that run one `medscale fit` twice to check two renderings (--json and text) of one fit; a test
+    that compares two independent fits must not use it. Yields {"calls": how many calls were reused}."""
+    import hashlib
+    import pickle
+
+    import medscale.analysis as analysis
+    import medscale.scaling.cli as cli
+
+    reused = {"calls": 0}
+
+    def memo(fn):
+        seen = {}
+
+        def wrapper(*args, **kwargs):
+            try:
+                key = hashlib.sha256(pickle.dumps((args, sorted(kwargs.items())))).hexdigest()
+            except Exception:  # noqa: BLE001 - an unpicklable argument: fit as usual
+                return fn(*args, **kwargs)
+            if key in seen:
+                reused["calls"] += 1
+                return seen[key]
+            seen[key] = fn(*args, **kwargs)
+            return seen[key]
+        return wrapper
+
+    for name in ("fit_table", "fit_families"):
+        wrapped = memo(getattr(analysis, name))
+        monkeypatch.setattr(analysis, name, wrapped)
+        monkeypatch.setattr(cli, name, wrapped, raising=False)  # should the CLI import it at module level
+    yield reused
+
+
+# ---- the processes a test's driver started (its Ray included), found without touching anyone else's ----------
+RAY_MARK = "MEDSCALE_TEST_RAY_MARK"
+
+
+def marked_env(ray_tmp: str) -> tuple[dict, str]:
+    """An environment for a driver subprocess: no XLA_FLAGS, Ray's temp dir `ray_tmp` (short: socket paths have a
+    length limit) and a unique mark that every process it starts inherits. Returns (env, mark)."""
+    import uuid
+
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({"MEDSCALE_RAY_TMP": ray_tmp, RAY_MARK: mark})
+    return env, mark
+
+
+def started_by(mark: str, ray_tmp: str, known=()) -> list[str]:
+    """Live processes (not zombies) that the driver started: `known` (its descendants, taken while it ran) and any
+    process carrying the mark in its environment, or the Ray temp dir on its command line or in its open files
+    (Ray's retitled processes, "ray::DashboardAgent", may have their environment overwritten by their title).
+    Nothing else: other tests' and other users' processes on the machine are never matched."""
+    import psutil
+
+    found = {}
+    for proc in list(known) + list(psutil.process_iter()):
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            cmd = " ".join(proc.cmdline())
+            if (proc in known or ray_tmp in cmd or proc.environ().get(RAY_MARK) == mark
+                    or any(f.path.startswith(ray_tmp) for f in proc.open_files())):
+                found[proc.pid] = f"{proc.pid} {cmd[:100]} (parent {proc.ppid()})"
+        except psutil.Error:
+            continue
+    return sorted(found.values())

@@ -144,7 +144,7 @@ def test_isoflop_drops_edge_minima_and_warns_on_few_sizes():
     assert res.fit.minima_["weight"].gt(0).all()
 
 
-def test_cli_fit_reports_r_star_optimal_and_extrapolation(tmp_path):
+def test_cli_fit_reports_r_star_optimal_and_extrapolation(tmp_path, reuse_fits):
     from typer.testing import CliRunner
 
     from medscale.scaling.cli import app
@@ -160,7 +160,7 @@ def test_cli_fit_reports_r_star_optimal_and_extrapolation(tmp_path):
     assert d["R_star_D"]["value"] == pytest.approx(15.0, rel=0.2)
     assert d["optimal"]["epochs"]["value"] > 4 and d["extrapolation"]["n_opt"]["ratio"] > 0
     assert d["conventions"]["compute"] == "full"  # the table has flops_full: the full count is used
-    text = CliRunner().invoke(app, args)
+    text = CliRunner().invoke(app, args)  # the same fit (reuse_fits), printed as text
     assert text.exit_code == 0 and "R_star_D" in text.output and "extrapolation" in text.output
     no_budget = [a for a in args if a not in ("--budget", "1e22")]
     bad = CliRunner().invoke(app, no_budget)
@@ -177,7 +177,7 @@ def test_isoflop_budget_allocation_uses_its_own_compute():
                   compute_convention="full")
 
 
-def test_report_shows_extrapolation_conventions_and_the_data_constrained_law(tmp_path):
+def test_report_shows_extrapolation_conventions_and_the_data_constrained_law(tmp_path, fast_figures):
     from medscale.analysis.report import write_report
 
     df = synthetic.data_constrained_table(budgets=synthetic.BUDGETS[:4], sizes=5, epochs=(1.0, 4.0, 25.0),

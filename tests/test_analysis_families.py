@@ -13,7 +13,7 @@ from scipy.optimize import minimize_scalar
 from medscale.analysis import AnalysisError, ParametricFit, synthetic
 from medscale.analysis.families import (FAMILIES, ChinchillaFamily, FarseerFamily, KaplanFamily, make_family)
 from medscale.analysis.selection import (as_choice, choose, family_weights, fit_families, pick, predict_planned,
-                                         rolling_origin, weighted_quantiles)
+                                         rolling_origin, scores, validation_orders, weighted_quantiles)
 
 GADRE = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.3, "beta": 0.3}
 KAPLAN = {"E": 1.5, "N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.228, "alpha_D": 0.285}
@@ -260,6 +260,73 @@ def test_predict_planned_takes_a_single_fit_or_a_table():
     table = predict_planned(df, planned, params="params", tokens="tokens", loss="loss",
                             families=["chinchilla", "kaplan"], n_boot=10, cuts=(0.2,))
     assert len(table) == 2 and set(table.attrs["weights"]) == {"chinchilla", "kaplan"}
+
+
+# -- the validation aimed at the target ----------------------------------------------------------------------
+def test_validation_orders_follow_where_the_target_leaves_the_runs():
+    N, D = np.array([1e8, 2e8, 4e8]), np.array([1e9, 1e10, 1e11])
+    assert validation_orders(N, D) == {"compute": 1.0}  # no target: the costliest runs held out, as before
+    assert validation_orders(N, D, ([4e9], [1e10])) == {"params": 1.0}  # 10x in N, D inside the range
+    assert validation_orders(N, D, ([2e8], [1e13])) == {"tokens": 1.0}  # a small model trained far longer
+    both = validation_orders(N, D, ([4e9], [1e12]))  # 10x in N and in D: held out by each, equal shares
+    assert both == pytest.approx({"params": 0.5, "tokens": 0.5})
+    lop = validation_orders(N, D, ([4e9, 4e9], [1e11, 1e13]))  # the targets' centre: 10x in N, 10x in D
+    assert lop == pytest.approx({"params": 0.5, "tokens": 0.5})
+    assert validation_orders(N, D, ([1e8], [1e9])) == {"compute": 1.0}  # inside the range on both axes
+    assert validation_orders(N, D, ([4e9], [1e10]), order="compute") == {"compute": 1.0}  # asked for: kept
+    with pytest.raises(AnalysisError, match="needs target"):
+        validation_orders(N, D, order="target")
+    with pytest.raises(AnalysisError, match="order must be"):
+        validation_orders(N, D, order="size")
+
+
+def test_rolling_origin_does_not_count_the_same_held_out_runs_twice():
+    # four model sizes, ten runs each: by N the top 10%, 20% and 25% are all the largest size
+    N = np.repeat([1e8, 2e8, 4e8, 8e8], 10)
+    D = np.tile(np.geomspace(2e9, 2e11, 10), 4)
+    table, errors = rolling_origin(N, D, synthetic.loss(N, D), families=["chinchilla", "gadre"],
+                                   cuts=(0.1, 0.2, 0.25), order="params")
+    assert set(table["cut"]) == {0.1} and (table["n_test"] == 10).all() and (table["order"] == "params").all()
+    assert set(errors["params"]) == {8e8}
+
+
+def test_a_target_beyond_the_runs_in_n_is_validated_on_the_largest_models():
+    N = np.repeat([1e8, 2e8, 4e8, 8e8], 8)
+    D = np.tile(np.geomspace(2e9, 2e11, 8), 4)
+    L = synthetic.loss(N, D) * np.exp(np.random.default_rng(3).normal(0, 1e-3, N.size))
+    aimed = choose(N, D, L, families=["chinchilla", "gadre"], n_boot=0, target=([8e9], [2e11]))
+    assert aimed.orders == {"params": 1.0} and set(aimed.validation["order"]) == {"params"}
+    held = aimed.errors.groupby("cut")["params"].min()
+    assert (held == 8e8).all()  # every fold held out the largest model size, and only it
+    assert aimed.to_dict()["validation_orders"] == {"params": 1.0}
+    assert any("by params" in n for n in aimed.notes)
+    plain = choose(N, D, L, families=["chinchilla", "gadre"], n_boot=0)  # no target: compute order, as before
+    assert plain.orders == {"compute": 1.0} and set(plain.validation["order"]) == {"compute"}
+    # predict_planned from a table aims the validation at the planned runs; a fitted choice keeps its own
+    df = pd.DataFrame({"params": N, "tokens": D, "loss": L})
+    planned = pd.DataFrame({"params": [8e9], "tokens": [2e11]})
+    out = predict_planned(df, planned, params="params", tokens="tokens", loss="loss", families=["chinchilla", "gadre"],
+                          n_boot=5)
+    assert out.attrs["validation_orders"] == {"params": 1.0}
+    assert predict_planned(plain, planned).attrs["validation_orders"] == {"compute": 1.0}
+
+
+def test_on_gadre_et_al_the_folds_aimed_at_the_costly_runs_choose_a_law_that_extrapolates_better_there():
+    """The motivating case (tests/data/gadre2024_overtrain.md): RedPajama's 32 cheap runs (<= 412M) and its 1.4B and
+    6.9B runs. Compute order holds out the small models' longest runs; the costly runs lie beyond in N. The costly
+    runs' sizes aim the folds; their losses only score the two choices here."""
+    from pathlib import Path
+
+    d = pd.read_csv(Path(__file__).parent / "data" / "gadre2024_overtrain.csv")
+    d = d[d.dataset == "rpj"]
+    cheap, costly = d[~d.costly], d[d.costly]
+    fams = ["chinchilla", "gadre", "kaplan"]
+    aimed = choose(cheap.N, cheap.D, cheap.loss_c4_val, families=fams, n_boot=0, target=(costly.N, costly.D))
+    plain = choose(cheap.N, cheap.D, cheap.loss_c4_val, families=fams, n_boot=0)
+    assert set(aimed.orders) == {"params"}  # the costly runs' centre is beyond the cheap runs in N, not in D
+    err = {k: scores(ch.families[ch.chosen].predict(costly.N, costly.D), costly.loss_c4_val)["mape"]
+           for k, ch in (("aimed", aimed), ("plain", plain))}
+    assert aimed.chosen != plain.chosen and err["aimed"] < err["plain"]
 
 
 def test_family_names_and_bad_inputs():

@@ -57,7 +57,7 @@ def test_compute_used_counts_a_wsd_branch_from_its_fork_only():
     assert plain["used_flops"] == plain["cosine_flops"] == 1.1e12 and plain["convention"] == "6ND"
 
 
-def test_report_states_the_compute_and_its_cosine_cost(tmp_path):
+def test_report_states_the_compute_and_its_cosine_cost(tmp_path, fast_figures):
     iso = synthetic.isoflop_table(budgets=(1e18, 1e19, 1e20), sizes=7, noise=0.005)
     iso["steps"] = 1000
     iso["forked_at_step"] = np.where(iso["budget"] < 1e20, 800, np.nan)

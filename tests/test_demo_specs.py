@@ -4,8 +4,8 @@ cosine. Planning only (no dataset, no training): the vocabulary is about the dem
 import math
 
 from medscale.scaling.demo import DATA_CONSTRAINED, PRESETS, spec_path
-from medscale.scaling.spec import expand, load_spec
-from medscale.scaling.wsd import compute_comparison, fork_of
+from medscale.scaling.sweep.spec import expand, load_spec
+from medscale.scaling.sweep.wsd import compute_comparison, fork_of
 
 VOCAB = 547  # the demo cohort's vocabulary (simulator 8,000 subjects, min_count 100, value_bins 10)
 

@@ -143,3 +143,54 @@ def test_cli_bad_input_exits_2_naming_what_to_fix(files, change, needle):
                target=change.get("target", "target.csv"))
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output
+
+
+# -- item 3: the baselines, the initial design, the cost exponent, the families' draws --------------------------
+def test_cheapest_first_takes_rows_from_the_cheapest_up_within_the_budget():
+    _, pool, _, _ = _study()
+    cost = pool["cost"].to_numpy()
+    budget = 0.1 * cost.sum()
+    rows = ds.cheapest_first_design(pool, budget)
+    assert cost[rows].sum() <= budget
+    assert np.all(np.diff(cost[rows]) >= 0)  # in order of cost
+    left = budget - cost[rows].sum()
+    others = np.setdiff1d(np.arange(len(pool)), rows)
+    assert np.all(cost[others] > left)  # nothing else would have fitted
+
+
+def test_initial_design_spans_compute_levels_on_an_isoflop_pool_and_the_replay_runs():
+    """An IsoFLOP pool's cheapest budget has every size and token count wanted but identifies no law: the
+    initial design must reach 3 budgets, and the N_opt replay then gives a finite interval around its point."""
+    t = synthetic.isoflop_table((1e18, 3e18, 1e19, 3e19, 1e20), sizes=9, noise=0.01, seed=4)
+    pool = ds.pool_frame(t["params"], t["tokens"])
+    init = ds.initial_design(pool)
+    assert np.unique(t["budget"].to_numpy()[init]).size >= 3
+    assert np.unique(pool["params"].to_numpy()[init]).size >= 3
+    rep = ds.replay(pool, lambda r: float(t["loss"].iat[r]), ds.Target.n_opt(1e21), 0.1 * pool["cost"].sum(),
+                    batch=BATCH, n_boot=N_BOOT)
+    last = rep.steps[-1]
+    assert np.isfinite(last.low[0]) and np.isfinite(last.high[0]) and last.low[0] <= last.point[0] <= last.high[0]
+
+
+def test_a_smaller_cost_exponent_buys_larger_runs():
+    """gamma = 1 scores gain per FLOP, gamma = 0 gain alone: the batch bought with gamma 0 costs more per run."""
+    t, pool, target, _ = _study()
+    revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
+    fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    cost = pool["cost"].to_numpy()
+    per_run = {g: cost[ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, cost_exponent=g).rows].mean()
+               for g in (0.0, 0.5, 1.0)}
+    assert per_run[0.0] > per_run[1.0]
+    assert per_run[0.0] >= per_run[0.5] >= per_run[1.0]
+
+
+def test_family_draws_join_the_selector():
+    t, pool, target, _ = _study()
+    revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
+    fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    extra = ds.family_fits(pool, revealed, ("chinchilla", "gadre"), n_boot=N_BOOT, seed=0)
+    assert [f.name for f in extra] == ["gadre"]  # chinchilla is the selector's own fit
+    one = ds.select(pool, revealed, target, pool["cost"].sum(), batch=BATCH, fit=fit)
+    mix = ds.select(pool, revealed, target, pool["cost"].sum(), batch=BATCH, fit=fit, extra_fits=extra)
+    assert mix.rows.size == BATCH and not set(mix.rows) & set(revealed)
+    assert mix.variance != one.variance  # the mixture's draws moved the target's variance

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_spec
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 SIMPLE, LONG = "med_start_30d", "dx_heart_failure_1y"   # data/ground_truth.py: 'simple' and 'long_history'
@@ -19,8 +19,8 @@ def ladder(tmp_path_factory):
     """A 2,000-subject cohort and four decoders of growing size trained on it with scaling.train."""
     from medscale.data.simulator import generate_cohort
     from medscale.data.token_store import tokenize_dataset
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.run.train import execute_run
 
     base = tmp_path_factory.mktemp("downstream")
     meds = generate_cohort(base / "meds", 2000, 0, workers=1)

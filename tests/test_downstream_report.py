@@ -41,7 +41,7 @@ def _downstream(results: pd.DataFrame, rng):
     return DownstreamData(pd.DataFrame(rows), pd.DataFrame(draws), pd.DataFrame(subs))
 
 
-def test_downstream_sections_report_verdicts_forecasts_zero_shot_and_subgroups(tmp_path):
+def test_downstream_sections_report_verdicts_forecasts_zero_shot_and_subgroups(tmp_path, fast_figures):
     rng = np.random.default_rng(0)
     results = synthetic.isoflop_table(budgets=(1e18, 1e19, 1e20), sizes=6, noise=0.005)
     index = write_report(tmp_path / "rep", results=results, downstream=_downstream(results, rng), budget=1e21,

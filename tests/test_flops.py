@@ -8,7 +8,7 @@ from flax import nnx
 
 from medscale.models.config import ModelConfig, param_counts
 from medscale.models.transformer import Transformer
-from medscale.scaling.flops import device_peak_flops, flops_per_token, mfu
+from medscale.scaling.plan.flops import device_peak_flops, flops_per_token, mfu
 
 # D=64, 2 layers, H=2 x K=32, F=128, V=100
 CFG = ModelConfig(vocab_size=100, d_model=64, n_layers=2, n_heads=2, d_ff=128, max_len=32)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import tiny_spec, write_spec
 from medscale.data.loader import train_batches
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 
 @pytest.mark.parametrize("objective", ["next_event", "masked_event"])
@@ -38,9 +38,9 @@ def test_process_shares_are_rows_of_the_global_batch(tiny_dataset, objective):
 
 VOTER = """
 import json, sys
-from medscale.scaling.runtime import configure_process
+from medscale.scaling.run.runtime import configure_process
 configure_process(host_devices=2, start_backend=False)
-from medscale.scaling.distributed import Agreement, broadcast_from_primary, join_gang
+from medscale.scaling.run.distributed import Agreement, broadcast_from_primary, join_gang
 rank = int(sys.argv[2])
 join_gang(sys.argv[1], 2, rank, cpu=True)
 agreement = Agreement()
@@ -75,7 +75,7 @@ def test_gang_of_two_processes_matches_one_and_survives_a_killed_process(tmp_pat
     import ray
 
     from medscale.scaling.pipeline import expand_over, load_spec_and_data
-    from medscale.scaling.scheduler import run_sweep
+    from medscale.scaling.sweep.scheduler import run_sweep
 
     meds, _ = tiny_dataset
     spec_path = write_spec(tmp_path / "gang.yaml", tiny_spec(meds, **{"checkpoint.every_steps": 20}))  # 60 steps
@@ -131,7 +131,7 @@ def test_gang_of_two_processes_matches_one_and_survives_a_killed_process(tmp_pat
 
 
 def test_spec_hosts_and_checkpoint_timing(tiny_dataset):
-    from medscale.scaling.spec import SpecError, expand, parse_spec
+    from medscale.scaling.sweep.spec import SpecError, expand, parse_spec
 
     meds, _ = tiny_dataset
     with pytest.raises(SpecError, match="resources.hosts"):
@@ -143,6 +143,6 @@ def test_spec_hosts_and_checkpoint_timing(tiny_dataset):
     assert run["checkpoint"] == {"every_steps": 10, "every_minutes": 5.0, "grace_seconds": 25.0}
     (plain,) = expand(parse_spec(tiny_spec(meds)), token_dir="t", vocab_size=100, dataset_id="d")
     assert plain["checkpoint"] == {"every_steps": 10, "grace_seconds": 25.0}
-    from medscale.scaling.store import run_id
+    from medscale.scaling.sweep.store import run_id
 
     assert run_id(run) == run_id(plain)  # hosts and checkpoint timing do not change what a run computes

@@ -19,8 +19,8 @@ from medscale.analysis.conventions import full_flops_per_token
 from medscale.analysis.extrapolation import REACH_LIMIT_DECADES
 from medscale.models.config import ModelConfig, counted_params
 from medscale.scaling.cli import app
-from medscale.scaling.flops import flops_per_token
-from medscale.scaling.results import load_results
+from medscale.scaling.plan.flops import flops_per_token
+from medscale.scaling.sweep.results import load_results
 
 SIZES, TOKENS = (1e5, 2e5, 4e5, 1e6, 2e6), (5e6, 1e7, 3e7, 6e7)
 
@@ -98,7 +98,7 @@ def store(tmp_path_factory):
     """A run store of 12 finished decoder runs (4 widths x 3 token counts) with their exact FLOP counts; the
     largest run is about 2e13 FLOPs."""
     from medscale.atomic import write_json
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.sweep.store import RunStore
 
     root = tmp_path_factory.mktemp("advice_store") / "store"
     runs = RunStore(root, say=lambda m: None).claim()
@@ -151,7 +151,7 @@ def test_hostile_optimal_shape_and_spec_are_the_printed_n_at_the_budget(store, t
     cfg = ModelConfig(vocab_size=100, d_model=int(shape.group(1)), n_layers=int(shape.group(2)),
                       n_heads=int(shape.group(3)), d_ff=int(shape.group(4)), max_len=SEQ_LEN, causal=True)
     assert counted_params(cfg, "non_embedding") == n_shape
-    if convention == "6nd":  # C = 6ND, the one count (scaling/flops.py)
+    if convention == "6nd":  # C = 6ND, the one count (scaling/plan/flops.py)
         assert flops_per_token(cfg, SEQ_LEN, "non_embedding").six_n * tokens == pytest.approx(budget, rel=1e-3)
         assert 6 * n_shape * tokens == pytest.approx(budget, rel=1e-3)
     else:  # the full count the allocation spent the budget on: the runs' recorded full FLOPs per token of N

@@ -21,7 +21,7 @@ import pytest
 import typer
 
 from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 TRACEBACK_SIGNS = ("Traceback", "SIGTERM received", "logging.cc", "Error:")  # "Error:" as in "TypeError: ..."
@@ -282,7 +282,8 @@ def test_sigterm_to_the_sweep_driver_ends_with_a_hint_and_a_rerun_finishes(tmp_p
 
 def test_sigint_to_generate_ends_with_a_hint_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "cohort"
-    args = ["generate", "--subjects", "2000", "--shards", "40", "--workers", "1", "--out", str(out)]
+    # 50 subjects a shard (as 2000 in 40 were): the interrupt after 2 shards still lands with 10 to go
+    args = ["generate", "--subjects", "600", "--shards", "12", "--workers", "1", "--out", str(out)]
     proc = subprocess.Popen(MEDSCALE + args, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for(lambda: len(list(out.glob("data/*/*.parquet"))) >= 2, proc, "the first shards")
@@ -302,7 +303,7 @@ def test_sigint_to_generate_ends_with_a_hint_and_a_rerun_finishes(tmp_path):
         read_meds(out)  # the partial cohort is never trusted
     again = medscale(*args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert read_meds(out).n_subjects() == 2000 and not list(out.rglob("*.tmp"))
+    assert read_meds(out).n_subjects() == 600 and not list(out.rglob("*.tmp"))
 
 
 # ---------------------------------------------------------------------------------------------

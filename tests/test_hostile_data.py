@@ -19,8 +19,8 @@ from medscale.atomic import MARKER, OutDirError
 from medscale.data.meds import MedsError, read_meds
 from medscale.data.simulator import generate_cohort
 from medscale.data.token_store import TokenWindows, tokenize_dataset
-from medscale.scaling.dataset import prepare_dataset
-from medscale.scaling.spec import dataset_id, parse_spec
+from medscale.scaling.sweep.dataset import prepare_dataset
+from medscale.scaling.sweep.spec import dataset_id, parse_spec
 
 
 @pytest.fixture

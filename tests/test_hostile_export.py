@@ -16,9 +16,9 @@ from conftest import tiny_spec
 @pytest.fixture(scope="module")
 def finished_run(tiny_dataset, tmp_path_factory):
     """One tiny decoder run trained to its end (60 steps, a checkpoint every 10)."""
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.store import RunStore
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.sweep.store import RunStore
+    from medscale.scaling.run.train import execute_run
 
     meds, tokens = tiny_dataset
     vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]
@@ -32,7 +32,7 @@ def finished_run(tiny_dataset, tmp_path_factory):
 @pytest.fixture
 def killed_run(finished_run, tmp_path):
     """The same run as a kill -9 at step 55 leaves it: state running, no metrics, latest checkpoint 50."""
-    from medscale.scaling.store import RunDir
+    from medscale.scaling.sweep.store import RunDir
 
     path = tmp_path / "store" / "runs" / finished_run.path.name
     shutil.copytree(finished_run.path, path)
@@ -77,7 +77,7 @@ def test_export_refuses_another_medscale_folder_and_a_file(finished_run, tiny_da
 
 
 def test_a_finished_export_records_its_step_and_can_be_redone_in_place(finished_run, tmp_path):
-    from medscale.scaling.export import read_safetensors
+    from medscale.scaling.run.export import read_safetensors
 
     out = tmp_path / "export"
     for _ in range(2):   # the second run writes over medscale's own export (marked), as a rerun should
@@ -91,7 +91,7 @@ def test_a_finished_export_records_its_step_and_can_be_redone_in_place(finished_
 
 
 def test_a_killed_run_is_refused_unless_partial_and_then_says_so(killed_run, tmp_path):
-    from medscale.scaling.export import read_safetensors
+    from medscale.scaling.run.export import read_safetensors
 
     run, step, last = killed_run
     out = tmp_path / "export"

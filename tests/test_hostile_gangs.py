@@ -15,7 +15,7 @@ import pytest
 
 from conftest import tiny_spec, write_spec
 from medscale.scaling.errors import UserError
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 from test_hostile_ray_processes import MEDSCALE, kill_marked, marked_env, started_by, wait_until
 
 TRACEBACK_SIGNS = ("Traceback", "Failed to connect to GCS", "logging.cc", "SIGTERM received")
@@ -23,7 +23,7 @@ TRACEBACK_SIGNS = ("Traceback", "Failed to connect to GCS", "logging.cc", "SIGTE
 
 def test_a_gang_no_cluster_can_hold_is_refused_before_launch(tmp_path, tiny_dataset, local_ray):
     from medscale.scaling.pipeline import expand_over, launch_sweep, load_spec_and_data
-    from medscale.scaling.scheduler import refuse_infeasible
+    from medscale.scaling.sweep.scheduler import refuse_infeasible
 
     spec_path = write_spec(tmp_path / "spec.yaml", tiny_spec(tiny_dataset[0], resources={"cpus": 1, "hosts": 3}))
     spec, prepared = load_spec_and_data(spec_path, tmp_path / "out")

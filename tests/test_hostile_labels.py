@@ -22,9 +22,9 @@ from conftest import tiny_spec
 @pytest.fixture(scope="module")
 def store(tiny_dataset, tmp_path_factory) -> Path:
     """A run store holding one finished tiny decoder."""
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.store import RunStore
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.sweep.store import RunStore
+    from medscale.scaling.run.train import execute_run
 
     meds, tokens = tiny_dataset
     vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]

@@ -64,9 +64,9 @@ def test_downstream_progress_ends_full_on_each_counter(tiny_dataset, tmp_path):
     """Each stage evaluate_store reports ends at its total (was: 'labels 0/2', and a new bar per run time)."""
     from medscale.scaling.downstream import load_downstream_spec
     from medscale.scaling.downstream.evaluate import evaluate_store
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.store import RunStore
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.sweep.store import RunStore
+    from medscale.scaling.run.train import execute_run
 
     meds, tokens = tiny_dataset
     vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]

@@ -10,43 +10,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from conftest import marked_env, started_by, tiny_spec, write_spec
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
-MARK = "MEDSCALE_TEST_RAY_MARK"
-
-
-def marked_env(ray_tmp: str) -> tuple[dict, str]:
-    mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update({"MEDSCALE_RAY_TMP": ray_tmp, MARK: mark})
-    return env, mark
-
-
-def started_by(mark: str, ray_tmp: str, known: list[psutil.Process] = ()) -> list[str]:
-    """Live processes (not zombies) that the driver started: `known` (its descendants, taken while it ran) and any
-    process carrying the mark in its environment, or the Ray temp dir on its command line or in its open files
-    (Ray's retitled processes, "ray::DashboardAgent", may have their environment overwritten by their title)."""
-    found = {}
-    for proc in list(known) + list(psutil.process_iter()):
-        try:
-            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
-                continue
-            cmd = " ".join(proc.cmdline())
-            if (proc in known or ray_tmp in cmd or proc.environ().get(MARK) == mark
-                    or any(f.path.startswith(ray_tmp) for f in proc.open_files())):
-                found[proc.pid] = f"{proc.pid} {cmd[:100]} (parent {proc.ppid()})"
-        except psutil.Error:
-            continue
-    return sorted(found.values())
 
 
 def wait_until(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import tiny_spec
 from medscale.scaling.pipeline import DRY_RUN_VOCAB
-from medscale.scaling.spec import MAX_RUNS, SpecError, expand, load_spec, parse_spec
+from medscale.scaling.sweep.spec import MAX_RUNS, SpecError, expand, load_spec, parse_spec
 
 BILLION_LAUGHS = "\n".join(
     ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]

@@ -15,8 +15,8 @@ import yaml
 from conftest import tiny_spec, write_spec
 from medscale.atomic import write_json
 from medscale.scaling.errors import UserError
-from medscale.scaling.spec import SpecError
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.spec import SpecError
+from medscale.scaling.sweep.store import RunStore
 
 CONFIG = {
     "sweep": "s", "objective": "decoder", "budget": None,
@@ -85,8 +85,8 @@ def test_corrupt_run_files_are_read_and_repaired_with_a_message(tmp_path, case, 
 
 
 def test_damaged_prepared_dataset_is_tokenized_again(tmp_path, tiny_dataset):
-    from medscale.scaling.dataset import prepare_dataset
-    from medscale.scaling.spec import parse_spec
+    from medscale.scaling.sweep.dataset import prepare_dataset
+    from medscale.scaling.sweep.spec import parse_spec
 
     spec = parse_spec(tiny_spec(tiny_dataset[0]))
     first = prepare_dataset(spec, tmp_path, say=lambda m: None)

@@ -7,7 +7,7 @@ import typer
 
 from conftest import tiny_spec, write_spec
 from medscale.scaling.errors import UserError
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 

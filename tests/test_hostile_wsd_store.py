@@ -13,7 +13,7 @@ import yaml
 
 from conftest import tiny_spec, write_spec
 from medscale.scaling.errors import UserError
-from medscale.scaling.store import FINAL_STATES, RunStore
+from medscale.scaling.sweep.store import FINAL_STATES, RunStore
 
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 TOKENS = [30 * 8 * 32, 60 * 8 * 32, 120 * 8 * 32]
@@ -78,7 +78,7 @@ def test_the_library_refuses_too_and_an_unchanged_or_grown_grid_passes(wsd_store
 
 
 def test_a_run_whose_process_died_is_reported_and_marked_stale(wsd_store):
-    from medscale.scaling.scheduler import mark_stale
+    from medscale.scaling.sweep.scheduler import mark_stale
 
     _, store, runs = wsd_store
     dead, live, other = runs

@@ -65,7 +65,7 @@ def test_a_users_own_models_and_data_do_not_shadow_medscale(tmp_path):
     (tmp_path / "data.py").write_text("MINE = 'data'\n")
     (tmp_path / "scaling.py").write_text("MINE = 'scaling'\n")
     code = ("import importlib, json, models, data, scaling\n"
-            "import medscale.models.config, medscale.data.meds, medscale.scaling.spec, medscale.analysis\n"
+            "import medscale.models.config, medscale.data.meds, medscale.scaling.sweep.spec, medscale.analysis\n"
             "print(json.dumps([models.MINE, data.MINE, scaling.MINE, medscale.models.config.__name__,\n"
             "                  'analysis' in {m.split('.')[0] for m in __import__('sys').modules}]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)

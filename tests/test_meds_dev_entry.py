@@ -76,7 +76,7 @@ def test_entry_has_what_meds_dev_loads(entry):
 def test_full_size_spec_is_a_valid_one_run_spec(sample):
     """demo=False pretrains spec.yaml on MEDS-DEV's dataset: it must validate as a one-point medscale spec."""
     from medscale.scaling.meds_dev import parse_flag, pretrain_spec
-    from medscale.scaling.spec import grid_size, parse_spec
+    from medscale.scaling.sweep.spec import grid_size, parse_spec
 
     spec = parse_spec(pretrain_spec(ENTRY / "spec.yaml", sample, demo=False), source="spec.yaml")
     assert grid_size(spec) == 1 and spec.dataset.meds == str(sample.resolve())

@@ -1,4 +1,4 @@
-"""scaling/memory.py: the planner compiles the real train step and reads what a device holds; a spec
+"""scaling/plan/memory.py: the planner compiles the real train step and reads what a device holds; a spec
 whose run will not fit is refused before any compute (exit 2, naming the run and the remedies)."""
 import pytest
 from typer.testing import CliRunner
@@ -6,9 +6,9 @@ from typer.testing import CliRunner
 from conftest import tiny_spec, write_spec
 from medscale.models.config import ModelConfig
 from medscale.scaling.cli import app
-from medscale.scaling.memory import compile_estimate, estimate_memory, plan_key, plan_run
+from medscale.scaling.plan.memory import compile_estimate, estimate_memory, plan_key, plan_run
 from medscale.scaling.pipeline import DRY_RUN_VOCAB, launch_sweep
-from medscale.scaling.spec import SpecError, expand, parse_spec
+from medscale.scaling.sweep.spec import SpecError, expand, parse_spec
 
 CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=2, d_ff=192, max_len=256)
 

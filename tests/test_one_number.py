@@ -30,22 +30,6 @@ def _triple(d: dict) -> str:
     return f"{_g3(d['value'])} [{_g3(lo)}, {_g3(hi)}]"
 
 
-@pytest.fixture
-def fast_figures(monkeypatch):
-    """The report's figures as empty files: these tests are about numbers, and figures cost seconds."""
-    from medscale.analysis import report
-
-    def stub(fit, out, *args, **kwargs):
-        path = Path(out).with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        return [path]
-
-    for name in ("plot_isoflop", "plot_frontier", "plot_allocation", "plot_contours", "plot_residuals"):
-        monkeypatch.setattr(report.plots, name, stub)
-    monkeypatch.setattr(report.family_plots, "plot_families", stub)
-
-
 def _e_at_zero_table():
     """Runs from a law with no irreducible loss: the fit puts E at its lower bound (~2e-9)."""
     return synthetic.isoflop_table(budgets=(1e18, 1e19, 1e20), sizes=5, noise=0.002,
@@ -128,7 +112,7 @@ def _store(root: Path, *, arm: bool) -> Path:
     """A run store of an IsoFLOP sweep (3 budgets x 5 sizes) and, with `arm`, a data-constrained arm: runs on
     5% of the data that repeat it (the demo's layout)."""
     from medscale.atomic import write_json
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.sweep.store import RunStore
 
     store = RunStore(root, say=lambda m: None).claim()
     iso = synthetic.isoflop_table(budgets=(1e12, 1e13, 1e14), sizes=5, span=6.0, noise=0.003)
@@ -160,6 +144,20 @@ def _store(root: Path, *, arm: bool) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def plain_store(tmp_path_factory):
+    """The IsoFLOP store without a data-constrained arm and its analysis (figures stubbed, n_boot 4), analysed
+    once for the tests that read it; none of them writes into the store or the report."""
+    from conftest import stub_figures
+    from medscale.scaling.pipeline import analyze_store
+
+    root = _store(tmp_path_factory.mktemp("one_number") / "store", arm=False)
+    with pytest.MonkeyPatch.context() as mp:
+        stub_figures(mp)
+        analyzed = analyze_store(root, n_boot=4)
+    return root, analyzed
+
+
 def _demo_lines(analyzed) -> list[str]:
     from medscale.scaling.cli import demo_lines
     from medscale.scaling.demo import DemoResult
@@ -169,14 +167,12 @@ def _demo_lines(analyzed) -> list[str]:
                                  fits=analyzed.fits))
 
 
-def test_analyze_fits_once_and_the_cli_prints_the_report_numbers(tmp_path, fast_figures):
+def test_analyze_fits_once_and_the_cli_prints_the_report_numbers(plain_store):
     """No data-constrained arm: the recommendation's law is the report's Approach 3 fit itself, so the CLI's
     law line, the demo summary and fits.json give the decoder's a as one estimate with one interval, and the
     recommendation's N_opt is the report's (the issue: [0.396, 0.563] against [0.403, 0.546]; 1.81e5 against
     1.87e5)."""
-    from medscale.scaling.pipeline import analyze_store
-
-    analyzed = analyze_store(_store(tmp_path / "store", arm=False), n_boot=4)
+    _, analyzed = plain_store
     fits = analyzed.analysis.objectives["decoder"]
     rec = analyzed.recommendation("decoder")
     assert rec["fit"] is fits.law is fits.results[3]  # fitted once, reused
@@ -248,7 +244,7 @@ def test_with_a_data_constrained_arm_each_printed_law_is_named_and_is_the_report
 # ---------------------------------------------------------------------------------------------
 
 def test_the_law_families_are_one_set_of_numbers_in_fits_json_the_report_the_demo_and_the_cli(tmp_path,
-                                                                                            fast_figures):
+                                                                                            plain_store):
     """The families are fitted once per analysis (Approach 3 is their chinchilla member, not a refit); fits.json,
     the recommendation, the report's families table and the demo's line give the same validation, weights,
     chosen family and N_opt at the budget; `medscale fit --predict` on the same runs validates and weights the
@@ -258,11 +254,9 @@ def test_the_law_families_are_one_set_of_numbers_in_fits_json_the_report_the_dem
     from medscale.analysis.report import _g
     from medscale.scaling.cli import app
     from medscale.scaling.demo import families_lines
-    from medscale.scaling.pipeline import analyze_store
-    from medscale.scaling.results import load_results
+    from medscale.scaling.sweep.results import load_results
 
-    root = _store(tmp_path / "store", arm=False)
-    analyzed = analyze_store(root, n_boot=4)
+    root, analyzed = plain_store
     o = analyzed.analysis.objectives["decoder"]
     dec = analyzed.fits["objectives"]["decoder"]
     fam, recj = dec["families"], dec["recommendation"]
@@ -288,7 +282,10 @@ def test_the_law_families_are_one_set_of_numbers_in_fits_json_the_report_the_dem
     results, _ = load_results(root)
     runs = results[(results["status"] == "done") & (results["objective"] == "decoder")]
     runs[["params", "tokens", "loss"]].to_csv(tmp_path / "runs.csv", index=False)
-    pd.DataFrame({"params": [1e6], "tokens": [1e8]}).to_csv(tmp_path / "planned.csv", index=False)
+    # the run the recommendation proposes: the validation of both aims at it, so the same folds and weights
+    alloc = recj["allocation"]
+    pd.DataFrame({"params": [alloc["n_opt"]["value"]], "tokens": [alloc["d_opt"]["value"]]}).to_csv(
+        tmp_path / "planned.csv", index=False)
     res = CliRunner().invoke(app, ["fit", str(tmp_path / "runs.csv"), "--params", "params", "--loss", "loss",
                                    "--tokens", "tokens", "--n-boot", "4", "--predict", str(tmp_path / "planned.csv"),
                                    "--json"])

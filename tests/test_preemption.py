@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_spec, write_spec
-from medscale.scaling.preemption import EXIT_PREEMPTED
-from medscale.scaling.store import RunStore, config_hash
+from medscale.scaling.run.preemption import EXIT_PREEMPTED
+from medscale.scaling.sweep.store import RunStore, config_hash
 
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 

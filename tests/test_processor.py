@@ -1,4 +1,4 @@
-from medscale.scaling.processor import parse_cpuinfo, processor
+from medscale.scaling.run.processor import parse_cpuinfo, processor
 
 SPR = """processor\t: 0
 vendor_id\t: GenuineIntel

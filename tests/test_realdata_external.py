@@ -102,8 +102,8 @@ def test_subjects_without_birth_get_unknown_age(sample):
 def trained(sample, tmp_path_factory):
     """One tiny decoder on the sample, its dataset prepared from a YAML spec with a non-default tokenizer."""
     from medscale.scaling.pipeline import expand_over, load_spec_and_data
-    from medscale.scaling.store import RunStore
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.store import RunStore
+    from medscale.scaling.run.train import execute_run
 
     base = tmp_path_factory.mktemp("external_run")
     spec = {"name": "external", "objective": "decoder",
@@ -123,7 +123,7 @@ def trained(sample, tmp_path_factory):
 
 
 def test_run_records_events_and_tensorboard_scalars(trained):
-    from medscale.scaling.tracking import read_scalars
+    from medscale.scaling.run.tracking import read_scalars
 
     _, run, prepared = trained
     metrics = run.metrics()
@@ -169,7 +169,7 @@ def test_export_round_trips_the_logits(trained, tmp_path):
 
     from medscale.scaling.cli import app
     from medscale.scaling.downstream.model import load_run_model
-    from medscale.scaling.export import load_exported, read_safetensors
+    from medscale.scaling.run.export import load_exported, read_safetensors
 
     _, run, prepared = trained
     result = CliRunner().invoke(app, ["export", str(run.path), "--out", str(tmp_path / "export")])

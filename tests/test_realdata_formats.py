@@ -31,14 +31,14 @@ def _event_class():
 
 
 def test_crc32c_is_castagnoli():
-    from medscale.scaling.tracking import crc32c
+    from medscale.scaling.run.tracking import crc32c
 
     assert crc32c(b"123456789") == 0xE3069283   # the CRC-32C check value (RFC 3720, B.4)
     assert crc32c(b"") == 0
 
 
 def test_event_files_decode_with_protobuf_and_read_back(tmp_path):
-    from medscale.scaling.tracking import EventFileWriter, read_records, read_scalars
+    from medscale.scaling.run.tracking import EventFileWriter, read_records, read_scalars
 
     writer = EventFileWriter(tmp_path / "tb")
     writer.scalars(10, {"loss/held_out": 3.25, "lr": 1e-3, "grad_norm": None})
@@ -62,7 +62,7 @@ def test_event_files_decode_with_protobuf_and_read_back(tmp_path):
 def test_safetensors_layout(tmp_path):
     import ml_dtypes
 
-    from medscale.scaling.export import read_safetensors, write_safetensors
+    from medscale.scaling.run.export import read_safetensors, write_safetensors
 
     tensors = {"b.w_DxF": np.arange(6, dtype=np.float32).reshape(2, 3), "a.scale": np.array([1.5], np.float32),
                "c.half": np.array([1.0, -2.0], dtype=ml_dtypes.bfloat16), "d.ids": np.array([7], np.int32)}
@@ -85,7 +85,7 @@ def test_safetensors_layout(tmp_path):
 
 
 def _spec(tokenizer):
-    from medscale.scaling.spec import parse_spec
+    from medscale.scaling.sweep.spec import parse_spec
 
     return parse_spec({"name": "x", "objective": "decoder", "grid": {"mode": "ladder", "params": [1e5], "tokens": [1e6]},
                        "dataset": {"simulator": {"subjects": 10, "seed": 0}, "tokenizer": tokenizer}})
@@ -93,8 +93,8 @@ def _spec(tokenizer):
 
 @pytest.mark.parametrize("tokenizer", [{}, {"min_count": 3, "value_bins": 7}])
 def test_specs_from_before_the_tokenizer_keys_keep_their_dataset_id(tokenizer):
-    from medscale.scaling.spec import dataset_id
-    from medscale.scaling.steps import identity_hash
+    from medscale.scaling.sweep.spec import dataset_id
+    from medscale.scaling.sweep.step_dir import identity_hash
 
     full = {"min_count": 5, "value_bins": 10, **tokenizer}
     before = identity_hash({"dataset": {"simulator": {"subjects": 10, "seed": 0}, "meds": None, "tokenizer": full},
@@ -105,7 +105,7 @@ def test_specs_from_before_the_tokenizer_keys_keep_their_dataset_id(tokenizer):
 
 
 def test_each_tokenizer_choice_is_its_own_dataset():
-    from medscale.scaling.spec import SpecError, dataset_id
+    from medscale.scaling.sweep.spec import SpecError, dataset_id
 
     variants = [{}, {"time_scheme": "interval"}, {"values": "fused"}, {"demographics": False}, {"value_bins": "none"},
                 {"value_bins": 0}]

@@ -99,7 +99,7 @@ def test_cli_two_stage_fit_with_a_published_base_law():
     assert res.exit_code == 2 and "--unique-tokens" in res.output
 
 
-def test_cli_predicts_planned_runs_across_law_families(tmp_path):
+def test_cli_predicts_planned_runs_across_law_families(tmp_path, reuse_fits):
     """`medscale fit --predict`: the OLMo ladder's 30 cheaper runs predict its 7B and 13B runs; each planned
     run gets a loss with an interval across families, in the planned file's row order."""
     import json
@@ -125,7 +125,7 @@ def test_cli_predicts_planned_runs_across_law_families(tmp_path):
         assert abs(p["loss"]["value"] / observed - 1) < 0.05  # measured: within 2.1%
         assert set(p["per_family"]) >= {"chinchilla", "kaplan", "farseer"}
     assert out["families_n_opt"]["value"] > 0 and abs(sum(out["families"]["weights"].values()) - 1) < 1e-6
-    text = CliRunner().invoke(app, args)
+    text = CliRunner().invoke(app, args)  # the same fits (reuse_fits), printed as text
     assert text.exit_code == 0 and "planned runs" in text.output and "run 2: loss =" in text.output
     (tmp_path / "bad.csv").write_text("N\n1e9\n")
     bad = CliRunner().invoke(app, args[:-4] + ["--predict", str(tmp_path / "bad.csv")])

@@ -5,8 +5,8 @@ import pytest
 
 from medscale.analysis import synthetic
 from medscale.models.config import counted_params
-from medscale.scaling.recommend import recommend, run_spec
-from medscale.scaling.spec import expand, parse_spec
+from medscale.scaling.plan.recommend import recommend, run_spec
+from medscale.scaling.sweep.spec import expand, parse_spec
 
 BUDGET = 1e21
 
@@ -80,7 +80,7 @@ SHAPE_KW = {"vocab_size": 500, "max_len": 128, "causal": True}
 
 
 def test_shape_follows_the_sweep_when_depth_helped_and_the_rule_is_shallower():
-    from medscale.scaling.recommend import best_swept_shape, choose_shape
+    from medscale.scaling.plan.recommend import best_swept_shape, choose_shape
 
     best = best_swept_shape(_swept((32, 4)))
     assert (best["d_model"], best["n_layers"], best["value"]) == (32, 4, 1e12) and best["depth_helps"]
@@ -96,7 +96,7 @@ def test_shape_follows_the_sweep_when_depth_helped_and_the_rule_is_shallower():
 
 @pytest.mark.parametrize("best, why", [((64, 1), "does not show depth helping"), (None, "fewer than two shapes")])
 def test_shape_keeps_the_rule_when_the_sweep_shows_no_depth_gain(best, why):
-    from medscale.scaling.recommend import best_swept_shape, choose_shape
+    from medscale.scaling.plan.recommend import best_swept_shape, choose_shape
 
     swept = best_swept_shape(_swept(best)) if best else best_swept_shape(_swept((32, 4)).head(2))
     shape, choice = choose_shape(120e3, "total", swept, **SHAPE_KW)

@@ -8,7 +8,7 @@ import time
 
 CLAIM = """
 import json, sys, time
-from medscale.scaling import runtime
+from medscale.scaling.run import runtime
 first = runtime.claim_cores(int(sys.argv[1]))
 again = runtime.claim_cores(int(sys.argv[1]))
 print(json.dumps({"first": first, "again": again, "locks": len(runtime._held_locks)}), flush=True)

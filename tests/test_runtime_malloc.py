@@ -8,7 +8,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import ctypes, resource, sys
-    from medscale.scaling.runtime import keep_freed_memory
+    from medscale.scaling.run.runtime import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     libc = ctypes.CDLL("libc.so.6")
@@ -45,7 +45,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_malloc_env_keeps_other_tunables_and_overrides_ours():
-    from medscale.scaling.runtime import malloc_env
+    from medscale.scaling.run.runtime import malloc_env
 
     env = malloc_env({"GLIBC_TUNABLES": "glibc.pthread.rseq=0:glibc.malloc.arena_max=8"})
     items = env["GLIBC_TUNABLES"].split(":")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from medscale.scaling.schedule import adamw_warmup_cosine, warmup_cosine_lr
+from medscale.scaling.run.lr_schedule import adamw_warmup_cosine, warmup_cosine_lr
 
 
 def test_learning_rate_matches_optax_schedule():

@@ -7,10 +7,10 @@ import yaml
 from typer.testing import CliRunner
 
 from medscale.scaling.cli import app
-from medscale.scaling.flops import flops_per_token
+from medscale.scaling.plan.flops import flops_per_token
 from medscale.models.config import ModelConfig, counted_params
-from medscale.scaling.spec import SpecError, expand, load_spec, parse_spec
-from medscale.scaling.store import config_hash
+from medscale.scaling.sweep.spec import SpecError, expand, load_spec, parse_spec
+from medscale.scaling.sweep.store import config_hash
 
 GOOD = {
     "name": "t",

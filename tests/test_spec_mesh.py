@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from conftest import tiny_spec, write_spec
 from medscale.scaling.cli import app
-from medscale.scaling.spec import SpecError, expand, parse_spec
-from medscale.scaling.steps import identity_hash
-from medscale.scaling.store import RunStore, config_hash
+from medscale.scaling.sweep.spec import SpecError, expand, parse_spec
+from medscale.scaling.sweep.step_dir import identity_hash
+from medscale.scaling.sweep.store import RunStore, config_hash
 
 
 def _expand(raw):

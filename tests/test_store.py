@@ -7,7 +7,7 @@ import time
 import pytest
 
 from medscale.atomic import write_json
-from medscale.scaling.store import LeaseHeld, RunStore, config_hash
+from medscale.scaling.sweep.store import LeaseHeld, RunStore, config_hash
 
 CONFIG = {
     "sweep": "s", "objective": "decoder", "budget": None,
@@ -99,7 +99,7 @@ def test_heartbeat_keeps_lease_fresh(tmp_path):
 
 CONTENDER = """
 import os, pathlib, sys, time
-from medscale.scaling.store import LeaseHeld, RunDir
+from medscale.scaling.sweep.store import LeaseHeld, RunDir
 start_at, n = float(sys.argv[2]), int(sys.argv[3])
 tried = pathlib.Path(sys.argv[1]).parent / "tried"
 while time.time() < start_at:
@@ -147,7 +147,7 @@ def test_results_table_written_atomically_with_metrics(tmp_path):
 
 
 def test_run_folders_are_named_by_kind_and_hash_of_their_defining_fields(tmp_path):
-    from medscale.scaling.store import run_id
+    from medscale.scaling.sweep.store import run_id
 
     run = RunStore(tmp_path).ensure(CONFIG)
     assert run.run_id == run_id(CONFIG) == f"decoder-{config_hash(CONFIG)}"

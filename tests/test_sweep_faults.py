@@ -1,17 +1,19 @@
 """Sweeps on Ray survive a killed worker and a killed driver, and never run a run twice."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from conftest import marked_env, started_by, tiny_spec, write_spec
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
@@ -37,18 +39,18 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _kill_machine(driver: subprocess.Popen, before: set[int]) -> None:
-    """SIGKILL the driver's process group and every Ray process started since `before` (Ray's daemons
-    start their own sessions, so a process-group kill alone leaves them, and their workers, running)."""
+def _kill_machine(driver: subprocess.Popen, mark: str, ray_tmp: str) -> None:
+    """SIGKILL the driver's process group and every process it started (conftest.started_by: its mark, its Ray temp
+    dir), as if the node died. Ray's daemons start their own sessions, so a process-group kill alone leaves them,
+    and their workers, running; no other process on the machine (another test's, another user's) is touched."""
+    known = psutil.Process(driver.pid).children(recursive=True) if driver.poll() is None else []
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
-        if proc.info["pid"] not in before and ("ray" in cmd or "medscale" in cmd) and proc.pid != os.getpid():
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+    for line in started_by(mark, ray_tmp, known):
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except OSError:
+            pass
     time.sleep(1.0)
 
 
@@ -96,16 +98,17 @@ def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_da
     sizes = TWO_SIZES + [{"d_model": 64, "n_layers": 2, "n_heads": 2}]
     spec = write_spec(tmp_path / "sweep.yaml", tiny_spec(meds, **{"grid.params": sizes}))
     out = tmp_path / "out"
-    before = {p.pid for p in psutil.process_iter()}
+    ray_tmp = tempfile.mkdtemp(prefix="ray-sf-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env, mark = marked_env(ray_tmp)
     first = subprocess.Popen(MEDSCALE + ["sweep", str(spec), "--out", str(out), "--max-concurrent", "1"],
-                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     try:
         _wait_for(lambda: any(r.state() == "done" for r in RunStore(out).runs())
                   and _leased_run_with_checkpoint(out), 400, first, "one run done and another checkpointed")
     finally:
-        _kill_machine(first, before)  # the driver, the local Ray it started and its workers, as if the node died
-    before = {p.pid for p in psutil.process_iter()}
+        _kill_machine(first, mark, ray_tmp)  # the driver, the local Ray it started and its workers
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     before = {r.run_id: (r.state(), r.status().get("finished_at")) for r in RunStore(out).runs()}
     done_before = {k for k, (state, _) in before.items() if state == "done"}
     assert 1 <= len(done_before) < 3

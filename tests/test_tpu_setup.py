@@ -122,7 +122,7 @@ def test_tpu_yamls_single_host_for_sweeps_and_a_slice_for_multihost():
 
 
 def test_scheduler_asks_for_the_resource_the_yamls_declare():
-    source = (ROOT / "scaling" / "scheduler.py").read_text()
+    source = (ROOT / "scaling" / "sweep" / "scheduler.py").read_text()
     assert re.search(r"""\{\s*["']TPU["']\s*:\s*tpus\s*\}""", source), "scheduler no longer requests {'TPU': tpus}"
     assert "num_gpus=gpus" in source
 
@@ -188,7 +188,7 @@ def test_extras_exist_in_pyproject():
 
 
 def test_resource_keys_in_docs_are_spec_fields():
-    tree = ast.parse((ROOT / "scaling" / "spec.py").read_text())
+    tree = ast.parse((ROOT / "scaling" / "sweep" / "spec.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ResourcesSpec")
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     found = re.findall(r"resources: (\{\s*[a-z_]+:[^}]*\})", (SETUP / "README.md").read_text())  # spec, not Ray YAML

@@ -1,4 +1,4 @@
-"""The W&B and MLflow mirrors of scaling/tracking.py, for real and without the network.
+"""The W&B and MLflow mirrors of scaling/run/tracking.py, for real and without the network.
 
 MLflow logs to a local file store (`file:` tracking URI; MLflow 3 keeps it behind MLFLOW_ALLOW_FILE_STORE) and
 its own client reads the runs back; W&B runs in offline mode (WANDB_MODE=offline) and its run file
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medscale.scaling.tracking import TRACKING_ENV, RunTracker, read_scalars
+from medscale.scaling.run.tracking import TRACKING_ENV, RunTracker, read_scalars
 
 # dyadic values: float32 and JSON keep them exactly
 LOGGED = [(4, {"loss/train": 2.5, "loss/held_out": 2.75, "lr": 0.0625, "mfu": None}),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
@@ -85,15 +85,14 @@ def test_sigkilled_run_resumes_to_the_same_final_loss(tmp_path, tiny_dataset):
 
 
 def test_nan_loss_marks_run_diverged_with_step(tmp_path, tiny_dataset):
-    from medscale.scaling.spec import expand, parse_spec
-    from medscale.scaling.train import execute_run
+    from medscale.scaling.sweep.spec import expand, parse_spec
+    from medscale.scaling.run.train import execute_run
 
     meds, tokens = tiny_dataset
     spec = parse_spec(tiny_spec(meds))
     config = expand(spec, token_dir=str(tokens), vocab_size=json.loads((tokens / "manifest.json").read_text())["vocab_size"],
                     dataset_id="tiny")[0]
-    config["train"]["lr"] = 1e30  # no spec allows this; a run config written by hand can
-    config["train"]["warmup_steps"] = 1
+    config = config.replace(train={"lr": 1e30, "warmup_steps": 1})  # no spec allows this; a config by hand can
     run = RunStore(tmp_path).ensure(config)
     assert execute_run(run, devices=1) == "diverged"
     status = run.status()

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_spec, write_spec
 from medscale.data.loader import WindowSubset, train_batches, unique_train_tokens
 from medscale.data.token_store import TokenWindows
-from medscale.scaling.spec import SpecError, dataset_id, expand, parse_spec
-from medscale.scaling.store import RunStore, run_id
+from medscale.scaling.sweep.spec import SpecError, dataset_id, expand, parse_spec
+from medscale.scaling.sweep.store import RunStore, run_id
 
 
 def test_subsets_are_nested_fixed_and_cover_their_subjects(tiny_dataset):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 24, "n_layers": 1, "n_heads": 1}]
@@ -49,7 +49,7 @@ def test_one_worker_trains_a_sweeps_runs_as_a_fresh_process_would(tmp_path, tiny
 def test_tasks_of_another_process_shape_never_get_a_worker_set_up_for_this_one(local_ray):
     """Pinning and XLA's host-device count are fixed when a worker first trains: Ray must not hand its idle
     worker to a run that needs another shape (it does, for tasks with the same runtime_env)."""
-    from medscale.scaling.scheduler import worker_env
+    from medscale.scaling.sweep.scheduler import worker_env
 
     def worker_pid() -> int:  # defined here, so that Ray ships it by value (tests/ is not importable there)
         import os

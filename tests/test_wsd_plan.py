@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_spec
-from medscale.scaling.schedule import (adamw_warmup_cosine, adamw_warmup_stable_decay, cooldown_start,
+from medscale.scaling.run.lr_schedule import (adamw_warmup_cosine, adamw_warmup_stable_decay, cooldown_start,
                                        warmup_stable_decay_lr, with_schedule_of)
-from medscale.scaling.spec import SpecError, expand, parse_spec
-from medscale.scaling.store import config_hash, run_id
-from medscale.scaling.train import make_optimizer
-from medscale.scaling.wsd import compute_comparison, fork_of, trained_steps
+from medscale.scaling.sweep.spec import SpecError, expand, parse_spec
+from medscale.scaling.sweep.store import config_hash, run_id
+from medscale.scaling.run.train import make_optimizer
+from medscale.scaling.sweep.wsd import compute_comparison, fork_of, trained_steps
 
 PEAK, END = 1e-2, 0.1
 
@@ -138,7 +138,7 @@ def test_bad_wsd_keys_name_the_key(tmp_path, optimizer, key):
 
 
 def test_a_grid_that_gains_budgets_adds_fork_steps_to_the_trunk_already_there(tmp_path):
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.sweep.store import RunStore
 
     small = _expand(tiny_spec(tmp_path, **{"grid.tokens": [60 * 256, 120 * 256], "optimizer.schedule": "wsd"}))
     large = _expand(tiny_spec(tmp_path, **{"grid.tokens": [30 * 256, 60 * 256, 120 * 256],
@@ -161,8 +161,8 @@ def test_a_grid_that_gains_budgets_adds_fork_steps_to_the_trunk_already_there(tm
 def test_scheduler_starts_a_branch_once_its_fork_checkpoint_exists(tmp_path):
     from collections import deque
 
-    from medscale.scaling.scheduler import branch_forks, next_ready, run_flops
-    from medscale.scaling.store import RunStore
+    from medscale.scaling.sweep.scheduler import branch_forks, next_ready, run_flops
+    from medscale.scaling.sweep.store import RunStore
 
     runs = _expand(tiny_spec(tmp_path, **{"grid.tokens": [30 * 256, 60 * 256, 120 * 256],
                                           "optimizer.schedule": "wsd"}))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import tiny_spec, write_spec
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]

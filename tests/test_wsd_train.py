@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_spec
-from medscale.scaling.spec import expand, parse_spec
-from medscale.scaling.store import RunStore, run_id
-from medscale.scaling.train import execute_run
-from medscale.scaling.wsd import fork_of, fork_ready
+from medscale.scaling.sweep.spec import expand, parse_spec
+from medscale.scaling.sweep.store import RunStore, run_id
+from medscale.scaling.run.train import execute_run
+from medscale.scaling.sweep.wsd import fork_of, fork_ready
 
 pytestmark = pytest.mark.slow
 STEP_TOKENS = 8 * 32
@@ -56,8 +56,7 @@ def test_branch_from_the_trunk_equals_its_budget_from_scratch(tmp_path, uninterr
     forked = branch.metrics()
     assert forked["forked_at_step"] == 24 and forked["resumed_from_step"] == 24 and forked["steps"] == 30
 
-    scratch_cfg = json.loads(json.dumps(branch_cfg))
-    del scratch_cfg["train"]["parent"], scratch_cfg["train"]["fork_step"]
+    scratch_cfg = branch_cfg.replace(train={"parent": None, "fork_step": None})
     scratch = RunStore(tmp_path / "scratch").ensure(scratch_cfg)
     assert execute_run(scratch, devices=1) == "done"
     plain = scratch.metrics()
@@ -99,7 +98,7 @@ class StopAfter:
 
 
 def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, uninterrupted):
-    from medscale.scaling.train import Preempted, train_run
+    from medscale.scaling.run.train import Preempted, train_run
 
     trunk_cfg, branch_cfg, reference = uninterrupted
     store = RunStore(tmp_path)
@@ -124,8 +123,8 @@ def test_stopped_trunk_and_branch_resume_to_the_uninterrupted_result(tmp_path, u
 
 KILL_AT = """
 import os, signal, sys
-from medscale.scaling.store import RunDir
-from medscale.scaling.train import train_run
+from medscale.scaling.sweep.store import RunDir
+from medscale.scaling.run.train import train_run
 
 class KillAt:  # SIGKILL this process once the run has taken `left` more steps: no checkpoint, no goodbye
     left = int(sys.argv[2])

@@ -41,11 +41,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from medscale.analysis.downstream_data import DownstreamData
+from medscale.analysis.metrics import evaluate, gap_to_ceiling, resample_id
 from medscale.atomic import read_json, write_json, write_with
+from medscale.scaling.downstream.baselines import lightgbm_predict, probe_predict
+from medscale.scaling.downstream.predictions import write_predictions
 from medscale.scaling.downstream.spec import DownstreamSpec
 from medscale.scaling.errors import UserError
-from medscale.scaling.steps import StepDir, pick, step_name
-from medscale.scaling.store import RunDir, RunStore
+from medscale.scaling.sweep.step_dir import StepDir, pick, step_name
+from medscale.scaling.sweep.store import RunDir, RunStore
+from medscale.scaling.sweep.store_format import rows_with_labels
 
 COLUMNS = ["run_id", "objective", "params", "compute", "task", "mode", "label_budget", "seed", "metric", "value",
            "low", "high", "ceiling", "gap", "n_fit", "n_test", "protocol", "labels"]
@@ -240,8 +245,6 @@ def _result_rows(meta: dict, data: TaskData, rows: pd.DataFrame, score: np.ndarr
                  n_fit: int, spec: DownstreamSpec, groups: dict | None = None) -> tuple[list[dict], dict]:
     """(result rows, extras): extras hold the paired bootstrap draws of each metric ({"resample", "draws"})
     and the metrics on each subgroup of the test rows ("subgroups")."""
-    from medscale.analysis.metrics import evaluate, gap_to_ceiling, resample_id
-
     kind = data.task.kind
     y = data.y(rows)
     subjects = rows["subject_id"].to_numpy()
@@ -289,7 +292,7 @@ MODE_IDENTITY = {"finetune": ("finetune",), "scratch": ("finetune",), "zero_shot
 
 
 class _Evaluator:
-    """Each (run, task, mode, label budget, seed) evaluation is an idempotent step (medscale.scaling.steps)
+    """Each (run, task, mode, label budget, seed) evaluation is an idempotent step (medscale.scaling.sweep.step_dir)
     `<root>/downstream/eval-<hash>/` holding its rows; downstream.csv/.parquet compile the finished ones."""
 
     def __init__(self, root: Path, spec: DownstreamSpec, progress: Progress | None):
@@ -317,8 +320,6 @@ class _Evaluator:
         """Record a finished evaluation: `result` = (rows, extras) from _result_rows (extras: paired draws and
         subgroup metrics); `predictions` = (label rows, scores, kind) are written in meds-evaluation's schema
         (scaling/downstream/predictions.py) before the step is marked done."""
-        from medscale.scaling.downstream.predictions import write_predictions
-
         rows, extras = result
         first = rows[0]
         step, identity = self.step(first["run_id"], first["task"], first["mode"], first["label_budget"], first["seed"])
@@ -343,7 +344,7 @@ class _Evaluator:
 
 def compile_downstream(store_root: Path | str) -> pd.DataFrame:
     """The rows of every finished evaluation step under `<store_root>/downstream/`, in a stable order."""
-    rows = [r for folder in _done_steps(store_root) for r in _with_source(folder, "rows.json")]
+    rows = [r for folder in _done_steps(store_root) for r in rows_with_labels(folder, "rows.json")]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["label_budget"] = frame["label_budget"].astype(str)
     return frame
@@ -359,16 +360,9 @@ def _done_steps(store_root):
             yield folder
 
 
-def _with_source(folder: Path, name: str) -> list[dict]:
-    """A finished step's rows (rows.json, subgroups.json), each with its label source (`labels`: the label
-    folder, empty for a task file), which rows written before the column existed take from identity.json."""
-    source = (read_json(folder / "identity.json") or {}).get("labels") or ""
-    return [{**r, "labels": r.get("labels", source) or ""} for r in (read_json(folder / name) or [])]
-
-
 def compile_subgroups(store_root: Path | str) -> pd.DataFrame:
     """Every finished evaluation's metrics per subgroup (sex, age band) of its test rows."""
-    rows = [r for folder in _done_steps(store_root) for r in _with_source(folder, "subgroups.json")]
+    rows = [r for folder in _done_steps(store_root) for r in rows_with_labels(folder, "subgroups.json")]
     frame = pd.DataFrame(rows, columns=SUBGROUP_COLUMNS)
     frame["label_budget"] = frame["label_budget"].astype(str)
     return frame
@@ -398,8 +392,6 @@ def read_draws(store_root: Path | str, metric: str = "auroc", label_budget: str 
 def downstream_data(store_root: Path | str, table: pd.DataFrame | None = None, label_budget: str = "all"):
     """Everything the report's downstream sections read (analysis.downstream_data.DownstreamData): the
     results at one label budget with seeds averaged, the paired draws of AUROC and the subgroup metrics."""
-    from medscale.analysis.downstream_data import DownstreamData
-
     table = compile_downstream(store_root) if table is None else table
     mixed = set(mixed_sources(table))   # a task evaluated on two label sources is two tasks to the analysis
     sub = compile_subgroups(store_root)
@@ -410,7 +402,6 @@ def downstream_data(store_root: Path | str, table: pd.DataFrame | None = None, l
 
 def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokenizer) -> None:
     from medscale.data.history import count_features
-    from medscale.scaling.downstream.baselines import lightgbm_predict
 
     spec = ev.spec
     meta = {"run_id": f"baseline:{dataset}", "objective": None, "params": np.nan, "compute": np.nan}
@@ -438,8 +429,8 @@ def _baselines(ev: _Evaluator, dataset: str, tasks: dict[str, TaskData], tokeniz
 def _evaluate_run(ev: _Evaluator, run: RunDir, tasks: dict[str, TaskData], tokenizer, finetune_ok: bool,
                   history_cache: dict, zero_shot_ok: bool = True) -> None:
     from medscale.data.history import build_histories
-    from medscale.scaling.downstream.baselines import probe_predict
-    from medscale.scaling.downstream.model import FinetuneRecipe, embed, finetune_and_predict, fresh_params, load_run_model
+    from medscale.scaling.downstream.model import (FinetuneRecipe, embed, finetune_and_predict, fresh_params,
+                                                   load_run_model)
     from medscale.scaling.downstream.zero_shot import tokens_per_event
 
     spec = ev.spec
@@ -527,7 +518,6 @@ def _zero_shot(meta: dict, data: TaskData, h_test, model, tokenizer, spec: Downs
             by_k[k][sel] = pk[k]
     out, extras = _result_rows(meta, data, rows, scores, mode="zero_shot", budget=0, seed=seed, n_fit=0, spec=spec)
     extra = {"low": np.nan, "high": np.nan, "ceiling": np.nan, "gap": np.nan}
-    from medscale.analysis.metrics import evaluate
 
     y = data.y(rows)
     for k in ks:

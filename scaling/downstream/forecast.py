@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.task_forecast import normal_draws, task_forecasts
+from medscale.scaling.downstream.evaluate import compile_downstream, downstream_data
+from medscale.scaling.sweep.results import load_results
+
 
 def forecast_lines(runs_dir: Path | str, rec: dict, objective: str, n_boot: int = 200, seed: int = 0) -> list[str]:
     """Printable lines, or none when the store has no downstream results or the law predicts no loss."""
-    import numpy as np
-
-    from medscale.analysis.errors import AnalysisError
-    from medscale.analysis.task_forecast import normal_draws, task_forecasts
-    from medscale.scaling.downstream.evaluate import compile_downstream, downstream_data
-    from medscale.scaling.results import load_results
-
     loss = rec["allocation"].loss
     if loss is None or not (Path(runs_dir) / "downstream").is_dir():
         return []

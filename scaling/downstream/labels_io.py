@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from medscale.data.labels import read_label_task
+from medscale.data.meds import read_meds
+
 
 @dataclass(frozen=True)
 class LabelTask:
@@ -33,8 +36,5 @@ class LabelTask:
 
 def label_task(meds, label_dir, name: str) -> tuple[LabelTask, pd.DataFrame]:
     """(the task, its validated label frame) for task `name` of the label folder, over the MEDS dataset."""
-    from medscale.data.labels import read_label_task
-    from medscale.data.meds import read_meds
-
     labels, kind = read_label_task(label_dir, name, read_meds(meds))
     return LabelTask(name, Path(label_dir) / name, kind, f"labels from {label_dir}"), labels

@@ -1,7 +1,7 @@
 """A run's pretrained model for downstream use: load it, embed histories, fine-tune it or its architecture.
 
 Loading: the model section of runs/<id>/config.yaml gives the `ModelConfig`; the latest orbax checkpoint
-under runs/<id>/ckpt/ holds the train state {"step", "params", "opt_state"} saved by scaling/train.py. It
+under runs/<id>/ckpt/ holds the train state {"step", "params", "opt_state"} saved by scaling/run/train.py. It
 is restored into `abstract_train_state(...)` (the same optimizer structure, rebuilt from the run's train
 section) on a one-device mesh, and only the params are kept.
 
@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
-from medscale.scaling.store import RunDir
+from medscale.models.config import ModelConfig, counted_params
+from medscale.scaling.downstream.baselines import probe_head
+from medscale.scaling.sweep.store import RunDir
 
 EMBED_BATCH = 64
 
@@ -39,13 +42,14 @@ class LoadedModel:
 
 
 def load_run_model(run: RunDir) -> LoadedModel:
+    # JAX (and what imports it) only inside functions: importing this module must not start JAX before
+    # runtime.configure_process pins the CPUs, and orbax and Flax are slow to import for the CLI's fast paths
     import jax
     import orbax.checkpoint as ocp
 
-    from medscale.models.config import ModelConfig, counted_params
     from medscale.models.sharding import make_mesh
     from medscale.models.step import abstract_train_state
-    from medscale.scaling.train import make_optimizer
+    from medscale.scaling.run.train import make_optimizer
 
     cfg = run.config()
     model_cfg = ModelConfig.from_dict(cfg["model"])
@@ -183,66 +187,112 @@ def finetune_and_predict(graphdef, params, model_cfg, kind: str, fit_tokens, fit
     `probe_score` (the probe mode's test predictions) save recomputing them. `linear_probe_first=False` starts
     from a zero head instead (training from scratch: a probe on random features is not worth its cost)."""
     import jax
-    import jax.numpy as jnp
-
-    from medscale.scaling.downstream.baselines import probe_head
 
     y_fit = np.asarray(y_fit, np.float32)
     rng = np.random.default_rng(seed)
-    groups = np.arange(len(y_fit)) if groups is None else np.asarray(groups)
-    tr, va = _split_subjects(groups, recipe.val_fraction, rng)
-    if va.size < 10 or tr.size < 4 or (kind == "binary" and (np.unique(y_fit[va]).size < 2
-                                                           or np.unique(y_fit[tr]).size < 2)):
-        tr, va = np.arange(len(y_fit)), np.arange(len(y_fit))
-    mu, sd = (0.0, 1.0) if kind == "binary" else (float(y_fit[tr].mean()), float(y_fit[tr].std() or 1.0))
-    target = (y_fit - mu) / sd
+    tr, va = _train_and_held_back(y_fit, kind, groups, recipe.val_fraction, rng)
+    mu, sd = _standardisation(kind, y_fit[tr])
     if linear_probe_first:
         Z_tr = (np.asarray(Z_fit)[tr] if Z_fit is not None
                 else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens[tr], fit_lengths[tr]))
         w, b = probe_head(Z_tr, y_fit[tr], kind, seed)
     else:
-        p = float(np.clip(y_fit[tr].mean(), 1e-3, 1 - 1e-3))
-        w, b = np.zeros(model_cfg.d_model, np.float32), (float(np.log(p / (1 - p))) if kind == "binary" else 0.0)
-    trainable = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
-    predict, step, tx = _train_fns(graphdef, kind, recipe)
+        w, b = _prior_head(kind, y_fit[tr], model_cfg.d_model)
+    fns = _train_fns(graphdef, kind, recipe)
+    fit = _Rows(fit_tokens, fit_lengths, (y_fit - mu) / sd)
+    best_state, best_step = _finetune(fns, {"params": params, "head": _head(w, b)}, kind, recipe, rng, fit, tr, va)
+    if best_step == 0 and linear_probe_first:
+        # no fine-tuned state beat the probe on held-back subjects: the probe on the whole fit pool (the
+        # probe mode's own result), not the one fitted to the training part only
+        if probe_score is not None:
+            return np.asarray(probe_score, dtype=np.float64)
+        Z_all = (Z_fit if Z_fit is not None
+                 else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths))
+        w, b = probe_head(np.asarray(Z_all), y_fit, kind, seed)
+        best_state = {"params": params, "head": _head(w, b)}
+        if kind == "regression":
+            mu, sd = _standardisation(kind, y_fit)
+    raw = _outputs(fns[0], best_state, test_tokens, test_lengths)
+    if kind == "binary":
+        return np.asarray(jax.nn.sigmoid(raw))
+    return raw * sd + mu
 
-    def outputs(state, tokens, lengths):
-        out = []
-        for i in range(0, len(lengths), EMBED_BATCH):
-            tok, ln = _pad_batch(tokens[i:i + EMBED_BATCH], lengths[i:i + EMBED_BATCH], EMBED_BATCH)
-            pred = predict(state["params"], state["head"], jnp.asarray(tok), jnp.asarray(ln))
-            out.append(np.asarray(pred)[: min(EMBED_BATCH, len(lengths) - i)])
-        return np.concatenate(out).astype(np.float64)
+
+class _Rows(NamedTuple):
+    """Fit rows: token windows, their lengths and the (standardised) target."""
+    tokens: np.ndarray
+    lengths: np.ndarray
+    target: np.ndarray
+
+
+def _train_and_held_back(y_fit: np.ndarray, kind: str, groups, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the training part and of the held-back subjects (`fraction` of them); with too few
+    held-back rows (or one class on either side), both are every row."""
+    groups = np.arange(len(y_fit)) if groups is None else np.asarray(groups)
+    tr, va = _split_subjects(groups, fraction, rng)
+    if va.size < 10 or tr.size < 4 or (kind == "binary" and (np.unique(y_fit[va]).size < 2
+                                                           or np.unique(y_fit[tr]).size < 2)):
+        tr, va = np.arange(len(y_fit)), np.arange(len(y_fit))
+    return tr, va
+
+
+def _standardisation(kind: str, y: np.ndarray) -> tuple[float, float]:
+    """(mean, sd) the target is standardised with: none for binary tasks."""
+    return (0.0, 1.0) if kind == "binary" else (float(y.mean()), float(y.std() or 1.0))
+
+
+def _prior_head(kind: str, y: np.ndarray, d_model: int) -> tuple[np.ndarray, float]:
+    """A zero head whose bias predicts the base rate (binary tasks) or the mean (0 once standardised)."""
+    p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    return np.zeros(d_model, np.float32), (float(np.log(p / (1 - p))) if kind == "binary" else 0.0)
+
+
+def _head(w, b) -> dict:
+    import jax.numpy as jnp
+
+    return {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+
+
+def _outputs(predict, state: dict, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The head's outputs for every row, in fixed-size batches (one compilation)."""
+    import jax.numpy as jnp
+
+    out = []
+    for i in range(0, len(lengths), EMBED_BATCH):
+        tok, ln = _pad_batch(tokens[i:i + EMBED_BATCH], lengths[i:i + EMBED_BATCH], EMBED_BATCH)
+        pred = predict(state["params"], state["head"], jnp.asarray(tok), jnp.asarray(ln))
+        out.append(np.asarray(pred)[: min(EMBED_BATCH, len(lengths) - i)])
+    return np.concatenate(out).astype(np.float64)
+
+
+def _finetune(fns, trainable: dict, kind: str, recipe: FinetuneRecipe, rng, fit: _Rows, tr: np.ndarray,
+              va: np.ndarray) -> tuple[dict, int]:
+    """Train every weight of `trainable` on the rows `tr`, scoring the held-back rows `va` before training and
+    `recipe.evals` times along the schedule; stop after `recipe.patience` checks without improvement. Returns
+    the best state and its step (0: the state it started from)."""
+    import jax.numpy as jnp
+
+    predict, step, tx = fns
+
+    def score(state) -> float:
+        return _selection_score(kind, fit.target[va], _outputs(predict, state, fit.tokens[va], fit.lengths[va]))
 
     best_state, best_step = trainable, 0
-    best = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
+    best = score(trainable)
     opt_state = tx.init(trainable)
     every = max(1, recipe.steps // max(1, recipe.evals))
     bad = 0
     B = recipe.batch_size
     for t in range(1, recipe.steps + 1):
         idx = tr[rng.integers(0, tr.size, B)]
-        trainable, opt_state, _ = step(trainable, opt_state, jnp.asarray(fit_tokens[idx]),
-                                       jnp.asarray(fit_lengths[idx]), jnp.asarray(target[idx]))
+        trainable, opt_state, _ = step(trainable, opt_state, jnp.asarray(fit.tokens[idx]),
+                                       jnp.asarray(fit.lengths[idx]), jnp.asarray(fit.target[idx]))
         if t % every == 0 or t == recipe.steps:
-            score = _selection_score(kind, target[va], outputs(trainable, fit_tokens[va], fit_lengths[va]))
-            if score > best:
-                best, best_state, best_step, bad = score, trainable, t, 0
+            current = score(trainable)
+            if current > best:
+                best, best_state, best_step, bad = current, trainable, t, 0
             else:
                 bad += 1
                 if bad >= recipe.patience:
                     break
-    if best_step == 0 and linear_probe_first:
-        # no fine-tuned state beat the probe on held-back subjects: the probe on the whole fit pool (the
-        # probe mode's own result), not the one fitted to the training part only
-        if probe_score is not None:
-            return np.asarray(probe_score, dtype=np.float64)
-        Z_all = Z_fit if Z_fit is not None else _embed_with(graphdef, params, model_cfg.d_model, fit_tokens, fit_lengths)
-        w, b = probe_head(np.asarray(Z_all), y_fit, kind, seed)
-        best_state = {"params": params, "head": {"w_D": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}}
-        if kind == "regression":
-            mu, sd = float(y_fit.mean()), float(y_fit.std() or 1.0)
-    raw = outputs(best_state, test_tokens, test_lengths)
-    if kind == "binary":
-        return np.asarray(jax.nn.sigmoid(raw))
-    return raw * sd + mu
+    return best_state, best_step

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from medscale.atomic import write_with
 
@@ -51,8 +52,6 @@ def predictions_table(rows: pd.DataFrame, score: np.ndarray, kind: str) -> pa.Ta
 
 def write_predictions(store_root, result_rows: list[dict], rows: pd.DataFrame, score: np.ndarray, kind: str) -> Path:
     """Write the predictions behind `result_rows` (the evaluation's rows: run_id, task, mode, ...)."""
-    import pyarrow.parquet as pq
-
     first = result_rows[0]
     path = predictions_path(store_root, first["run_id"], first["task"], first["mode"], first["label_budget"],
                             first["seed"], first.get("labels") or "")

@@ -6,8 +6,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+
+from medscale.data.meds import MedsError
+from medscale.scaling.errors import UserError
 
 MODES = ("probe", "finetune", "scratch", "zero_shot", "lightgbm", "ceiling")
 
@@ -121,8 +124,6 @@ def load_downstream_spec(raw: dict | str | Path, source: str | None = None) -> D
     """From a dict (a sweep spec's `downstream:` value) or a YAML file holding one (top level or under
     `downstream:`). A problem raises the error that names it: a label folder's or task file's own error
     (LabelError, TaskError), else a UserError listing each field's problem, headed by `source`."""
-    import yaml
-
     if not isinstance(raw, dict):
         source = source or str(raw)
         raw = yaml.safe_load(Path(raw).read_text())
@@ -135,11 +136,9 @@ def load_downstream_spec(raw: dict | str | Path, source: str | None = None) -> D
 
 def _named_error(source: str, err: ValidationError) -> ValueError:
     """The user's error a validator raised (it names the folder or file), or one message per field in the
-    sweep spec's format (scaling/spec.py _format_error), without pydantic's raw text."""
-    from medscale.data.meds import MedsError
-    from medscale.data.tasks import TaskError
-    from medscale.scaling.errors import UserError
-    from medscale.scaling.spec import _format_error
+    sweep spec's format (scaling/sweep/spec.py _format_error), without pydantic's raw text."""
+    from medscale.data.tasks import TaskError  # polars: loaded only when a spec is wrong
+    from medscale.scaling.sweep.spec import _format_error  # sweep.spec imports this module
 
     for problem in err.errors():
         raised = (problem.get("ctx") or {}).get("error")

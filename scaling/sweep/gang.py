@@ -3,7 +3,7 @@
 A placement group holds one bundle per process (cpus/gpus/tpus of one host); one Ray actor per
 bundle is one process of the job. Process 0 picks a free port on its node and the others learn the
 coordinator address from it through an ObjectRef, so nothing blocks the driver while the group
-waits for machines. Every process then runs `execute_run` (scaling/train.py): process 0 holds the
+waits for machines. Every process then runs `execute_run` (scaling/run/train.py): process 0 holds the
 lease and writes the run's files, each feeds its own rows of the batch, all save checkpoints
 together.
 
@@ -29,7 +29,9 @@ from pathlib import Path
 
 from medscale.atomic import write_json
 from medscale.scaling.errors import UserError
-from medscale.scaling.store import RunDir
+from medscale.scaling.run.distributed import join_gang
+from medscale.scaling.run.runtime import configure_process, process_shape
+from medscale.scaling.sweep.store import RunDir
 
 PLACEMENT_ENV = "MEDSCALE_GANG_PLACEMENT"
 STRATEGIES = ("STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK")
@@ -45,7 +47,7 @@ class GangMember:
         self.rank = rank
 
     def where(self) -> dict:
-        import ray
+        import ray  # Ray is imported where used: about 1 s, and the CLI's fast paths import this module
 
         return {"rank": self.rank, "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
                 "pid": os.getpid()}
@@ -62,23 +64,19 @@ class GangMember:
     def train(self, run_path: str, coordinator: str, hosts: int, attempt: int, cpus: int, host_devices: int | None,
               stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
         started = time.time()
-        from medscale.scaling.runtime import configure_process, process_shape
-
         run = RunDir(Path(run_path))
         write_json(run.path / "gang" / f"rank{self.rank}.json",
                    {**self.where(), "coordinator": coordinator, "hosts": hosts, "attempt": attempt, "at": started})
         # host_devices before JAX starts; the distributed runtime before any JAX computation
         configure_process(cores=None if on_accelerator else cpus,
                           host_devices=process_shape(cpus, host_devices, on_accelerator)[1], start_backend=False)
-        from medscale.scaling.distributed import join_gang
-
         if tpu_slice:  # the slice's own metadata names the coordinator and each host's process id
-            from medscale.models.sharding import initialize_distributed
+            from medscale.models.sharding import initialize_distributed  # JAX, so imported after configure_process
 
             initialize_distributed()
         else:
             join_gang(coordinator, hosts, self.rank, cpu=not on_accelerator)
-        from medscale.scaling.train import execute_run
+        from medscale.scaling.run.train import execute_run  # JAX too
 
         return execute_run(run, stale_after=stale_after, process_started=started)
 

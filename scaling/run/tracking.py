@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import time
+import warnings
 from pathlib import Path
 
 TRACKING_ENV = "MEDSCALE_TRACKING"
@@ -215,8 +216,6 @@ class RunTracker:
 
 
 def _start_mirror(name: str, run_id: str, config: dict):
-    import warnings
-
     try:
         if name == "wandb":
             import wandb

@@ -1,4 +1,4 @@
-"""Prepare a sweep's dataset once, as an idempotent step (medscale.scaling.steps): generate (simulator)
+"""Prepare a sweep's dataset once, as an idempotent step (medscale.scaling.sweep.step_dir): generate (simulator)
 or take (MEDS path), then tokenize.
 
     <root>/datasets/<kind>-<dataset_id>/status.jsonl  state history
@@ -11,7 +11,6 @@ the second waits for the first.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from medscale.atomic import CorruptFile, read_json
-from medscale.scaling.spec import SpecError, SweepSpec, dataset_id, dataset_kind
-from medscale.scaling.steps import LeaseHeld, StepDir
+from medscale.data.simulator import generate_cohort
+from medscale.scaling.sweep.spec import SpecError, SweepSpec, dataset_id, dataset_kind
+from medscale.scaling.sweep.step_dir import LeaseHeld, StepDir
 
 Progress = Callable[[str, int, int], None]
 WAIT_S = 2.0
@@ -42,12 +42,8 @@ def dataset_path(spec: SweepSpec, root: Path | str) -> Path:
 
 
 def dataset_dir(spec: SweepSpec, root: Path | str) -> Path:
-    """`dataset_path`, adopting a folder from a store written before the kind prefix."""
-    base = dataset_path(spec, root)
-    legacy = base.with_name(dataset_id(spec))
-    if not base.exists() and legacy.is_dir():
-        os.rename(legacy, base)
-    return base
+    """`dataset_path` (a store from before the kind prefix is upgraded when it is claimed: store_format)."""
+    return dataset_path(spec, root)
 
 
 def _build(final: Path, build: Callable[[Path], None]) -> None:
@@ -102,7 +98,6 @@ def _meds_dir(spec: SweepSpec, base: Path) -> Path:
 
 
 def _prepare(spec: SweepSpec, base: Path, report: Progress, workers: int | None) -> None:
-    from medscale.data.simulator import generate_cohort
     from medscale.data.token_store import tokenize_dataset
 
     if spec.dataset.simulator is not None:

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medscale.scaling.steps import canonical
+from medscale.scaling.plan.flops import flops_per_token
+from medscale.scaling.run.run_config import RunConfig
+from medscale.scaling.sweep.step_dir import canonical
+from medscale.scaling.sweep.store import run_id
 
 FORKS_DIR = "forks"  # <trunk run>/forks/<step>: the trunk's fork checkpoints, kept for good
 
@@ -34,73 +37,67 @@ def cooldown_start(total_steps: int, cooldown_fraction: float) -> int:
     return total_steps - int(round(cooldown_fraction * total_steps))
 
 
-def _family(run: dict) -> str:
+def _family(run: RunConfig) -> str:
     """What trunk and branches share: everything but the budget and its length."""
-    train = {k: v for k, v in run["train"].items() if k not in ("tokens", "steps", "warmup_steps")}
-    return canonical({**{k: v for k, v in run.items() if k not in ("budget", "train", "checkpoint")}, "train": train})
+    body = run.to_dict()
+    train = {k: v for k, v in body["train"].items() if k not in ("tokens", "steps", "warmup_steps")}
+    return canonical({**{k: v for k, v in body.items() if k not in ("budget", "train", "checkpoint")}, "train": train})
 
 
-def trunks_and_branches(runs: list[dict], optimizer) -> None:
-    """Turn a grid's resolved runs (as under cosine) into WSD trunks and branches, in place."""
-    from medscale.scaling.store import run_id
-
-    families: dict[str, list[dict]] = {}
-    for r in runs:
-        r["train"].update(schedule="wsd", cooldown_fraction=optimizer.cooldown_fraction,
-                          cooldown_shape=optimizer.cooldown_shape)
-        families.setdefault(_family(r), []).append(r)
+def trunks_and_branches(runs: list[RunConfig], optimizer) -> list[RunConfig]:
+    """A grid's resolved runs (as under cosine) as WSD trunks and branches."""
+    runs = [r.replace(train=dict(schedule="wsd", cooldown_fraction=optimizer.cooldown_fraction,
+                                 cooldown_shape=optimizer.cooldown_shape)) for r in runs]
+    families: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        families.setdefault(_family(r), []).append(i)
     for members in families.values():
-        members.sort(key=lambda r: r["train"]["steps"])
-        warmup = max(1, round(optimizer.warmup_fraction * members[0]["train"]["steps"]))
-        for r in members:
-            r["train"]["warmup_steps"] = warmup
+        members.sort(key=lambda i: runs[i].train.steps)
+        warmup = max(1, round(optimizer.warmup_fraction * runs[members[0]].train.steps))
+        for i in members:
+            runs[i] = runs[i].replace(train={"warmup_steps": warmup})
         trunk, branches = members[-1], members[:-1]
         if not branches:
             continue
-        forks = sorted({cooldown_start(b["train"]["steps"], optimizer.cooldown_fraction) for b in branches})
-        trunk["checkpoint"] = {**trunk["checkpoint"], "fork_steps": forks}
-        parent = run_id(trunk)
+        starts = {b: cooldown_start(runs[b].train.steps, optimizer.cooldown_fraction) for b in branches}
+        runs[trunk] = runs[trunk].replace(checkpoint={"fork_steps": tuple(sorted(set(starts.values())))})
+        parent = run_id(runs[trunk])
         for b in branches:
-            b["train"].update(parent=parent, fork_step=cooldown_start(b["train"]["steps"], optimizer.cooldown_fraction))
+            runs[b] = runs[b].replace(train={"parent": parent, "fork_step": starts[b]})
+    return runs
 
 
-def fork_of(config: dict) -> tuple[str, int] | None:
+def fork_of(config: RunConfig | dict) -> tuple[str, int] | None:
     """(parent run id, fork step) of a branch's config; None for any other run."""
-    train = config.get("train") or {}
-    return (train["parent"], int(train["fork_step"])) if train.get("parent") else None
+    return RunConfig.coerce(config).train.fork
 
 
-def fork_checkpoint(run_path: Path, config: dict) -> Path | None:
+def fork_checkpoint(run_path: Path, config: RunConfig | dict) -> Path | None:
     """Where a branch's fork checkpoint is (in its trunk's folder, a sibling of the branch's); None if no branch."""
     fork = fork_of(config)
     return None if fork is None else Path(run_path).parent / fork[0] / FORKS_DIR / str(fork[1])
 
 
-def fork_ready(run_path: Path, config: dict) -> bool:
+def fork_ready(run_path: Path, config: RunConfig | dict) -> bool:
     """Whether the trunk has written this branch's fork checkpoint (orbax renames a checkpoint into its
     final name only once it is complete)."""
     path = fork_checkpoint(run_path, config)
     return path is not None and path.is_dir()
 
 
-def trained_steps(config: dict) -> int:
+def trained_steps(config: RunConfig | dict) -> int:
     """Steps this run itself trains: all of them, but a branch only its cooldown."""
-    fork = fork_of(config)
-    return config["train"]["steps"] - (fork[1] if fork else 0)
+    return RunConfig.coerce(config).trained_steps
 
 
-def compute_comparison(runs: list[dict]) -> dict:
+def compute_comparison(runs: list[RunConfig]) -> dict:
     """Full training FLOPs of the plan as given (WSD: trunks plus branch cooldowns) and of the same grid
     under cosine (every run from scratch); for the dry run."""
-    from medscale.models.config import ModelConfig
-    from medscale.scaling.flops import flops_per_token
-
     planned = cosine = 0.0
-    for r in runs:
-        per_step = flops_per_token(ModelConfig.from_dict(r["model"]), r["data"]["seq_len"], r.get("param_count")).full \
-            * r["data"]["batch_size"] * r["data"]["seq_len"]
-        planned += per_step * trained_steps(r)
-        cosine += per_step * r["train"]["steps"]
+    for r in map(RunConfig.coerce, runs):
+        per_step = flops_per_token(r.model, r.data.seq_len, r.param_count).full * r.tokens_per_step
+        planned += per_step * r.trained_steps
+        cosine += per_step * r.train.steps
     return {"planned_flops": planned, "cosine_flops": cosine,
-            "trunks": sum(1 for r in runs if (r["checkpoint"] or {}).get("fork_steps")),
+            "trunks": sum(1 for r in runs if RunConfig.coerce(r).checkpoint.fork_steps),
             "branches": sum(1 for r in runs if fork_of(r))}

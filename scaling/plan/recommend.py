@@ -16,8 +16,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medscale.analysis import compute_optimal, fit_table
+from medscale.analysis.conventions import FLOPS_PER_PARAM_TOKEN, full_flops_per_token
+from medscale.analysis.data_constrained import loss_of
+from medscale.analysis.errors import AnalysisError
+from medscale.analysis.inputs import check_available_tokens
+from medscale.analysis.report import repeats_data
 from medscale.models.config import ASPECT_RANGE, MAX_LAYERS, ShapeError, counted_params, param_counts, shape_for
-from medscale.scaling.flops import flops_per_token as shape_flops
+from medscale.scaling.plan.flops import flops_per_token as shape_flops
 
 BAND = 0.01  # sizes whose predicted loss is within this fraction of the minimum are "about as good"
 SHAPE_MISS = 2.0  # the shape's N may miss N_opt by this factor (shapes come in steps); more is refused
@@ -29,8 +35,6 @@ def _mode(values: pd.Series):
 
 
 def _fpt(done: pd.DataFrame, params_col: str, convention: str):
-    from medscale.analysis.conventions import FLOPS_PER_PARAM_TOKEN, full_flops_per_token
-
     if convention == "full" and "flops_full" in done and done["flops_full"].notna().all():
         return full_flops_per_token(done[params_col], done["tokens"], done["flops_full"])
     return lambda n: FLOPS_PER_PARAM_TOKEN * np.asarray(n, float)
@@ -51,12 +55,6 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     so the recommendation is the same number as the report's. `tokens_option` is the command's name for
     `max_tokens` in the message refusing fewer unique tokens than one training window.
     """
-    from medscale.analysis import compute_optimal, fit_table
-    from medscale.analysis.data_constrained import loss_of
-    from medscale.analysis.errors import AnalysisError
-    from medscale.analysis.inputs import check_available_tokens
-    from medscale.analysis.report import repeats_data
-
     done = results[(results["status"] == "done") & (results["objective"] == objective)].copy()
     if done.empty:
         raise AnalysisError(f"no finished {objective} runs to fit; run a sweep first")
@@ -87,7 +85,7 @@ def recommend(results: pd.DataFrame, compute: float, *, objective: str = "decode
     notes.append(shape_choice["reason"])
     n_shape = float(counted_params(shape, convention))
     refuse_unreachable(shape, n_shape, allocation, compute, fit.fit)
-    # the budget on the count the allocation used: the runs' full FLOPs per token of N, or 6N (scaling/flops.py)
+    # the budget on the count the allocation used: the runs' full FLOPs per token of N, or 6N (scaling/plan/flops.py)
     tokens = float(compute / (fpt(n_shape) if full else shape_flops(shape, int(seq_len), convention).six_n))
     if max_tokens is not None and allocation.epochs is None:
         tokens = min(tokens, float(max_tokens))

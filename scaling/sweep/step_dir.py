@@ -164,12 +164,10 @@ class StepDir:
         return out
 
     def _legacy_history(self) -> list[dict]:
-        """Stores written before the status history kept one `status.json`; read it as one entry."""
-        try:
-            body = read_json(self.path / "status.json")
-        except (ValueError, IsADirectoryError):
-            return []
-        return [body] if isinstance(body, dict) and body.get("state") in self.STATES else []
+        """A folder an older medscale wrote (read as it is: reading never writes)."""
+        from medscale.scaling.sweep.store_format import format1_history  # it imports this module
+
+        return format1_history(self.path, self.STATES)
 
     def status(self) -> dict:
         merged: dict[str, Any] = {"state": "pending", "attempts": 0}

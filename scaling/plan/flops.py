@@ -29,10 +29,12 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from medscale.analysis.conventions import FLOPS_PER_PARAM_TOKEN
 from medscale.atomic import write_json
 from medscale.models.config import ModelConfig, counted_params
-from medscale.scaling.processor import processor
+from medscale.scaling.run.processor import processor
 
 
 class FlopCount(NamedTuple):
@@ -81,7 +83,7 @@ PEAK_BF16: tuple[tuple[str, float], ...] = (
 
 
 def _cache_file() -> Path:
-    from medscale.scaling.runtime import user_cache_dir
+    from medscale.scaling.run.runtime import user_cache_dir
 
     return user_cache_dir() / "device_peak.json"
 
@@ -95,8 +97,8 @@ def measure_matmul_peak(dtype: str = "float32", sizes: tuple[int, ...] = (512, 1
 def _matmul_flops_per_s(dtype: str, size: int, seconds: float) -> float:
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     devices = jax.local_devices()
     mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)

@@ -17,7 +17,7 @@ medscale output. A run that has not finished (killed, preempted, diverged, still
 
 Loading back into the Flax model:
 
-    from medscale.scaling.export import load_exported
+    from medscale.scaling.run.export import load_exported
     model, tokenizer, config = load_exported("DIR")          # a models.transformer.Transformer (nnx)
     logits_BxLxV = model(tokens_BxL, segment_ids_BxL)
 """
@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from medscale.atomic import claim_dir, write_json, write_with
+from medscale.models.config import ModelConfig, param_counts
+from medscale.scaling.errors import UserError
+from medscale.scaling.sweep.store import RunDir
 
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int32": "I32",
            "int64": "I64", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
@@ -109,10 +112,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str, *, partial: bool = Fals
     refused unless `partial`: its weights are an intermediate checkpoint, which an export file, read
     without its run folder, would otherwise pass off as the trained model."""
     from medscale.data.tokenizer import Tokenizer
-    from medscale.models.config import param_counts
     from medscale.scaling.downstream.model import load_run_model
-    from medscale.scaling.errors import UserError
-    from medscale.scaling.store import RunDir
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -149,7 +149,7 @@ def training_record(run, step: int) -> dict:
     """What an export records about the weights: the checkpoint's step, the run's planned steps, its state, and
     whether it finished (state done)."""
     state = run.state()
-    return {"step": int(step), "steps": int(run.config()["train"]["steps"]), "state": state,
+    return {"step": int(step), "steps": int(run.run_config().train.steps), "state": state,
             "finished": state == "done"}
 
 
@@ -170,7 +170,6 @@ def load_exported(export_dir: Path | str):
     from flax import nnx
 
     from medscale.data.tokenizer import Tokenizer
-    from medscale.models.config import ModelConfig
     from medscale.models.transformer import Transformer
 
     folder = Path(export_dir)

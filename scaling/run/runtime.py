@@ -17,8 +17,13 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import select
+import signal
+import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 LOCK_DIR = Path(os.environ.get("MEDSCALE_CORE_LOCK_DIR", "/tmp/medscale-core-locks"))
 _held_locks: list = []
@@ -40,7 +45,7 @@ def compile_cache_dir() -> Path:
     a cluster's nodes share)."""
     import hashlib
 
-    from medscale.scaling.processor import processor
+    from medscale.scaling.run.processor import processor
 
     cpu = processor()
     isa = hashlib.sha256(" ".join(cpu.isa).encode()).hexdigest()[:8]
@@ -205,17 +210,19 @@ class LocalRayHead:
     this process closes the pipe or dies, however it dies (kill -9 included)."""
 
     def __init__(self, num_cpus: int, temp_dir: str) -> None:
-        import select
-        import subprocess
-
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         self.log = Path(temp_dir) / "medscale-ray-head.log"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "medscale.scaling.runtime", "ray-head", str(num_cpus),
+            self.proc = subprocess.Popen([sys.executable, "-m", "medscale.scaling.run.runtime", "ray-head", str(num_cpus),
                                           temp_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                          start_new_session=True)
-        ready, _, _ = select.select([self.proc.stdout], [], [], HEAD_START_S)
-        self.address, _, self.auth_mode = (self.proc.stdout.readline().decode() if ready else "").strip().partition(" ")
+        try:
+            ready, _, _ = select.select([self.proc.stdout], [], [], HEAD_START_S)
+            line = self.proc.stdout.readline().decode() if ready else ""
+        except BaseException:  # Ctrl-C while Ray starts: end the head now, not when the pipe is collected
+            self.stop()
+            raise
+        self.address, _, self.auth_mode = line.strip().partition(" ")
         if not self.address:
             self.stop()
             tail = self.log.read_text(errors="replace")[-1500:]
@@ -224,8 +231,6 @@ class LocalRayHead:
 
     def stop(self) -> None:
         """End the head and wait (bounded) until its processes are gone."""
-        import subprocess
-
         self.proc.stdin.close()  # the watcher's signal to end Ray
         if self.proc.poll() is None:
             try:
@@ -238,10 +243,6 @@ class LocalRayHead:
 
 def _kill_session(sid: int) -> None:
     """SIGKILL every process of session `sid` but this one."""
-    import signal
-
-    import psutil
-
     for pid in psutil.pids():
         try:
             if pid != os.getpid() and os.getsid(pid) == sid:
@@ -253,12 +254,9 @@ def _kill_session(sid: int) -> None:
 def _ray_head_main(num_cpus: int, temp_dir: str) -> None:
     """The watcher: start Ray, print its address, wait until the driver (our parent) closes our stdin or dies,
     then shut Ray down and end whatever is left of this session (agents and workers that outlive a raylet)."""
-    import select
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     driver = os.getppid()
-    import ray
+    import ray  # here only: every run process imports this module before JAX, and Ray takes about 1 s
 
     context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                        _temp_dir=temp_dir)

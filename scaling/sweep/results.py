@@ -1,7 +1,7 @@
 """The results table of a run store: one loader, which only reads.
 
 The run folders are the source of truth; `results.parquet/.csv` are snapshots the store writes after
-runs finish (medscale.scaling.store.RunStore.write_results). Reading never writes, so a read-only
+runs finish (medscale.scaling.sweep.store.RunStore.write_results). Reading never writes, so a read-only
 store (a collaborator's, an archive) can be analysed.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medscale.scaling.errors import UserError
-from medscale.scaling.store import RunStore
+from medscale.scaling.sweep.store import RunStore
 
 
 def load_results(runs_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame | None]:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medscale.scaling.wsd import cooldown_start  # noqa: F401 - where a WSD run's cooldown starts (no jax there)
+from medscale.scaling.sweep.wsd import cooldown_start  # noqa: F401 - where a WSD run's cooldown starts (no jax there)
 
 
 class WarmupCosineState(NamedTuple):
@@ -67,7 +67,7 @@ def adamw_warmup_cosine(*, lr: float, warmup_steps: int, total_steps: int, min_l
 # Warmup-stable-decay (WSD): warmup, a constant stable phase, then a cooldown over the run's last
 # steps (Hu et al. 2024, Hägele et al. 2024). The learning rate before the cooldown does not depend on
 # the run's length, which is what lets one long run ("trunk") stand in for the first part of every
-# shorter run of the same model, learning rate and seed (scaling/wsd.py).
+# shorter run of the same model, learning rate and seed (scaling/sweep/wsd.py).
 # ---------------------------------------------------------------------------------------------
 
 COOLDOWN_SHAPES = ("linear", "1-sqrt")  # index = the traced `shape` value

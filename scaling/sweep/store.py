@@ -1,7 +1,7 @@
-"""The run store: each training run is an idempotent step (medscale.scaling.steps) named
+"""The run store: each training run is an idempotent step (medscale.scaling.sweep.step_dir) named
 `<objective>-<hash of the fields that define it>`.
 
-    <root>/runs/<run_id>/config.yaml    resolved run config (RUN_IDENTITY of it is what the hash covers)
+    <root>/runs/<run_id>/config.yaml    resolved run config (RunConfig; its identity fields are what the hash covers)
                         status.jsonl   state history: attempts, last error, diverged step
                         lease.json     who is running it now, with a heartbeat
                         metrics.json   final metrics (written once, when done)
@@ -18,8 +18,8 @@ One sweep name in a store has one dataset and one schedule (refuse_mixed_sweep, 
 runs are fitted as one family. A run whose process died mid-run (state running, no live lease) is reported
 `stale`, and marked so by a launch that does not resume it; rerunning its own sweep resumes it.
 
-Stores from before the kind prefix (`runs/<hash>/`, `status.json`) are still read; a sweep that
-reaches such a run renames its folder to the prefixed name and carries on from its checkpoint.
+Stores written by an older medscale are read as they are and upgraded in place when a launch claims them
+(medscale.scaling.sweep.store_format: the one place that knows older formats).
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ import yaml
 
 from medscale.atomic import CorruptFile, claim_dir, read_json, write_with, write_yaml
 from medscale.scaling.errors import UserError
-from medscale.scaling.steps import LeaseHeld, StepDir, identity_hash, pick
+from medscale.scaling.run.run_config import RunConfig, identity_of
+from medscale.scaling.sweep import store_format
+from medscale.scaling.sweep.step_dir import LeaseHeld, StepDir, identity_hash
 
 __all__ = ["FINAL_STATES", "LeaseHeld", "RunDir", "RunStore", "STATES", "config_hash", "run_id"]
 
@@ -42,14 +44,6 @@ __all__ = ["FINAL_STATES", "LeaseHeld", "RunDir", "RunStore", "STATES", "config_
 # (another sweep's); resumable too, by rerunning its own sweep. Never reported as running.
 STATES = ("pending", "running", "done", "failed", "diverged", "preempted", "stale")
 FINAL_STATES = ("done", "diverged")
-# The fields of a resolved run config that define what the run computes. Not among them: where the
-# tokens are (data.token_dir); the dataset is identified by data.dataset_id instead.
-RUN_IDENTITY = ("sweep", "objective", "budget", "model", "param_count", "data", "train", "eval", "checkpoint",
-                "options")  # options: how the model is computed (models/options.py), only when not the default
-DATA_IDENTITY = ("dataset_id", "seq_len", "batch_size", "mask_prob", "train_fraction")  # fraction: only when < 1
-# Of `checkpoint`, only the key hashed since the first stores (so their run ids stay); when to checkpoint
-# by the clock or on SIGTERM (every_minutes, grace_seconds) never changes what a run computes.
-CHECKPOINT_IDENTITY = ("every_steps",)
 STALE_AFTER_S = 60.0  # a lease not renewed for this long belongs to a dead holder (the scheduler's default too)
 
 
@@ -66,23 +60,15 @@ def run_meaning(config: dict) -> dict:
     return meaning if meaning["schedule"] == "wsd" else {"schedule": meaning["schedule"]}
 
 
-def run_identity(config: dict) -> dict:
-    fields = pick(config, RUN_IDENTITY)
-    if "data" in fields:
-        fields["data"] = pick(fields["data"], DATA_IDENTITY)
-    if isinstance(fields.get("checkpoint"), dict):
-        fields["checkpoint"] = pick(fields["checkpoint"], CHECKPOINT_IDENTITY)
-    return fields
+def config_hash(config: RunConfig | dict) -> str:
+    """The hash of a run config's identity fields (those marked identity in RunConfig)."""
+    return identity_hash(identity_of(config.to_dict() if isinstance(config, RunConfig) else config))
 
 
-def config_hash(config: dict) -> str:
-    """The hash of a run config's defining fields (RUN_IDENTITY)."""
-    return identity_hash(run_identity(config))
-
-
-def run_id(config: dict) -> str:
+def run_id(config: RunConfig | dict) -> str:
     """A run's folder name: its objective, then the hash of its defining fields."""
-    return f"{config.get('objective', 'run')}-{config_hash(config)}"
+    objective = config.objective if isinstance(config, RunConfig) else config.get("objective", "run")
+    return f"{objective}-{config_hash(config)}"
 
 
 class RunDir(StepDir):
@@ -122,6 +108,13 @@ class RunDir(StepDir):
         if not isinstance(body, dict) or not {"model", "train", "data"} <= set(body):
             raise CorruptFile(self.config_path, "not a run config (torn or overwritten)")
         return body
+
+    def run_config(self) -> RunConfig:
+        """The run's config, typed (any format medscale wrote); CorruptFile when it cannot be one."""
+        try:
+            return RunConfig.coerce(self.config())
+        except (ValueError, TypeError) as err:
+            raise CorruptFile(self.config_path, str(err)) from None
 
     def metrics(self) -> dict | None:
         """Final metrics, None before the run is done; CorruptFile when the file is damaged."""
@@ -167,11 +160,19 @@ class RunStore:
         self.runs_dir = self.root / "runs"
         self.say = say or (lambda message: print(message, file=sys.stderr))
         self._meaning_cache: dict | None = None  # refuse_changed_sweep's view of the runs here
+        self._upgraded = False
 
     def claim(self) -> "RunStore":
         """Make the root a run store (or refuse: OutDirError) before writing anything into it."""
         claim_dir(self.root, "store", adopt=lambda p: (p / "runs").is_dir() or (p / "datasets").is_dir())
+        self._upgrade()
         return self
+
+    def _upgrade(self) -> None:
+        """Writers read and write the current format only (store_format); readers never write."""
+        if not self._upgraded:
+            store_format.upgrade_store(self.root, self.say)
+            self._upgraded = True
 
     def refuse_mixed_sweep(self, name: str, dataset_id: str, dataset: dict) -> None:
         """One sweep name, one dataset: refuse a spec whose dataset (its content or its tokenizer) differs
@@ -229,14 +230,14 @@ class RunStore:
     def run_dir(self, run_id: str) -> RunDir:
         return RunDir(self.runs_dir / run_id)
 
-    def ensure(self, config: dict) -> RunDir:
+    def ensure(self, config: RunConfig | dict) -> RunDir:
         """Create the run's folder with its config (idempotent); returns it. Refuses (UserError) a config whose
         schedule differs from that of its sweep's runs here (refuse_changed_sweep)."""
+        if isinstance(config, RunConfig):
+            config = config.to_dict()
+        self._upgrade()
         self.refuse_changed_sweep(config.get("sweep"), [config])
         run = self.run_dir(run_id(config))
-        legacy = self.run_dir(config_hash(config))
-        if not run.path.exists() and legacy.path.is_dir() and not legacy.lease_is_live(60.0):
-            os.rename(legacy.path, run.path)  # a store from before the kind prefix: adopt its run
         run.path.mkdir(parents=True, exist_ok=True)
         run.repair(config, self.say)
         self._update_fork_steps(run, config)
@@ -323,7 +324,7 @@ def flatten_run_config(config: dict) -> dict:
         "seq_len": config["data"]["seq_len"], "batch_size": config["data"]["batch_size"],
         "lr": train["lr"], "seed": train["seed"], "target_tokens": train["tokens"],
         "train_fraction": config["data"].get("train_fraction", 1.0),
-        # a WSD sweep's runs (scaling/wsd.py): a branch names its trunk and the step it forked at
+        # a WSD sweep's runs (scaling/sweep/wsd.py): a branch names its trunk and the step it forked at
         **({"schedule": "wsd", "parent": train.get("parent"), "fork_step": train.get("fork_step")}
            if train.get("schedule") == "wsd" else {}),
     }

@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import medscale.models
+from medscale.atomic import read_json, write_json
+from medscale.models.config import ModelConfig
+from medscale.models.options import ModelOptions, mesh_axes
+from medscale.scaling.run.run_config import RunConfig
+from medscale.scaling.sweep.step_dir import identity_hash
 
 GIB = 2**30
 FORMAT = 1  # bump when what a cached figure means changes
@@ -79,11 +88,12 @@ def plan_run(model: dict, batch_size: int, seq_len: int, mesh: dict | None = Non
     return run
 
 
-def plan_key(run: dict, devices: int, backend: str) -> dict:
-    """What a run's memory depends on: its shape, batch, options (resolved for `backend`), mesh."""
+def plan_key(run: RunConfig | dict, devices: int, backend: str) -> dict:
+    """What a run's memory depends on: its shape, batch, options (resolved for `backend`), mesh. `run` is a
+    RunConfig or a dict of its parts (plan_run)."""
     from medscale.models.attention_impl import resolve_attention
-    from medscale.models.options import ModelOptions, mesh_axes
 
+    run = run.to_dict() if isinstance(run, RunConfig) else run
     options = ModelOptions.from_dict(run.get("options"))
     L = run["data"]["seq_len"]
     dtype = options.dtype if options.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
@@ -98,11 +108,9 @@ def compile_estimate(key: dict) -> MemoryEstimate:
     import jax
     import jax.numpy as jnp
 
-    from medscale.models.config import ModelConfig
-    from medscale.models.options import ModelOptions
     from medscale.models.sharding import make_mesh
     from medscale.models.step import abstract_train_state, make_train_step
-    from medscale.scaling.train import make_optimizer
+    from medscale.scaling.run.train import make_optimizer
 
     mesh_sizes = key["mesh"]
     n = mesh_sizes["data"] * mesh_sizes["fsdp"] * mesh_sizes["tensor"]
@@ -135,10 +143,6 @@ def _prod(shape) -> int:
 
 
 def _key_hash(key: dict) -> str:
-    from importlib.metadata import version
-
-    from medscale.scaling.steps import identity_hash
-
     # the JAX version and the model code are part of the key: another XLA assigns buffers differently,
     # and a change to the model changes what its step keeps
     return identity_hash({**key, "jax": version("jax"), "model_code": _model_code_fingerprint()})
@@ -146,10 +150,6 @@ def _key_hash(key: dict) -> str:
 
 @functools.cache  # the code cannot change under a running process; a grid hashes thousands of keys
 def _model_code_fingerprint() -> str:
-    import hashlib
-
-    import medscale.models
-
     h = hashlib.sha256()
     for path in sorted(Path(medscale.models.__file__).parent.glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
@@ -157,7 +157,7 @@ def _model_code_fingerprint() -> str:
 
 
 def default_cache_dir() -> Path:
-    from medscale.scaling.runtime import user_cache_dir
+    from medscale.scaling.run.runtime import user_cache_dir
 
     return user_cache_dir() / "memory_plans"
 
@@ -166,8 +166,6 @@ def estimate_memory(runs: list[dict], *, devices: int, backend: str, cache_dir: 
                     timeout_s: float = 1800) -> list[MemoryEstimate]:
     """Per-device memory of each run (same order), compiling each distinct uncached step once,
     in one subprocess with `devices` fake host devices."""
-    from medscale.atomic import read_json, write_json
-
     keys = [plan_key(r, devices, backend) for r in runs]
     hashes = [_key_hash(k) for k in keys]
     cache = Path(cache_dir) if cache_dir else None
@@ -191,7 +189,7 @@ def _compile_in_subprocess(keys: dict[str, dict], devices: int, timeout_s: float
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run([sys.executable, "-m", "medscale.scaling.memory"], input=json.dumps(keys), env=env,
+    done = subprocess.run([sys.executable, "-m", "medscale.scaling.plan.memory"], input=json.dumps(keys), env=env,
                           capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"memory planning failed:\n{done.stderr[-3000:]}")
@@ -199,9 +197,9 @@ def _compile_in_subprocess(keys: dict[str, dict], devices: int, timeout_s: float
     return {h: MemoryEstimate(**v) for h, v in out.items()}
 
 
-def remedies(run: dict) -> str:
+def remedies(run: RunConfig | dict) -> str:
     """What to change in the spec when a run does not fit, cheapest first."""
-    options = run.get("options", {})
+    options = (run.options if isinstance(run, RunConfig) else run.get("options")) or {}
     tips = []
     if options.get("attention", "auto") == "xla":
         tips.append("model.attention: flash (or auto)")

@@ -32,10 +32,13 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
 
 from medscale.analysis.conventions import tokens_for_compute
 from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
+from medscale.models.options import ModelOptions, mesh_axes
 from medscale.scaling.downstream.spec import DownstreamSpec
-from medscale.scaling.steps import identity_hash
-from medscale.scaling.store import config_hash
-from medscale.scaling.train import steps_for_tokens
+from medscale.scaling.run.run_config import (CheckpointConfig, DataConfig, EvalConfig, RunConfig, TrainConfig,
+                                             steps_for_tokens)
+from medscale.scaling.sweep.step_dir import identity_hash
+from medscale.scaling.sweep.store import config_hash
+from medscale.scaling.sweep.wsd import trunks_and_branches
 
 MIN_STEPS = 10
 MAX_RUNS = 2000  # a grid larger than this needs max_runs=None (`--allow-large-grid`); MEDSCALE_MAX_RUNS overrides
@@ -236,6 +239,78 @@ class IsoFlopGrid(_Strict):
         return v
 
 
+class AdaptiveTargetRun(_Strict):
+    params: Quantity  # N as model.param_count counts it
+    tokens: Quantity
+
+    _parse = field_validator("params", "tokens", mode="before")(parse_quantity)
+
+
+class AdaptiveTarget(_Strict):
+    """What an adaptive sweep pins down: N_opt at a compute C (6ND FLOPs), or the loss of planned runs."""
+    n_opt_at: Optional[Quantity] = None
+    planned: Optional[list[AdaptiveTargetRun]] = Field(None, min_length=1)
+
+    _parse = field_validator("n_opt_at", mode="before")(lambda v: None if v is None else parse_quantity(v))
+
+    @model_validator(mode="after")
+    def _one(self) -> "AdaptiveTarget":
+        if (self.n_opt_at is None) == (self.planned is None):
+            raise ValueError("give exactly one of grid.target.n_opt_at (a compute C in 6ND FLOPs: the target is "
+                             "N_opt there) or grid.target.planned (a list of {params, tokens}: their losses)")
+        return self
+
+
+class AdaptiveGrid(_Strict):
+    """A candidate pool (params x tokens, as a ladder; or compute x params, as an IsoFLOP grid) from which
+    scaling/sweep/adaptive.py runs an initial design, then batch after batch by the expected reduction of the
+    target's interval per FLOP, until `budget` FLOPs are spent or the interval's relative width is `stop_width`."""
+    mode: Literal["adaptive"]
+    params: list[Union[Quantity, ExplicitShape]] = Field(min_length=3)
+    tokens: Optional[list[Quantity]] = Field(None, min_length=3)
+    compute: Optional[list[Quantity]] = Field(None, min_length=1)
+    tokens_per_param: Optional[list[Real]] = None
+    budget: Quantity  # FLOPs to spend, counted as the scheduler counts them (full count; a WSD branch its cooldown)
+    target: AdaptiveTarget
+    stop_width: Optional[Real] = Field(None, gt=0)
+    batch: Int = Field(2, ge=1)
+    initial: Int = Field(7, ge=6)
+    seed: Int = 0
+    n_boot: Int = Field(100, ge=20)
+
+    _parse_tokens = field_validator("tokens", "compute", mode="before")(_quantities)
+    _parse_params = field_validator("params", mode="before")(_sizes)
+    _parse_budget = field_validator("budget", mode="before")(parse_quantity)
+    _window = field_validator("tokens_per_param")(lambda v: IsoFlopGrid._window(v))
+
+    @model_validator(mode="after")
+    def _one_pool(self) -> "AdaptiveGrid":
+        if (self.tokens is None) == (self.compute is None):
+            raise ValueError("give exactly one of grid.tokens (a ladder pool: params x tokens) or grid.compute "
+                             "(an IsoFLOP pool: compute x params, tokens = C / 6N)")
+        if self.tokens_per_param is not None and self.compute is None:
+            raise ValueError("grid.tokens_per_param applies to an IsoFLOP pool (grid.compute); remove it or give "
+                             "grid.compute instead of grid.tokens")
+        return self
+
+    def check_with(self, spec: "SweepSpec", source: str) -> None:
+        """What the pool's runs must share to be fitted as one law (SpecError naming the key)."""
+        if len(spec.optimizer.lr_multipliers) > 1:
+            raise SpecError(f"{source}: optimizer.lr_multipliers: an adaptive grid fits one law to the runs it "
+                            f"chooses, so its runs share one learning rate; give one multiplier (got "
+                            f"{spec.optimizer.lr_multipliers}), or sweep learning rates with a ladder or isoflop grid")
+        if len(spec.dataset.fractions()) > 1:
+            raise SpecError(f"{source}: dataset.train_fraction: an adaptive grid chooses over params x tokens; give "
+                            f"one fraction (got {spec.dataset.train_fraction})")
+
+    def pool_grid(self) -> Union[LadderGrid, IsoFlopGrid]:
+        """The candidate pool as the grid it is made of (expanded by the same code, so with the same run ids)."""
+        if self.tokens is not None:
+            return LadderGrid.model_construct(mode="ladder", params=self.params, tokens=self.tokens)
+        return IsoFlopGrid.model_construct(mode="isoflop", compute=self.compute, params=self.params,
+                                           tokens_per_param=self.tokens_per_param)
+
+
 class OptimizerSpec(_Strict):
     batch_size: Int = Field(16, gt=0)
     lr: Real = Field(3e-3, gt=0, lt=1)
@@ -251,7 +326,7 @@ class OptimizerSpec(_Strict):
     microbatches: Int = Field(1, ge=1, description="gradient accumulation: each step's batch in this many slices")
     # cosine: warmup then cosine decay to each run's end. wsd: warmup, constant, then a cooldown over the
     # last cooldown_fraction of the steps (shape linear or 1-sqrt, Hägele et al. 2024); the sweep trains one
-    # trunk per (size, lr, seed) and forks each shorter budget's cooldown from it (scaling/wsd.py).
+    # trunk per (size, lr, seed) and forks each shorter budget's cooldown from it (scaling/sweep/wsd.py).
     schedule: Literal["cosine", "wsd"] = "cosine"
     cooldown_fraction: Real = Field(0.2, gt=0, le=1)
     cooldown_shape: Literal["linear", "1-sqrt"] = "linear"
@@ -324,7 +399,7 @@ class SweepSpec(_Strict):
     objective: Literal["decoder", "encoder"]
     dataset: DatasetSpec
     model: ModelSpec = ModelSpec()
-    grid: Union[LadderGrid, IsoFlopGrid] = Field(discriminator="mode")
+    grid: Union[LadderGrid, IsoFlopGrid, AdaptiveGrid] = Field(discriminator="mode")
     seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1)
     optimizer: OptimizerSpec = OptimizerSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -336,8 +411,6 @@ class SweepSpec(_Strict):
 
     def model_options(self) -> dict:
         """The run config's `options`: the non-default ways of computing (models/options.py)."""
-        from medscale.models.options import ModelOptions
-
         m = self.model
         return ModelOptions(attention=m.attention, remat=m.remat, scan_layers=m.scan_layers, dtype=m.dtype,
                             microbatches=self.optimizer.microbatches).validate().to_dict()
@@ -350,7 +423,7 @@ class SweepSpec(_Strict):
 def _format_error(source: str, err: ValidationError) -> str:
     lines = [f"{source}: the sweep spec is invalid ({err.error_count()} problem(s)); nothing was launched."]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("ladder", "isoflop")))
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("ladder", "isoflop", "adaptive")))
         got = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -439,8 +512,8 @@ def load_spec(path: str | Path, *, max_runs: int | None = MAX_RUNS) -> SweepSpec
 
 
 def grid_size(spec: "SweepSpec") -> int:
-    """How many runs the grid expands to (counted, not expanded)."""
-    grid = spec.grid
+    """How many runs the grid expands to (counted, not expanded); an adaptive grid: its candidate pool."""
+    grid = spec.grid.pool_grid() if isinstance(spec.grid, AdaptiveGrid) else spec.grid
     budgets = grid.tokens if isinstance(grid, LadderGrid) else grid.compute
     return len(grid.params) * len(budgets) * len(spec.seeds) * len(spec.optimizer.lr_multipliers)
 
@@ -451,7 +524,7 @@ def check_grid_size(spec: "SweepSpec", max_runs: int | None, source: str) -> Non
     max_runs = int(os.environ.get("MEDSCALE_MAX_RUNS", max_runs))
     n = grid_size(spec)
     if n > max_runs:
-        grid = spec.grid
+        grid = spec.grid.pool_grid() if isinstance(spec.grid, AdaptiveGrid) else spec.grid
         budgets = ("tokens", grid.tokens) if isinstance(grid, LadderGrid) else ("compute", grid.compute)
         raise SpecError(
             f"{source}: the grid expands to {n:,} runs (grid.params {len(grid.params)} x grid.{budgets[0]} "
@@ -503,8 +576,6 @@ def _shape(spec: SweepSpec, entry: Union[float, ExplicitShape], vocab_size: int,
 
 def check_layout(spec: SweepSpec, source: str = "<spec>") -> dict[str, int]:
     """The mesh each run gets, checked against its devices, batch and microbatches (SpecError if not)."""
-    from medscale.models.options import mesh_axes
-
     n = spec.resources.devices_per_run()
     try:
         axes = mesh_axes(spec.mesh_config(), n)
@@ -523,8 +594,12 @@ def check_layout(spec: SweepSpec, source: str = "<spec>") -> dict[str, int]:
 
 
 def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
-           source: str = "<spec>") -> list[dict]:
+           source: str = "<spec>") -> list[RunConfig]:
     """Every run of the sweep as a resolved config, in grid order. Raises SpecError before any compute."""
+    if isinstance(spec.grid, AdaptiveGrid):  # its candidate pool (scaling/sweep/adaptive.py checks the rest)
+        spec.grid.check_with(spec, source)
+        return expand(spec.model_copy(update={"grid": spec.grid.pool_grid()}), token_dir=token_dir,
+                      vocab_size=vocab_size, dataset_id=dataset_id, source=source)
     B, L = spec.optimizer.batch_size, spec.model.seq_len
     check_layout(spec, source)
     options, mesh = spec.model_options(), spec.mesh_config()
@@ -556,31 +631,24 @@ def expand(spec: SweepSpec, *, token_dir: str, vocab_size: int, dataset_id: str,
                 for fraction in spec.dataset.fractions():
                     opt = spec.optimizer
                     origins.append((i, j, k, m))
-                    runs.append({
-                        "sweep": spec.name,
-                        "objective": spec.objective,
-                        "budget": budget,
-                        "model": cfg.to_dict(),
-                        "param_count": spec.model.param_count,
-                        "data": {"token_dir": token_dir, "dataset_id": dataset_id, "seq_len": L,
-                                 "batch_size": B, "mask_prob": spec.mask_prob,
-                                 # absent at 1.0, so runs on all the data keep their ids
-                                 **({"train_fraction": fraction} if fraction < 1.0 else {})},
-                        "train": {"tokens": steps * B * L, "steps": steps, "seed": seed,
-                                  "lr": opt.lr_for(cfg.d_model, mult), "lr_multiplier": mult,
-                                  "warmup_steps": max(1, round(opt.warmup_fraction * steps)),
-                                  "min_lr_ratio": opt.min_lr_ratio, "weight_decay": opt.weight_decay,
-                                  "b1": opt.b1, "b2": opt.b2, "clip": opt.clip},
-                        "eval": {"n_evals": spec.eval.n_evals, "batches": spec.eval.batches, "split": spec.eval.split},
-                        "checkpoint": spec.checkpoint.model_dump(exclude_none=True),
+                    runs.append(RunConfig(
+                        sweep=spec.name, objective=spec.objective, budget=budget, model=cfg,
+                        param_count=spec.model.param_count,
+                        data=DataConfig(token_dir=token_dir, dataset_id=dataset_id, seq_len=L, batch_size=B,
+                                        mask_prob=spec.mask_prob,
+                                        # None (left out) at 1.0, so runs on all the data keep their ids
+                                        train_fraction=fraction if fraction < 1.0 else None),
+                        train=TrainConfig(tokens=steps * B * L, steps=steps, seed=seed,
+                                          lr=opt.lr_for(cfg.d_model, mult), lr_multiplier=mult,
+                                          warmup_steps=max(1, round(opt.warmup_fraction * steps)),
+                                          min_lr_ratio=opt.min_lr_ratio, weight_decay=opt.weight_decay,
+                                          b1=opt.b1, b2=opt.b2, clip=opt.clip),
+                        eval=EvalConfig(n_evals=spec.eval.n_evals, batches=spec.eval.batches, split=spec.eval.split),
+                        checkpoint=CheckpointConfig.from_dict(spec.checkpoint.model_dump(exclude_none=True)),
                         # only when set: runs that use neither keep the ids they always had
-                        **({"options": options} if options else {}),
-                        **({"mesh": mesh} if mesh is not None else {}),
-                    })
+                        options=options or None, mesh=mesh))
     if spec.optimizer.schedule == "wsd":
-        from medscale.scaling.wsd import trunks_and_branches
-
-        trunks_and_branches(runs, spec.optimizer)
+        runs = trunks_and_branches(runs, spec.optimizer)
     seen: dict[str, int] = {}
     for n, r in enumerate(runs):
         first = seen.setdefault(config_hash(r), n)
