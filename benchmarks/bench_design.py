@@ -127,17 +127,25 @@ def sim(args) -> tuple[list[str], dict]:
                 print(f"  {kind} {scen} study {i}: {time.time() - t0:.0f} s", flush=True)
         arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
         n_st = args.studies * len(SIM_SCENARIOS)
-        lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified)", "",
-                  "| fraction of the grid's compute | " + " | ".join(arms) + " | full grid |",
-                  "|---" * (len(arms) + 2) + "|"]
-        full = _sim_cell(res[(1.0, "full")])
-        for F in args.fractions:
-            cells = [_sim_cell(res[(F, a)]) for a in arms]
-            lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
-            summary[("sim", kind, F)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+        lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified)", ""]
+        lines += _fraction_table(res, arms, args.fractions, _sim_cell, ("grid", "full grid"), summary, ("sim", kind))
         lines += ["", f"{time.time() - t0:.0f} s for {kind}.", ""]
         print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
     return lines, summary
+
+
+def _fraction_table(res: dict, arms: list[str], fractions, cell, names: tuple[str, str], summary: dict,
+                    key: tuple) -> list[str]:
+    """One row per fraction of the compute: each arm's cell, then the full grid's; the cells' numbers go into
+    `summary[key + (fraction,)]`."""
+    lines = [f"| fraction of the {names[0]}'s compute | " + " | ".join(arms) + f" | {names[1]} |",
+             "|---" * (len(arms) + 2) + "|"]
+    full = cell(res[(1.0, "full")])
+    for F in fractions:
+        cells = [cell(res[(F, a)]) for a in arms]
+        lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
+        summary[key + (F,)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+    return lines
 
 
 def _sim_cell(per_study: list[list]) -> tuple[str, float]:
@@ -200,13 +208,8 @@ def replay_tables(args) -> tuple[list[str], dict]:
                         cell = res.setdefault((F, arm), [[] for _ in runs])
                         cell[s].append(None if fit is None else (target.point(fit), obs, spent, n))
         arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
-        lines += [f"### {name}", "", "| fraction of the pool's compute | " + " | ".join(arms) + " | all rows |",
-                  "|---" * (len(arms) + 2) + "|"]
-        full = _table_cell(res[(1.0, "full")])
-        for F in args.fractions:
-            cells = [_table_cell(res[(F, a)]) for a in arms]
-            lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
-            summary[("table", name, F)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+        lines += [f"### {name}", ""]
+        lines += _fraction_table(res, arms, args.fractions, _table_cell, ("pool", "all rows"), summary, ("table", name))
         lines += ["", f"{time.time() - t0:.0f} s for this table.", ""]
         print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
     return lines, summary
