@@ -15,7 +15,9 @@ import ray
 from medscale.scaling.run.runtime import malloc_env
 from medscale.scaling.sweep import ray_session as session
 from medscale.scaling.sweep.ray_session import ray_session
-from test_hostile_ray_processes import MARK, kill_marked, started_by, wait_until
+from conftest import RAY_MARK as MARK
+from conftest import started_by
+from test_hostile_ray_processes import kill_marked, wait_until
 
 
 @pytest.fixture
