@@ -167,8 +167,9 @@ def estimate_plan(runs: list[RunConfig], out_dir: Path | str, resources=None, me
     with `memory`, each run's per-device memory on the devices `resources` (a spec's) gives it."""
     peak, source = device_peak_flops()
     efficiency, how = measured_efficiency(out_dir)
+    runs = [RunConfig.coerce(r) for r in runs]
     rows = []
-    for r in map(RunConfig.coerce, runs):
+    for r in runs:
         cfg = r.model
         fl = flops_per_token(cfg, r.data.seq_len, r.param_count)
         tokens = r.train.tokens
@@ -179,7 +180,7 @@ def estimate_plan(runs: list[RunConfig], out_dir: Path | str, resources=None, me
                      "steps": r.train.steps, "flops_6nd": fl.six_n * tokens, "flops_full": fl.full * tokens,
                      "lr": r.train.lr, "est_s": fl.full * trained / (peak * efficiency),
                      "fork": f"{fork[0]}@{fork[1]}" if fork else None})
-    wsd = any(RunConfig.coerce(r).train.is_wsd for r in runs)
+    wsd = any(r.train.is_wsd for r in runs)
     plan = Plan(rows, peak, source, efficiency, how, wsd=compute_comparison(runs) if wsd else None)
     if memory and runs:
         plan_memory(plan, runs, resources)

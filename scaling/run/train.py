@@ -222,6 +222,8 @@ class _Built:
     tx: Any
     schedule: Callable[[int], float]
     graphdef: Any
+    abstract: Any  # the state's shapes and shardings: what a checkpoint or fork restores into
+    place: Callable  # a host batch -> sharded over the mesh
     train_step: Callable
     eval_step: Callable
     batches: Any
@@ -233,7 +235,7 @@ class _Built:
         import jax  # JAX loads inside: importing this module must not start it before runtime.configure_process
 
         from medscale.data.loader import eval_batches, train_batches
-        from medscale.models.sharding import batch_sharding, make_mesh, mesh_axes
+        from medscale.models.sharding import batch_sharding, make_mesh, mesh_axes, shard_batch
         from medscale.models.step import abstract_train_state, check_microbatches, make_eval_step, make_train_step
 
         B, L = cfg.data.batch_size, cfg.data.seq_len
@@ -245,7 +247,7 @@ class _Built:
         except ValueError as err:
             raise RuntimeError(f"{run.path / 'config.yaml'}: {err} (resources.mesh / optimizer.microbatches)") from None
         tx, schedule = make_optimizer(cfg.train, cfg.train.steps)
-        graphdef, _ = abstract_train_state(cfg.model, tx, mesh, options=options)
+        graphdef, abstract = abstract_train_state(cfg.model, tx, mesh, options=options)
         objective = OBJECTIVE_TO_LOADER[cfg.objective]
         # with several processes each loads only the rows its devices hold
         rows = process_rows(batch_sharding(mesh), B, L) if jax.process_count() > 1 else None
@@ -254,24 +256,15 @@ class _Built:
                                 train_fraction=cfg.data.fraction, rows=rows)
         held_out = list(eval_batches(cfg.data.token_dir, cfg.eval.split, seq_len=L, batch_size=B,
                                      objective=objective, n_batches=cfg.eval.batches, rows=rows))
-        return cls(cfg.model, options, mesh, n_devices, tx, schedule, graphdef,
+        return cls(cfg.model, options, mesh, n_devices, tx, schedule, graphdef, abstract,
+                   lambda batch: shard_batch(batch, mesh),
                    make_train_step(graphdef, tx, mesh, microbatches=options.microbatches),
                    make_eval_step(graphdef, mesh), batches, held_out, is_primary())
-
-    def place(self, batch):
-        from medscale.models.sharding import shard_batch
-
-        return shard_batch(batch, self.mesh)
 
     def fresh_state(self, seed: int):
         from medscale.models.step import init_train_state
 
         return init_train_state(self.model_cfg, self.tx, self.mesh, seed=seed, options=self.options)[1]
-
-    def abstract_state(self):
-        from medscale.models.step import abstract_train_state
-
-        return abstract_train_state(self.model_cfg, self.tx, self.mesh, options=self.options)[1]
 
 
 @dataclass
@@ -304,7 +297,7 @@ def _starting_point(run: RunDir, cfg: RunConfig, built: _Built, ckpts: _Checkpoi
     """Resume from the run's newest intact checkpoint; else (a WSD branch) fork from its trunk; else step 0."""
     if ckpts.mngr.latest_step() is not None:
         with clock.counting("ckpt_s"):
-            state, step = _restore_newest_intact(ckpts.mngr, built.abstract_state(), run.ckpt_dir, log)
+            state, step = _restore_newest_intact(ckpts.mngr, built.abstract, run.ckpt_dir, log)
         if step is None:  # no checkpoint restores: start again
             return _Start(built.fresh_state(cfg.train.seed), 0, [])
         log(f"resumed from step {step}/{cfg.train.steps}")
@@ -323,7 +316,7 @@ def _forked(run: RunDir, cfg: RunConfig, built: _Built, fork_path: Path, clock: 
     from medscale.scaling.run.lr_schedule import with_schedule_of
 
     t = time.time()
-    restored = _restore_fork(fork_path, built.abstract_state(), log)
+    restored = _restore_fork(fork_path, built.abstract, log)
     if restored is None:
         return _Start(built.fresh_state(cfg.train.seed), 0, [])
     restored["opt_state"] = with_schedule_of(restored["opt_state"], built.tx.init(restored["params"]))

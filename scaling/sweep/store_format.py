@@ -53,7 +53,7 @@ def upgrade_store(root: Path | str, say: Callable[[str], None] | None = None) ->
     changed = _runs_prefixed(root) + _datasets_prefixed(root) + _histories(root) + _downstream_labels(root)
     if changed and say:
         say(f"{root}: upgraded {changed} folder(s) written by an older medscale to store format {FORMAT}")
-    if not _live_legacy_runs(root):
+    if not _live_legacy_folders(root):
         write_json(root / FORMAT_FILE, {"format": FORMAT})
     return changed
 
@@ -116,8 +116,9 @@ def _runs_prefixed(root: Path) -> int:
     return n
 
 
-def _live_legacy_runs(root: Path) -> bool:
-    return any(_BARE_HASH.match(f.name) for f in _folders(root / "runs"))
+def _live_legacy_folders(root: Path) -> bool:
+    """Run or dataset folders left in format 1 (an older medscale holds their lease): upgrade again next time."""
+    return any(_BARE_HASH.match(f.name) for f in _folders(root / "runs") + _folders(root / "datasets"))
 
 
 def _datasets_prefixed(root: Path) -> int:

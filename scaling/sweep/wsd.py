@@ -93,11 +93,12 @@ def trained_steps(config: RunConfig | dict) -> int:
 def compute_comparison(runs: list[RunConfig]) -> dict:
     """Full training FLOPs of the plan as given (WSD: trunks plus branch cooldowns) and of the same grid
     under cosine (every run from scratch); for the dry run."""
+    runs = [RunConfig.coerce(r) for r in runs]
     planned = cosine = 0.0
-    for r in map(RunConfig.coerce, runs):
+    for r in runs:
         per_step = flops_per_token(r.model, r.data.seq_len, r.param_count).full * r.tokens_per_step
         planned += per_step * r.trained_steps
         cosine += per_step * r.train.steps
     return {"planned_flops": planned, "cosine_flops": cosine,
-            "trunks": sum(1 for r in runs if RunConfig.coerce(r).checkpoint.fork_steps),
-            "branches": sum(1 for r in runs if fork_of(r))}
+            "trunks": sum(1 for r in runs if r.checkpoint.fork_steps),
+            "branches": sum(1 for r in runs if r.train.fork)}
