@@ -2,7 +2,7 @@
 """Set-up and entry point that needs nothing but Python 3.11.
 
     python3 dev.py demo [medscale demo options]   # synthetic cohort -> sweeps -> fits -> report
-    python3 dev.py test [pytest options]          # the test suite (what CI runs)
+    python3 dev.py test [pytest options]          # the test suite (what CI runs; 2 workers, -n 0 for one)
     python3 dev.py bench                          # benchmarks/ (installs the PyTorch CPU peer)
     python3 dev.py env                            # only create/refresh .venv
 
@@ -51,6 +51,17 @@ def ensure_env(extra_lock: Path | None = None) -> None:
     STAMP.write_text(want)
 
 
+def _workers(pytest_args: list[str]) -> list[str]:
+    """Two pytest-xdist workers where there are two cores, unless the caller chose (`-n 0`: one process).
+    The suite is mostly one thread at a time (compiles, process starts), so two workers halve its wall time
+    on CI's 2 cores; each test module stays on one worker, so a module's Ray and datasets start once, and
+    the multi-process tests (gangs of 2) are the only time more than 2 JAX processes run."""
+    if (os.cpu_count() or 1) < 2 or any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) or
+                                        a in ("no:xdist", "-pno:xdist") for a in pytest_args):
+        return []
+    return ["-n", "2", "--dist", "loadscope"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
@@ -65,7 +76,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "medscale"), "demo", *rest])
     if cmd == "test":
         ensure_env()
-        return subprocess.call([str(PY), "-m", "pytest", *rest])
+        return subprocess.call([str(PY), "-m", "pytest", *_workers(rest), *rest])
     if cmd == "bench":
         ensure_env(ROOT / "requirements-bench.txt")
         return subprocess.call([str(PY), str(ROOT / "benchmarks" / "run_all.py"), *rest])

@@ -54,8 +54,41 @@ def _compute_range(fits) -> np.ndarray:
     return np.geomspace(min(lo) / 3, max(hi) * 30, 100)
 
 
-def plot_isoflop(fit, out, *, formats=FORMATS) -> list[Path]:
-    """Loss against N per budget, the fitted parabolas and their minima (Approach 2)."""
+def mark_pool(ax, x, y, batch) -> None:
+    """An adaptive sweep's candidates on a figure: the chosen ones filled, coloured and numbered by the decision
+    that chose them, the others hollow (adaptive_path.pool_marks gives `batch`, NaN where never chosen)."""
+    x, y, batch = (np.asarray(v, dtype=float) for v in (x, y, batch))
+    ok = np.isfinite(x) & np.isfinite(y)
+    free, chosen = ok & ~np.isfinite(batch), ok & np.isfinite(batch)
+    if free.any():
+        ax.scatter(x[free], y[free], s=42, facecolors="none", edgecolors="gray", lw=0.9, zorder=5,
+                   label="candidate, not chosen")
+    if chosen.any():
+        cmap, top = matplotlib.colormaps["autumn"], max(1.0, np.nanmax(batch))
+        ax.scatter(x[chosen], y[chosen], s=42, c=[cmap(0.85 * b / top) for b in batch[chosen]], edgecolors="black",
+                   lw=0.6, zorder=6, label="chosen (number: decision)")
+        for xi, yi, b in zip(x[chosen], y[chosen], batch[chosen]):
+            ax.annotate(str(int(b)), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6.5, zorder=7)
+
+
+def _pool_on_profiles(fit, pool) -> tuple[np.ndarray, np.ndarray]:
+    """(N, loss) of an adaptive pool on the IsoFLOP figure: a chosen run at its loss, a candidate never chosen at
+    its budget's fitted profile (NaN where its budget has none)."""
+    budgets = np.array(sorted(fit.parabolas_), dtype=float)
+    n = pool["params"].to_numpy(float)
+    y = pool["loss"].to_numpy(float).copy() if "loss" in pool else np.full(len(pool), np.nan)
+    c = compute_6nd(n, pool["tokens"].to_numpy(float))
+    for i in np.flatnonzero(~np.isfinite(y)):
+        if budgets.size:
+            k = int(np.argmin(np.abs(np.log(budgets / c[i]))))
+            if abs(np.log(budgets[k] / c[i])) < np.log(1.25):  # the same IsoFLOP budget
+                y[i] = float(np.asarray(fit.predict(np.array([n[i]]), budgets[k]))[0])
+    return n, y
+
+
+def plot_isoflop(fit, out, *, pool=None, formats=FORMATS) -> list[Path]:
+    """Loss against N per budget, the fitted parabolas and their minima (Approach 2). `pool`: an adaptive
+    sweep's candidates (adaptive_path.pool_marks, with `loss` for the chosen), marked by `mark_pool`."""
     fig, (ax,) = _figure()
     d = fit.data_
     budgets = sorted(fit.parabolas_)
@@ -77,6 +110,8 @@ def plot_isoflop(fit, out, *, formats=FORMATS) -> list[Path]:
     ax.set_xlabel("parameters N")
     ax.set_ylabel("final loss")
     ax.set_title("IsoFLOP profiles (budget C in FLOPs)")
+    if pool is not None:
+        mark_pool(ax, *_pool_on_profiles(fit, pool), pool["batch"])
     ax.legend(fontsize=7, ncols=2)
     return _save(fig, out, formats)
 
@@ -137,12 +172,14 @@ def plot_allocation(fits, out, *, formats=FORMATS) -> list[Path]:
     return _save(fig, out, formats)
 
 
-def plot_contours(fit, out, *, formats=FORMATS) -> list[Path]:
-    """Contours of the parametric L(N, D), IsoFLOP lines, the compute-optimal line and the runs (Approach 3)."""
+def plot_contours(fit, out, *, pool=None, formats=FORMATS) -> list[Path]:
+    """Contours of the parametric L(N, D), IsoFLOP lines, the compute-optimal line and the runs (Approach 3).
+    `pool`: an adaptive sweep's candidates (adaptive_path.pool_marks), marked by `mark_pool`."""
     fig, (ax,) = _figure(width=6.0, height=4.8)
     d = fit.data_
-    N = np.geomspace(d.params.min() / 3, d.params.max() * 3, 160)
-    D = np.geomspace(d.tokens.min() / 3, d.tokens.max() * 3, 160)
+    n, t = (d.params, d.tokens) if pool is None else (np.r_[d.params, pool["params"]], np.r_[d.tokens, pool["tokens"]])
+    N = np.geomspace(n.min() / 3, n.max() * 3, 160)
+    D = np.geomspace(t.min() / 3, t.max() * 3, 160)
     NN, DD = np.meshgrid(N, D)
     L = fit.predict(NN, DD)
     cs = ax.contourf(NN, DD, L, levels=np.quantile(L, np.linspace(0, 1, 15)), cmap="viridis_r")
@@ -152,6 +189,8 @@ def plot_contours(fit, out, *, formats=FORMATS) -> list[Path]:
     for c in np.geomspace(compute_6nd(N[0], D[0]) * 10, compute_6nd(N[-1], D[-1]) / 10, 6):
         ax.plot(N, tokens_for_compute(c, N), color="white", lw=0.6, ls="--", alpha=0.7)
     ax.scatter(d.params, d.tokens, s=8, color="black", alpha=0.6, label="runs")
+    if pool is not None:
+        mark_pool(ax, pool["params"], pool["tokens"], pool["batch"])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(N[0], N[-1])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import family_plots, plots
+from .adaptive_path import AdaptiveSweep, adaptive_section, path_json, path_sentence
 from .bounds import AtBound, at_bound, marks, short
 from .envelope import EnvelopeFit
 from .errors import AnalysisError
@@ -381,14 +382,16 @@ def write_report(
     seed: int = 0,
     analysis: Analysis | None = None,
     recommendations: dict | None = None,
+    adaptive: list[AdaptiveSweep] | None = None,
 ) -> Path:
     """Fit every approach the results support (per objective), plot, and write out_dir/index.html + fits.json.
 
     `budget` (FLOPs) is where the compute-optimal recommendation is made (default: the largest compute in the
     table); `max_tokens` caps D there. With `analysis` (from `analyze_results`) nothing is refitted: the report
     renders those fits, and `recommendations` (objective -> scaling.recommend.recommend(...) made from the same
-    analysis) adds each objective's recommendation. Returns the path of index.html; the dict written to
-    fits.json is left in `analysis.fits_json`.
+    analysis) adds each objective's recommendation. `adaptive` (analysis/adaptive_path.py, one per adaptive sweep
+    in the store) adds a section per sweep and marks its chosen runs on its objective's figures. Returns the path
+    of index.html; the dict written to fits.json is left in `analysis.fits_json`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,14 +414,15 @@ def write_report(
         loss_at[name] = rec["allocation"].loss if rec is not None else (allocs[3].loss if 3 in allocs else None)
         summary += _summary(o, at, rec)
         figs: list[tuple[str, Path]] = []
+        pool = _adaptive_pool(adaptive, name, o.runs)
         if 2 in fits:
-            figs.append(("IsoFLOP profiles", plots.plot_isoflop(fits[2], out / f"{slug}_isoflop")[0]))
+            figs.append(("IsoFLOP profiles", plots.plot_isoflop(fits[2], out / f"{slug}_isoflop", pool=pool)[0]))
         if 1 in fits:
             figs.append(("Loss against compute and the envelope", plots.plot_frontier(fits[1], out / f"{slug}_frontier")[0]))
         if fits:
             figs.append(("Compute-optimal N and D", plots.plot_allocation(list(fits.values()), out / f"{slug}_allocation")[0]))
         if 3 in fits:
-            figs.append(("Parametric fit", plots.plot_contours(fits[3], out / f"{slug}_contours")[0]))
+            figs.append(("Parametric fit", plots.plot_contours(fits[3], out / f"{slug}_contours", pool=pool)[0]))
             figs.append(("Residuals of the parametric fit", plots.plot_residuals(fits[3], out / f"{slug}_residuals")[0]))
         results_json = {}
         for k, fr in o.results.items():
@@ -439,6 +443,11 @@ def write_report(
         body.append(_conventions_section(o, at, max_tokens, store))
         body.append(_data_constrained_section(o, at, store, summary))
         body.append(_families_section(o, at, max_tokens, out, slug, store, summary))
+
+    for sweep in adaptive or []:
+        summary.append(path_sentence(sweep))
+        body.append(adaptive_section(sweep, out, "".join(ch if ch.isalnum() else "_" for ch in sweep.name)))
+        report_json.setdefault("adaptive", {})[sweep.name] = path_json(sweep)
 
     compute = compute_used(analysis.df_all)
     report_json["compute"] = compute
@@ -463,6 +472,17 @@ def write_report(
     index.write_text(page, encoding="utf-8")
     analysis.fits_json = json.loads(json.dumps(report_json, allow_nan=False, default=_json_default))
     return index
+
+
+def _adaptive_pool(adaptive: list[AdaptiveSweep] | None, objective: str, runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The candidates of the (first) adaptive sweep of `objective`, with the chosen runs' losses: what the
+    objective's figures mark (plots.mark_pool)."""
+    sweep = next((s for s in adaptive or [] if s.objective == objective), None)
+    if sweep is None:
+        return None
+    if "run_id" not in runs.columns:
+        return sweep.pool
+    return sweep.pool.drop(columns=["loss"], errors="ignore").merge(runs[["run_id", "loss"]], on="run_id", how="left")
 
 
 def _recommendation_json(rec: dict, o: ObjectiveFits | None = None) -> dict:

@@ -21,6 +21,7 @@ from typing import Callable, ContextManager
 import pandas as pd
 import yaml
 
+from medscale.analysis.adaptive_path import AdaptiveSweep, candidates_of, path_frame, pool_marks
 from medscale.analysis.errors import AnalysisError
 from medscale.analysis.report import analyze_results, write_report
 from medscale.atomic import CorruptFile, OutDirError, read_json, write_yaml
@@ -34,11 +35,12 @@ from medscale.scaling.plan.recommend import recommend
 from medscale.scaling.run.run_config import RunConfig
 from medscale.scaling.run.runtime import configure_process, process_shape
 from medscale.scaling.run.train import execute_run
-from medscale.scaling.sweep.adaptive import run_adaptive
+from medscale.scaling.sweep.adaptive import DECISIONS_DIR, History, Pool, run_adaptive, target_text
 from medscale.scaling.sweep.dataset import check_usable, dataset_path, prepare_dataset
 from medscale.scaling.sweep.results import load_results
 from medscale.scaling.sweep.scheduler import run_sweep
-from medscale.scaling.sweep.spec import MAX_RUNS, SpecError, dataset_id, expand, grid_size, load_spec
+from medscale.scaling.sweep.spec import (MAX_RUNS, SpecError, dataset_id, expand, grid_size, load_spec, parse_spec,
+                                         read_yaml)
 from medscale.scaling.sweep.store import RunStore, run_id
 from medscale.scaling.sweep.wsd import compute_comparison
 
@@ -374,8 +376,67 @@ def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None,
             recs[name] = str(err)
     kwargs = {"title": title} if title else {}
     index = write_report(Path(report_dir) if report_dir else runs_dir / "report", downstream=downstream,
-                         analysis=analysis, recommendations=recs, **kwargs)
+                         analysis=analysis, recommendations=recs, adaptive=adaptive_sweeps(runs_dir), **kwargs)
     return StoreAnalysis(report=index, budget=at, analysis=analysis, recommendations=recs, fits=analysis.fits_json)
+
+
+def adaptive_sweeps(runs_dir: Path | str) -> list[AdaptiveSweep]:
+    """The store's adaptive sweeps as the report shows them: each one's recorded decisions (History), its pool of
+    candidates and what the full grid would cost. The pool is the sweep's spec (sweeps/<name>.yaml) expanded over
+    its prepared dataset when that reproduces the recorded pool (pool.json); else the candidates the initial
+    decision records, each priced from scratch (under WSD that overstates the full grid's cost)."""
+    root = Path(runs_dir)
+    out = []
+    for folder in sorted(p for p in (root / DECISIONS_DIR).glob("*") if p.is_dir()):
+        decisions = History(root, folder.name).decisions()
+        if not decisions:
+            continue
+        try:
+            known = read_json(folder / "pool.json") or {}
+        except CorruptFile:
+            known = {}
+        spec = _stored_spec(root, folder.name)
+        pool = _recorded_pool(root, spec, known.get("pool")) if spec is not None else None
+        if pool is not None:
+            candidates = pd.DataFrame({"run_id": pool.ids, "params": pool.params, "tokens": pool.tokens,
+                                       "cost": pool.full})
+            pool_flops = pool.planned_flops()
+        else:
+            candidates = candidates_of(decisions)
+            pool_flops = float(candidates["cost"].sum())
+        target = known.get("target") or {}
+        words = (target_text(spec.grid) if spec is not None else
+                 f"N_opt at C = {target['n_opt_at']:.3g} FLOPs (6ND)" if target.get("n_opt_at") else
+                 "the loss of the planned runs")
+        last = decisions[-1]
+        out.append(AdaptiveSweep(
+            name=folder.name, objective=str(spec.objective) if spec is not None else "decoder", target=words,
+            path=path_frame(decisions, pool_flops), pool=pool_marks(candidates, decisions), pool_flops=pool_flops,
+            budget=float(last["budget"]) if last.get("budget") else None,
+            stopped=last.get("stopped") if last["kind"] == "stop" else None))
+    return out
+
+
+def _stored_spec(root: Path, name: str):
+    """The spec a sweep stored (sweeps/<name>.yaml), or None where it is absent or no longer valid."""
+    path = root / "sweeps" / f"{name}.yaml"
+    try:
+        return parse_spec(read_yaml(path), source=str(path), base_dir=path.parent)
+    except (SpecError, OSError):
+        return None
+
+
+def _recorded_pool(root: Path, spec, identity: str | None) -> Pool | None:
+    """The adaptive sweep's Pool from its spec and the store's prepared dataset, when that is the pool its
+    decisions were made over (`identity`, pool.json's); else None."""
+    tokens = dataset_path(spec, root) / "tokens"
+    try:
+        vocab = (read_json(tokens / "manifest.json") or {})["vocab_size"]
+        pool = Pool.of(expand(spec, token_dir=str(tokens.absolute()), vocab_size=vocab, dataset_id=dataset_id(spec),
+                              source=f"sweeps/{spec.name}.yaml"))
+    except (SpecError, ShapeError, CorruptFile, OSError, KeyError, TypeError, ValueError):
+        return None
+    return pool if pool.identity() == identity else None
 
 
 def default_budget(results: pd.DataFrame) -> float:

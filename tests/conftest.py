@@ -4,17 +4,19 @@ The flag must be set before jax is imported anywhere, which is why it lives at t
 """
 import os
 
+# the suite's shapes are tiny: XLA's CPU backend without LLVM optimisation compiles them in about half the
+# time and runs them as fast (as benchmarks/bench_gpu.py's dry run does); HLO passes, sharding and buffer
+# assignment (what the tests inspect) are unchanged. Processes the tests start compile the same way
+# (child_env; Ray workers of an in-process Ray inherit this environment).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    # the suite's shapes are tiny: XLA's CPU backend without LLVM optimisation compiles them in about half the
-    # time and runs them as fast (as benchmarks/bench_gpu.py's dry run does); HLO passes, sharding and buffer
-    # assignment (what the tests inspect) are unchanged. Processes the tests start with this environment
-    # (Ray workers of an in-process Ray, `medscale` commands given os.environ) compile the same way.
-    " --xla_backend_optimization_level=0"
-).strip()
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# each pytest-xdist worker (`dev.py test` runs two) has its own Ray temp dir, inherited by the processes it
+# starts: two workers' local Rays never share a session folder (short: Ray's socket paths have a length limit)
+os.environ.setdefault("MEDSCALE_RAY_TMP", "/tmp/ray-" + os.environ.get("PYTEST_XDIST_WORKER", "tests"))
 
 import atexit
 import shutil
@@ -162,13 +164,21 @@ def reuse_fits(monkeypatch):
 RAY_MARK = "MEDSCALE_TEST_RAY_MARK"
 
 
+def child_env() -> dict:
+    """The environment for a process a test starts (a `medscale` command, a gang's process): this one's, without
+    the suite's 8 host devices (a run sets its own count), compiling as the suite does (FAST_COMPILE)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = FAST_COMPILE
+    return env
+
+
 def marked_env(ray_tmp: str) -> tuple[dict, str]:
-    """An environment for a driver subprocess: no XLA_FLAGS, Ray's temp dir `ray_tmp` (short: socket paths have a
+    """An environment for a driver subprocess: child_env's, Ray's temp dir `ray_tmp` (short: socket paths have a
     length limit) and a unique mark that every process it starts inherits. Returns (env, mark)."""
     import uuid
 
     mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     env.update({"MEDSCALE_RAY_TMP": ray_tmp, RAY_MARK: mark})
     return env, mark
 

@@ -8,7 +8,6 @@ the CLI at the size of the other sweep tests."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.pipeline import DRY_RUN_VOCAB
 from medscale.scaling.sweep.adaptive import History, Pool, adaptive_loop, check_pool, identity
 from medscale.scaling.sweep.spec import SpecError, expand, load_spec, parse_spec
@@ -28,10 +26,7 @@ STEP_TOKENS = 8 * 32  # tiny_spec: batch 8 x seq_len 32
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["MEDSCALE_RAY_TMP"] = "/tmp/ray"
-    return env
+    return child_env()
 
 
 def medscale(*args, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -360,7 +355,7 @@ def _state(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_adaptive_sweep_end_to_end_records_resumes_and_is_idempotent(tmp_path, tiny_dataset):
+def test_adaptive_sweep_end_to_end_records_resumes_and_is_idempotent(tmp_path, tiny_dataset, fast_figures):
     meds, _ = tiny_dataset
     spec_dict = adaptive_spec(meds)
     spec = load_spec(write_spec(tmp_path / "probe.yaml", spec_dict))
@@ -403,3 +398,19 @@ def test_adaptive_sweep_end_to_end_records_resumes_and_is_idempotent(tmp_path, t
     assert (folder / "decision-0001.json").read_bytes() == decision1  # replayed, not decided again
     assert _chosen(History(out, "tiny-adaptive").decisions()) == _chosen(records)  # the same choices after it
     assert set(_state(out)) == set(chosen)
+
+    # the report shows the path (item 4): a section with the decision table, the width figure and the full
+    # grid's cost; the pool is the stored spec expanded over the store's dataset (the fits' figures stubbed:
+    # fast_figures; the path's own figure is drawn)
+    from medscale.scaling.pipeline import analyze_store
+
+    analyzed = analyze_store(out, report_dir=tmp_path / "report", n_boot=20)
+    text = analyzed.report.read_text()
+    assert "<h2>Adaptive sweep tiny-adaptive <small>(decoder)</small></h2>" in text
+    path = analyzed.fits["adaptive"]["tiny-adaptive"]
+    assert path["pool_runs"] == 9 and path["chosen_runs"] == len(chosen)
+    assert path["spent"] == pytest.approx(records[-1]["spent_after"])
+    assert path["pool_flops"] == pytest.approx(Pool.of(pool_runs).planned_flops())
+    assert [d["batch"] for d in path["decisions"]] == list(range(len(records)))
+    assert f"the full grid of 9 candidate runs would have cost {path['pool_flops']:.3g} FLOPs" in text
+    assert (tmp_path / "report" / "tiny_adaptive_adaptive_path.png").stat().st_size > 0

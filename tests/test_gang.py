@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.data.loader import train_batches
 from medscale.scaling.sweep.store import RunStore
 
@@ -53,13 +53,14 @@ def test_processes_agree_on_when_to_stop_and_checkpoint():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     procs = [subprocess.Popen([sys.executable, "-c", VOTER, f"127.0.0.1:{port}", str(rank)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    results = [json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-               for out, _ in outs]  # (gloo logs to stdout too)
+    assert all("RESULT " in out for out, _ in outs), [out[-2000:] + err[-2000:] for out, err in outs]
+    # gloo writes to the same stdout from C++, which may run into the line: take the JSON after the word
+    results = [json.JSONDecoder().raw_decode(out[out.index("RESULT ") + 7:])[0] for out, _ in outs]
     # process 1's stop request (step 2) and process 0's clock (step 4) reach both, one step later
     expected = [[False, False]] * 3 + [[True, False], [False, False], [False, True], [False, False]]
     assert results[0]["decisions"] == results[1]["decisions"] == expected
@@ -87,7 +88,7 @@ def test_gang_of_two_processes_matches_one_and_survives_a_killed_process(tmp_pat
 
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {k: os.environ.get(k) for k in ("XLA_FLAGS",)}
-    os.environ.pop("XLA_FLAGS", None)  # workers set their own device counts
+    os.environ["XLA_FLAGS"] = child_env()["XLA_FLAGS"]  # workers set their own device counts
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=ray_tmp)
     try:
         run_sweep(one, [reference], cpus=1, host_devices=4, hosts=1)

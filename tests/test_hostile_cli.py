@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import typer
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.sweep.store import RunStore
 
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
@@ -28,9 +28,7 @@ TRACEBACK_SIGNS = ("Traceback", "SIGTERM received", "logging.cc", "Error:")  # "
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["MEDSCALE_RAY_TMP"] = "/tmp/ray"
+    env = child_env()
     env["COLUMNS"] = "80"  # a narrow terminal, as CI has, for the width checks
     return env
 

@@ -4,14 +4,12 @@ its --out with another schedule or cooldown is refused, naming the field, the ol
 whose process died mid-run is reported and marked stale, never "running" for good."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-import yaml
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.errors import UserError
 from medscale.scaling.sweep.store import FINAL_STATES, RunStore
 
@@ -39,8 +37,7 @@ def wsd_store(tmp_path_factory, tiny_dataset):
 
 
 def _medscale(*args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run(MEDSCALE + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(MEDSCALE + [str(a) for a in args], env=child_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("change,field,old,new", [

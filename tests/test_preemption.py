@@ -1,7 +1,6 @@
 """Preemption: SIGTERM makes a run checkpoint where it is and exit resumable; resumed, it ends where an
 uninterrupted run ends. Checkpoints also come by the clock (`checkpoint.every_minutes`), and checkpoint
 timing is not part of what identifies a run."""
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.run.preemption import EXIT_PREEMPTED
 from medscale.scaling.sweep.store import RunStore, config_hash
 
@@ -26,9 +25,7 @@ def test_checkpoint_timing_does_not_change_a_run_id():
 
 
 def _train(spec_path: Path, out: Path) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the run sets its own host-device count
-    return subprocess.Popen(MEDSCALE + ["train", str(spec_path), "--out", str(out)], env=env,
+    return subprocess.Popen(MEDSCALE + ["train", str(spec_path), "--out", str(out)], env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -55,9 +55,12 @@ def test_the_local_ray_a_session_started_ends_with_it_when_the_body_is_interrupt
                 running = started_by(mark, ray_tmp)
                 assert any("raylet" in line for line in running) and any("gcs_server" in line for line in running)
                 # what a local run does not need stays off: the dashboard's frontend (Ray 2.60 still starts its
-                # API server, with --disable-frontend), usage statistics
+                # API server, with --disable-frontend), usage statistics, the autoscaler and log monitors
                 dashboards = [cmd for cmd in command_lines(ray_tmp) if "dashboard/dashboard.py" in cmd]
                 assert all("--disable-frontend" in cmd for cmd in dashboards), dashboards
+                # nor the autoscaler's monitor or the log monitor (runtime._without_cluster_services)
+                monitors = [cmd for cmd in command_lines(ray_tmp) if "monitor.py" in cmd]
+                assert not monitors, monitors
                 assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
                 with ray_session() as inner:  # Ray already up: used as it is, and left running
                     assert inner is False

@@ -1,13 +1,12 @@
 """The memory and mesh keys of a sweep spec: validated against the devices a run gets, recorded in
 the run config (and its identity) only when set, and a sharded run trains to a single device's loss."""
-import os
 import subprocess
 import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.cli import app
 from medscale.scaling.sweep.spec import SpecError, expand, parse_spec
 from medscale.scaling.sweep.step_dir import identity_hash
@@ -56,7 +55,7 @@ def test_layouts_that_do_not_fit_the_devices_name_the_key(tmp_path, resources, o
 
 
 def _train(spec_path, out, name):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the run sets its own devices
+    env = child_env()  # the run sets its own devices
     done = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "train", str(spec_path), "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,13 +1,12 @@
 """A sweep spec that names downstream tasks: the sweep evaluates its runs, the results land in the
 run store, and `medscale analyze` puts them in the report."""
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +18,7 @@ def test_sweep_with_downstream_then_analyze(tmp_path, tiny_dataset):
     spec["downstream"] = {"tasks": ["med_start_30d"], "modes": ["probe", "lightgbm", "ceiling"],
                           "max_samples": 200, "n_boot": 20, "test_splits": ["tuning", "held_out"]}
     path = write_spec(tmp_path / "sweep.yaml", spec)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     out = tmp_path / "out"
     sweep = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "sweep", str(path), "--out", str(out)],
                            env=env, capture_output=True, text=True, timeout=600)

@@ -1,5 +1,4 @@
 """Sweeps on Ray survive a killed worker and a killed driver, and never run a run twice."""
-import json
 import os
 import shutil
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import marked_env, started_by, tiny_spec, write_spec
+from conftest import child_env, marked_env, started_by, tiny_spec, write_spec
 from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -21,10 +20,7 @@ TWO_SIZES = [{"d_model": 32, "n_layers": 2, "n_heads": 2}, {"d_model": 48, "n_la
 
 
 def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["MEDSCALE_RAY_TMP"] = "/tmp/ray"
-    return env
+    return child_env()
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):

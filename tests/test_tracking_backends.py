@@ -87,6 +87,30 @@ def _wandb_history(run_file: Path) -> tuple[str, dict[str, list[tuple[int, float
     return run_id, history
 
 
+def _wait_for_the_exit_record(run_file: Path, timeout_s: float = 60.0) -> None:
+    """W&B's service process may still be writing the run file when `finish()` has returned (seen under
+    pytest-xdist: the file without its run record at first, whole a moment later); a run file is complete,
+    for `wandb sync` as for this test, once it holds the exit record."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def kinds() -> set:
+        out = set()
+        try:
+            for data in wandb_records(run_file):
+                record = pb.Record()
+                record.ParseFromString(data)
+                out.add(record.WhichOneof("record_type"))
+        except Exception:  # noqa: BLE001 - a record cut off mid-write: not complete yet
+            pass
+        return out
+
+    deadline = time.monotonic() + timeout_s
+    while "exit" not in kinds() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_file_holds_every_metric(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is in the test extra")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -97,6 +121,7 @@ def test_wandb_offline_run_file_holds_every_metric(tmp_path, monkeypatch):
 
     files = sorted(tmp_path.glob("wandb/offline-run-*-decoder-wandb1/run-decoder-wandb1.wandb"))
     assert len(files) == 1
+    _wait_for_the_exit_record(files[0])
     run_id, history = _wandb_history(files[0])
     assert run_id == "decoder-wandb1"
     for tag in ("loss/train", "loss/held_out", "lr", "mfu"):

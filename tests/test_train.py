@@ -1,6 +1,5 @@
 """A training run survives SIGKILL: resumed, it ends exactly where an uninterrupted run ends."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -18,9 +17,7 @@ MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the run sets its own host-device count
-    return env
+    return child_env()  # the run sets its own host-device count
 
 
 def _train(spec_path: Path, out: Path, **kw) -> subprocess.Popen:

@@ -1,14 +1,13 @@
 """Repeated-data runs: dataset.train_fraction restricts a run to a fixed subset of train subjects, and every
 run records its unique tokens and epochs."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.data.loader import WindowSubset, train_batches, unique_train_tokens
 from medscale.data.token_store import TokenWindows
 from medscale.scaling.sweep.spec import SpecError, dataset_id, expand, parse_spec
@@ -53,7 +52,7 @@ def test_fraction_axis_expands_runs_and_keeps_full_data_ids(tiny_dataset):
 def test_a_run_records_unique_tokens_and_epochs(tmp_path, tiny_dataset):
     meds, token_dir = tiny_dataset
     spec = write_spec(tmp_path / "run.yaml", tiny_spec(meds, **{"dataset.train_fraction": 0.05}))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", "medscale.scaling.cli", "train", str(spec), "--out",
                            str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

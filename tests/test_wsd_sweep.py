@@ -1,12 +1,11 @@
 """A WSD sweep on Ray: the trunk runs first, each branch starts from its fork checkpoint (never before it
 exists), and a relaunch skips what is done."""
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import tiny_spec, write_spec
+from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.sweep.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -15,10 +14,7 @@ STEP_TOKENS = 8 * 32
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["MEDSCALE_RAY_TMP"] = "/tmp/ray"
-    return env
+    return child_env()
 
 
 def test_wsd_sweep_orders_branches_after_their_forks_and_relaunch_skips_done(tmp_path, tiny_dataset):

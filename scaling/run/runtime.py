@@ -251,6 +251,24 @@ def _kill_session(sid: int) -> None:
             pass
 
 
+def _without_cluster_services() -> None:
+    """Ray's autoscaler monitor serves a cluster that grows, its log monitor a driver that prints its workers'
+    logs; a local head of fixed size whose driver does not print them (log_to_driver=False) needs neither,
+    and they cost 2-3 s of each start on 2 cores. ray.init has no option for them (`ray start` has:
+    --no-monitor, --include-log-monitor), so this process sets them on the parameters ray.init builds (Ray is
+    pinned in requirements.lock; tests/test_ray_session.py checks that neither process runs)."""
+    from ray._private import parameter
+
+    build = parameter.RayParams.__init__
+
+    def without_monitors(self, *args, **kwargs):
+        kwargs.setdefault("no_monitor", True)
+        kwargs.setdefault("include_log_monitor", False)
+        build(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = without_monitors
+
+
 def _ray_head_main(num_cpus: int, temp_dir: str) -> None:
     """The watcher: start Ray, print its address, wait until the driver (our parent) closes our stdin or dies,
     then shut Ray down and end whatever is left of this session (agents and workers that outlive a raylet)."""
@@ -258,6 +276,7 @@ def _ray_head_main(num_cpus: int, temp_dir: str) -> None:
     driver = os.getppid()
     import ray  # here only: every run process imports this module before JAX, and Ray takes about 1 s
 
+    _without_cluster_services()
     context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                        _temp_dir=temp_dir)
     # the driver must authenticate as this head does (Ray turns token authentication on for a local head)
