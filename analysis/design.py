@@ -1,19 +1,23 @@
-"""Adaptive designs: choose the next runs by the expected shrinkage of a target's interval per FLOP.
+"""Adaptive designs: choose the next runs by the expected shrinkage of a target's interval per unit of cost.
 
 The selector is a pure function of what a sweep knows at a decision point: the candidate pool (N, D[, U] and
 a cost per run), the losses revealed so far, the target and the compute left. `select` refits the law once on
 the revealed runs (ParametricFit, or DataConstrainedFit where unique tokens are given) and scores every
 candidate from that one fit's bootstrap draws (docs/SCIENCE.md, "Adaptive designs"):
 
-    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2),    score_c = gain_c / cost_c^gamma,
+    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2 + (tau d_c)^2),    score_c = gain_c / cost_c^gamma,
 
 with f_c the draws' predicted log loss of candidate c, g_t the draws' log target t (a planned run's loss, or
-log N_opt at a compute C) and s^2 the run-to-run variance of log loss from the fit's residuals: the linear
-(ensemble Kalman) update of the target's variance were c's loss observed. A batch of K is chosen greedily,
-each pick updating the draws' covariance as if its loss had been seen, so a batch does not repeat itself.
-No refit per candidate. gamma (`cost_exponent`, default COST_EXPONENT = 1: gain per FLOP) was chosen on the
-simulator arm of benchmarks/bench_design.py; `families` adds other law families' draws (a mixture) so runs that
-tell the families apart count. `random_design` and `cheapest_first_design` are the baselines at equal compute.
+log N_opt at a compute C), s^2 the run-to-run variance of log loss from the fit's residuals and d_c the decades
+of compute from candidate c up to the target (0 at or above it): the linear (ensemble Kalman) update of the
+target's variance were c's loss observed with noise plus a model discrepancy that grows with the distance
+extrapolated. A batch of K is chosen greedily, each pick updating the draws' covariance as if its loss had been
+seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default COST_EXPONENT
+= 0.5) was chosen on loss columns and simulator studies held out from benchmarks/bench_design.py's reported ones;
+tau (`scale_discount`, default SCALE_DISCOUNT = 0: off) did not help there (benchmarks/results/design.md); `families`
+adds other law families' draws (a mixture) so runs that tell the families apart count. The initial design
+shrinks to the smallest identifiable one when the budget is small (initial_design(budget=...)). `random_design`
+and `cheapest_first_design` are the baselines at equal compute.
 `replay` runs the sweep loop over an existing table whose losses are revealed one chosen row at a time
 (`medscale design`).
 """
@@ -31,7 +35,9 @@ from .data_constrained import DataConstrainedFit
 from .errors import AnalysisError
 from .parametric import ParametricFit
 
-COST_EXPONENT = 1.0  # score = gain / cost^gamma (set from the simulator arm: benchmarks/results/design.md)
+COST_EXPONENT = 0.5  # score = gain / cost^gamma (chosen on held-out loss columns and studies: design.md)
+SCALE_DISCOUNT = 0.0  # tau: extra sd of log loss per decade of compute from a candidate up to the target (off:
+#                       held-out data did not tell 0.01 from 0; benchmarks/results/design.md)
 NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
 LEVEL = 0.95
 
@@ -63,6 +69,12 @@ class Target:
         if self.compute is not None:
             return np.log(fit.allocation_.n_opt_draws(self.compute))
         return np.log(_loss_draws(fit, self.params, self.tokens, self.unique))
+
+    def log10_compute(self) -> float:
+        """log10 of the target's compute: C for N_opt, else the planned runs' 6ND (geometric mean)."""
+        if self.compute is not None:
+            return float(np.log10(self.compute))
+        return float(np.mean(np.log10(compute_6nd(self.params, self.tokens))))
 
     def point(self, fit) -> np.ndarray:
         if self.compute is not None:
@@ -136,14 +148,24 @@ def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra=
     return np.atleast_2d(np.cov(Z, rowvar=False)), len(cand)
 
 
-def gains(S: np.ndarray, n: int, s2: float) -> np.ndarray:
-    """Expected reduction of sum_t Var(g_t) if each candidate's log loss were observed with noise s2."""
+def gains(S: np.ndarray, n: int, s2) -> np.ndarray:
+    """Expected reduction of sum_t Var(g_t) if each candidate's log loss were observed with noise s2 (a number,
+    or one variance per candidate)."""
     return (S[:n, n:] ** 2).sum(axis=1) / (np.diag(S)[:n] + s2)
 
 
-def _observe(S: np.ndarray, c: int, s2: float) -> np.ndarray:
-    """The covariance after observing candidate c (linear Gaussian update)."""
+def _observe(S: np.ndarray, c: int, s2) -> np.ndarray:
+    """The covariance after observing candidate c (linear Gaussian update) with noise variance s2 (c's)."""
     return S - np.outer(S[:, c], S[c, :]) / (S[c, c] + s2)
+
+
+def discrepancy(pool: pd.DataFrame, cand: np.ndarray, target: Target, tau: float) -> np.ndarray:
+    """Each candidate's model-discrepancy variance: (tau x decades of compute from the candidate up to the target)^2
+    (0 at or above the target's compute): the law is trusted less the farther below the target a run lies."""
+    if not tau:
+        return np.zeros(len(cand))
+    d = np.clip(target.log10_compute() - np.log10(pool["cost"].to_numpy()[cand]), 0.0, None)
+    return (tau * d) ** 2
 
 
 def family_fits(pool: pd.DataFrame, revealed: dict[int, float], families, *, n_boot: int, seed: int) -> list:
@@ -167,7 +189,7 @@ def family_fits(pool: pd.DataFrame, revealed: dict[int, float], families, *, n_b
 
 def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budget_left: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, fit=None, cost_exponent: float | None = None,
-           families=None, extra_fits=None) -> Batch:
+           families=None, extra_fits=None, scale_discount: float | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -187,44 +209,62 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     if extra_fits is None:
         extra_fits = family_fits(pool, revealed, families, n_boot=n_boot, seed=seed) if families else []
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
+    tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     s2 = noise_var(fit)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
     S, n = _joint_cov(fit, pool, cand, target, extra_fits)
+    s2c = s2 + discrepancy(pool, cand, target, tau)
     var0 = float(np.trace(S[n:, n:]))
     cost = pool["cost"].to_numpy()[cand]
     price = (cost / cost.max()) ** gamma
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
     for _ in range(batch):
-        score = np.where(~taken & (cost <= left), gains(S, n, s2) / price, -np.inf)
+        score = np.where(~taken & (cost <= left), gains(S, n, s2c) / price, -np.inf)
         c = int(np.argmax(score))
         if not np.isfinite(score[c]):
             break
         rows.append(int(cand[c]))
         scores.append(float(score[c]))
         taken[c], left = True, left - cost[c]
-        S = _observe(S, c, s2)
+        S = _observe(S, c, s2c[c])
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
 
 
-def initial_design(pool: pd.DataFrame, min_runs: int = 7) -> np.ndarray:
+def initial_design(pool: pd.DataFrame, min_runs: int = 7, budget: float | None = None) -> np.ndarray:
     """The cheapest runs that spread over sizes, token counts and scales: in order of cost, a row is taken when it
     adds a model size or a token count while there are fewer than 3 of either, or a compute level (cost rounded
     to 0.05 decades) while there are fewer than 3; then the cheapest remaining rows up to `min_runs` (a
     5-parameter law needs 6 points; 7 leaves a residual). The compute levels matter on IsoFLOP pools, whose
-    cheapest budget alone has as many sizes and token counts as wanted and identifies no law."""
+    cheapest budget alone has as many sizes and token counts as wanted and identifies no law.
+
+    With a `budget` that this design does not fit in, smaller identifiable designs are tried in turn: one run
+    fewer (6 for the Chinchilla law: its 5 parameters plus one), then 2 compute levels, then none required (3 sizes
+    and 3 token counts always); the first that fits is returned (else the last, which the caller refuses)."""
+    design = _spread(pool, min_runs, 3)
+    if budget is None:
+        return design
+    cost = pool["cost"].to_numpy()
+    for runs, levels in ((min_runs, 3), (min_runs - 1, 3), (min_runs - 1, 2), (min_runs - 1, 1)):
+        design = _spread(pool, runs, levels)
+        if cost[design].sum() <= budget:
+            break
+    return design
+
+
+def _spread(pool: pd.DataFrame, min_runs: int, levels: int) -> np.ndarray:
     cost = pool["cost"].to_numpy()
     order = np.argsort(cost, kind="stable")
     N, D = np.round(np.log(pool["params"].to_numpy()), 6), np.round(np.log(pool["tokens"].to_numpy()), 6)
     level = np.round(np.log10(cost) / 0.05)
     chosen: list[int] = []
     for row in order:
-        if _identified(N, D, chosen, 0) and np.unique(level[chosen]).size >= 3:
+        if _identified(N, D, chosen, 0) and np.unique(level[chosen]).size >= levels:
             break
         if ((N[row] not in N[chosen] and np.unique(N[chosen]).size < 3)
                 or (D[row] not in D[chosen] and np.unique(D[chosen]).size < 3)
-                or (level[row] not in level[chosen] and np.unique(level[chosen]).size < 3)):
+                or (level[row] not in level[chosen] and np.unique(level[chosen]).size < levels)):
             chosen.append(int(row))
     chosen += [int(r) for r in order if r not in chosen][:max(0, min_runs - len(chosen))]
     return np.array(chosen, dtype=int)
@@ -290,11 +330,11 @@ def predict_target(fit, target: Target, level: float = LEVEL, seed: int = 0):
 def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, budget: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
            on_step: Callable[[Step], None] | None = None, cost_exponent: float | None = None,
-           families=None) -> Replay:
+           families=None, scale_discount: float | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
-    init = initial_design(pool, min_runs=9 if "unique_tokens" in pool else 7)
+    init = initial_design(pool, min_runs=9 if "unique_tokens" in pool else 7, budget=budget)
     cost = pool["cost"].to_numpy()
     if cost[init].sum() > budget:
         total = cost.sum()
@@ -320,7 +360,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
             break
         try:
             nxt = select(pool, revealed, target, budget - spent, batch=batch, n_boot=n_boot, seed=seed, fit=fit,
-                         cost_exponent=cost_exponent, families=families)
+                         cost_exponent=cost_exponent, families=families, scale_discount=scale_discount)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
             nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, noise_var(fit))

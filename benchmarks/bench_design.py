@@ -1,7 +1,7 @@
 """Adaptive designs against the full grid, random and cheapest-first selection at equal compute (issue 32, item 3).
 
     .venv/bin/python benchmarks/bench_design.py                      # both arms, the defaults (~8 min CPU)
-    .venv/bin/python benchmarks/bench_design.py --arm sim --studies 4 --gammas 1,0.5,0.25   # choose a default
+    .venv/bin/python benchmarks/bench_design.py --arm sim --studies 4 --variants 1:0,0.5:0,1:0.01   # compare arms
     .venv/bin/python benchmarks/bench_design.py --farseer --n-boot 50 --seeds 5              # bigger: + Farseer
 
 Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
@@ -18,7 +18,8 @@ absolute % error of the predicted loss over the costly runs (MAPE) and R^2 = 1 -
 (pooled over a table's groups, as benchmarks/bench_families.py does).
 
 At each fraction F of the pool's compute (6ND summed): the adaptive replay of analysis/design.py (its initial
-design, refit, batches by expected variance reduction of the log target per FLOP^gamma), random selection at
+design, refit, batches by expected variance reduction of the log target per FLOP^gamma, each candidate's noise
+raised by (tau x decades below the target's compute)^2; `--variants gamma:tau,...`), random selection at
 the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range), cheapest
 first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small to fit (under
 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts as a
@@ -65,7 +66,7 @@ def _fit(pool, loss, rows, n_boot):
         return None
 
 
-def designs(pool, loss, target, F, *, n_boot, seeds, batch, gammas, families=None) -> dict[str, list]:
+def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=None) -> dict[str, list]:
     """arm -> [(fit or None, compute spent as a share of the pool's, runs)] (random: one per seed)."""
     cost, total = pool["cost"].to_numpy(), pool["cost"].sum()
     share = lambda rows: cost[np.asarray(rows, dtype=int)].sum() / total  # noqa: E731
@@ -73,13 +74,13 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, gammas, families=Non
         rows = np.arange(len(pool))
         return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
     out = {}
-    for g in gammas:
+    for g, t in variants:
         try:
             rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
-                            cost_exponent=g, families=families)
-            out[_adaptive(g)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
+                            cost_exponent=g, scale_discount=t, families=families)
+            out[_adaptive(g, t)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
         except AnalysisError:  # its initial design does not fit in F
-            out[_adaptive(g)] = [(None, 0.0, 0)]
+            out[_adaptive(g, t)] = [(None, 0.0, 0)]
     out["random"] = []
     for s in range(seeds):
         rows = ds.random_design(pool, F * total, seed=s)
@@ -89,8 +90,13 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, gammas, families=Non
     return out
 
 
-def _adaptive(g) -> str:
-    return f"adaptive (gamma {g:g})"
+def _adaptive(g, t=None) -> str:
+    t = ds.SCALE_DISCOUNT if t is None else t
+    return f"adaptive (gamma {g:g}, tau {t:g})"
+
+
+def _arms(args) -> list[str]:
+    return [_adaptive(g, t) for g, t in args.variants] + ["random", "cheapest-first"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -115,7 +121,8 @@ def sim(args) -> tuple[list[str], dict]:
                 loss = tab["loss"].to_numpy(float)
                 for F in (*args.fractions, 1.0):
                     for arm, runs in designs(pool, loss, target, F, n_boot=args.n_boot, seeds=args.seeds,
-                                             batch=args.batch, gammas=args.gammas, families=args.families).items():
+                                             batch=args.batch, variants=args.variants,
+                                             families=args.families).items():
                         cell = []
                         for fit, spent, n in runs:
                             if fit is None:
@@ -125,7 +132,7 @@ def sim(args) -> tuple[list[str], dict]:
                             cell.append((abs(p[0] / truth - 1) * 100, (hi[0] - lo[0]) / truth * 100, spent, n))
                         res.setdefault((F, arm), []).append(cell)
                 print(f"  {kind} {scen} study {i}: {time.time() - t0:.0f} s", flush=True)
-        arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
+        arms = _arms(args)
         n_st = args.studies * len(SIM_SCENARIOS)
         lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified)", ""]
         lines += _fraction_table(res, arms, args.fractions, _sim_cell, ("grid", "full grid"), summary, ("sim", kind))
@@ -203,11 +210,11 @@ def replay_tables(args) -> tuple[list[str], dict]:
             loss = cheap[lc].to_numpy(float)
             for F in (*args.fractions, 1.0):
                 for arm, runs in designs(pool, loss, target, F, n_boot=args.n_boot, seeds=args.seeds, batch=batch,
-                                         gammas=args.gammas, families=args.families).items():
+                                         variants=args.variants, families=args.families).items():
                     for s, (fit, spent, n) in enumerate(runs):
                         cell = res.setdefault((F, arm), [[] for _ in runs])
                         cell[s].append(None if fit is None else (target.point(fit), obs, spent, n))
-        arms = [_adaptive(g) for g in args.gammas] + ["random", "cheapest-first"]
+        arms = _arms(args)
         lines += [f"### {name}", ""]
         lines += _fraction_table(res, arms, args.fractions, _table_cell, ("pool", "all rows"), summary, ("table", name))
         lines += ["", f"{time.time() - t0:.0f} s for this table.", ""]
@@ -246,14 +253,17 @@ def parse_args(argv=None):
     ap.add_argument("--studies", type=int, default=1, help="simulator studies per kind and scenario")
     ap.add_argument("--kinds", default=",".join(SIM_KINDS))
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--gammas", default=None, help="cost exponents of the adaptive arm (default: design's)")
+    ap.add_argument("--variants", default=None,
+                    help="adaptive arms as gamma:tau pairs, comma-separated (cost exponent : scale discount, the sd of "
+                         "log loss per decade below the target); default: design's COST_EXPONENT:SCALE_DISCOUNT")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
     a = ap.parse_args(argv)
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
-    a.gammas = tuple(float(g) for g in a.gammas.split(",")) if a.gammas else (ds.COST_EXPONENT,)
+    a.variants = (tuple(tuple(float(x) for x in v.split(":")) for v in a.variants.split(",")) if a.variants
+                  else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT),))
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))
     return a
@@ -266,7 +276,8 @@ def main(argv=None) -> int:
     cmd = " ".join(sys.argv[1:])
     lines = ["# Adaptive designs against the full grid, random and cheapest-first at equal compute", "",
              f"`benchmarks/bench_design.py {cmd}` (n_boot {args.n_boot}, {args.seeds} random orders per cell, batch "
-             f"{args.batch}, cost exponents {', '.join(f'{g:g}' for g in args.gammas)}"
+             f"{args.batch}, adaptive arms (cost exponent gamma, scale discount tau) "
+             f"{', '.join(f'({g:g}, {t:g})' for g, t in args.variants)}"
              + (f", families {'+'.join(args.families)}" if args.families else "")
              + "). Method: the script's docstring.",
              ""]
@@ -281,8 +292,9 @@ def main(argv=None) -> int:
         lines += ["## (b) Replays on public tables: the costly runs' loss", "",
                   "Each cell: MAPE over the costly runs (random: mean over orders, range in brackets) / R² over them "
                   "/ compute spent as a share of the pool's / runs used (summed over a table's groups).", "", *tl]
-    lines.append(f"Wall time {time.time() - t0:.0f} s on {processor().describe()}, one process, nice 5, on a 2-core "
-                 "machine shared with other jobs.")
+    lines.append(f"Wall time {time.time() - t0:.0f} s on {processor().describe()}, one process, nice {os.nice(0)}, "
+                 "on a "
+                 f"{os.cpu_count()}-core machine shared with other jobs.")
     publish(lines, args.out)
     return 0
 

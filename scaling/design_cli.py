@@ -100,6 +100,8 @@ def design_command(
     batch: int = typer.Option(4, "--batch", min=1, help="Runs chosen per refit."),
     n_boot: int = typer.Option(100, "--n-boot", min=10, help="Bootstrap resamples per refit."),
     stop_width: Optional[float] = typer.Option(None, "--stop-width", help="Stop once the target's 95% interval is this narrow, relative to its prediction (e.g. 0.02)."),
+    cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected variance reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
+    scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2 (default: analysis/design.py SCALE_DISCOUNT)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's
@@ -113,7 +115,8 @@ def design_command(
     with warnings.catch_warnings():  # a bootstrap draw with an infinite N_opt is counted, not printed
         warnings.simplefilter("ignore", RuntimeWarning)
         rep = ds.replay(pool, lambda r: losses[r], tgt, fraction * total, batch=batch, n_boot=n_boot, seed=seed,
-                        stop_width=stop_width, on_step=say)
+                        stop_width=stop_width, on_step=say, cost_exponent=cost_exponent,
+                        scale_discount=scale_discount)
         full = ds.fit_revealed(pool, dict(enumerate(losses)), n_boot=n_boot, seed=seed)  # the comparison: all rows
         result = _summary(rep, full, tgt, truth, total, seed)
     _write_chosen(pool_file, out_file, rep)

@@ -194,3 +194,37 @@ def test_family_draws_join_the_selector():
     mix = ds.select(pool, revealed, target, pool["cost"].sum(), batch=BATCH, fit=fit, extra_fits=extra)
     assert mix.rows.size == BATCH and not set(mix.rows) & set(revealed)
     assert mix.variance != one.variance  # the mixture's draws moved the target's variance
+
+
+def test_initial_design_within_a_small_budget_is_the_smallest_identifiable_one():
+    """A budget too small for the spread design gets a smaller one that still has 3 sizes and 3 token counts
+    (the replay then runs instead of refusing); a budget too small even for that is refused by the replay."""
+    t = synthetic.isoflop_table((1e18, 3e18, 1e19, 3e19, 1e20), sizes=9, noise=0.01, seed=4)
+    pool = ds.pool_frame(t["params"], t["tokens"])
+    cost = pool["cost"].to_numpy()
+    full = ds.initial_design(pool)
+    budget = 0.999 * cost[full].sum()
+    small = ds.initial_design(pool, budget=budget)
+    assert cost[small].sum() <= budget < cost[full].sum()
+    assert np.unique(pool["params"].to_numpy()[small]).size >= 3
+    assert np.unique(pool["tokens"].to_numpy()[small]).size >= 3
+    assert len(small) >= 6
+    assert ds.initial_design(pool, budget=cost.sum()).tolist() == full.tolist()  # a budget that fits: unchanged
+    with pytest.raises(ds.AnalysisError, match="initial design"):
+        ds.replay(pool, lambda r: float(t["loss"].iat[r]), ds.Target.n_opt(1e21), 2 * cost.min(), n_boot=N_BOOT)
+
+
+def test_scale_discount_buys_runs_nearer_the_target():
+    """tau > 0 adds (tau x decades below the target's compute)^2 to a candidate's noise: the far, cheap runs gain
+    less, so the batch moves up in compute; tau = 0 is the undiscounted criterion."""
+    t, pool, target, _ = _study()
+    revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
+    fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    cost = pool["cost"].to_numpy()
+    cand = np.array([i for i in range(len(pool)) if i not in revealed])
+    d = ds.discrepancy(pool, cand, target, 0.01)
+    assert np.all(d >= 0) and np.all(np.diff(d[np.argsort(cost[cand])]) <= 1e-15)  # cheaper: larger discrepancy
+    assert np.allclose(ds.discrepancy(pool, cand, target, 0.0), 0)
+    logc = {tau: np.log(cost[ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, cost_exponent=1.0,
+                                       scale_discount=tau).rows]).mean() for tau in (0.0, 0.05)}
+    assert logc[0.05] > logc[0.0]

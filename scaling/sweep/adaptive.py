@@ -246,7 +246,8 @@ def _first_pick_scores(fit, frame: pd.DataFrame, revealed: dict[int, float], tar
         S, n = design._joint_cov(fit, frame, cand, target)
         cost = frame["cost"].to_numpy()[cand]
         price = (cost / cost.max()) ** getattr(design, "COST_EXPONENT", 1.0)
-        return design.gains(S, n, design.noise_var(fit)) / price
+        s2 = design.noise_var(fit) + design.discrepancy(frame, cand, target, getattr(design, "SCALE_DISCOUNT", 0.0))
+        return design.gains(S, n, s2) / price
     except (AnalysisError, TypeError, ValueError, np.linalg.LinAlgError):
         return None
 
