@@ -59,7 +59,7 @@ def _workers(pytest_args: list[str]) -> list[str]:
     if (os.cpu_count() or 1) < 2 or any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) or
                                         a in ("no:xdist", "-pno:xdist") for a in pytest_args):
         return []
-    return ["-n", "2", "--dist", "loadscope"]
+    return ["-n", "2", "--dist", "loadscope", "--no-loadscope-reorder"]  # the suite's order: tests/conftest.py
 
 
 def main(argv: list[str]) -> int:

@@ -14,9 +14,14 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# each pytest-xdist worker (`dev.py test` runs two) has its own Ray temp dir, inherited by the processes it
-# starts: two workers' local Rays never share a session folder (short: Ray's socket paths have a length limit)
-os.environ.setdefault("MEDSCALE_RAY_TMP", "/tmp/ray-" + os.environ.get("PYTEST_XDIST_WORKER", "tests"))
+# the suite's local Rays keep their sessions in their own temp dir (short: Ray's socket paths have a length
+# limit), and each pytest-xdist worker (`dev.py test` runs two) in its own below it, inherited by the processes
+# it starts: two workers' Rays never share a session folder. (Workers inherit the controller's environment,
+# where this file ran first.)
+os.environ.setdefault("MEDSCALE_RAY_TMP", "/tmp/ray-tests")
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ["MEDSCALE_RAY_TMP"].endswith(
+        "-" + os.environ["PYTEST_XDIST_WORKER"]):
+    os.environ["MEDSCALE_RAY_TMP"] += "-" + os.environ["PYTEST_XDIST_WORKER"]
 
 import atexit
 import shutil
