@@ -245,6 +245,12 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------
+def _variant(text: str) -> tuple[float, float]:
+    """'gamma:tau' (or 'gamma', tau at design's default) as (gamma, tau)."""
+    gamma, _, tau = text.partition(":")
+    return float(gamma), float(tau) if tau else ds.SCALE_DISCOUNT
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", choices=("sim", "tables", "all"), default="all")
@@ -262,7 +268,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
     a = ap.parse_args(argv)
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
-    a.variants = (tuple(tuple(float(x) for x in v.split(":")) for v in a.variants.split(",")) if a.variants
+    a.variants = (tuple(_variant(v) for v in a.variants.split(",")) if a.variants
                   else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT),))
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))

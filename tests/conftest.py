@@ -51,17 +51,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(config, items):
-    """Modules with end-to-end (slow) tests run first, the most first, each module still whole and in order:
-    pytest-xdist (dev.py test) hands whole modules to its two workers as they free up, so a long module
-    handed out last would leave one worker idle at the end (longest first balances them)."""
-    slow_in: dict[str, int] = {}
-    for item in items:
-        if item.get_closest_marker("slow"):
-            slow_in[item.nodeid.split("::")[0]] = slow_in.get(item.nodeid.split("::")[0], 0) + 1
-    items.sort(key=lambda item: -slow_in.get(item.nodeid.split("::")[0], 0))
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A small synthetic cohort and its tokens, shared by the tests that train."""
