@@ -54,10 +54,12 @@ def _ckpt_steps(run) -> list[int]:
     return sorted(int(p.name) for p in run.ckpt_dir.iterdir() if p.name.isdigit()) if run.ckpt_dir.exists() else []
 
 
-def _leased_run_with_checkpoint(out: Path):
+def _leased_run_with_checkpoint(out: Path, at_most: int | None = None):
+    """A run in training (leased) with a checkpoint (its newest at step `at_most` or before, if given)."""
     for run in RunStore(out).runs():
         info = run.lease_info()
-        if info and _ckpt_steps(run):
+        steps = _ckpt_steps(run)
+        if info and steps and (at_most is None or steps[-1] <= at_most):
             return run, info
     return None
 
@@ -92,7 +94,10 @@ def test_killed_ray_worker_is_retried_and_resumes(tmp_path, tiny_dataset):
 def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_dataset):
     meds, _ = tiny_dataset
     sizes = TWO_SIZES + [{"d_model": 64, "n_layers": 2, "n_heads": 2}]
-    spec = write_spec(tmp_path / "sweep.yaml", tiny_spec(meds, **{"grid.params": sizes}))
+    # 120 steps a run, the kill decided by its step 60: the checkpointed run is still training when the kill lands
+    # (with 60 steps, a loaded machine let it finish first and the kill hit the next run, before its first save)
+    spec = write_spec(tmp_path / "sweep.yaml",
+                      tiny_spec(meds, **{"grid.params": sizes, "grid.tokens": [120 * 8 * 32]}))
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="ray-sf-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env, mark = marked_env(ray_tmp)
@@ -101,13 +106,16 @@ def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_da
                              start_new_session=True)
     try:
         _wait_for(lambda: any(r.state() == "done" for r in RunStore(out).runs())
-                  and _leased_run_with_checkpoint(out), 400, first, "one run done and another checkpointed")
+                  and _leased_run_with_checkpoint(out, at_most=60), 400, first, "one run done and another checkpointed")
     finally:
         _kill_machine(first, mark, ray_tmp)  # the driver, the local Ray it started and its workers
         shutil.rmtree(ray_tmp, ignore_errors=True)
     before = {r.run_id: (r.state(), r.status().get("finished_at")) for r in RunStore(out).runs()}
     done_before = {k for k, (state, _) in before.items() if state == "done"}
     assert 1 <= len(done_before) < 3
+    saved = {r.run_id: _ckpt_steps(r)[-1] for r in RunStore(out).runs()
+             if r.run_id not in done_before and _ckpt_steps(r)}
+    assert saved, "the kill landed after the checkpointed run had finished (and before the next one saved)"
 
     second = subprocess.run(MEDSCALE + ["sweep", str(spec), "--out", str(out)], env=_env(tmp_path),
                             capture_output=True, text=True, timeout=600)
@@ -117,5 +125,5 @@ def test_killed_driver_relaunch_completes_only_what_is_missing(tmp_path, tiny_da
     for run_id in done_before:  # finished runs were not touched again
         assert runs[run_id].status()["finished_at"] == before[run_id][1]
         assert runs[run_id].status()["attempts"] == 1
-    resumed = [r for r in runs.values() if r.metrics()["resumed_from_step"] > 0]
-    assert resumed, "the run checkpointed before the kill should resume, not restart"
+    for run_id, step in saved.items():  # a run checkpointed before the kill resumes there, not from step 0
+        assert runs[run_id].metrics()["resumed_from_step"] == step, run_id
