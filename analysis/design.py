@@ -208,17 +208,13 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     fit = fit if fit is not None else fit_revealed(pool, revealed, n_boot=n_boot, seed=seed)
     if extra_fits is None:
         extra_fits = family_fits(pool, revealed, families, n_boot=n_boot, seed=seed) if families else []
-    gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
-    tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     s2 = noise_var(fit)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
-    S, n = _joint_cov(fit, pool, cand, target, extra_fits)
-    s2c = s2 + discrepancy(pool, cand, target, tau)
+    S, n, s2c, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount)
     var0 = float(np.trace(S[n:, n:]))
     cost = pool["cost"].to_numpy()[cand]
-    price = (cost / cost.max()) ** gamma
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
     for _ in range(batch):
         score = np.where(~taken & (cost <= left), gains(S, n, s2c) / price, -np.inf)
@@ -230,6 +226,27 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
         taken[c], left = True, left - cost[c]
         S = _observe(S, c, s2c[c])
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
+
+
+def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount):
+    """What a score is made of: (joint covariance S, number of candidates n, each candidate's noise variance, each
+    candidate's price = (cost / the dearest's)^gamma). A candidate's score is gains(S, n, noise) / price."""
+    gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
+    tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
+    S, n = _joint_cov(fit, pool, cand, target, extra_fits)
+    cost = pool["cost"].to_numpy()[cand]
+    return S, n, noise_var(fit) + discrepancy(pool, cand, target, tau), (cost / cost.max()) ** gamma
+
+
+def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], target: Target, *,
+                      cost_exponent: float | None = None, scale_discount: float | None = None) -> np.ndarray:
+    """Each unrevealed candidate's score (in pool order) as a batch's first pick from `fit`: what `select` ranks
+    before its first choice, budget aside (the scores an adaptive sweep records with each decision)."""
+    cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
+    if cand.size == 0:
+        return np.empty(0)
+    S, n, noise, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount)
+    return gains(S, n, noise) / price
 
 
 def initial_design(pool: pd.DataFrame, min_runs: int = 7, budget: float | None = None) -> np.ndarray:

@@ -237,17 +237,10 @@ def _fit_record(fit, target, seed: int, n_runs: int) -> dict:
 
 
 def _first_pick_scores(fit, frame: pd.DataFrame, revealed: dict[int, float], target) -> np.ndarray | None:
-    """Each unrevealed candidate's score as the batch's first pick (expected reduction of the target's log-variance
-    per relative cost, analysis/design.py), from the fit the batch used; None where the draws do not allow it."""
-    cand = np.array([i for i in range(len(frame)) if i not in revealed], dtype=int)
-    if cand.size == 0:
-        return np.empty(0)
+    """Each unrevealed candidate's score as the batch's first pick (analysis/design.py first_pick_scores), from
+    the fit the batch used; None where the draws do not allow it."""
     try:
-        S, n = design._joint_cov(fit, frame, cand, target)
-        cost = frame["cost"].to_numpy()[cand]
-        price = (cost / cost.max()) ** getattr(design, "COST_EXPONENT", 1.0)
-        s2 = design.noise_var(fit) + design.discrepancy(frame, cand, target, getattr(design, "SCALE_DISCOUNT", 0.0))
-        return design.gains(S, n, s2) / price
+        return design.first_pick_scores(fit, frame, revealed, target)
     except (AnalysisError, TypeError, ValueError, np.linalg.LinAlgError):
         return None
 
