@@ -10,10 +10,13 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+
+from .errors import AnalysisError
 
 DEFAULT_LEVEL = 0.95
 
@@ -103,12 +106,54 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
+JOBS_ENV = "MEDSCALE_ANALYSIS_JOBS"  # processes for an analysis's fits; default: every core
+_shared: list[tuple[int, ProcessPoolExecutor]] = []  # (owner pid, pool) of the enclosing worker_pool blocks
+
+
+def default_jobs() -> int:
+    """Processes an analysis uses when the caller does not say: $MEDSCALE_ANALYSIS_JOBS, else every core."""
+    value = os.environ.get(JOBS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise AnalysisError(f"{JOBS_ENV}={value!r}: set it to a whole number of processes (1: no pool)") from None
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def worker_pool(n_jobs: int | None = None) -> Iterator[int]:
+    """One pool of n_jobs processes (None: `default_jobs()`) for every parallel_map inside the block; yields
+    n_jobs. A report makes a dozen maps: a pool each would pay the start-up (under spawn, re-importing the
+    analysis) a dozen times. Results do not depend on it: work is split the same way with or without."""
+    n_jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
+    if n_jobs == 1 or _active_pool() is not None:
+        yield n_jobs
+        return
+    entry = (os.getpid(), ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()))
+    _shared.append(entry)
+    try:
+        yield n_jobs
+    finally:
+        _shared.remove(entry)
+        entry[1].shutdown(wait=True, cancel_futures=True)
+
+
+def _active_pool() -> ProcessPoolExecutor | None:
+    # a forked worker inherits the list; the pool is only its owner's to use
+    return _shared[-1][1] if _shared and _shared[-1][0] == os.getpid() else None
+
+
 def parallel_map(fn: Callable, chunks: Sequence, n_jobs: int | None = 1) -> list:
-    """[fn(c) for c in chunks], over up to n_jobs processes (None: all cores). fn must be picklable."""
+    """[fn(c) for c in chunks], over up to n_jobs processes (None: all cores), those of the enclosing
+    `worker_pool` if there is one. fn must be picklable."""
     n_jobs = (os.cpu_count() or 1) if n_jobs is None else int(n_jobs)
     n_jobs = max(1, min(n_jobs, len(chunks)))
     if n_jobs == 1:
         return [fn(c) for c in chunks]
+    pool = _active_pool()
+    if pool is not None:
+        return list(pool.map(fn, chunks))
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()) as ex:
         return list(ex.map(fn, chunks))
 

@@ -36,6 +36,7 @@ def _save(fig: Figure, out: str | Path, formats: Sequence[str] = FORMATS) -> lis
         p = out.with_suffix(f".{fmt}")
         fig.savefig(p, dpi=130, metadata={"Date": None} if fmt == "svg" else None)
         paths.append(p)
+        fig.set_layout_engine("none")  # the first save laid the figure out; the next formats keep that layout
     return paths
 
 

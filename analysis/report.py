@@ -84,18 +84,20 @@ def _clean(results: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _fits_for(df: pd.DataFrame, curves: pd.DataFrame | None, n_boot: int, seed: int):
+def _fits_for(df: pd.DataFrame, curves: pd.DataFrame | None, n_boot: int, seed: int, n_jobs: int = 1):
     """Every approach that the data support; a reason for each that they do not."""
     fits, skipped = {}, {}
     budget = df["budget"].to_numpy() if "budget" in df.columns else None
     reps = {"seeds": df["seed"].to_numpy() if "seed" in df.columns else None,
             "lrs": df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None}
     try:
-        fits[3] = ParametricFit(n_boot=n_boot, seed=seed).fit(df.params, df.tokens, df.loss, budget=budget, **reps)
+        fits[3] = ParametricFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(df.params, df.tokens, df.loss,
+                                                                          budget=budget, **reps)
     except AnalysisError as e:
         skipped[3] = str(e)
     try:
-        fits[2] = IsoFlopFit(n_boot=n_boot, seed=seed).fit(df.params, df.compute, df.loss, budget=budget, **reps)
+        fits[2] = IsoFlopFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(df.params, df.compute, df.loss,
+                                                                       budget=budget, **reps)
     except AnalysisError as e:
         skipped[2] = str(e)
     try:
@@ -186,9 +188,11 @@ class Analysis:
 
 
 def analyze_results(results: pd.DataFrame, curves: pd.DataFrame | None = None, *, budget: float | None = None,
-                    max_tokens: float | None = None, n_boot: int = 1000, seed: int = 0) -> Analysis:
+                    max_tokens: float | None = None, n_boot: int = 1000, seed: int = 0, n_jobs: int = 1) -> Analysis:
     """Fit every approach the results support, per objective, once. `budget` (FLOPs; default the largest
-    compute in the table) is where allocations are made; `max_tokens` caps D there."""
+    compute in the table) is where allocations are made; `max_tokens` caps D there. `n_jobs` processes share
+    the bootstraps and validation folds (inside `bootstrap.worker_pool`, one pool for all); the numbers do not
+    depend on it."""
     df_all = _clean(results)
     if df_all.empty:
         raise AnalysisError("no finished runs with finite, positive params, tokens and loss in the results table")
@@ -199,7 +203,7 @@ def analyze_results(results: pd.DataFrame, curves: pd.DataFrame | None = None, *
         name = str(name)
         df = _full_data(df_group)
         o = ObjectiveFits(name=name, runs=df_group, df=df)
-        o.fits, o.skipped = _fits_for(df, curves, n_boot, seed)
+        o.fits, o.skipped = _fits_for(df, curves, n_boot, seed, n_jobs)
         o.allocs = {k: compute_optimal(f, at, max_tokens=max_tokens) for k, f in o.fits.items()}
         o.results = {k: FitResult(approach=k, fit=f, n_points=f.n_points_,
                                   columns={"params": "params", "loss": "loss", "tokens": "tokens"},
@@ -207,14 +211,14 @@ def analyze_results(results: pd.DataFrame, curves: pd.DataFrame | None = None, *
                                   hold_out=_hold_out_of(f))
                      for k, f in o.fits.items()}
         o.fpt = flops_per_token_of(df_group)
-        _fit_data_constrained(o, at, max_tokens, n_boot, seed)
-        _fit_conventions(o, n_boot, seed)
-        _fit_families(o, at, max_tokens, n_boot, seed)
+        _fit_data_constrained(o, at, max_tokens, n_boot, seed, n_jobs)
+        _fit_conventions(o, n_boot, seed, n_jobs)
+        _fit_families(o, at, max_tokens, n_boot, seed, n_jobs)
         analysis.objectives[name] = o
     return analysis
 
 
-def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int) -> None:
+def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int, n_jobs: int = 1) -> None:
     """The data-constrained law on every run of the objective when some repeat their data, and its allocation at
     the budget (with the unique tokens available, and with unlimited data) in the recommendation's FLOP count."""
     from .summary import fit_table
@@ -224,7 +228,7 @@ def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, 
         return
     try:
         o.data_constrained = fit_table(
-            df, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed,
+            df, params="params", loss="loss", tokens="tokens", approach=3, n_boot=n_boot, seed=seed, n_jobs=n_jobs,
             budget_col="budget" if "budget" in df and df["budget"].notna().any() else None,
             unique_tokens="unique_tokens", compute_convention="6nd")
     except AnalysisError as e:
@@ -235,7 +239,7 @@ def _fit_data_constrained(o: ObjectiveFits, at: float, max_tokens, n_boot: int, 
     o.dc_free = compute_optimal(o.data_constrained.fit, at, flops_per_token=o.fpt)
 
 
-def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int) -> None:
+def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: int, n_jobs: int = 1) -> None:
     """The law families (analysis/selection.py) on the runs the recommendation's law was fitted to (every run
     with its unique tokens where the data-constrained law is that law, else the runs on all the data), and their
     mixture's N_opt at the budget in the recommendation's FLOP count and with its unique tokens (`max_tokens`;
@@ -253,7 +257,7 @@ def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: in
     target = None if alloc is None else (np.array([alloc.n_opt.value]), np.array([alloc.d_opt.value]))
     try:
         o.families = choose(df["params"], df["tokens"], df["loss"], df["unique_tokens"] if dc else None,
-                            n_boot=min(n_boot, DEFAULT_N_BOOT), seed=seed, fitted=fitted, target=target,
+                            n_boot=min(n_boot, DEFAULT_N_BOOT), seed=seed, n_jobs=n_jobs, fitted=fitted, target=target,
                             seeds=df["seed"].to_numpy() if "seed" in df.columns else None,
                             lrs=df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None)
         o.families_n_opt = o.families.n_opt(at, max_tokens if dc else None, flops_per_token=o.fpt)
@@ -261,7 +265,7 @@ def _fit_families(o: ObjectiveFits, at: float, max_tokens, n_boot: int, seed: in
         o.families, o.families_error = None, str(e)
 
 
-def _fit_conventions(o: ObjectiveFits, n_boot: int, seed: int) -> None:
+def _fit_conventions(o: ObjectiveFits, n_boot: int, seed: int, n_jobs: int = 1) -> None:
     """Approach 3 on N under each parameter convention: the fit above where its N is that convention's, else
     one fit on that N with the same resamples and seed (N differs, so the numbers do: a different quantity)."""
     df = o.df
@@ -279,7 +283,7 @@ def _fit_conventions(o: ObjectiveFits, n_boot: int, seed: int) -> None:
         try:
             reps = {"seeds": df["seed"].to_numpy() if "seed" in df.columns else None,
                     "lrs": df["lr"].to_numpy(dtype=float) if "lr" in df.columns else None}
-            fit = ParametricFit(n_boot=n_boot, seed=seed).fit(df[col], df.tokens, df.loss, **reps)
+            fit = ParametricFit(n_boot=n_boot, seed=seed, n_jobs=n_jobs).fit(df[col], df.tokens, df.loss, **reps)
             o.conventions[pc] = FitResult(approach=3, fit=fit, n_points=fit.n_points_,
                                           columns={"params": col, "loss": "loss", "tokens": "tokens"},
                                           warnings=list(fit.warnings_), notes=list(fit.notes_))

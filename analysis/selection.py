@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from .summary import _plain
-from .bootstrap import DEFAULT_LEVEL, Estimate, estimate
+from .bootstrap import DEFAULT_LEVEL, Estimate, estimate, parallel_map
 from .conventions import PARAMS_COLUMNS, PARAMS_CONVENTIONS, compute_6nd, tokens_for_compute
 from .errors import AnalysisError
 from .families import (DEFAULT_N_BOOT, FAMILIES, ChinchillaFamily, DataConstrainedFamily, LawFamily, make_family)
@@ -98,12 +98,13 @@ def run_weights(compute, gamma: float | None) -> np.ndarray | None:
 
 
 def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFAULT_CUTS,
-                   order: str = "compute", run_weighting: float | None = None, family_kw: dict | None = None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   order: str = "compute", run_weighting: float | None = None, family_kw: dict | None = None,
+                   n_jobs: int | None = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rolling-origin validation: per cut and family, fit below the cut, score above it.
 
     `order`: 'compute', 'params' (the largest models held out) or 'tokens' (the longest runs). A cut whose held-out
-    runs are those of a smaller cut (ties) is skipped: the same evidence once.
+    runs are those of a smaller cut (ties) is skipped: the same evidence once. The (cut, family) fits are
+    independent: `n_jobs` processes share them.
 
     Returns (table, errors): one row per (cut, family) with the order, n_train, n_test, the compute ratio the cut
     extrapolates over (largest held-out / largest fitted), MAPE, R^2, bias and status; and one row per held-out
@@ -118,7 +119,7 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
     C = compute_6nd(N, D)
     kw = {"n_boot": 0, **(family_kw or {})}
     kw["n_boot"] = 0
-    rows, errs, seen = [], [], []
+    folds, seen = [], []
     srt = np.sort(key)
     for f in cuts:
         n_test = max(1, int(math.ceil(f * N.size)))
@@ -127,30 +128,36 @@ def rolling_origin(params, tokens, loss, unique_tokens=None, *, families=None, c
         if any((test == t).all() for t in seen):  # ties (several runs per model size): the same fold again
             continue
         seen.append(test)
+        folds += [(float(f), test, name) for name in names]
+    jobs = [(name, kw, N, D, L, U, ~test, test, run_weights(C[~test], run_weighting)) for _, test, name in folds]
+    rows, errs = [], []
+    for (f, test, name), (scored, pred) in zip(folds, parallel_map(_fold, jobs, n_jobs)):
         train = ~test
-        base = {"order": order, "cut": float(f), "n_train": int(train.sum()), "n_test": int(test.sum()),
-                "compute_ratio": float(C[test].max() / C[train].max()) if train.any() else float("nan")}
-        for name in names:
-            row = {**base, "family": name, "mape": np.nan, "r2": np.nan, "bias": np.nan, "max_abs": np.nan}
-            try:
-                fam = make_family(name, **kw)
-                w = run_weights(C[train], run_weighting)
-                fam.fit(N[train], D[train], L[train], None if U is None else U[train], weights=w)
-                pred = fam.predict(N[test], D[test], None if U is None else U[test])
-                if not np.isfinite(pred).all():
-                    raise AnalysisError("non-finite predictions")
-                row.update(scores(pred, L[test]))
-                row["status"] = "ok"
-                errs += [{"order": order, "cut": float(f), "family": name, "params": n, "tokens": d, "compute": c,
-                          "loss": o,
-                          "predicted": q, "rel_error": q / o - 1.0}
-                         for n, d, c, o, q in zip(N[test], D[test], C[test], L[test], pred)]
-            except AnalysisError as e:
-                row["status"] = f"not fitted: {e}"
-            rows.append(row)
+        rows.append({"order": order, "cut": f, "n_train": int(train.sum()), "n_test": int(test.sum()),
+                     "compute_ratio": float(C[test].max() / C[train].max()) if train.any() else float("nan"),
+                     "family": name, "mape": np.nan, "r2": np.nan, "bias": np.nan, "max_abs": np.nan, **scored})
+        if pred is not None:
+            errs += [{"order": order, "cut": f, "family": name, "params": n, "tokens": d, "compute": c, "loss": o,
+                      "predicted": q, "rel_error": q / o - 1.0}
+                     for n, d, c, o, q in zip(N[test], D[test], C[test], L[test], pred)]
     cols = ["order", "cut", "family", "n_train", "n_test", "compute_ratio", "mape", "r2", "bias", "max_abs", "status"]
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(errs, columns=["order", "cut", "family", "params", "tokens",
                                                                         "compute", "loss", "predicted", "rel_error"])
+
+
+def _fold(job) -> tuple[dict, np.ndarray | None]:
+    """One family fitted on a fold's training runs and scored on its held-out ones: (scores and status,
+    predictions or None)."""
+    name, kw, N, D, L, U, train, test, w = job
+    try:
+        fam = make_family(name, **kw)
+        fam.fit(N[train], D[train], L[train], None if U is None else U[train], weights=w)
+        pred = fam.predict(N[test], D[test], None if U is None else U[test])
+        if not np.isfinite(pred).all():
+            raise AnalysisError("non-finite predictions")
+        return {**scores(pred, L[test]), "status": "ok"}, pred
+    except AnalysisError as e:
+        return {"status": f"not fitted: {e}"}, None
 
 
 ORDERS = ("auto", "compute", "params", "tokens", "target")
@@ -498,7 +505,8 @@ def choose(params, tokens, loss, unique_tokens=None, *, families=None, cuts=DEFA
         err = {k: 0.0 for k in names}
         r2 = {k: 0.0 for k in names}
         for o, share in orders.items():
-            tb, er = rolling_origin(N, D, L, U, families=names, cuts=cuts, order=o, run_weighting=run_weighting)
+            tb, er = rolling_origin(N, D, L, U, families=names, cuts=cuts, order=o, run_weighting=run_weighting,
+                                    n_jobs=n_jobs)
             tb["share"] = share
             tables.append(tb)
             errl.append(er)

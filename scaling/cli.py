@@ -596,9 +596,11 @@ def analyze(
     budget: Optional[float] = typer.Option(None, "--budget", help="FLOPs at which to recommend a compute-optimal size (default: 10x the largest run)."),
     max_tokens: Optional[float] = typer.Option(None, "--max-tokens", help="Unique tokens available (caps D in the recommendation)."),
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for intervals."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Processes for the fits' bootstraps and validation folds (default: $MEDSCALE_ANALYSIS_JOBS, else every core); the numbers do not depend on it."),
 ) -> None:
     """Fit a sweep's results, plot them and write an HTML report."""
-    analyzed = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot)
+    analyzed = analyze_store(runs_dir, report_dir=report_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot,
+                             n_jobs=jobs)
     out.print(f"report: {analyzed.report}", markup=False, highlight=False)
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from medscale.analysis.adaptive_path import AdaptiveSweep, candidates_of, path_frame, pool_marks
+from medscale.analysis.bootstrap import worker_pool
 from medscale.analysis.errors import AnalysisError
 from medscale.analysis.report import analyze_results, write_report
 from medscale.atomic import CorruptFile, OutDirError, read_json, write_yaml
@@ -352,17 +353,21 @@ class StoreAnalysis:
 
 def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None, budget: float | None = None,
                   max_tokens: float | None = None, n_boot: int = 200, title: str | None = None,
-                  downstream=None, seed: int = 0) -> StoreAnalysis:
+                  downstream=None, seed: int = 0, n_jobs: int | None = None) -> StoreAnalysis:
     """Fit a store's results once (every law, per objective), recommend a compute-optimal run per objective
     from those same fits, and write the HTML report and fits.json from them. `downstream`: the report's
-    downstream data (default: the store's downstream table, if any)."""
+    downstream data (default: the store's downstream table, if any). `n_jobs`: processes for the fits'
+    bootstraps and validation folds (default $MEDSCALE_ANALYSIS_JOBS, else every core); the numbers do not
+    depend on it."""
     runs_dir = Path(runs_dir)
     results, curves = load_results(runs_dir)
     if downstream is None:
         table = read_downstream(runs_dir)
         downstream = downstream_data(runs_dir, table) if len(table) else None
     at = budget or default_budget(results)
-    analysis = analyze_results(results, curves, budget=at, max_tokens=max_tokens, n_boot=n_boot, seed=seed)
+    with worker_pool(n_jobs) as jobs:
+        analysis = analyze_results(results, curves, budget=at, max_tokens=max_tokens, n_boot=n_boot, seed=seed,
+                                   n_jobs=jobs)
     sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
     recs: dict = {}
     for name, fits in analysis.objectives.items():

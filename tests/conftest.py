@@ -14,6 +14,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# one test worker per core already: an analysis's own process pool would only add start-ups (the pool is
+# checked in tests/test_analysis_jobs.py, which asks for it)
+os.environ.setdefault("MEDSCALE_ANALYSIS_JOBS", "1")
 # the suite's local Rays keep their sessions in their own temp dir (short: Ray's socket paths have a length
 # limit), and each pytest-xdist worker (`dev.py test` runs two) in its own below it, inherited by the processes
 # it starts: two workers' Rays never share a session folder. (Workers inherit the controller's environment,
