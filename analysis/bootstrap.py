@@ -131,6 +131,8 @@ def worker_pool(n_jobs: int | None = None) -> Iterator[int]:
         yield n_jobs
         return
     entry = (os.getpid(), ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()))
+    for _ in range(n_jobs):  # start the processes now: under spawn they import while this one fits
+        entry[1].submit(os.getpid)
     _shared.append(entry)
     try:
         yield n_jobs
@@ -158,7 +160,10 @@ def parallel_map(fn: Callable, chunks: Sequence, n_jobs: int | None = 1) -> list
         return list(ex.map(fn, chunks))
 
 
+BLOCKS_PER_JOB = 4  # some resamples take many times longer to fit than others: small blocks even the load out
+
+
 def split(weights: np.ndarray, n_jobs: int | None) -> list[np.ndarray]:
-    """Row blocks of a weight matrix, one per job."""
+    """Row blocks of a weight matrix: one for one job, else BLOCKS_PER_JOB per job (taken as workers free up)."""
     n_jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
-    return [w for w in np.array_split(weights, n_jobs) if len(w)]
+    return [w for w in np.array_split(weights, 1 if n_jobs == 1 else BLOCKS_PER_JOB * n_jobs) if len(w)]

@@ -149,7 +149,7 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
     # prints are all made from those fits
     analyzed = analyze_store(out_dir, report_dir=out_dir / "report", budget=budget, n_boot=n_boot,
-                             title=f"medscale demo ({size})", downstream=downstream)
+                             title=f"medscale demo ({size})", downstream=downstream, n_jobs=None)
     rec = analyzed.recommendation("decoder")
     constrained = _data_constrained_effect(analyzed, out_dir, say or reporter.say) if arm_name else None
     clock.finish("fits and report")

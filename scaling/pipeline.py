@@ -353,12 +353,13 @@ class StoreAnalysis:
 
 def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None, budget: float | None = None,
                   max_tokens: float | None = None, n_boot: int = 200, title: str | None = None,
-                  downstream=None, seed: int = 0, n_jobs: int | None = None) -> StoreAnalysis:
+                  downstream=None, seed: int = 0, n_jobs: int | None = 1) -> StoreAnalysis:
     """Fit a store's results once (every law, per objective), recommend a compute-optimal run per objective
     from those same fits, and write the HTML report and fits.json from them. `downstream`: the report's
     downstream data (default: the store's downstream table, if any). `n_jobs`: processes for the fits'
-    bootstraps and validation folds (default $MEDSCALE_ANALYSIS_JOBS, else every core); the numbers do not
-    depend on it."""
+    bootstraps and validation folds; None: $MEDSCALE_ANALYSIS_JOBS, else every core, as `medscale analyze` and
+    the demo run it (a script that asks for more than one needs the `if __name__ == "__main__":` guard once JAX
+    is imported: the processes are then spawned). The numbers do not depend on it."""
     runs_dir = Path(runs_dir)
     results, curves = load_results(runs_dir)
     if downstream is None:
