@@ -15,7 +15,10 @@ extrapolated. A batch of K is chosen greedily, each pick updating the draws' cov
 seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default COST_EXPONENT
 = 0.5) was chosen on loss columns and simulator studies held out from benchmarks/bench_design.py's reported ones;
 tau (`scale_discount`, default SCALE_DISCOUNT = 0: off) did not help there (benchmarks/results/design.md); `families`
-adds other law families' draws (a mixture) so runs that tell the families apart count. The initial design
+adds other law families' draws (a mixture) so runs that tell the families apart count. `shared_discrepancy`
+sigma (default SHARED_DISCREPANCY = 0: off) adds a discrepancy correlated across runs, a Gaussian process in log10
+compute conditioned on the revealed runs (`shared_discrepancy()`), to the draws' covariance; tried at (0.02, 2
+decades) on held-out columns and simulator studies and not adopted: mixed (design.md). The initial design
 shrinks to the smallest identifiable one when the budget is small (initial_design(budget=...)). `random_design`
 and `cheapest_first_design` are the baselines at equal compute.
 `replay` runs the sweep loop over an existing table whose losses are revealed one chosen row at a time
@@ -38,6 +41,9 @@ from .parametric import ParametricFit
 COST_EXPONENT = 0.5  # score = gain / cost^gamma (chosen on held-out loss columns and studies: design.md)
 SCALE_DISCOUNT = 0.0  # tau: extra sd of log loss per decade of compute from a candidate up to the target (off:
 #                       held-out data did not tell 0.01 from 0; benchmarks/results/design.md)
+SHARED_DISCREPANCY = 0.0  # sigma: sd of a law's log-loss error shared by runs near each other in compute (off:
+#                           mixed on held-out columns and simulator studies; design.md)
+DISCREPANCY_LENGTH = 1.0  # ell: decades of compute over which that shared error decorrelates
 NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
 LEVEL = 0.95
 
@@ -189,7 +195,8 @@ def family_fits(pool: pd.DataFrame, revealed: dict[int, float], families, *, n_b
 
 def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budget_left: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, fit=None, cost_exponent: float | None = None,
-           families=None, extra_fits=None, scale_discount: float | None = None) -> Batch:
+           families=None, extra_fits=None, scale_discount: float | None = None,
+           shared_discrepancy: float | None = None, discrepancy_length: float | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -198,7 +205,9 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     spend). Optional: `batch` (runs per decision), `n_boot` and `seed` (the refit's bootstrap), `fit` (reuse a
     fit_revealed of exactly the revealed rows), `cost_exponent` gamma (score = gain / cost^gamma; default
     COST_EXPONENT), `families` (law family names from analysis/families.py whose draws join the Chinchilla
-    fit's, so runs that tell the families apart count; `extra_fits` reuses such fits).
+    fit's, so runs that tell the families apart count; `extra_fits` reuses such fits), `scale_discount` tau,
+    `shared_discrepancy` sigma and `discrepancy_length` ell (the correlated discrepancy: shared_discrepancy();
+    defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
     affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
@@ -212,7 +221,8 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     s2 = noise_var(fit)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
-    S, n, s2c, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount)
+    S, n, s2c, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
+                                shared_discrepancy, discrepancy_length)
     var0 = float(np.trace(S[n:, n:]))
     cost = pool["cost"].to_numpy()[cand]
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
@@ -228,24 +238,60 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
 
 
-def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount):
+def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
+             revealed=(), shared=None, length=None):
     """What a score is made of: (joint covariance S, number of candidates n, each candidate's noise variance, each
-    candidate's price = (cost / the dearest's)^gamma). A candidate's score is gains(S, n, noise) / price."""
+    candidate's price = (cost / the dearest's)^gamma). A candidate's score is gains(S, n, noise) / price. With a
+    shared discrepancy sigma > 0, S also holds that discrepancy's covariance given the `revealed` rows
+    (shared_discrepancy)."""
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
     S, n = _joint_cov(fit, pool, cand, target, extra_fits)
+    s2 = noise_var(fit)
+    sigma = SHARED_DISCREPANCY if shared is None else float(shared)
+    if sigma:
+        ell = DISCREPANCY_LENGTH if length is None else float(length)
+        S = S + shared_discrepancy(pool, np.asarray(sorted(revealed), dtype=int), cand, target, sigma, ell, s2)
     cost = pool["cost"].to_numpy()[cand]
-    return S, n, noise_var(fit) + discrepancy(pool, cand, target, tau), (cost / cost.max()) ** gamma
+    return S, n, s2 + discrepancy(pool, cand, target, tau), (cost / cost.max()) ** gamma
+
+
+def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, target: Target, sigma: float,
+                       ell: float, s2: float) -> np.ndarray:
+    """The covariance over [candidates, targets] of a model discrepancy shared by runs near each other in compute,
+    given the runs already seen: a Gaussian process in x = log10 compute with kernel
+    k(x, x') = sigma^2 exp(-|x - x'| / ell) (a target at its log10_compute), conditioned on the seen runs'
+    discrepancy observed with noise s2. Far below the target, a run's error says little about the target's; the
+    target's share of it shrinks only as seen runs approach its compute."""
+    x_all = np.log10(pool["cost"].to_numpy())
+    xs, xc = x_all[seen], x_all[cand]
+    xq = np.concatenate([xc, _target_log10_compute(target)])
+    k = lambda a, b: sigma**2 * np.exp(-np.abs(a[:, None] - b[None, :]) / ell)  # noqa: E731
+    K = k(xq, xq)
+    if xs.size:
+        A = k(xs, xs) + s2 * np.eye(xs.size)
+        B = k(xs, xq)
+        K = K - B.T @ np.linalg.solve(A, B)
+    return (K + K.T) / 2
+
+
+def _target_log10_compute(target: Target) -> np.ndarray:
+    """log10 compute of each target: C for N_opt, each planned run's 6ND for a loss target."""
+    if target.compute is not None:
+        return np.array([np.log10(target.compute)])
+    return np.log10(compute_6nd(target.params, target.tokens))
 
 
 def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], target: Target, *,
-                      cost_exponent: float | None = None, scale_discount: float | None = None) -> np.ndarray:
+                      cost_exponent: float | None = None, scale_discount: float | None = None,
+                      shared_discrepancy: float | None = None, discrepancy_length: float | None = None) -> np.ndarray:
     """Each unrevealed candidate's score (in pool order) as a batch's first pick from `fit`: what `select` ranks
     before its first choice, budget aside (the scores an adaptive sweep records with each decision)."""
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return np.empty(0)
-    S, n, noise, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount)
+    S, n, noise, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
+                                  shared_discrepancy, discrepancy_length)
     return gains(S, n, noise) / price
 
 
@@ -347,7 +393,8 @@ def predict_target(fit, target: Target, level: float = LEVEL, seed: int = 0):
 def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, budget: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
            on_step: Callable[[Step], None] | None = None, cost_exponent: float | None = None,
-           families=None, scale_discount: float | None = None) -> Replay:
+           families=None, scale_discount: float | None = None, shared_discrepancy: float | None = None,
+           discrepancy_length: float | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -377,7 +424,8 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
             break
         try:
             nxt = select(pool, revealed, target, budget - spent, batch=batch, n_boot=n_boot, seed=seed, fit=fit,
-                         cost_exponent=cost_exponent, families=families, scale_discount=scale_discount)
+                         cost_exponent=cost_exponent, families=families, scale_discount=scale_discount,
+                         shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
             nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, noise_var(fit))

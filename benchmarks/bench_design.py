@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_design.py                      # both arms, the defaults (~8 min CPU)
     .venv/bin/python benchmarks/bench_design.py --arm sim --studies 4 --variants 1:0,0.5:0,1:0.01   # compare arms
     .venv/bin/python benchmarks/bench_design.py --farseer --n-boot 50 --seeds 5              # bigger: + Farseer
+    .venv/bin/python benchmarks/bench_design.py --arm tables --heldout --seeds 8 --variants 0.5:0,0.5:0:0.02:2
+    .venv/bin/python benchmarks/bench_design.py --arm sim --first-study 3 --variants 0.5:0,0.5:0:0.02:2  # held out
 
 Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
 grid (9 budgets over 2.7 decades x 9 sizes, 81 runs) and the demo-like one (7 budgets over 2 decades, 4-6
@@ -19,11 +21,14 @@ absolute % error of the predicted loss over the costly runs (MAPE) and R^2 = 1 -
 
 At each fraction F of the pool's compute (6ND summed): the adaptive replay of analysis/design.py (its initial
 design, refit, batches by expected variance reduction of the log target per FLOP^gamma, each candidate's noise
-raised by (tau x decades below the target's compute)^2; `--variants gamma:tau,...`), random selection at
+raised by (tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in
+compute, sd sigma, correlation length ell decades; `--variants gamma:tau[:sigma:ell],...`), random selection at
 the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range), cheapest
 first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small to fit (under
 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts as a
-failure and is named in the cell. Wall times with the processor.
+failure and is named in the cell. Wall times with the processor. `--heldout` replays the tables' other loss
+columns (HELDOUT) instead: defaults are chosen there and on simulator studies seeded apart, never on the reported
+columns.
 """
 from __future__ import annotations
 
@@ -74,13 +79,15 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
         rows = np.arange(len(pool))
         return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
     out = {}
-    for g, t in variants:
+    for v in variants:
+        g, t, sd, ell = _full(v)
         try:
             rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
-                            cost_exponent=g, scale_discount=t, families=families)
-            out[_adaptive(g, t)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
+                            cost_exponent=g, scale_discount=t, families=families, shared_discrepancy=sd,
+                            discrepancy_length=ell)
+            out[_adaptive(*v)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
         except AnalysisError:  # its initial design does not fit in F
-            out[_adaptive(g, t)] = [(None, 0.0, 0)]
+            out[_adaptive(*v)] = [(None, 0.0, 0)]
     out["random"] = []
     for s in range(seeds):
         rows = ds.random_design(pool, F * total, seed=s)
@@ -90,13 +97,19 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
     return out
 
 
-def _adaptive(g, t=None) -> str:
-    t = ds.SCALE_DISCOUNT if t is None else t
-    return f"adaptive (gamma {g:g}, tau {t:g})"
+def _full(v) -> tuple[float, float, float, float]:
+    """A variant (gamma[, tau[, sigma[, ell]]]) with design's defaults filled in."""
+    d = (ds.COST_EXPONENT, ds.SCALE_DISCOUNT, ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
+    return tuple(float(x) for x in (*v, *d[len(v):]))
+
+
+def _adaptive(g, t=None, sd=None, ell=None) -> str:
+    g, t, sd, ell = _full(tuple(x for x in (g, t, sd, ell) if x is not None))
+    return f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g})" if sd else ")")
 
 
 def _arms(args) -> list[str]:
-    return [_adaptive(g, t) for g, t in args.variants] + ["random", "cheapest-first"]
+    return [_adaptive(*v) for v in args.variants] + ["random", "cheapest-first"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -110,7 +123,7 @@ def sim(args) -> tuple[list[str], dict]:
         res = {}  # (F, arm) -> per study: list over seeds of (err %, width %, spent, runs) or None
         t0 = time.time()
         for scen in SIM_SCENARIOS:
-            for i in range(args.studies):
+            for i in range(args.first_study, args.first_study + args.studies):
                 st = study(kind, scen, seed=10_007 * (SIM_KINDS.index(kind) + 1) + 101 * SIM_SCENARIOS.index(scen) + i,
                            n_boot=args.n_boot)
                 tab = st["table"]
@@ -134,7 +147,8 @@ def sim(args) -> tuple[list[str], dict]:
                 print(f"  {kind} {scen} study {i}: {time.time() - t0:.0f} s", flush=True)
         arms = _arms(args)
         n_st = args.studies * len(SIM_SCENARIOS)
-        lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified)", ""]
+        held = f", studies {args.first_study}-{args.first_study + args.studies - 1}: held out" if args.first_study else ""
+        lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified{held})", ""]
         lines += _fraction_table(res, arms, args.fractions, _sim_cell, ("grid", "full grid"), summary, ("sim", kind))
         lines += ["", f"{time.time() - t0:.0f} s for {kind}.", ""]
         print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
@@ -180,16 +194,33 @@ def _sim_cell(per_study: list[list]) -> tuple[str, float]:
 # ------------------------------------------------------------------------------------------------------------
 # arm (b): public tables
 # ------------------------------------------------------------------------------------------------------------
-def tables(farseer: bool) -> dict[str, list[tuple[pd.DataFrame, pd.DataFrame, str]]]:
-    """name -> [(cheap pool, costly targets, loss column)] (one group per fit)."""
+HELDOUT = {"gadre": ("loss_paloma_falcon-refinedweb", "loss_openlm"), "olmo": ("loss_pile_last", "loss_wikitext103_last")}
+
+
+def tables(farseer: bool, heldout: bool = False, which=("gadre", "olmo")) -> dict[str, list]:
+    """name -> [(cheap pool, costly targets, loss column)] (one group per fit). `heldout`: the tables' other loss
+    columns (HELDOUT), on which defaults are chosen, instead of the reported ones (Gadre et al. C4, OLMo C4)."""
     g = pd.read_csv(DATA / "gadre2024_overtrain.csv")
     o = pd.read_csv(DATA / "olmo_ladder.csv")
+    if heldout:
+        out = {}
+        if "gadre" in which:
+            for c in HELDOUT["gadre"]:
+                out[f"held out: Gadre et al. 2024, {c}"] = [
+                    (g[(g.dataset == s) & ~g.costly], g[(g.dataset == s) & g.costly], c)
+                    for s in ("c4_original", "rpj", "rw_original")]
+        if "olmo" in which:
+            for c in HELDOUT["olmo"]:
+                out[f"held out: OLMo ladder, {c}"] = [(o[~o.costly], o[o.costly], c)]
+        return out
     out = {
         "Gadre et al. 2024: 3 sets of ~31 runs (<= 412M) -> 9 runs at 1.4B/6.9B": [
             (g[(g.dataset == s) & ~g.costly], g[(g.dataset == s) & g.costly], "loss_c4_val")
             for s in ("c4_original", "rpj", "rw_original")],
         "OLMo ladder: 30 cheap runs (190M-3.2B) -> 7B-4T, 13B-5T": [(o[~o.costly], o[o.costly], "loss_c4")],
     }
+    out = {k: v for k, v in out.items() if ("gadre" in which and k.startswith("Gadre"))
+           or ("olmo" in which and k.startswith("OLMo"))}
     if farseer:
         f = pd.read_csv(DATA / "farseer2025.csv")
         out["Farseer grid (Li et al. 2025): 366 runs with N <= 3.8B -> 34 runs with N > 4e9 (bits/char)"] = [
@@ -199,7 +230,7 @@ def tables(farseer: bool) -> dict[str, list[tuple[pd.DataFrame, pd.DataFrame, st
 
 def replay_tables(args) -> tuple[list[str], dict]:
     lines, summary = [], {}
-    for name, groups in tables(args.farseer).items():
+    for name, groups in tables(args.farseer, args.heldout, args.tables).items():
         t0 = time.time()
         batch = args.batch if "Farseer" not in name else max(args.batch, 12)
         res = {}  # (F, arm) -> per seed: list over groups of (pred, obs, spent, runs) or None
@@ -245,10 +276,10 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _variant(text: str) -> tuple[float, float]:
-    """'gamma:tau' (or 'gamma', tau at design's default) as (gamma, tau)."""
-    gamma, _, tau = text.partition(":")
-    return float(gamma), float(tau) if tau else ds.SCALE_DISCOUNT
+def _variant(text: str) -> tuple[float, ...]:
+    """'gamma[:tau[:sigma[:ell]]]' (the missing ones at design's defaults) as (gamma, tau[, sigma, ell])."""
+    parts = [float(x) for x in text.split(":") if x]
+    return _full(parts) if len(parts) > 2 else (parts[0], parts[1] if len(parts) > 1 else ds.SCALE_DISCOUNT)
 
 
 def parse_args(argv=None):
@@ -258,6 +289,8 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", type=int, default=3, help="random orders per cell")
     ap.add_argument("--studies", type=int, default=1, help="simulator studies per kind and scenario")
     ap.add_argument("--kinds", default=",".join(SIM_KINDS))
+    ap.add_argument("--first-study", type=int, default=0,
+                    help="index of the first simulator study (the reported runs use 0, 1, ...; held-out checks later ones)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
                     help="adaptive arms as gamma:tau pairs, comma-separated (cost exponent : scale discount, the sd of "
@@ -265,11 +298,16 @@ def parse_args(argv=None):
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")
+    ap.add_argument("--tables", default="gadre,olmo", help="which public tables to replay")
+    ap.add_argument("--heldout", action="store_true",
+                    help="replay the tables' held-out loss columns (choosing defaults) instead of the reported ones")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
     a = ap.parse_args(argv)
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
     a.variants = (tuple(_variant(v) for v in a.variants.split(",")) if a.variants
-                  else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT),))
+                  else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT) + ((ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
+                                                                  if ds.SHARED_DISCREPANCY else ()),))
+    a.tables = tuple(t for t in a.tables.split(",") if t)
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))
     return a
@@ -283,7 +321,7 @@ def main(argv=None) -> int:
     lines = ["# Adaptive designs against the full grid, random and cheapest-first at equal compute", "",
              f"`benchmarks/bench_design.py {cmd}` (n_boot {args.n_boot}, {args.seeds} random orders per cell, batch "
              f"{args.batch}, adaptive arms (cost exponent gamma, scale discount tau) "
-             f"{', '.join(f'({g:g}, {t:g})' for g, t in args.variants)}"
+             f"{', '.join('(' + ', '.join(f'{x:g}' for x in v) + ')' for v in args.variants)}"
              + (f", families {'+'.join(args.families)}" if args.families else "")
              + "). Method: the script's docstring.",
              ""]

@@ -228,3 +228,30 @@ def test_scale_discount_buys_runs_nearer_the_target():
     logc = {tau: np.log(cost[ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, cost_exponent=1.0,
                                        scale_discount=tau).rows]).mean() for tau in (0.0, 0.05)}
     assert logc[0.05] > logc[0.0]
+
+
+def test_shared_discrepancy_shrinks_only_as_seen_runs_approach_the_target():
+    """The correlated discrepancy (a Gaussian process in log10 compute, kernel sigma^2 exp(-|dx| / ell)): the
+    target's share is sigma^2 with nothing seen, shrinks more when a seen run lies nearer the target's compute, its
+    covariance is positive semi-definite, and sigma = 0 is the criterion without it."""
+    t, pool, target, _ = _study()
+    cost = pool["cost"].to_numpy()
+    order = np.argsort(cost)
+    cand = np.array(order[5:-5])
+    nt = target.params.size
+    K0 = ds.shared_discrepancy(pool, np.array([], dtype=int), cand, target, 0.02, 1.0, 1e-4)
+    assert np.allclose(np.diag(K0)[-nt:], 0.02**2)
+    far = ds.shared_discrepancy(pool, order[:5], cand, target, 0.02, 1.0, 1e-4)
+    near = ds.shared_discrepancy(pool, order[-5:], cand, target, 0.02, 1.0, 1e-4)
+    assert np.all(np.diag(near)[-nt:] < np.diag(far)[-nt:]) and np.all(np.diag(far) <= np.diag(K0) + 1e-15)
+    assert np.linalg.eigvalsh(near).min() > -1e-12 and np.linalg.eigvalsh(far).min() > -1e-12
+    revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
+    fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    base = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit)
+    off = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, shared_discrepancy=0.0)
+    assert off.rows.tolist() == base.rows.tolist() and np.allclose(off.scores, base.scores)
+    on = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, shared_discrepancy=0.05,
+                   discrepancy_length=2.0)
+    assert on.variance > base.variance  # the target's variance now holds the discrepancy's share
+    scores = ds.first_pick_scores(fit, pool, revealed, target, shared_discrepancy=0.05, discrepancy_length=2.0)
+    assert scores.size == len(pool) - len(revealed) and np.all(np.isfinite(scores))
