@@ -17,6 +17,7 @@ Everything lands in one run store, so rerunning the demo after an interruption r
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ from medscale.analysis.bounds import at_bound, marks
 from medscale.scaling.downstream import load_downstream_spec
 from medscale.scaling.downstream.evaluate import downstream_data
 from medscale.scaling.errors import UserError
-from medscale.scaling.pipeline import (Reporter, analyze_store, expand_over, launch_sweep, load_spec_and_data,
-                                       run_downstream)
+from medscale.scaling.pipeline import (Reporter, analyze_store, expand_over, fit_store, launch_sweep,
+                                       load_spec_and_data, run_downstream)
 from medscale.scaling.plan.recommend import recommend
 from medscale.scaling.sweep.dataset import prepare_dataset
 from medscale.scaling.sweep.ray_session import ray_session
@@ -118,7 +119,8 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
     arm_name = DATA_CONSTRAINED.get(size)
     stages = [Stage("prepare cohort and tokens", 1), Stage("decoder IsoFLOP sweep", 6)]
     stages += [Stage("data-constrained arm", 1.5)] if arm_name else []
-    stages += [Stage("encoder ladder", 2), Stage("downstream tasks", 2), Stage("fits and report", 1)]
+    stages += [Stage("encoder ladder", 2), Stage("downstream tasks, and the fits beside them", 2.5),
+               Stage("report", 0.5)]
     clock = StageClock(stages, say=say or reporter.say)
     t0 = time.time()
 
@@ -141,21 +143,48 @@ def run_demo(out_dir: Path | str, *, size: str = "small", address: str | None = 
             data = prepared if spec is decoder_spec else prepare_dataset(spec, out_dir)  # a no-op when shared
             launch_sweep(spec, expand_over(spec, data, path), out_dir, address=address, reporter=reporter)
             clock.finish(stage)
-        clock.start("downstream tasks")
+        clock.start("downstream tasks, and the fits beside them")
+        # the laws need only the sweeps' results: their fits (numpy, in processes of their own) run while the
+        # downstream models (JAX, here) are evaluated
+        fits = _beside(fit_store, out_dir, budget=budget, n_boot=n_boot, n_jobs=None)
         downstream = _downstream(out_dir, downstream_name, reporter)
-        clock.finish("downstream tasks")
+        analysis = fits()
+        clock.finish("downstream tasks, and the fits beside them")
 
-    clock.start("fits and report")
-    # `medscale analyze`'s own call: each law fitted once; the report, the recommendation and what the CLI
+    clock.start("report")
+    # `medscale analyze`'s own path: each law fitted once; the report, the recommendation and what the CLI
     # prints are all made from those fits
     analyzed = analyze_store(out_dir, report_dir=out_dir / "report", budget=budget, n_boot=n_boot,
-                             title=f"medscale demo ({size})", downstream=downstream, n_jobs=None)
+                             title=f"medscale demo ({size})", downstream=downstream, analysis=analysis)
     rec = analyzed.recommendation("decoder")
     constrained = _data_constrained_effect(analyzed, out_dir, say or reporter.say) if arm_name else None
-    clock.finish("fits and report")
+    clock.finish("report")
     return DemoResult(analyzed.report, analyzed.budget, rec, (time.time() - t0) / 60, constrained,
                       fits=analyzed.fits, analysis=analyzed.analysis,
                       families=(analyzed.fits or {}).get("objectives", {}).get("decoder", {}).get("families"))
+
+
+def _beside(fn: Callable, *args, **kwargs) -> Callable[[], Any]:
+    """fn(*args, **kwargs) started in a daemon thread; returns a call that waits for its result (or raises its
+    error). A daemon: an interrupted demo does not wait for it at exit."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name=f"medscale-{fn.__name__}", daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result
 
 
 def families_lines(fits: dict | None, objective: str = "decoder") -> list[str]:

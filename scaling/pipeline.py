@@ -351,24 +351,34 @@ class StoreAnalysis:
         raise AnalysisError(f"no recommendation for the {objective} runs: {rec or 'no such runs'}")
 
 
-def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None, budget: float | None = None,
-                  max_tokens: float | None = None, n_boot: int = 200, title: str | None = None,
-                  downstream=None, seed: int = 0, n_jobs: int | None = 1) -> StoreAnalysis:
-    """Fit a store's results once (every law, per objective), recommend a compute-optimal run per objective
-    from those same fits, and write the HTML report and fits.json from them. `downstream`: the report's
-    downstream data (default: the store's downstream table, if any). `n_jobs`: processes for the fits'
+def fit_store(runs_dir: Path | str, *, budget: float | None = None, max_tokens: float | None = None,
+              n_boot: int = 200, seed: int = 0, n_jobs: int | None = 1):
+    """Every law fitted once, per objective, to a store's finished runs (analysis.report.Analysis): what
+    `analyze_store` reports from. `budget` default: `default_budget`. `n_jobs`: processes for the fits'
     bootstraps and validation folds; None: $MEDSCALE_ANALYSIS_JOBS, else every core, as `medscale analyze` and
     the demo run it (a script that asks for more than one needs the `if __name__ == "__main__":` guard once JAX
     is imported: the processes are then spawned). The numbers do not depend on it."""
+    results, curves = load_results(Path(runs_dir))
+    with worker_pool(n_jobs) as jobs:
+        return analyze_results(results, curves, budget=budget or default_budget(results), max_tokens=max_tokens,
+                               n_boot=n_boot, seed=seed, n_jobs=jobs)
+
+
+def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None, budget: float | None = None,
+                  max_tokens: float | None = None, n_boot: int = 200, title: str | None = None,
+                  downstream=None, seed: int = 0, n_jobs: int | None = 1, analysis=None) -> StoreAnalysis:
+    """Fit a store's results once (every law, per objective: `fit_store`, or its `analysis` when given), recommend
+    a compute-optimal run per objective from those same fits, and write the HTML report and fits.json from them.
+    `downstream`: the report's downstream data (default: the store's downstream table, if any). `n_jobs`: as
+    `fit_store`."""
     runs_dir = Path(runs_dir)
-    results, curves = load_results(runs_dir)
+    results, _ = load_results(runs_dir)
     if downstream is None:
         table = read_downstream(runs_dir)
         downstream = downstream_data(runs_dir, table) if len(table) else None
-    at = budget or default_budget(results)
-    with worker_pool(n_jobs) as jobs:
-        analysis = analyze_results(results, curves, budget=at, max_tokens=max_tokens, n_boot=n_boot, seed=seed,
-                                   n_jobs=jobs)
+    if analysis is None:
+        analysis = fit_store(runs_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot, seed=seed, n_jobs=n_jobs)
+    at = analysis.budget
     sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
     recs: dict = {}
     for name, fits in analysis.objectives.items():
