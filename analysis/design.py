@@ -76,11 +76,15 @@ class Target:
             return np.log(fit.allocation_.n_opt_draws(self.compute))
         return np.log(_loss_draws(fit, self.params, self.tokens, self.unique))
 
+    def log10_computes(self) -> np.ndarray:
+        """log10 compute of each target: C for N_opt, each planned run's 6ND for a loss target."""
+        if self.compute is not None:
+            return np.array([np.log10(self.compute)])
+        return np.log10(compute_6nd(self.params, self.tokens))
+
     def log10_compute(self) -> float:
         """log10 of the target's compute: C for N_opt, else the planned runs' 6ND (geometric mean)."""
-        if self.compute is not None:
-            return float(np.log10(self.compute))
-        return float(np.mean(np.log10(compute_6nd(self.params, self.tokens))))
+        return float(np.mean(self.log10_computes()))
 
     def point(self, fit) -> np.ndarray:
         if self.compute is not None:
@@ -265,7 +269,7 @@ def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, t
     target's share of it shrinks only as seen runs approach its compute."""
     x_all = np.log10(pool["cost"].to_numpy())
     xs, xc = x_all[seen], x_all[cand]
-    xq = np.concatenate([xc, _target_log10_compute(target)])
+    xq = np.concatenate([xc, target.log10_computes()])
     k = lambda a, b: sigma**2 * np.exp(-np.abs(a[:, None] - b[None, :]) / ell)  # noqa: E731
     K = k(xq, xq)
     if xs.size:
@@ -273,13 +277,6 @@ def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, t
         B = k(xs, xq)
         K = K - B.T @ np.linalg.solve(A, B)
     return (K + K.T) / 2
-
-
-def _target_log10_compute(target: Target) -> np.ndarray:
-    """log10 compute of each target: C for N_opt, each planned run's 6ND for a loss target."""
-    if target.compute is not None:
-        return np.array([np.log10(target.compute)])
-    return np.log10(compute_6nd(target.params, target.tokens))
 
 
 def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], target: Target, *,
@@ -305,9 +302,8 @@ def initial_design(pool: pd.DataFrame, min_runs: int = 7, budget: float | None =
     With a `budget` that this design does not fit in, smaller identifiable designs are tried in turn: one run
     fewer (6 for the Chinchilla law: its 5 parameters plus one), then 2 compute levels, then none required (3 sizes
     and 3 token counts always); the first that fits is returned (else the last, which the caller refuses)."""
-    design = _spread(pool, min_runs, 3)
     if budget is None:
-        return design
+        return _spread(pool, min_runs, 3)
     cost = pool["cost"].to_numpy()
     for runs, levels in ((min_runs, 3), (min_runs - 1, 3), (min_runs - 1, 2), (min_runs - 1, 1)):
         design = _spread(pool, runs, levels)

@@ -358,7 +358,11 @@ def fit_store(runs_dir: Path | str, *, budget: float | None = None, max_tokens: 
     bootstraps and validation folds; None: $MEDSCALE_ANALYSIS_JOBS, else every core, as `medscale analyze` and
     the demo run it (a script that asks for more than one needs the `if __name__ == "__main__":` guard once JAX
     is imported: the processes are then spawned). The numbers do not depend on it."""
-    results, curves = load_results(Path(runs_dir))
+    return _fit_results(*load_results(Path(runs_dir)), budget=budget, max_tokens=max_tokens, n_boot=n_boot,
+                        seed=seed, n_jobs=n_jobs)
+
+
+def _fit_results(results: pd.DataFrame, curves, *, budget, max_tokens, n_boot: int, seed: int, n_jobs):
     with worker_pool(n_jobs) as jobs:
         return analyze_results(results, curves, budget=budget or default_budget(results), max_tokens=max_tokens,
                                n_boot=n_boot, seed=seed, n_jobs=jobs)
@@ -372,12 +376,13 @@ def analyze_store(runs_dir: Path | str, *, report_dir: Path | str | None = None,
     `downstream`: the report's downstream data (default: the store's downstream table, if any). `n_jobs`: as
     `fit_store`."""
     runs_dir = Path(runs_dir)
-    results, _ = load_results(runs_dir)
+    results, curves = load_results(runs_dir)
     if downstream is None:
         table = read_downstream(runs_dir)
         downstream = downstream_data(runs_dir, table) if len(table) else None
     if analysis is None:
-        analysis = fit_store(runs_dir, budget=budget, max_tokens=max_tokens, n_boot=n_boot, seed=seed, n_jobs=n_jobs)
+        analysis = _fit_results(results, curves, budget=budget, max_tokens=max_tokens, n_boot=n_boot, seed=seed,
+                                n_jobs=n_jobs)
     at = analysis.budget
     sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((runs_dir / "sweeps").glob("*.yaml"))}
     recs: dict = {}
