@@ -3,17 +3,21 @@
 The selector is a pure function of what a sweep knows at a decision point: the candidate pool (N, D[, U] and
 a cost per run), the losses revealed so far, the target and the compute left. `select` refits the law once on
 the revealed runs (ParametricFit, or DataConstrainedFit where unique tokens are given) and scores every
-candidate from that one fit's bootstrap draws (docs/SCIENCE.md, "Adaptive designs"):
+candidate from that one fit (docs/SCIENCE.md, "Adaptive designs"):
 
     gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2 + (tau d_c)^2),    score_c = gain_c / cost_c^gamma,
 
-with f_c the draws' predicted log loss of candidate c, g_t the draws' log target t (a planned run's loss, or
-log N_opt at a compute C), s^2 the run-to-run variance of log loss from the fit's residuals and d_c the decades
-of compute from candidate c up to the target (0 at or above it): the linear (ensemble Kalman) update of the
+with f_c the predicted log loss of candidate c, g_t the log target t (a planned run's loss, or log N_opt at a
+compute C), s^2 the run-to-run variance of log loss (noise_var, from the fit's residuals) and d_c the
+decades of compute from candidate c up to the target (0 at or above it): the linear (Kalman) update of the
 target's variance were c's loss observed with noise plus a model discrepancy that grows with the distance
-extrapolated. A batch of K is chosen greedily, each pick updating the draws' covariance as if its loss had been
-seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default COST_EXPONENT
-= 0.5) was chosen on loss columns and simulator studies held out from benchmarks/bench_design.py's reported ones;
+extrapolated. The covariances come from the fit's bootstrap draws (`scoring` "bootstrap", the default SCORING,
+with the residuals' mean square as s^2) or from the delta method at the fit's point ("delta": analysis/delta_cov.py,
+s^2 under a weak prior; no Monte-Carlo noise, so the choice does not depend on n_boot; the data-constrained law and
+family mixtures always use draws). A batch of K is chosen greedily, each pick updating the covariance as if its
+loss had been seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default
+COST_EXPONENT = 0.5) and the scoring were chosen on loss columns, tables and simulator studies held out from
+benchmarks/bench_design.py's reported ones;
 tau (`scale_discount`, default SCALE_DISCOUNT = 0: off) did not help there (benchmarks/results/design.md); `families`
 adds other law families' draws (a mixture) so runs that tell the families apart count. `shared_discrepancy`
 sigma (default SHARED_DISCREPANCY = 0: off) adds a discrepancy correlated across runs, a Gaussian process in log10
@@ -32,6 +36,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from . import delta_cov
 from .bootstrap import interval
 from .conventions import compute_6nd
 from .data_constrained import DataConstrainedFit
@@ -45,6 +50,9 @@ SHARED_DISCREPANCY = 0.0  # sigma: sd of a law's log-loss error shared by runs n
 #                           mixed on held-out columns and simulator studies; design.md)
 DISCREPANCY_LENGTH = 1.0  # ell: decades of compute over which that shared error decorrelates
 NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
+NOISE_PRIOR = 2.0  # a0 of the delta scoring's inverse-gamma prior on s^2 (scale a0 Var(log L) of the revealed runs)
+SCORINGS = ("bootstrap", "delta")  # how the covariance of [candidates, targets] is estimated (docs/SCIENCE.md)
+SCORING = "bootstrap"  # "delta" won more held-out cells against random but tied on error: not adopted (design.md)
 LEVEL = 0.95
 
 
@@ -85,6 +93,13 @@ class Target:
     def log10_compute(self) -> float:
         """log10 of the target's compute: C for N_opt, else the planned runs' 6ND (geometric mean)."""
         return float(np.mean(self.log10_computes()))
+
+    def gradient(self, fit) -> np.ndarray:
+        """(T, 5) gradient of the log target with respect to a Chinchilla fit's theta (analysis/delta_cov.py)."""
+        theta = np.asarray(fit.theta_, dtype=float)
+        if self.compute is not None:
+            return delta_cov.log_n_opt_gradient(theta, self.compute)
+        return delta_cov.log_loss_gradient(theta, self.params, self.tokens)
 
     def point(self, fit) -> np.ndarray:
         if self.compute is not None:
@@ -136,16 +151,31 @@ def _loss_draws(fit, params, tokens, unique=None) -> np.ndarray:
     return fit.predict_draws(params, tokens)
 
 
-def noise_var(fit) -> float:
-    """Run-to-run variance of log loss: the residuals' mean square, floored at NOISE_FLOOR^2."""
-    r = fit.residuals()["residual"].to_numpy()
-    return float(max(np.mean(r**2), NOISE_FLOOR**2))
+def noise_var(fit, prior: float = 0.0) -> float:
+    """Run-to-run variance s^2 of log loss the selector assumes, floored at NOISE_FLOOR^2: the fit's residuals' mean
+    square (`prior` 0), or with `prior` a0 > 0 the posterior mean under an inverse-gamma prior of shape a0 and scale
+    a0 Var(log L) over the revealed runs, updated with the fit's n residuals: (a0 Var(log L) + SSR / 2) /
+    (a0 + n / 2 - 1) (the delta scoring's, a0 = NOISE_PRIOR): a fit through a few runs nearly interpolates them, so
+    their mean square understates the noise a new run will see."""
+    a0 = float(prior)
+    res = fit.residuals()
+    r = res["residual"].to_numpy()
+    if not a0:
+        return float(max(np.mean(r**2), NOISE_FLOOR**2))
+    b0 = a0 * float(np.var(np.log(res["loss"].to_numpy())))
+    return float(max((b0 + np.sum(r**2) / 2) / (a0 + r.size / 2 - 1), NOISE_FLOOR**2))
 
 
-def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra=()) -> tuple[np.ndarray, int]:
-    """Covariance of [candidates' log loss, log targets] over the fit's finite draws (and those of `extra` fits,
-    stacked: a mixture's draws); and the candidate count."""
+def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra=(),
+               scoring: str | None = None, s2: float | None = None) -> tuple[np.ndarray, int]:
+    """Covariance of [candidates' log loss, log targets] and the candidate count. `scoring` "delta": the
+    delta-method covariance at a Chinchilla fit's point (analysis/delta_cov.py); "bootstrap", or any other fit, or
+    with `extra` fits (a mixture): over the fits' finite bootstrap draws, stacked."""
     sub = pool.iloc[cand]
+    if (SCORING if scoring is None else scoring) == "delta" and isinstance(fit, ParametricFit) and not extra:
+        s2 = noise_var(fit, NOISE_PRIOR) if s2 is None else s2
+        S = delta_cov.joint_cov(fit, s2, sub["params"], sub["tokens"], target.gradient(fit))
+        return (S + S.T) / 2, len(cand)
     blocks = []
     for f in (fit, *extra):
         F = np.log(_loss_draws(f, sub["params"], sub["tokens"], sub.get("unique_tokens")))
@@ -200,7 +230,8 @@ def family_fits(pool: pd.DataFrame, revealed: dict[int, float], families, *, n_b
 def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budget_left: float, *, batch: int = 4,
            n_boot: int = 100, seed: int = 0, fit=None, cost_exponent: float | None = None,
            families=None, extra_fits=None, scale_discount: float | None = None,
-           shared_discrepancy: float | None = None, discrepancy_length: float | None = None) -> Batch:
+           shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
+           scoring: str | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -211,7 +242,10 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     COST_EXPONENT), `families` (law family names from analysis/families.py whose draws join the Chinchilla
     fit's, so runs that tell the families apart count; `extra_fits` reuses such fits), `scale_discount` tau,
     `shared_discrepancy` sigma and `discrepancy_length` ell (the correlated discrepancy: shared_discrepancy();
-    defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH).
+    defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH), `scoring` (SCORINGS; default SCORING,
+    "bootstrap": covariances over the fit's bootstrap draws, the residuals' mean square as noise; "delta": the
+    delta-method covariance at the fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; a
+    data-constrained fit or `families` always use their draws).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
     affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
@@ -222,11 +256,11 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     if extra_fits is None:
         extra_fits = family_fits(pool, revealed, families, n_boot=n_boot, seed=seed) if families else []
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
-    s2 = noise_var(fit)
+    s2 = _noise(fit, scoring)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
     S, n, s2c, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
-                                shared_discrepancy, discrepancy_length)
+                                shared_discrepancy, discrepancy_length, scoring)
     var0 = float(np.trace(S[n:, n:]))
     cost = pool["cost"].to_numpy()[cand]
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
@@ -242,16 +276,25 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
 
 
+def _noise(fit, scoring: str | None) -> float:
+    """The noise variance a scoring assumes: the residuals' mean square for "bootstrap", under NOISE_PRIOR for
+    "delta"."""
+    scoring = SCORING if scoring is None else scoring
+    if scoring not in SCORINGS:
+        raise AnalysisError(f"scoring must be one of {SCORINGS}; got {scoring!r}")
+    return noise_var(fit, prior=NOISE_PRIOR if scoring == "delta" else 0.0)
+
+
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
-             revealed=(), shared=None, length=None):
+             revealed=(), shared=None, length=None, scoring=None):
     """What a score is made of: (joint covariance S, number of candidates n, each candidate's noise variance, each
     candidate's price = (cost / the dearest's)^gamma). A candidate's score is gains(S, n, noise) / price. With a
     shared discrepancy sigma > 0, S also holds that discrepancy's covariance given the `revealed` rows
     (shared_discrepancy)."""
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
-    S, n = _joint_cov(fit, pool, cand, target, extra_fits)
-    s2 = noise_var(fit)
+    s2 = _noise(fit, scoring)
+    S, n = _joint_cov(fit, pool, cand, target, extra_fits, scoring, s2)
     sigma = SHARED_DISCREPANCY if shared is None else float(shared)
     if sigma:
         ell = DISCREPANCY_LENGTH if length is None else float(length)
@@ -281,14 +324,15 @@ def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, t
 
 def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], target: Target, *,
                       cost_exponent: float | None = None, scale_discount: float | None = None,
-                      shared_discrepancy: float | None = None, discrepancy_length: float | None = None) -> np.ndarray:
+                      shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
+                      scoring: str | None = None) -> np.ndarray:
     """Each unrevealed candidate's score (in pool order) as a batch's first pick from `fit`: what `select` ranks
     before its first choice, budget aside (the scores an adaptive sweep records with each decision)."""
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return np.empty(0)
     S, n, noise, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
-                                  shared_discrepancy, discrepancy_length)
+                                  shared_discrepancy, discrepancy_length, scoring)
     return gains(S, n, noise) / price
 
 
@@ -390,7 +434,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
            n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
            on_step: Callable[[Step], None] | None = None, cost_exponent: float | None = None,
            families=None, scale_discount: float | None = None, shared_discrepancy: float | None = None,
-           discrepancy_length: float | None = None) -> Replay:
+           discrepancy_length: float | None = None, scoring: str | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -421,10 +465,11 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
         try:
             nxt = select(pool, revealed, target, budget - spent, batch=batch, n_boot=n_boot, seed=seed, fit=fit,
                          cost_exponent=cost_exponent, families=families, scale_discount=scale_discount,
-                         shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length)
+                         shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length,
+                         scoring=scoring)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
-            nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, noise_var(fit))
+            nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))
         if nxt.rows.size == 0:
             out.stopped = "no unchosen run fits in the compute left" if len(revealed) < len(pool) else "pool exhausted"
             break

@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_design.py --farseer --n-boot 50 --seeds 5              # bigger: + Farseer
     .venv/bin/python benchmarks/bench_design.py --arm tables --heldout --seeds 8 --variants 0.5:0,0.5:0:0.02:2
     .venv/bin/python benchmarks/bench_design.py --arm sim --first-study 3 --variants 0.5:0,0.5:0:0.02:2  # held out
+    .venv/bin/python benchmarks/bench_design.py --arm tables --tables porian --heldout --seeds 8           # held out
 
 Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
 grid (9 budgets over 2.7 decades x 9 sizes, 81 runs) and the demo-like one (7 budgets over 2 decades, 4-6
@@ -15,16 +16,21 @@ misspecified one (Farseer-like or curved powers), with 0.5-1.5% log-normal run n
 ParametricFit, bootstrap of runs).
 
 Arm (b), replays on public tables (tests/data/*.md: provenance, licence, the `costly` split): the cheap runs
-are the pool, the costly runs the targets (their planned N, D; loss revealed only for scoring). Scored: mean
-absolute % error of the predicted loss over the costly runs (MAPE) and R^2 = 1 - SS_res / SS_tot over them
-(pooled over a table's groups, as benchmarks/bench_families.py does).
+are the pool, the costly runs the targets (their planned N, D; loss revealed only for scoring). Gadre et al. 2024
+and the OLMo ladder by default; `--tables porian` adds Porian et al. 2024's IsoFLOP grids (one group per setup,
+each setup's two largest budgets costly, each run costing its budget): the 5 OpenWebText2 setups reported, the
+10 RefinedWeb ones with `--heldout`. Scored: mean absolute % error of the predicted loss over the costly runs
+(MAPE) and R^2 = 1 - SS_res / SS_tot over them (pooled over a table's groups, as benchmarks/bench_families.py
+does).
 
 At each fraction F of the pool's compute (6ND summed): the adaptive replay of analysis/design.py (its initial
 design, refit, batches by expected variance reduction of the log target per FLOP^gamma, each candidate's noise
 raised by (tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in
-compute, sd sigma, correlation length ell decades; `--variants gamma:tau[:sigma:ell],...`), random selection at
-the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range), cheapest
-first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small to fit (under
+compute, sd sigma, correlation length ell decades; the covariances from the delta method at the fit's point or
+from its bootstrap draws, `/delta` or `/bootstrap`; `--variants gamma:tau[:sigma:ell][/scoring],...`), random
+selection at the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range,
+and below each table how many orders each adaptive arm beats), cheapest first (rows from the cheapest up while
+they fit) and the full grid (F = 100%). A design too small to fit (under
 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts as a
 failure and is named in the cell. Wall times with the processor. `--heldout` replays the tables' other loss
 columns (HELDOUT) instead: defaults are chosen there and on simulator studies seeded apart, never on the reported
@@ -80,14 +86,14 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
         return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
     out = {}
     for v in variants:
-        g, t, sd, ell = _full(v)
+        g, t, sd, ell = _full(v[:-1])
         try:
             rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
                             cost_exponent=g, scale_discount=t, families=families, shared_discrepancy=sd,
-                            discrepancy_length=ell)
-            out[_adaptive(*v)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
+                            discrepancy_length=ell, scoring=v[-1])
+            out[_adaptive(v)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
         except AnalysisError:  # its initial design does not fit in F
-            out[_adaptive(*v)] = [(None, 0.0, 0)]
+            out[_adaptive(v)] = [(None, 0.0, 0)]
     out["random"] = []
     for s in range(seeds):
         rows = ds.random_design(pool, F * total, seed=s)
@@ -103,13 +109,15 @@ def _full(v) -> tuple[float, float, float, float]:
     return tuple(float(x) for x in (*v, *d[len(v):]))
 
 
-def _adaptive(g, t=None, sd=None, ell=None) -> str:
-    g, t, sd, ell = _full(tuple(x for x in (g, t, sd, ell) if x is not None))
-    return f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g})" if sd else ")")
+def _adaptive(v: tuple) -> str:
+    """A variant (gamma, tau[, sigma, ell], scoring) as its arm's name."""
+    g, t, sd, ell = _full(v[:-1])
+    scoring = "" if v[-1] == ds.SCORING else f", {v[-1]} scoring"
+    return f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g}" if sd else "") + scoring + ")"
 
 
 def _arms(args) -> list[str]:
-    return [_adaptive(*v) for v in args.variants] + ["random", "cheapest-first"]
+    return [_adaptive(v) for v in args.variants] + ["random", "cheapest-first"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -148,10 +156,11 @@ def sim(args) -> tuple[list[str], dict]:
         arms = _arms(args)
         n_st = args.studies * len(SIM_SCENARIOS)
         held = f", studies {args.first_study}-{args.first_study + args.studies - 1}: held out" if args.first_study else ""
+        start = len(lines)
         lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified{held})", ""]
         lines += _fraction_table(res, arms, args.fractions, _sim_cell, ("grid", "full grid"), summary, ("sim", kind))
         lines += ["", f"{time.time() - t0:.0f} s for {kind}.", ""]
-        print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
+        print("\n".join(lines[start:]), flush=True)
     return lines, summary
 
 
@@ -166,7 +175,43 @@ def _fraction_table(res: dict, arms: list[str], fractions, cell, names: tuple[st
         cells = [cell(res[(F, a)]) for a in arms]
         lines.append(f"| {F:.0%} | " + " | ".join(c[0] for c in cells) + f" | {full[0]} |")
         summary[key + (F,)] = {a: c[1] for a, c in zip(arms, cells)} | {"full": full[1]}
+    return lines + _beaten(res, arms, fractions, key[0])
+
+
+def _beaten(res: dict, arms: list[str], fractions, kind: str) -> list[str]:
+    """How many random orders each adaptive arm beats at each fraction, order by order (on the simulator per study
+    and order): the mean in a cell hides how often random selection would have done better."""
+    lines = ["", "Random orders each adaptive arm beats (" + ("per study and order; " if kind == "sim" else "")
+             + "an order too small to fit counts as beaten):", ""]
+    for arm in (a for a in arms if a.startswith("adaptive")):
+        parts = []
+        for F in fractions:
+            if kind == "sim":
+                A, R = _sim_errors(res[(F, arm)]), _sim_errors(res[(F, "random")])
+                pairs = [(A[i][0], r) for i in range(len(A)) for r in R[i]]
+            else:
+                a, = _table_errors(res[(F, arm)])
+                pairs = [(a, r) for r in _table_errors(res[(F, "random")])]
+            wins = sum(r is None or (a is not None and a < r) for a, r in pairs)
+            parts.append(f"{F:.0%} {wins} of {len(pairs)}")
+        lines.append(f"- {arm}: " + ", ".join(parts))
     return lines
+
+
+def _sim_errors(per_study: list[list]) -> list[list]:
+    return [[None if c is None else c[0] for c in cells] for cells in per_study]
+
+
+def _table_errors(per_seed: list[list]) -> list:
+    """Each order's MAPE over all costly runs (None where a group was too small to fit)."""
+    out = []
+    for groups in per_seed:
+        if any(g is None for g in groups):
+            out.append(None)
+            continue
+        p, o = np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups])
+        out.append(float(np.mean(np.abs(p / o - 1)) * 100))
+    return out
 
 
 def _sim_cell(per_study: list[list]) -> tuple[str, float]:
@@ -197,13 +242,13 @@ def _sim_cell(per_study: list[list]) -> tuple[str, float]:
 HELDOUT = {"gadre": ("loss_paloma_falcon-refinedweb", "loss_openlm"), "olmo": ("loss_pile_last", "loss_wikitext103_last")}
 
 
-def tables(farseer: bool, heldout: bool = False, which=("gadre", "olmo")) -> dict[str, list]:
+def tables(farseer: bool, heldout: bool = False, which=("gadre", "olmo", "porian")) -> dict[str, list]:
     """name -> [(cheap pool, costly targets, loss column)] (one group per fit). `heldout`: the tables' other loss
     columns (HELDOUT), on which defaults are chosen, instead of the reported ones (Gadre et al. C4, OLMo C4)."""
     g = pd.read_csv(DATA / "gadre2024_overtrain.csv")
     o = pd.read_csv(DATA / "olmo_ladder.csv")
     if heldout:
-        out = {}
+        out = porian(heldout) if "porian" in which else {}
         if "gadre" in which:
             for c in HELDOUT["gadre"]:
                 out[f"held out: Gadre et al. 2024, {c}"] = [
@@ -221,11 +266,30 @@ def tables(farseer: bool, heldout: bool = False, which=("gadre", "olmo")) -> dic
     }
     out = {k: v for k, v in out.items() if ("gadre" in which and k.startswith("Gadre"))
            or ("olmo" in which and k.startswith("OLMo"))}
+    if "porian" in which:
+        out |= porian(heldout)
     if farseer:
         f = pd.read_csv(DATA / "farseer2025.csv")
         out["Farseer grid (Li et al. 2025): 366 runs with N <= 3.8B -> 34 runs with N > 4e9 (bits/char)"] = [
             (f[~f.costly], f[f.costly], "bpc_en")]
     return out
+
+
+def porian(heldout: bool) -> dict[str, list]:
+    """Porian et al. 2024's IsoFLOP grids (tests/data/porian2024.md), one group per setup: the two largest budgets
+    are the costly runs, the smaller budgets the pool (each run costs its budget). The RefinedWeb setups are held
+    out (defaults are chosen there), the OpenWebText2 ones reported."""
+    p = pd.read_csv(DATA / "porian2024_isoflop.csv").rename(columns={"n": "N", "tokens": "D", "budget_flops": "cost"})
+    groups = []
+    for setup, g in p.groupby("setup", sort=True):
+        if setup.startswith("rw_") != heldout:
+            continue
+        costly = g["cost"] >= np.sort(g["cost"].unique())[-2]
+        groups.append((g[~costly], g[costly], "loss"))
+    which = "RefinedWeb" if heldout else "OpenWebText2"
+    n = len(groups)
+    return {f"{'held out: ' if heldout else ''}Porian et al. 2024: {n} {which} IsoFLOP setups (budgets from "
+            f"1.25e16 FLOPs, x2 each) -> each setup's two largest budgets": groups}
 
 
 def replay_tables(args) -> tuple[list[str], dict]:
@@ -236,7 +300,7 @@ def replay_tables(args) -> tuple[list[str], dict]:
         res = {}  # (F, arm) -> per seed: list over groups of (pred, obs, spent, runs) or None
         for cheap, costly, lc in groups:
             cheap = cheap.reset_index(drop=True)
-            pool = ds.pool_frame(cheap["N"], cheap["D"])
+            pool = ds.pool_frame(cheap["N"], cheap["D"], cost=cheap["cost"] if "cost" in cheap else None)
             target, obs = ds.Target.planned(costly["N"], costly["D"]), costly[lc].to_numpy(float)
             loss = cheap[lc].to_numpy(float)
             for F in (*args.fractions, 1.0):
@@ -246,10 +310,11 @@ def replay_tables(args) -> tuple[list[str], dict]:
                         cell = res.setdefault((F, arm), [[] for _ in runs])
                         cell[s].append(None if fit is None else (target.point(fit), obs, spent, n))
         arms = _arms(args)
+        start = len(lines)
         lines += [f"### {name}", ""]
         lines += _fraction_table(res, arms, args.fractions, _table_cell, ("pool", "all rows"), summary, ("table", name))
         lines += ["", f"{time.time() - t0:.0f} s for this table.", ""]
-        print("\n".join(lines[-len(args.fractions) - 5:]), flush=True)
+        print("\n".join(lines[start:]), flush=True)
     return lines, summary
 
 
@@ -276,10 +341,15 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _variant(text: str) -> tuple[float, ...]:
-    """'gamma[:tau[:sigma[:ell]]]' (the missing ones at design's defaults) as (gamma, tau[, sigma, ell])."""
+def _variant(text: str) -> tuple:
+    """'gamma[:tau[:sigma[:ell]]][/scoring]' (the missing ones at design's defaults) as
+    (gamma, tau[, sigma, ell], scoring)."""
+    text, _, scoring = text.partition("/")
+    if (scoring or ds.SCORING) not in ds.SCORINGS:
+        raise SystemExit(f"--variants: scoring must be one of {ds.SCORINGS}; got {scoring!r}")
     parts = [float(x) for x in text.split(":") if x]
-    return _full(parts) if len(parts) > 2 else (parts[0], parts[1] if len(parts) > 1 else ds.SCALE_DISCOUNT)
+    v = _full(parts) if len(parts) > 2 else (parts[0], parts[1] if len(parts) > 1 else ds.SCALE_DISCOUNT)
+    return (*v, scoring or ds.SCORING)
 
 
 def parse_args(argv=None):
@@ -293,12 +363,12 @@ def parse_args(argv=None):
                     help="index of the first simulator study (the reported runs use 0, 1, ...; held-out checks later ones)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
-                    help="adaptive arms as gamma:tau pairs, comma-separated (cost exponent : scale discount, the sd of "
-                         "log loss per decade below the target); default: design's COST_EXPONENT:SCALE_DISCOUNT")
+                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring] (cost exponent, scale "
+                         "discount, shared discrepancy sd and length, scoring delta|bootstrap); default: design's")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")
-    ap.add_argument("--tables", default="gadre,olmo", help="which public tables to replay")
+    ap.add_argument("--tables", default="gadre,olmo,porian", help="which public tables to replay")
     ap.add_argument("--heldout", action="store_true",
                     help="replay the tables' held-out loss columns (choosing defaults) instead of the reported ones")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
@@ -306,7 +376,7 @@ def parse_args(argv=None):
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
     a.variants = (tuple(_variant(v) for v in a.variants.split(",")) if a.variants
                   else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT) + ((ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
-                                                                  if ds.SHARED_DISCREPANCY else ()),))
+                                                                  if ds.SHARED_DISCREPANCY else ()) + (ds.SCORING,),))
     a.tables = tuple(t for t in a.tables.split(",") if t)
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))
@@ -320,8 +390,8 @@ def main(argv=None) -> int:
     cmd = " ".join(sys.argv[1:])
     lines = ["# Adaptive designs against the full grid, random and cheapest-first at equal compute", "",
              f"`benchmarks/bench_design.py {cmd}` (n_boot {args.n_boot}, {args.seeds} random orders per cell, batch "
-             f"{args.batch}, adaptive arms (cost exponent gamma, scale discount tau) "
-             f"{', '.join('(' + ', '.join(f'{x:g}' for x in v) + ')' for v in args.variants)}"
+             f"{args.batch}, adaptive arms (cost exponent gamma, scale discount tau, ...) "
+             f"{', '.join(_adaptive(v).removeprefix('adaptive ') for v in args.variants)}"
              + (f", families {'+'.join(args.families)}" if args.families else "")
              + "). Method: the script's docstring.",
              ""]
