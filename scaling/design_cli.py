@@ -102,12 +102,15 @@ def design_command(
     stop_width: Optional[float] = typer.Option(None, "--stop-width", help="Stop once the target's 95% interval is this narrow, relative to its prediction (e.g. 0.02)."),
     cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected variance reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
     scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2 (default: analysis/design.py SCALE_DISCOUNT)."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="How candidates' covariances are estimated: bootstrap (the fit's draws) or delta (the delta method at the fit's point; the choice then does not depend on --n-boot). Default: analysis/design.py SCORING."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's
     interval per FLOP, revealing each loss only once chosen (docs/SCIENCE.md, "Adaptive designs")."""
     if not 0 < fraction <= 1:
         raise UserError(f"--fraction {fraction}: give a share of the pool's compute in (0, 1], e.g. 0.25")
+    if scoring is not None and scoring not in ds.SCORINGS:
+        raise UserError(f"--scoring {scoring}: give one of {', '.join(ds.SCORINGS)}")
     pool, losses = _pool(pool_file, params, tokens, loss, unique_tokens, compute)
     tgt, truth = _target(target, target_compute, params, tokens, loss, unique_tokens)
     total = float(pool["cost"].sum())
@@ -116,7 +119,7 @@ def design_command(
         warnings.simplefilter("ignore", RuntimeWarning)
         rep = ds.replay(pool, lambda r: losses[r], tgt, fraction * total, batch=batch, n_boot=n_boot, seed=seed,
                         stop_width=stop_width, on_step=say, cost_exponent=cost_exponent,
-                        scale_discount=scale_discount)
+                        scale_discount=scale_discount, scoring=scoring)
         full = ds.fit_revealed(pool, dict(enumerate(losses)), n_boot=n_boot, seed=seed)  # the comparison: all rows
         result = _summary(rep, full, tgt, truth, total, seed)
     _write_chosen(pool_file, out_file, rep)

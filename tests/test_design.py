@@ -127,12 +127,22 @@ def test_cli_writes_the_chosen_rows_and_compares_with_all_rows(files):
     assert chosen["cost"].sum() <= 0.25 * (6 * pd.read_csv(files / "pool.csv").eval("params * tokens")).sum() * 1.000001
 
 
+def test_cli_delta_scoring_chooses_the_same_rows_whatever_the_bootstrap_size(files):
+    chosen = []
+    for n_boot in ("20", "60"):
+        res = _run(files, "--batch", str(BATCH), "--scoring", "delta", "--n-boot", n_boot)
+        assert res.exit_code == 0, res.output
+        chosen.append(pd.read_csv(files / "chosen.csv")["pool_row"].tolist())
+    assert chosen[0] == chosen[1] and len(chosen[0]) > 7  # past the initial design
+
+
 @pytest.mark.parametrize("change, needle", [
     (dict(fraction="0"), "--fraction"),
     (dict(fraction="1.5"), "--fraction"),
     (dict(target="absent.csv"), "absent.csv"),
     (dict(target="bad_target.csv"), "tokens"),
     (dict(extra=("--tokens", "nope")), "nope"),
+    (dict(extra=("--scoring", "laplace")), "--scoring"),
     (dict(pool="empty"), "no rows"),
 ])
 def test_cli_bad_input_exits_2_naming_what_to_fix(files, change, needle):
