@@ -1,6 +1,6 @@
 """Adaptive designs against the full grid, random and cheapest-first selection at equal compute (issue 32, item 3).
 
-    .venv/bin/python benchmarks/bench_design.py                      # both arms, the defaults (~8 min CPU)
+    .venv/bin/python benchmarks/bench_design.py                      # both arms, the defaults (~30 min CPU)
     .venv/bin/python benchmarks/bench_design.py --arm sim --studies 4 --variants 1:0,0.5:0,1:0.01   # compare arms
     .venv/bin/python benchmarks/bench_design.py --farseer --n-boot 50 --seeds 5              # bigger: + Farseer
     .venv/bin/python benchmarks/bench_design.py --arm tables --heldout --seeds 8 --variants 0.5:0,0.5:0:0.02:2
@@ -23,17 +23,17 @@ each setup's two largest budgets costly, each run costing its budget): the 5 Ope
 (MAPE) and R^2 = 1 - SS_res / SS_tot over them (pooled over a table's groups, as benchmarks/bench_families.py
 does).
 
-At each fraction F of the pool's compute (6ND summed): the adaptive replay of analysis/design.py (its initial
-design, refit, batches by expected variance reduction of the log target per FLOP^gamma, each candidate's noise
-raised by (tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in
-compute, sd sigma, correlation length ell decades; the covariances from the delta method at the fit's point or
-from its bootstrap draws, `/delta` or `/bootstrap`; `--variants gamma:tau[:sigma:ell][/scoring],...`), random
-selection at the same compute (rows in a random order, each kept while it fits; `--seeds` orders: mean and range,
-and below each table how many orders each adaptive arm beats), cheapest first (rows from the cheapest up while
-they fit) and the full grid (F = 100%). A design too small to fit (under
-6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts as a
-failure and is named in the cell. Wall times with the processor. `--heldout` replays the tables' other loss
-columns (HELDOUT) instead: defaults are chosen there and on simulator studies seeded apart, never on the reported
+At each fraction F of the pool's compute (its runs' costs summed: 6ND, or each run's budget on Porian's grids):
+the adaptive replay of analysis/design.py (its initial design, refit, batches by expected variance reduction of
+the log target per FLOP^gamma, each candidate's noise raised by (tau x decades below the target's compute)^2,
+optionally a discrepancy shared by runs near each other in compute, sd sigma, correlation length ell decades; the
+covariances from the delta method at the fit's point or from its bootstrap draws, `/delta` or `/bootstrap`;
+`--variants gamma:tau[:sigma:ell][/scoring],...`), random selection at the same compute (rows in a random order,
+each kept while it fits; `--seeds` orders: mean and range, and below each table how many orders each adaptive arm
+beats), cheapest first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small
+to fit (under 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts
+as a failure and is named in the cell. Wall times with the processor. `--heldout` replays the tables' other loss
+columns (HELDOUT) and Porian et al.'s RefinedWeb setups instead: defaults are chosen there and on simulator studies seeded apart, never on the reported
 columns.
 """
 from __future__ import annotations
