@@ -172,7 +172,7 @@ def _joint_cov(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra=
     delta-method covariance at a Chinchilla fit's point (analysis/delta_cov.py); "bootstrap", or any other fit, or
     with `extra` fits (a mixture): over the fits' finite bootstrap draws, stacked."""
     sub = pool.iloc[cand]
-    if (SCORING if scoring is None else scoring) == "delta" and isinstance(fit, ParametricFit) and not extra:
+    if _scoring_name(scoring) == "delta" and isinstance(fit, ParametricFit) and not extra:
         s2 = noise_var(fit, NOISE_PRIOR) if s2 is None else s2
         S = delta_cov.joint_cov(fit, s2, sub["params"], sub["tokens"], target.gradient(fit))
         return (S + S.T) / 2, len(cand)
@@ -276,13 +276,18 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
 
 
-def _noise(fit, scoring: str | None) -> float:
-    """The noise variance a scoring assumes: the residuals' mean square for "bootstrap", under NOISE_PRIOR for
-    "delta"."""
+def _scoring_name(scoring: str | None) -> str:
+    """`scoring`, or SCORING when None; an unknown name is refused."""
     scoring = SCORING if scoring is None else scoring
     if scoring not in SCORINGS:
         raise AnalysisError(f"scoring must be one of {SCORINGS}; got {scoring!r}")
-    return noise_var(fit, prior=NOISE_PRIOR if scoring == "delta" else 0.0)
+    return scoring
+
+
+def _noise(fit, scoring: str | None) -> float:
+    """The noise variance a scoring assumes: the residuals' mean square for "bootstrap", under NOISE_PRIOR for
+    "delta"."""
+    return noise_var(fit, prior=NOISE_PRIOR if _scoring_name(scoring) == "delta" else 0.0)
 
 
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,

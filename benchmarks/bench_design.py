@@ -209,9 +209,17 @@ def _table_errors(per_seed: list[list]) -> list:
         if any(g is None for g in groups):
             out.append(None)
             continue
-        p, o = np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups])
-        out.append(float(np.mean(np.abs(p / o - 1)) * 100))
+        out.append(_mape(*_pooled(groups)))
     return out
+
+
+def _pooled(groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, observed) over all of a table's costly runs, its groups concatenated."""
+    return np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups])
+
+
+def _mape(p: np.ndarray, o: np.ndarray) -> float:
+    return float(np.mean(np.abs(p / o - 1)) * 100)
 
 
 def _sim_cell(per_study: list[list]) -> tuple[str, float]:
@@ -326,9 +334,8 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
         if any(g is None for g in groups):
             fails += 1
             continue
-        p = np.concatenate([g[0] for g in groups])
-        o = np.concatenate([g[1] for g in groups])
-        mapes.append(float(np.mean(np.abs(p / o - 1)) * 100))
+        p, o = _pooled(groups)
+        mapes.append(_mape(p, o))
         r2s.append(float(1 - np.sum((p - o) ** 2) / np.sum((o - o.mean()) ** 2)))
         spent.append(np.mean([g[2] for g in groups]))
         runs.append(sum(g[3] for g in groups))
