@@ -1,30 +1,35 @@
-"""Adaptive designs: choose the next runs by the expected shrinkage of a target's interval per unit of cost.
+"""Adaptive designs: choose the next runs by the expected shrinkage of a target's error per unit of cost.
 
 The selector is a pure function of what a sweep knows at a decision point: the candidate pool (N, D[, U] and
 a cost per run), the losses revealed so far, the target and the compute left. `select` refits the law once on
 the revealed runs (ParametricFit, or DataConstrainedFit where unique tokens are given) and scores every
-candidate from that one fit (docs/SCIENCE.md, "Adaptive designs"):
+candidate from that one fit (docs/SCIENCE.md, "Adaptive designs"): score_c = gain_c / cost_c^gamma, gain_c the
+expected reduction of the targets' summed squared log error were c's loss seen (g_t the log target t: a planned
+run's loss, or log N_opt at a compute C). `scoring` says what that error is:
 
-    gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2 + (tau d_c)^2),    score_c = gain_c / cost_c^gamma,
+- "bias" (the default SCORING): the expected squared error when the law is wrong by a smooth discrepancy, a
+  Gaussian process over (log10 N, log10 D) with variance BIAS_RATIO x the run noise and length BIAS_LENGTH
+  decades, on top of the delta method's variance (analysis/design_bias.py). The fit's bias through the runs it
+  is given counts, and so does a planned target's own discrepancy, so runs near the target and spread over the
+  grid gain where the variance criteria would buy many small runs. Chosen on held-out tables and studies over
+  the variance criteria, which lost to random selection on real grids (benchmarks/results/design.md).
+- "delta" and "bootstrap", the variance criteria: gain_c = sum_t Cov(g_t, f_c)^2 / (Var(f_c) + s^2 + (tau d_c)^2)
+  with f_c the predicted log loss of candidate c, s^2 the run-to-run variance of log loss (noise_var) and d_c the
+  decades of compute from c up to the target: the linear (Kalman) update of the target's variance. The
+  covariances come from the delta method at the fit's point ("delta": analysis/delta_cov.py, s^2 under a weak
+  prior, as "bias" uses) or from the fit's bootstrap draws ("bootstrap", s^2 the residuals' mean square; its
+  choices depend on n_boot). tau (`scale_discount`, SCALE_DISCOUNT = 0: off) and `shared_discrepancy` sigma
+  (SHARED_DISCREPANCY = 0: off; a discrepancy correlated in log10 compute, conditioned on the revealed runs,
+  `shared_discrepancy()`) were tried with them and not adopted (design.md).
 
-with f_c the predicted log loss of candidate c, g_t the log target t (a planned run's loss, or log N_opt at a
-compute C), s^2 the run-to-run variance of log loss (noise_var, from the fit's residuals) and d_c the
-decades of compute from candidate c up to the target (0 at or above it): the linear (Kalman) update of the
-target's variance were c's loss observed with noise plus a model discrepancy that grows with the distance
-extrapolated. The covariances come from the fit's bootstrap draws (`scoring` "bootstrap", the default SCORING,
-with the residuals' mean square as s^2) or from the delta method at the fit's point ("delta": analysis/delta_cov.py,
-s^2 under a weak prior; no Monte-Carlo noise, so the choice does not depend on n_boot; the data-constrained law and
-family mixtures always use draws). A batch of K is chosen greedily, each pick updating the covariance as if its
+The data-constrained law and family mixtures (`families`: other law families' draws, so runs that tell the families
+apart count) always use the draws. A batch of K is chosen greedily, each pick updating the criterion as if its
 loss had been seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default
 COST_EXPONENT = 0.5) and the scoring were chosen on loss columns, tables and simulator studies held out from
-benchmarks/bench_design.py's reported ones;
-tau (`scale_discount`, default SCALE_DISCOUNT = 0: off) did not help there (benchmarks/results/design.md); `families`
-adds other law families' draws (a mixture) so runs that tell the families apart count. `shared_discrepancy`
-sigma (default SHARED_DISCREPANCY = 0: off) adds a discrepancy correlated across runs, a Gaussian process in log10
-compute conditioned on the revealed runs (`shared_discrepancy()`), to the draws' covariance; tried at (0.02, 2
-decades) on held-out columns and simulator studies and not adopted: mixed (design.md). The initial design
-shrinks to the smallest identifiable one when the budget is small (initial_design(budget=...)). `random_design`
-and `cheapest_first_design` are the baselines at equal compute.
+benchmarks/bench_design.py's reported ones. `anchor_share` rho (ANCHOR_SHARE = 0: off) opens each batch with the
+run nearest the target's compute that costs at most rho x the compute left; tried and not adopted (design.md).
+The initial design shrinks to the smallest identifiable one when the budget is small
+(initial_design(budget=...)). `random_design` and `cheapest_first_design` are the baselines at equal compute.
 `replay` runs the sweep loop over an existing table whose losses are revealed one chosen row at a time
 (`medscale design`).
 """
@@ -37,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import delta_cov
+from .design_bias import BiasVariance
 from .bootstrap import interval
 from .conventions import compute_6nd
 from .data_constrained import DataConstrainedFit
@@ -51,8 +57,12 @@ SHARED_DISCREPANCY = 0.0  # sigma: sd of a law's log-loss error shared by runs n
 DISCREPANCY_LENGTH = 1.0  # ell: decades of compute over which that shared error decorrelates
 NOISE_FLOOR = 1e-3  # s (log loss) never below 0.1%: a fit through few runs can interpolate them
 NOISE_PRIOR = 2.0  # a0 of the delta scoring's inverse-gamma prior on s^2 (scale a0 Var(log L) of the revealed runs)
-SCORINGS = ("bootstrap", "delta")  # how the covariance of [candidates, targets] is estimated (docs/SCIENCE.md)
-SCORING = "bootstrap"  # "delta" won more held-out cells against random but tied on error: not adopted (design.md)
+SCORINGS = ("bootstrap", "delta", "bias")  # what a candidate's gain is computed from (docs/SCIENCE.md)
+SCORING = "bias"  # won held-out cells against random and error against "bootstrap"; "delta" did not (design.md)
+BIAS_RATIO = 1.0  # the "bias" scoring's discrepancy variance, in units of the run noise s^2 (design_bias.py)
+BIAS_LENGTH = 1.0  # its correlation length, decades of N and D
+ANCHOR_SHARE = 0.0  # rho: open each batch with the run nearest the target costing <= rho x the compute left (off:
+#                     no better than the default on held-out data; design.md)
 LEVEL = 0.95
 
 
@@ -231,7 +241,8 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
            n_boot: int = 100, seed: int = 0, fit=None, cost_exponent: float | None = None,
            families=None, extra_fits=None, scale_discount: float | None = None,
            shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
-           scoring: str | None = None) -> Batch:
+           scoring: str | None = None, anchor_share: float | None = None, bias_ratio: float | None = None,
+           bias_length: float | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -242,14 +253,18 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     COST_EXPONENT), `families` (law family names from analysis/families.py whose draws join the Chinchilla
     fit's, so runs that tell the families apart count; `extra_fits` reuses such fits), `scale_discount` tau,
     `shared_discrepancy` sigma and `discrepancy_length` ell (the correlated discrepancy: shared_discrepancy();
-    defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH), `scoring` (SCORINGS; default SCORING,
-    "bootstrap": covariances over the fit's bootstrap draws, the residuals' mean square as noise; "delta": the
-    delta-method covariance at the fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; a
-    data-constrained fit or `families` always use their draws).
+    defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH; variance scorings only), `scoring` (SCORINGS;
+    default SCORING, "bias": the expected squared error under a smooth discrepancy of the law, design_bias.py, with
+    `bias_ratio` and `bias_length`, defaults BIAS_RATIO and BIAS_LENGTH; "delta": the delta-method covariance at the
+    fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; "bootstrap": covariances over the fit's
+    bootstrap draws, the residuals' mean square as noise; a data-constrained fit or `families` always use their
+    draws), `anchor_share` rho (open the batch with the run nearest the target costing at most rho x
+    `budget_left`; default ANCHOR_SHARE = 0, off).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
     affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
-    `variance_after` (the target's summed log-variance before and after the batch's expected update), `noise`.
+    `variance_after` (the target's summed squared log error, or log-variance for the variance scorings, before and
+    after the batch's expected update), `noise`.
     Deterministic for a given (pool, revealed, target, budget_left, seed). Every pick fits in `budget_left`
     together with the picks before it."""
     fit = fit if fit is not None else fit_revealed(pool, revealed, n_boot=n_boot, seed=seed)
@@ -259,21 +274,37 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     s2 = _noise(fit, scoring)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
-    S, n, s2c, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
-                                shared_discrepancy, discrepancy_length, scoring)
-    var0 = float(np.trace(S[n:, n:]))
+    crit, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
+                           shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+    var0 = crit.total()
     cost = pool["cost"].to_numpy()[cand]
-    rows, scores, left, taken = [], [], float(budget_left), np.zeros(n, bool)
-    for _ in range(batch):
-        score = np.where(~taken & (cost <= left), gains(S, n, s2c) / price, -np.inf)
-        c = int(np.argmax(score))
+    rows, scores, left, taken = [], [], float(budget_left), np.zeros(cand.size, bool)
+    anchor = _anchor(pool, cand, target, left, ANCHOR_SHARE if anchor_share is None else float(anchor_share))
+    for k in range(batch):
+        score = np.where(~taken & (cost <= left), crit.gains() / price, -np.inf)
+        c = anchor if k == 0 and anchor is not None else int(np.argmax(score))
         if not np.isfinite(score[c]):
             break
         rows.append(int(cand[c]))
         scores.append(float(score[c]))
         taken[c], left = True, left - cost[c]
-        S = _observe(S, c, s2c[c])
-    return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, float(np.trace(S[n:, n:])), s2)
+        crit.observe(c)
+    return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, crit.total(), s2)
+
+
+def _anchor(pool: pd.DataFrame, cand: np.ndarray, target: Target, left: float, rho: float) -> int | None:
+    """The candidate (index into `cand`) nearest the target in log10 compute among those costing at most rho x the
+    compute left (the dearest such run when every target lies above the pool), or None (rho 0, or none cheap
+    enough). Nearness is what the fitted law cannot value: on real grids the law's error grows with the distance
+    extrapolated, and runs near the target shrink it (benchmarks/results/design.md)."""
+    if not rho:
+        return None
+    cost = pool["cost"].to_numpy()[cand]
+    ok = np.flatnonzero(cost <= rho * left)
+    if ok.size == 0:
+        return None
+    d = np.abs(np.log10(cost[ok])[:, None] - target.log10_computes()[None, :]).min(axis=1)
+    return int(ok[np.lexsort((-cost[ok], d))[0]])
 
 
 def _scoring_name(scoring: str | None) -> str:
@@ -286,26 +317,53 @@ def _scoring_name(scoring: str | None) -> str:
 
 def _noise(fit, scoring: str | None) -> float:
     """The noise variance a scoring assumes: the residuals' mean square for "bootstrap", under NOISE_PRIOR for
-    "delta"."""
-    return noise_var(fit, prior=NOISE_PRIOR if _scoring_name(scoring) == "delta" else 0.0)
+    "delta" and "bias"."""
+    return noise_var(fit, prior=0.0 if _scoring_name(scoring) == "bootstrap" else NOISE_PRIOR)
+
+
+class _Kalman:
+    """The variance criteria's state for one decision: the joint covariance S of [candidates, targets]; `gains()`
+    each candidate's reduction of the targets' summed variance, `observe(c)` the linear update as if c were seen."""
+
+    def __init__(self, S: np.ndarray, n: int, noise: np.ndarray):
+        self.S, self.n, self.noise = S, n, noise
+
+    def gains(self) -> np.ndarray:
+        return gains(self.S, self.n, self.noise)
+
+    def observe(self, c: int) -> None:
+        self.S = _observe(self.S, c, self.noise[c])
+
+    def total(self) -> float:
+        return float(np.trace(self.S[self.n:, self.n:]))
 
 
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
-             revealed=(), shared=None, length=None, scoring=None):
-    """What a score is made of: (joint covariance S, number of candidates n, each candidate's noise variance, each
-    candidate's price = (cost / the dearest's)^gamma). A candidate's score is gains(S, n, noise) / price. With a
-    shared discrepancy sigma > 0, S also holds that discrepancy's covariance given the `revealed` rows
-    (shared_discrepancy)."""
+             revealed=(), shared=None, length=None, scoring=None, bias=(None, None)):
+    """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma). A
+    candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla fit: design_bias.BiasVariance
+    (`bias` = (ratio, length), None for BIAS_RATIO, BIAS_LENGTH); otherwise the variance of [candidates, targets]
+    (_joint_cov: "bias" on a data-constrained fit or with `extra_fits` uses the draws with the prior's noise; with a
+    shared discrepancy sigma > 0 also that discrepancy's covariance given the `revealed` rows, shared_discrepancy)."""
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
-    s2 = _noise(fit, scoring)
-    S, n = _joint_cov(fit, pool, cand, target, extra_fits, scoring, s2)
     sigma = SHARED_DISCREPANCY if shared is None else float(shared)
+    name, s2 = _scoring_name(scoring), _noise(fit, scoring)
+    cost = pool["cost"].to_numpy()[cand]
+    price = (cost / cost.max()) ** gamma
+    if name == "bias" and (tau or sigma):
+        raise AnalysisError("scale_discount and shared_discrepancy belong to the variance scorings (bootstrap, delta); "
+                            "the bias scoring has its own discrepancy (bias_ratio, bias_length): drop them or choose a "
+                            "variance scoring")
+    if name == "bias" and isinstance(fit, ParametricFit) and not extra_fits:
+        ratio, ell = (BIAS_RATIO if bias[0] is None else bias[0]), (BIAS_LENGTH if bias[1] is None else bias[1])
+        sub = pool.iloc[cand]
+        return BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell), price
+    S, n = _joint_cov(fit, pool, cand, target, extra_fits, name, s2)
     if sigma:
         ell = DISCREPANCY_LENGTH if length is None else float(length)
         S = S + shared_discrepancy(pool, np.asarray(sorted(revealed), dtype=int), cand, target, sigma, ell, s2)
-    cost = pool["cost"].to_numpy()[cand]
-    return S, n, s2 + discrepancy(pool, cand, target, tau), (cost / cost.max()) ** gamma
+    return _Kalman(S, n, s2 + discrepancy(pool, cand, target, tau)), price
 
 
 def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, target: Target, sigma: float,
@@ -330,15 +388,16 @@ def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, t
 def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], target: Target, *,
                       cost_exponent: float | None = None, scale_discount: float | None = None,
                       shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
-                      scoring: str | None = None) -> np.ndarray:
+                      scoring: str | None = None, bias_ratio: float | None = None,
+                      bias_length: float | None = None) -> np.ndarray:
     """Each unrevealed candidate's score (in pool order) as a batch's first pick from `fit`: what `select` ranks
     before its first choice, budget aside (the scores an adaptive sweep records with each decision)."""
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return np.empty(0)
-    S, n, noise, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
-                                  shared_discrepancy, discrepancy_length, scoring)
-    return gains(S, n, noise) / price
+    crit, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
+                           shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+    return crit.gains() / price
 
 
 def initial_design(pool: pd.DataFrame, min_runs: int = 7, budget: float | None = None) -> np.ndarray:
@@ -439,7 +498,9 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
            n_boot: int = 100, seed: int = 0, stop_width: float | None = None,
            on_step: Callable[[Step], None] | None = None, cost_exponent: float | None = None,
            families=None, scale_discount: float | None = None, shared_discrepancy: float | None = None,
-           discrepancy_length: float | None = None, scoring: str | None = None) -> Replay:
+           discrepancy_length: float | None = None, scoring: str | None = None,
+           anchor_share: float | None = None, bias_ratio: float | None = None,
+           bias_length: float | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -471,7 +532,8 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
             nxt = select(pool, revealed, target, budget - spent, batch=batch, n_boot=n_boot, seed=seed, fit=fit,
                          cost_exponent=cost_exponent, families=families, scale_discount=scale_discount,
                          shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length,
-                         scoring=scoring)
+                         scoring=scoring, anchor_share=anchor_share, bias_ratio=bias_ratio,
+                         bias_length=bias_length)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
             nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))

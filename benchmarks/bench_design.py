@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/bench_design.py --arm tables --heldout --seeds 8 --variants 0.5:0,0.5:0:0.02:2
     .venv/bin/python benchmarks/bench_design.py --arm sim --first-study 3 --variants 0.5:0,0.5:0:0.02:2  # held out
     .venv/bin/python benchmarks/bench_design.py --arm tables --tables porian --heldout --seeds 8           # held out
+    .venv/bin/python benchmarks/bench_design.py --arm tables --tables besiroglu,muennighoff --farseer --seeds 8 \
+        --variants 0.5:0/bootstrap,0.5:0/bias                     # the tables first replayed in the fourth session
 
 Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
 grid (9 budgets over 2.7 decades x 9 sizes, 81 runs) and the demo-like one (7 budgets over 2 decades, 4-6
@@ -19,16 +21,20 @@ Arm (b), replays on public tables (tests/data/*.md: provenance, licence, the `co
 are the pool, the costly runs the targets (their planned N, D; loss revealed only for scoring). Gadre et al. 2024
 and the OLMo ladder by default; `--tables porian` adds Porian et al. 2024's IsoFLOP grids (one group per setup,
 each setup's two largest budgets costly, each run costing its budget): the 5 OpenWebText2 setups reported, the
-10 RefinedWeb ones with `--heldout`. Scored: mean absolute % error of the predicted loss over the costly runs
+10 RefinedWeb ones with `--heldout`; `--tables besiroglu,muennighoff` (fresh(): Chinchilla's runs as Besiroglu et
+al. 2024 read them, >= 1e21 FLOPs costly; Muennighoff et al. 2023's repeated-data runs, N >= 4e9 costly, the
+data-constrained law) and `--farseer`. Scored: mean absolute % error of the predicted loss over the costly runs
 (MAPE) and R^2 = 1 - SS_res / SS_tot over them (pooled over a table's groups, as benchmarks/bench_families.py
 does).
 
 At each fraction F of the pool's compute (its runs' costs summed: 6ND, or each run's budget on Porian's grids):
-the adaptive replay of analysis/design.py (its initial design, refit, batches by expected variance reduction of
-the log target per FLOP^gamma, each candidate's noise raised by (tau x decades below the target's compute)^2,
-optionally a discrepancy shared by runs near each other in compute, sd sigma, correlation length ell decades; the
-covariances from the delta method at the fit's point or from its bootstrap draws, `/delta` or `/bootstrap`;
-`--variants gamma:tau[:sigma:ell][/scoring],...`), random selection at the same compute (rows in a random order,
+the adaptive replay of analysis/design.py (its initial design, refit, batches by the expected reduction of the
+log target's error per FLOP^gamma: `/bias` its squared error under a smooth discrepancy, `/bias=ratio:length` that
+discrepancy's variance in units of the run noise and its length in decades; `/delta` or `/bootstrap` its
+variance, from the delta method at the fit's point or from the bootstrap draws, each candidate's noise raised by
+(tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in compute,
+sd sigma, correlation length ell decades; `@rho` opens each batch with the run nearest the target costing at most
+rho x the compute left; `--variants gamma:tau[:sigma:ell][/scoring][@rho],...`), random selection at the same compute (rows in a random order,
 each kept while it fits; `--seeds` orders: mean and range, and below each table how many orders each adaptive arm
 beats), cheapest first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small
 to fit (under 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts
@@ -86,11 +92,14 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
         return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
     out = {}
     for v in variants:
-        g, t, sd, ell = _full(v[:-1])
+        g, t, sd, ell = _full(v[:-2])
+        scoring, _, bias = v[-2].partition("=")
+        ratio, _, length = bias.partition(":")
         try:
             rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
                             cost_exponent=g, scale_discount=t, families=families, shared_discrepancy=sd,
-                            discrepancy_length=ell, scoring=v[-1])
+                            discrepancy_length=ell, scoring=scoring, anchor_share=v[-1],
+                            bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None)
             out[_adaptive(v)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
         except AnalysisError:  # its initial design does not fit in F
             out[_adaptive(v)] = [(None, 0.0, 0)]
@@ -110,10 +119,12 @@ def _full(v) -> tuple[float, float, float, float]:
 
 
 def _adaptive(v: tuple) -> str:
-    """A variant (gamma, tau[, sigma, ell], scoring) as its arm's name."""
-    g, t, sd, ell = _full(v[:-1])
-    scoring = "" if v[-1] == ds.SCORING else f", {v[-1]} scoring"
-    return f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g}" if sd else "") + scoring + ")"
+    """A variant (gamma, tau[, sigma, ell], scoring, rho) as its arm's name."""
+    g, t, sd, ell = _full(v[:-2])
+    scoring = "" if v[-2] == ds.SCORING else f", {v[-2]} scoring"
+    anchor = f", anchor {v[-1]:g}" if v[-1] else ""
+    return (f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g}" if sd else "") + scoring + anchor
+            + ")")
 
 
 def _arms(args) -> list[str]:
@@ -276,6 +287,7 @@ def tables(farseer: bool, heldout: bool = False, which=("gadre", "olmo", "porian
            or ("olmo" in which and k.startswith("OLMo"))}
     if "porian" in which:
         out |= porian(heldout)
+    out |= fresh(which)
     if farseer:
         f = pd.read_csv(DATA / "farseer2025.csv")
         out["Farseer grid (Li et al. 2025): 366 runs with N <= 3.8B -> 34 runs with N > 4e9 (bits/char)"] = [
@@ -300,6 +312,28 @@ def porian(heldout: bool) -> dict[str, list]:
             f"1.25e16 FLOPs, x2 each) -> each setup's two largest budgets": groups}
 
 
+def fresh(which) -> dict[str, list]:
+    """Tables no adaptive arm was run on before the fourth session (named in `which`; not in the default set).
+    The split was fixed before any replay on them. Besiroglu et al. 2024's reading of Chinchilla's Figure 4: the
+    240 runs the authors fitted (their 5 outliers dropped); the runs at >= 1e21 FLOPs are the costly ones, the rest
+    the pool (each run costs its FLOPs). Muennighoff et al. 2023's data-constrained runs: N >= 4e9 costly, the rest
+    the pool, unique tokens given (the data-constrained law; cost 6ND)."""
+    out = {}
+    if "besiroglu" in which:
+        b = pd.read_csv(DATA / "besiroglu2024_chinchilla.csv")
+        b = b[b.in_fit].rename(columns={"n_params": "N", "tokens": "D", "flops": "cost"})
+        costly = b["cost"] >= 1e21
+        out[f"Besiroglu et al. 2024 (Chinchilla, Fig. 4): {int((~costly).sum())} runs < 1e21 FLOPs -> "
+            f"{int(costly.sum())} runs >= 1e21"] = [(b[~costly], b[costly], "loss")]
+    if "muennighoff" in which:
+        m = pd.read_csv(DATA / "muennighoff2023_runs.csv").rename(
+            columns={"n_params": "N", "tokens": "D", "unique_tokens": "U"})
+        costly = m["N"] >= 4e9
+        out[f"Muennighoff et al. 2023 (repeated data): {int((~costly).sum())} runs with N < 4e9 -> "
+            f"{int(costly.sum())} runs at 4.2B/8.7B"] = [(m[~costly], m[costly], "loss")]
+    return out
+
+
 def replay_tables(args) -> tuple[list[str], dict]:
     lines, summary = [], {}
     for name, groups in tables(args.farseer, args.heldout, args.tables).items():
@@ -308,8 +342,9 @@ def replay_tables(args) -> tuple[list[str], dict]:
         res = {}  # (F, arm) -> per seed: list over groups of (pred, obs, spent, runs) or None
         for cheap, costly, lc in groups:
             cheap = cheap.reset_index(drop=True)
-            pool = ds.pool_frame(cheap["N"], cheap["D"], cost=cheap["cost"] if "cost" in cheap else None)
-            target, obs = ds.Target.planned(costly["N"], costly["D"]), costly[lc].to_numpy(float)
+            unique = (lambda d: d["U"] if "U" in d else None)  # noqa: E731 - unique tokens: data-constrained
+            pool = ds.pool_frame(cheap["N"], cheap["D"], unique(cheap), cost=cheap["cost"] if "cost" in cheap else None)
+            target, obs = ds.Target.planned(costly["N"], costly["D"], unique(costly)), costly[lc].to_numpy(float)
             loss = cheap[lc].to_numpy(float)
             for F in (*args.fractions, 1.0):
                 for arm, runs in designs(pool, loss, target, F, n_boot=args.n_boot, seeds=args.seeds, batch=batch,
@@ -349,14 +384,16 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 # ------------------------------------------------------------------------------------------------------------
 def _variant(text: str) -> tuple:
-    """'gamma[:tau[:sigma[:ell]]][/scoring]' (the missing ones at design's defaults) as
-    (gamma, tau[, sigma, ell], scoring)."""
+    """'gamma[:tau[:sigma[:ell]]][/scoring[=ratio:length]][@rho]' (the missing ones at design's defaults; ratio and
+    length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by default) as
+    (gamma, tau[, sigma, ell], scoring, rho)."""
+    text, _, rho = text.partition("@")
     text, _, scoring = text.partition("/")
-    if (scoring or ds.SCORING) not in ds.SCORINGS:
+    if (scoring or ds.SCORING).partition("=")[0] not in ds.SCORINGS:
         raise SystemExit(f"--variants: scoring must be one of {ds.SCORINGS}; got {scoring!r}")
     parts = [float(x) for x in text.split(":") if x]
     v = _full(parts) if len(parts) > 2 else (parts[0], parts[1] if len(parts) > 1 else ds.SCALE_DISCOUNT)
-    return (*v, scoring or ds.SCORING)
+    return (*v, scoring or ds.SCORING, float(rho) if rho else ds.ANCHOR_SHARE)
 
 
 def parse_args(argv=None):
@@ -383,7 +420,8 @@ def parse_args(argv=None):
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
     a.variants = (tuple(_variant(v) for v in a.variants.split(",")) if a.variants
                   else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT) + ((ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
-                                                                  if ds.SHARED_DISCREPANCY else ()) + (ds.SCORING,),))
+                                                                  if ds.SHARED_DISCREPANCY else ())
+                        + (ds.SCORING, ds.ANCHOR_SHARE),))
     a.tables = tuple(t for t in a.tables.split(",") if t)
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))

@@ -102,7 +102,7 @@ def design_command(
     stop_width: Optional[float] = typer.Option(None, "--stop-width", help="Stop once the target's 95% interval is this narrow, relative to its prediction (e.g. 0.02)."),
     cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected variance reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
     scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2 (default: analysis/design.py SCALE_DISCOUNT)."),
-    scoring: Optional[str] = typer.Option(None, "--scoring", help="How candidates' covariances are estimated: bootstrap (the fit's draws) or delta (the delta method at the fit's point; the choice then does not depend on --n-boot). Default: analysis/design.py SCORING."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="What a candidate's gain is computed from: bootstrap (the fit's draws), delta (the delta method at the fit's point; the choice then does not depend on --n-boot) or bias (delta plus a smooth discrepancy of the law: the expected squared error, not only the variance; analysis/design_bias.py). Default: analysis/design.py SCORING."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's

@@ -236,8 +236,10 @@ def test_scale_discount_buys_runs_nearer_the_target():
     assert np.all(d >= 0) and np.all(np.diff(d[np.argsort(cost[cand])]) <= 1e-15)  # cheaper: larger discrepancy
     assert np.allclose(ds.discrepancy(pool, cand, target, 0.0), 0)
     logc = {tau: np.log(cost[ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, cost_exponent=1.0,
-                                       scale_discount=tau).rows]).mean() for tau in (0.0, 0.05)}
+                                       scale_discount=tau, scoring="bootstrap").rows]).mean() for tau in (0.0, 0.05)}
     assert logc[0.05] > logc[0.0]
+    with pytest.raises(ds.AnalysisError, match="scale_discount"):  # the bias scoring has its own discrepancy
+        ds.select(pool, revealed, target, cost.sum(), fit=fit, scale_discount=0.05, scoring="bias")
 
 
 def test_shared_discrepancy_shrinks_only_as_seen_runs_approach_the_target():
@@ -257,11 +259,52 @@ def test_shared_discrepancy_shrinks_only_as_seen_runs_approach_the_target():
     assert np.linalg.eigvalsh(near).min() > -1e-12 and np.linalg.eigvalsh(far).min() > -1e-12
     revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
     fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
-    base = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit)
-    off = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, shared_discrepancy=0.0)
+    kw = dict(batch=BATCH, fit=fit, scoring="bootstrap")  # the variance criteria's option
+    base = ds.select(pool, revealed, target, cost.sum(), **kw)
+    off = ds.select(pool, revealed, target, cost.sum(), shared_discrepancy=0.0, **kw)
     assert off.rows.tolist() == base.rows.tolist() and np.allclose(off.scores, base.scores)
-    on = ds.select(pool, revealed, target, cost.sum(), batch=BATCH, fit=fit, shared_discrepancy=0.05,
-                   discrepancy_length=2.0)
+    on = ds.select(pool, revealed, target, cost.sum(), shared_discrepancy=0.05, discrepancy_length=2.0, **kw)
     assert on.variance > base.variance  # the target's variance now holds the discrepancy's share
-    scores = ds.first_pick_scores(fit, pool, revealed, target, shared_discrepancy=0.05, discrepancy_length=2.0)
+    with pytest.raises(ds.AnalysisError, match="shared_discrepancy"):
+        ds.select(pool, revealed, target, cost.sum(), fit=fit, shared_discrepancy=0.05, scoring="bias")
+    scores = ds.first_pick_scores(fit, pool, revealed, target, shared_discrepancy=0.05, discrepancy_length=2.0,
+                                  scoring="bootstrap")
     assert scores.size == len(pool) - len(revealed) and np.all(np.isfinite(scores))
+
+
+def test_anchor_share_opens_each_batch_with_the_run_nearest_the_target_it_can_afford():
+    """rho > 0: a batch's first pick is, among the candidates costing at most rho x the compute left, the one
+    nearest the target's compute (here, below the target, the dearest such run); the rest of the batch is scored as
+    before, each pick fits in the budget, and rho = 0 is the criterion without it."""
+    t, pool, target, _ = _study()
+    revealed = {int(r): float(t["loss"].iat[r]) for r in ds.initial_design(pool)}
+    fit = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    cost = pool["cost"].to_numpy()
+    left = 0.3 * cost.sum()
+    base = ds.select(pool, revealed, target, left, batch=BATCH, fit=fit)
+    assert ds.select(pool, revealed, target, left, batch=BATCH, fit=fit, anchor_share=0.0).rows.tolist() \
+        == base.rows.tolist()
+    for rho in (0.1, 0.5):
+        got = ds.select(pool, revealed, target, left, batch=BATCH, fit=fit, anchor_share=rho)
+        affordable = [i for i in range(len(pool)) if i not in revealed and cost[i] <= rho * left]
+        assert cost[got.rows[0]] == max(cost[affordable])  # every target lies above the pool: the dearest
+        assert 1 <= got.rows.size <= BATCH and len(set(got.rows)) == got.rows.size
+        assert not set(got.rows) & set(revealed)
+        assert cost[got.rows].sum() <= left
+    assert cost[ds.select(pool, revealed, target, left, batch=BATCH, fit=fit, anchor_share=0.5).rows[0]] \
+        > cost[base.rows[0]]
+    # too small a share for any candidate: the batch is the scored one
+    tiny = 0.5 * cost[[i for i in range(len(pool)) if i not in revealed]].min() / left
+    assert ds.select(pool, revealed, target, left, batch=BATCH, fit=fit, anchor_share=tiny).rows.tolist() \
+        == base.rows.tolist()
+    # an N_opt target below some candidates: the nearest in log compute, not the dearest
+    mid = ds.Target.n_opt(float(np.sort(cost)[len(cost) // 2]))
+    near = ds.select(pool, revealed, mid, cost.sum(), batch=1, fit=fit, anchor_share=1.0).rows[0]
+    cand = [i for i in range(len(pool)) if i not in revealed]
+    assert abs(np.log10(cost[near] / mid.compute)) == min(abs(np.log10(cost[cand] / mid.compute)))
+    rep = ds.replay(pool, lambda r: float(t["loss"].iat[r]), target, left, batch=BATCH, n_boot=N_BOOT,
+                    anchor_share=0.5)
+    assert rep.chosen["cost"].sum() <= left * (1 + 1e-12)
+    assert rep.chosen.loc[rep.chosen["step"] == 1, "cost"].iloc[0] == pytest.approx(
+        max(c for i, c in enumerate(cost) if i not in set(rep.chosen.loc[rep.chosen["step"] == 0, "row"])
+            and c <= 0.5 * (left - rep.steps[0].spent)))
