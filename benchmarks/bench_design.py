@@ -166,7 +166,8 @@ def sim(args) -> tuple[list[str], dict]:
                 print(f"  {kind} {scen} study {i}: {time.time() - t0:.0f} s", flush=True)
         arms = _arms(args)
         n_st = args.studies * len(SIM_SCENARIOS)
-        held = f", studies {args.first_study}-{args.first_study + args.studies - 1}: held out" if args.first_study else ""
+        # which studies (the reported runs start at 0; which are held out is the caller's: design.md says)
+        held = f", studies {args.first_study}-{args.first_study + args.studies - 1}" if args.first_study else ""
         start = len(lines)
         lines += [f"### {kind}: {n_st} studies ({args.studies} per scenario: law, misspecified{held})", ""]
         lines += _fraction_table(res, arms, args.fractions, _sim_cell, ("grid", "full grid"), summary, ("sim", kind))

@@ -106,7 +106,7 @@ def design_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's
-    interval per FLOP, revealing each loss only once chosen (docs/SCIENCE.md, "Adaptive designs")."""
+    error per FLOP, revealing each loss only once chosen (docs/SCIENCE.md, "Adaptive designs")."""
     if not 0 < fraction <= 1:
         raise UserError(f"--fraction {fraction}: give a share of the pool's compute in (0, 1], e.g. 0.25")
     if scoring is not None and scoring not in ds.SCORINGS:

@@ -81,6 +81,7 @@ INVALID = [
     ("stop_width 0", _with(lambda g: g.update(stop_width=0)), r"grid.stop_width: Input should be greater than 0"),
     ("planned run without tokens", _with(lambda g: g.update(target={"planned": [{"params": "1M"}]})),
      r"grid.target.planned.0.tokens: required key is missing"),
+    ("unknown scoring", _with(lambda g: g.update(scoring="laplace")), r"grid.scoring: .*give one of bootstrap, delta, bias"),
 ]
 
 
@@ -315,6 +316,9 @@ def test_a_changed_pool_or_target_is_refused_but_a_larger_budget_continues(tmp_p
     smaller = Pool(**{**pool.__dict__, "ids": pool.ids[:-1] + ["decoder-other"]})
     with pytest.raises(UserError, match=r"a different pool of candidate runs"):
         History(tmp_path, spec.name).claim(identity(spec, smaller))
+    variance, _, _ = _synthetic(budget=budget, scoring="bootstrap")
+    with pytest.raises(UserError, match=r"a different grid.scoring"):
+        History(tmp_path, spec.name).claim(identity(variance, pool))
     more, _, _ = _synthetic(budget=1.5 * budget)
     _loop(more, pool, tmp_path, trainer)
     records = History(tmp_path, spec.name).decisions()
@@ -336,6 +340,7 @@ def test_dry_run_shows_the_pool_the_first_batch_and_the_planned_compute(tmp_path
     assert "first batch: the initial design, 6 runs" in text
     assert text.count("decoder-") == 6
     assert "planned compute: grid.budget 1e+12 FLOPs" in text and "the whole pool would cost" in text
+    assert "(bias scoring)" in text
     assert not (tmp_path / "out" / "runs").exists()
 
 
@@ -414,3 +419,33 @@ def test_adaptive_sweep_end_to_end_records_resumes_and_is_idempotent(tmp_path, t
     assert [d["batch"] for d in path["decisions"]] == list(range(len(records)))
     assert f"the full grid of 9 candidate runs would have cost {path['pool_flops']:.3g} FLOPs" in text
     assert (tmp_path / "report" / "tiny_adaptive_adaptive_path.png").stat().st_size > 0
+
+
+def test_the_scoring_is_the_sweeps_and_a_sweep_recorded_before_it_existed_resumes_as_bootstrap(tmp_path):
+    """grid.scoring (default analysis/design.py SCORING) steers the choices and is part of the sweep's identity; a
+    sweep whose pool.json predates the key chose with the bootstrap criterion, the only one then, and resumes only
+    with grid.scoring: bootstrap."""
+    from medscale.analysis.design import SCORING
+    from medscale.scaling.errors import UserError
+    from medscale.atomic import read_json, write_json
+
+    budget = 0.1 * POOL_FLOPS
+    default, pool, loss = _synthetic(budget=budget)
+    assert default.grid.scoring == SCORING
+    chosen = {}
+    for scoring in ("bias", "bootstrap"):
+        spec, _, _ = _synthetic(budget=budget, scoring=scoring)
+        _loop(spec, pool, tmp_path / scoring, FakeTrainer(loss), max_batches=2)
+        records = History(tmp_path / scoring, spec.name).decisions()
+        chosen[scoring] = _chosen(records)
+        assert read_json(tmp_path / scoring / "adaptive" / spec.name / "pool.json")["scoring"] == scoring
+    assert chosen["bias"][0] == chosen["bootstrap"][0]  # the same initial design
+    assert chosen["bias"][1] != chosen["bootstrap"][1]  # then each criterion's own batch
+    legacy = tmp_path / "bootstrap" / "adaptive" / default.name / "pool.json"
+    ident = read_json(legacy)
+    ident.pop("scoring")
+    write_json(legacy, ident)
+    with pytest.raises(UserError, match=r"a different grid.scoring"):
+        History(tmp_path / "bootstrap", default.name).claim(identity(_synthetic(budget=budget, scoring="bias")[0], pool))
+    spec, _, _ = _synthetic(budget=budget, scoring="bootstrap")
+    History(tmp_path / "bootstrap", spec.name).claim(identity(spec, pool))

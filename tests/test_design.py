@@ -127,10 +127,11 @@ def test_cli_writes_the_chosen_rows_and_compares_with_all_rows(files):
     assert chosen["cost"].sum() <= 0.25 * (6 * pd.read_csv(files / "pool.csv").eval("params * tokens")).sum() * 1.000001
 
 
-def test_cli_delta_scoring_chooses_the_same_rows_whatever_the_bootstrap_size(files):
+@pytest.mark.parametrize("scoring", ["delta", "bias"])
+def test_cli_delta_and_bias_scorings_choose_the_same_rows_whatever_the_bootstrap_size(files, scoring):
     chosen = []
     for n_boot in ("20", "60"):
-        res = _run(files, "--batch", str(BATCH), "--scoring", "delta", "--n-boot", n_boot)
+        res = _run(files, "--batch", str(BATCH), "--scoring", scoring, "--n-boot", n_boot)
         assert res.exit_code == 0, res.output
         chosen.append(pd.read_csv(files / "chosen.csv")["pool_row"].tolist())
     assert chosen[0] == chosen[1] and len(chosen[0]) > 7  # past the initial design

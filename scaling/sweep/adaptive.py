@@ -1,5 +1,5 @@
 """Adaptive sweeps (`grid: {mode: adaptive}`): run a small initial design from a candidate pool, then refit and
-choose the next batch by the expected reduction of the target's interval per FLOP (analysis/design.py `select`),
+choose the next batch by the expected reduction of the target's error per FLOP (analysis/design.py `select`),
 until the compute budget is spent or the target's interval is narrow enough.
 
 The pool is expanded once, by the same code as a ladder or IsoFLOP grid (spec.expand), so each candidate is a
@@ -49,7 +49,9 @@ DECISIONS_DIR = "adaptive"
 DECISION_FILE = re.compile(r"decision-(\d{4,})\.json")
 # what a recorded decision means: a rerun must agree on these (budget, stop_width and batch may change: they
 # only steer the decisions still to come)
-IDENTITY_KEYS = ("pool", "target", "seed", "initial", "n_boot")
+IDENTITY_KEYS = ("pool", "target", "seed", "initial", "n_boot", "scoring")
+# a sweep recorded before grid.scoring existed chose with what was then the only default
+LEGACY = {"scoring": "bootstrap"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def check_pool(spec, pool: Pool, source: str) -> np.ndarray:
 def identity(spec, pool: Pool) -> dict:
     grid = spec.grid
     return {"sweep": spec.name, "pool": pool.identity(), "runs": len(pool), "target": grid.target.model_dump(),
-            "seed": grid.seed, "initial": grid.initial, "n_boot": grid.n_boot}
+            "seed": grid.seed, "initial": grid.initial, "n_boot": grid.n_boot, "scoring": grid.scoring}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class History:
         except CorruptFile:
             known = None
         if isinstance(known, dict):
-            changed = [k for k in IDENTITY_KEYS if known.get(k) != ident.get(k)]
+            changed = [k for k in IDENTITY_KEYS if known.get(k, LEGACY.get(k)) != ident.get(k)]
             if changed:
                 what = ", ".join("pool of candidate runs (grid.params, grid.tokens or grid.compute, seeds, model, "
                                  "optimizer, dataset)" if k == "pool" else f"grid.{k}" for k in changed)
@@ -236,11 +238,12 @@ def _fit_record(fit, target, seed: int, n_runs: int) -> dict:
                        "width": float(np.mean((high - low) / point))}}
 
 
-def _first_pick_scores(fit, frame: pd.DataFrame, revealed: dict[int, float], target) -> np.ndarray | None:
+def _first_pick_scores(fit, frame: pd.DataFrame, revealed: dict[int, float], target,
+                       scoring: str) -> np.ndarray | None:
     """Each unrevealed candidate's score as the batch's first pick (analysis/design.py first_pick_scores), from
     the fit the batch used; None where the draws do not allow it."""
     try:
-        return design.first_pick_scores(fit, frame, revealed, target)
+        return design.first_pick_scores(fit, frame, revealed, target, scoring=scoring)
     except (AnalysisError, TypeError, ValueError, np.linalg.LinAlgError):
         return None
 
@@ -403,7 +406,7 @@ class _Loop:
         else:
             with _quiet():
                 batch = select(frame, local, self.target, left, batch=grid.batch, n_boot=grid.n_boot,
-                               seed=grid.seed, fit=fit)
+                               seed=grid.seed, fit=fit, scoring=grid.scoring)
             chosen, scores = np.asarray(batch.rows, dtype=int), np.asarray(batch.scores, dtype=float)
             fit_rec.update(variance=float(batch.variance), variance_after=float(batch.variance_after),
                            noise=float(batch.noise))
@@ -411,7 +414,7 @@ class _Loop:
                 stop = ("every candidate has been run" if len(local) + len(self.dead) >= len(self.pool) else
                         f"no candidate left fits in the {left:.3g} FLOPs left of grid.budget")
         with _quiet():
-            first = _first_pick_scores(fit, frame, local, self.target) if stop is None else None
+            first = _first_pick_scores(fit, frame, local, self.target, grid.scoring) if stop is None else None
         cand = [i for i in range(len(frame)) if i not in local]
         cost = frame["cost"].to_numpy()
         decision = {**base, "kind": "stop" if stop else "select", "fit": fit_rec, "stopped": stop,
@@ -521,7 +524,8 @@ def dry_run_lines(spec, runs: list[dict], out_dir: Path | str, plan=None, source
     lines += [f"planned compute: grid.budget {grid.budget:.3g} FLOPs, {grid.budget / whole:.0%} of the "
               f"{whole:.3g} FLOPs the whole pool would cost{wsd}",
               f"  the initial design spends {first:.3g} FLOPs ({first / grid.budget:.0%} of the budget); then batches "
-              f"of {grid.batch} run(s), each chosen by the expected reduction of the target's interval per FLOP, "
+              f"of {grid.batch} run(s), each chosen by the expected reduction of the target's error per FLOP "
+              f"({grid.scoring} scoring), "
               f"until the budget is spent{stop}"]
     if grid.budget >= whole:
         lines.append("  warning: grid.budget covers the whole pool: the sweep may train every candidate (a "

@@ -31,6 +31,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       model_serializer, model_validator)
 
 from medscale.analysis.conventions import tokens_for_compute
+from medscale.analysis.design import SCORING, SCORINGS
 from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
 from medscale.models.options import ModelOptions, mesh_axes
 from medscale.scaling.downstream.spec import DownstreamSpec
@@ -264,7 +265,8 @@ class AdaptiveTarget(_Strict):
 class AdaptiveGrid(_Strict):
     """A candidate pool (params x tokens, as a ladder; or compute x params, as an IsoFLOP grid) from which
     scaling/sweep/adaptive.py runs an initial design, then batch after batch by the expected reduction of the
-    target's interval per FLOP, until `budget` FLOPs are spent or the interval's relative width is `stop_width`."""
+    target's error per FLOP, until `budget` FLOPs are spent or the interval's relative width is `stop_width`.
+    `scoring` is analysis/design.py's (default SCORING)."""
     mode: Literal["adaptive"]
     params: list[Union[Quantity, ExplicitShape]] = Field(min_length=3)
     tokens: Optional[list[Quantity]] = Field(None, min_length=3)
@@ -277,11 +279,20 @@ class AdaptiveGrid(_Strict):
     initial: Int = Field(7, ge=6)
     seed: Int = 0
     n_boot: Int = Field(100, ge=20)
+    scoring: str = SCORING
 
     _parse_tokens = field_validator("tokens", "compute", mode="before")(_quantities)
     _parse_params = field_validator("params", mode="before")(_sizes)
     _parse_budget = field_validator("budget", mode="before")(parse_quantity)
     _window = field_validator("tokens_per_param")(lambda v: IsoFlopGrid._window(v))
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring(cls, v: str) -> str:
+        if v not in SCORINGS:
+            raise ValueError(f"give one of {', '.join(SCORINGS)} (analysis/design.py; docs/SCIENCE.md, \"Adaptive "
+                             f"designs\"), or leave it out for {SCORING}")
+        return v
 
     @model_validator(mode="after")
     def _one_pool(self) -> "AdaptiveGrid":
