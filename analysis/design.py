@@ -338,6 +338,17 @@ class _Kalman:
         return float(np.trace(self.S[self.n:, self.n:]))
 
 
+def _check_discrepancies(scoring: str | None, scale_discount: float | None, shared: float | None) -> None:
+    """Refuse tau or sigma with the bias scoring (before a replay starts: inside it a refusal would read as a fit
+    that cannot score)."""
+    tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
+    sigma = SHARED_DISCREPANCY if shared is None else float(shared)
+    if _scoring_name(scoring) == "bias" and (tau or sigma):
+        raise AnalysisError("scale_discount (--scale-discount) and shared_discrepancy belong to the variance "
+                            "scorings (bootstrap, delta); the bias scoring has its own discrepancy (bias_ratio, "
+                            "bias_length): drop them or choose a variance scoring (--scoring delta)")
+
+
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
              revealed=(), shared=None, length=None, scoring=None, bias=(None, None)):
     """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma). A
@@ -351,10 +362,7 @@ def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fi
     name, s2 = _scoring_name(scoring), _noise(fit, scoring)
     cost = pool["cost"].to_numpy()[cand]
     price = (cost / cost.max()) ** gamma
-    if name == "bias" and (tau or sigma):
-        raise AnalysisError("scale_discount and shared_discrepancy belong to the variance scorings (bootstrap, delta); "
-                            "the bias scoring has its own discrepancy (bias_ratio, bias_length): drop them or choose a "
-                            "variance scoring")
+    _check_discrepancies(name, tau, sigma)
     if name == "bias" and isinstance(fit, ParametricFit) and not extra_fits:
         ratio, ell = (BIAS_RATIO if bias[0] is None else bias[0]), (BIAS_LENGTH if bias[1] is None else bias[1])
         sub = pool.iloc[cand]
@@ -504,6 +512,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
+    _check_discrepancies(scoring, scale_discount, shared_discrepancy)
     init = initial_design(pool, min_runs=9 if "unique_tokens" in pool else 7, budget=budget)
     cost = pool["cost"].to_numpy()
     if cost[init].sum() > budget:

@@ -100,8 +100,8 @@ def design_command(
     batch: int = typer.Option(4, "--batch", min=1, help="Runs chosen per refit."),
     n_boot: int = typer.Option(100, "--n-boot", min=10, help="Bootstrap resamples per refit."),
     stop_width: Optional[float] = typer.Option(None, "--stop-width", help="Stop once the target's 95% interval is this narrow, relative to its prediction (e.g. 0.02)."),
-    cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected variance reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
-    scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2 (default: analysis/design.py SCALE_DISCOUNT)."),
+    cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected error reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
+    scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2; the variance scorings (bootstrap, delta) only (default: analysis/design.py SCALE_DISCOUNT)."),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="What a candidate's gain is computed from: bootstrap (the fit's draws), delta (the delta method at the fit's point; the choice then does not depend on --n-boot) or bias (delta plus a smooth discrepancy of the law: the expected squared error, not only the variance; analysis/design_bias.py). Default: analysis/design.py SCORING."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:

@@ -144,6 +144,7 @@ def test_cli_delta_and_bias_scorings_choose_the_same_rows_whatever_the_bootstrap
     (dict(target="bad_target.csv"), "tokens"),
     (dict(extra=("--tokens", "nope")), "nope"),
     (dict(extra=("--scoring", "laplace")), "--scoring"),
+    (dict(extra=("--scale-discount", "0.01")), "--scale-discount"),  # a variance scoring's option, not bias's
     (dict(pool="empty"), "no rows"),
 ])
 def test_cli_bad_input_exits_2_naming_what_to_fix(files, change, needle):
