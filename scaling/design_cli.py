@@ -121,7 +121,7 @@ def design_command(
                         stop_width=stop_width, on_step=say, cost_exponent=cost_exponent,
                         scale_discount=scale_discount, scoring=scoring)
         full = ds.fit_revealed(pool, dict(enumerate(losses)), n_boot=n_boot, seed=seed)  # the comparison: all rows
-        result = _summary(rep, full, tgt, truth, total, seed)
+        result = _summary(rep, full, tgt, truth, total, seed, scoring or ds.SCORING)
     _write_chosen(pool_file, out_file, rep)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -130,10 +130,10 @@ def design_command(
         _say(line)
 
 
-def _summary(rep, full, tgt, truth, total: float, seed: int) -> dict:
+def _summary(rep, full, tgt, truth, total: float, seed: int, scoring: str) -> dict:
     last = rep.steps[-1]
     pf, lf, hf = predict_target(full, tgt, seed=seed)
-    out = {"target": tgt.kind, "stopped": rep.stopped, "spent": last.spent, "fraction_spent": last.spent / total,
+    out = {"target": tgt.kind, "scoring": scoring, "stopped": rep.stopped, "spent": last.spent, "fraction_spent": last.spent / total,
            "runs_chosen": int(len(rep.chosen)),
            "chosen": {"value": last.point.tolist(), "interval": [last.low.tolist(), last.high.tolist()]},
            "all_rows": {"value": pf.tolist(), "interval": [lf.tolist(), hf.tolist()]},
@@ -144,8 +144,8 @@ def _summary(rep, full, tgt, truth, total: float, seed: int) -> dict:
 
 
 def _final_lines(r: dict) -> list[str]:
-    lines = [f"stopped: {r['stopped']}; {r['runs_chosen']} runs, {r['spent']:.3g} FLOPs "
-             f"({r['fraction_spent']:.1%} of the pool)", f"target ({'N_opt' if r['target'] == 'n_opt' else 'loss'}):"]
+    lines = [f"stopped: {r['stopped']}; {r['runs_chosen']} runs chosen by the {r['scoring']} scoring, "
+             f"{r['spent']:.3g} FLOPs ({r['fraction_spent']:.1%} of the pool)", f"target ({'N_opt' if r['target'] == 'n_opt' else 'loss'}):"]
     for i, v in enumerate(r["chosen"]["value"]):
         c, a = r["chosen"], r["all_rows"]
         line = (f"  {i + 1}: chosen rows {v:.4g} [{c['interval'][0][i]:.4g}, {c['interval'][1][i]:.4g}]; all rows "

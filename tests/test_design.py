@@ -122,6 +122,7 @@ def test_cli_writes_the_chosen_rows_and_compares_with_all_rows(files):
     res = _run(files, "--batch", str(BATCH))
     assert res.exit_code == 0, res.output
     assert "initial design" in res.output and "all rows" in res.output and "true" in res.output
+    assert f"chosen by the {ds.SCORING} scoring" in res.output  # which criterion chose them
     chosen = pd.read_csv(files / "chosen.csv")
     assert {"order", "step", "score", "pool_row", "loss"} <= set(chosen.columns)
     assert chosen["cost"].sum() <= 0.25 * (6 * pd.read_csv(files / "pool.csv").eval("params * tokens")).sum() * 1.000001
