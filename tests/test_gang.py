@@ -50,9 +50,9 @@ print("RESULT", json.dumps({"decisions": decisions, "go": broadcast_from_primary
 
 
 def test_processes_agree_on_when_to_stop_and_checkpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from medscale.scaling.run.distributed import free_coordinator_port
+
+    port = free_coordinator_port()
     env = child_env()
     procs = [subprocess.Popen([sys.executable, "-c", VOTER, f"127.0.0.1:{port}", str(rank)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
@@ -150,3 +150,21 @@ def test_spec_hosts_and_checkpoint_timing(tiny_dataset):
     from medscale.scaling.sweep.store import run_id
 
     assert run_id(run) == run_id(plain)  # hosts and checkpoint timing do not change what a run computes
+
+
+def test_the_coordinator_port_is_below_the_ephemeral_range_and_never_one_in_use():
+    """JAX's coordinator listens with SO_REUSEPORT: a port some other server holds would be shared silently.
+    free_coordinator_port draws from COORDINATOR_PORTS and skips a port that something listens on."""
+    import random
+
+    from medscale.scaling.run.distributed import COORDINATOR_PORTS, free_coordinator_port
+
+    low, high = COORDINATOR_PORTS
+    assert all(low <= free_coordinator_port() <= high for _ in range(20))
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a gRPC server binds
+        held.bind(("", random.Random(5).randint(low, high)))
+        held.listen()
+        taken = held.getsockname()[1]
+        picks = {free_coordinator_port(random.Random(5)) for _ in range(3)}  # the same draws: `taken` first
+        assert taken not in picks and all(low <= p <= high for p in picks)

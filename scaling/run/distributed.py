@@ -12,6 +12,33 @@ from __future__ import annotations
 import numpy as np
 
 
+# the coordinator's port is drawn below the kernel's ephemeral range: JAX's coordination service (gRPC) listens
+# with SO_REUSEPORT, so a port another gRPC server (Ray's own, another gang's) took by binding to port 0 would be
+# shared silently, each connection landing on either service; Ray's worker ports are 10002-19999 by default
+COORDINATOR_PORTS = (20000, 32767)
+
+
+def free_coordinator_port(rng=None) -> int:
+    """A port free on this host now, for jax.distributed's coordinator: drawn from COORDINATOR_PORTS (below the
+    ephemeral ports that binding to port 0 hands out, where Ray's own gRPC servers live) and checked by binding it
+    without SO_REUSEPORT, which fails while anything listens there; port 0's choice if 64 draws are all taken."""
+    import random
+    import socket
+
+    rng = rng or random.SystemRandom()
+    for _ in range(64):
+        port = rng.randint(*COORDINATOR_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def join_gang(coordinator: str, num_processes: int, process_id: int, *, cpu: bool) -> None:
     """Join the job's JAX runtime (before any other JAX call in this process)."""
     from medscale.models.sharding import initialize_distributed

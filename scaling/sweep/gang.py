@@ -29,7 +29,7 @@ from pathlib import Path
 
 from medscale.atomic import write_json
 from medscale.scaling.errors import UserError
-from medscale.scaling.run.distributed import join_gang
+from medscale.scaling.run.distributed import free_coordinator_port, join_gang
 from medscale.scaling.run.runtime import configure_process, process_shape
 from medscale.scaling.sweep.store import RunDir
 
@@ -53,13 +53,10 @@ class GangMember:
                 "pid": os.getpid()}
 
     def coordinator(self) -> str:
-        """host:port for jax.distributed, a port free on this node now (rank 0 only)."""
+        """host:port for jax.distributed, a port free on this node now (rank 0 only; free_coordinator_port)."""
         import ray
 
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+        return f"{ray.util.get_node_ip_address()}:{free_coordinator_port()}"
 
     def train(self, run_path: str, coordinator: str, hosts: int, attempt: int, cpus: int, host_devices: int | None,
               stale_after: float, on_accelerator: bool, tpu_slice: str | None = None) -> str:
