@@ -121,9 +121,10 @@ class Target:
 
 @dataclass
 class Batch:
-    """One decision: the pool rows chosen (in order), each one's score when chosen (expected variance reduction
-    of the log target per FLOP, as the greedy pick saw it), the fit the scores came from, and the target's
-    variance before and after the batch's expected update."""
+    """One decision: the pool rows chosen (in order), each one's score when chosen (expected reduction of the log
+    target's error per FLOP, as the greedy pick saw it), the fit the scores came from, the target's error before
+    and after the batch's expected update, and every unrevealed candidate's score as the first pick, budget aside
+    (first_pick_scores; None where no candidate was scored)."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -131,6 +132,7 @@ class Batch:
     variance: float
     variance_after: float
     noise: float
+    first_scores: np.ndarray | None = None
 
 
 def pool_frame(params, tokens, unique=None, cost=None) -> pd.DataFrame:
@@ -271,17 +273,19 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     if extra_fits is None:
         extra_fits = family_fits(pool, revealed, families, n_boot=n_boot, seed=seed) if families else []
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
-    s2 = _noise(fit, scoring)
     if cand.size == 0:
-        return Batch(cand, np.empty(0), fit, np.nan, np.nan, s2)
-    crit, price = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
-                           shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+        return Batch(cand, np.empty(0), fit, np.nan, np.nan, _noise(fit, scoring))
+    crit, price, s2 = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
+                               shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
     var0 = crit.total()
     cost = pool["cost"].to_numpy()[cand]
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(cand.size, bool)
     anchor = _anchor(pool, cand, target, left, ANCHOR_SHARE if anchor_share is None else float(anchor_share))
+    first = None
     for k in range(batch):
-        score = np.where(~taken & (cost <= left), crit.gains() / price, -np.inf)
+        unmasked = crit.gains() / price
+        first = unmasked if first is None else first
+        score = np.where(~taken & (cost <= left), unmasked, -np.inf)
         c = anchor if k == 0 and anchor is not None else int(np.argmax(score))
         if not np.isfinite(score[c]):
             break
@@ -289,7 +293,7 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
         scores.append(float(score[c]))
         taken[c], left = True, left - cost[c]
         crit.observe(c)
-    return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, crit.total(), s2)
+    return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, crit.total(), s2, first)
 
 
 def _anchor(pool: pd.DataFrame, cand: np.ndarray, target: Target, left: float, rho: float) -> int | None:
@@ -351,7 +355,8 @@ def _check_discrepancies(scoring: str | None, scale_discount: float | None, shar
 
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
              revealed=(), shared=None, length=None, scoring=None, bias=(None, None)):
-    """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma). A
+    """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma, the noise
+    variance the scoring assumes). A
     candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla fit: design_bias.BiasVariance
     (`bias` = (ratio, length), None for BIAS_RATIO, BIAS_LENGTH); otherwise the variance of [candidates, targets]
     (_joint_cov: "bias" on a data-constrained fit or with `extra_fits` uses the draws with the prior's noise; with a
@@ -366,12 +371,12 @@ def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fi
     if name == "bias" and isinstance(fit, ParametricFit) and not extra_fits:
         ratio, ell = (BIAS_RATIO if bias[0] is None else bias[0]), (BIAS_LENGTH if bias[1] is None else bias[1])
         sub = pool.iloc[cand]
-        return BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell), price
+        return BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell), price, s2
     S, n = _joint_cov(fit, pool, cand, target, extra_fits, name, s2)
     if sigma:
         ell = DISCREPANCY_LENGTH if length is None else float(length)
         S = S + shared_discrepancy(pool, np.asarray(sorted(revealed), dtype=int), cand, target, sigma, ell, s2)
-    return _Kalman(S, n, s2 + discrepancy(pool, cand, target, tau)), price
+    return _Kalman(S, n, s2 + discrepancy(pool, cand, target, tau)), price, s2
 
 
 def shared_discrepancy(pool: pd.DataFrame, seen: np.ndarray, cand: np.ndarray, target: Target, sigma: float,
@@ -403,8 +408,8 @@ def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], targe
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return np.empty(0)
-    crit, price = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
-                           shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+    crit, price, _ = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
+                              shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
     return crit.gains() / price
 
 

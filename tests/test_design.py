@@ -67,6 +67,12 @@ def test_select_is_deterministic_and_scores_decrease_within_a_batch():
     assert not set(a.rows) & set(revealed)
     assert a.variance_after < a.variance
     assert ds.select(pool, revealed, target, 0.0, n_boot=N_BOOT, fit=a.fit).rows.size == 0  # nothing affordable
+    # the batch carries every candidate's first-pick score (what an adaptive sweep records), budget aside
+    for scoring in ds.SCORINGS:
+        got = ds.select(pool, revealed, target, 0.3 * pool["cost"].sum(), batch=BATCH, fit=a.fit, scoring=scoring)
+        np.testing.assert_allclose(got.first_scores,
+                                   ds.first_pick_scores(a.fit, pool, revealed, target, scoring=scoring))
+        assert got.first_scores.size == len(pool) - len(revealed)
 
 
 def test_n_opt_target_and_random_design():

@@ -32,9 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from medscale.analysis import design
 from medscale.analysis.design import Target, fit_revealed, initial_design, pool_frame, predict_target, select
-from medscale.analysis.errors import AnalysisError
 from medscale.atomic import CorruptFile, read_json, write_json, write_yaml
 from medscale.models.config import ModelConfig, counted_params
 from medscale.scaling.errors import UserError
@@ -238,16 +236,6 @@ def _fit_record(fit, target, seed: int, n_runs: int) -> dict:
                        "width": float(np.mean((high - low) / point))}}
 
 
-def _first_pick_scores(fit, frame: pd.DataFrame, revealed: dict[int, float], target,
-                       scoring: str) -> np.ndarray | None:
-    """Each unrevealed candidate's score as the batch's first pick (analysis/design.py first_pick_scores), from
-    the fit the batch used; None where the draws do not allow it."""
-    try:
-        return design.first_pick_scores(fit, frame, revealed, target, scoring=scoring)
-    except (AnalysisError, TypeError, ValueError, np.linalg.LinAlgError):
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -413,8 +401,7 @@ class _Loop:
             if chosen.size == 0:
                 stop = ("every candidate has been run" if len(local) + len(self.dead) >= len(self.pool) else
                         f"no candidate left fits in the {left:.3g} FLOPs left of grid.budget")
-        with _quiet():
-            first = _first_pick_scores(fit, frame, local, self.target, grid.scoring) if stop is None else None
+        first = batch.first_scores if stop is None else None  # the batch's own first-pick scores
         cand = [i for i in range(len(frame)) if i not in local]
         cost = frame["cost"].to_numpy()
         decision = {**base, "kind": "stop" if stop else "select", "fit": fit_rec, "stopped": stop,
