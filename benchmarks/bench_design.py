@@ -53,6 +53,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -92,17 +93,12 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
         return {"full": [(_fit(pool, loss, rows, n_boot), 1.0, len(rows))]}
     out = {}
     for v in variants:
-        g, t, sd, ell = _full(v[:-2])
-        scoring, _, bias = v[-2].partition("=")
-        ratio, _, length = bias.partition(":")
         try:
             rep = ds.replay(pool, lambda r: float(loss[r]), target, F * total, batch=batch, n_boot=n_boot,
-                            cost_exponent=g, scale_discount=t, families=families, shared_discrepancy=sd,
-                            discrepancy_length=ell, scoring=scoring, anchor_share=v[-1],
-                            bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None)
-            out[_adaptive(v)] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
+                            families=families, **v.options())
+            out[v.name] = [(rep.fit, share(rep.chosen["row"]), len(rep.chosen))]
         except AnalysisError:  # its initial design does not fit in F
-            out[_adaptive(v)] = [(None, 0.0, 0)]
+            out[v.name] = [(None, 0.0, 0)]
     out["random"] = []
     for s in range(seeds):
         rows = ds.random_design(pool, F * total, seed=s)
@@ -112,23 +108,33 @@ def designs(pool, loss, target, F, *, n_boot, seeds, batch, variants, families=N
     return out
 
 
-def _full(v) -> tuple[float, float, float, float]:
-    """A variant (gamma[, tau[, sigma[, ell]]]) with design's defaults filled in."""
-    d = (ds.COST_EXPONENT, ds.SCALE_DISCOUNT, ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
-    return tuple(float(x) for x in (*v, *d[len(v):]))
+@dataclass(frozen=True)
+class Variant:
+    """One adaptive arm, parsed once from --variants (`_variant`): replay()'s options and the arm's name."""
+    gamma: float
+    tau: float
+    sigma: float
+    ell: float
+    scoring: str  # as written: a name from design.SCORINGS, "bias" optionally with "=ratio:length"
+    rho: float
 
+    def options(self) -> dict:
+        scoring, _, bias = self.scoring.partition("=")
+        ratio, _, length = bias.partition(":")
+        return dict(cost_exponent=self.gamma, scale_discount=self.tau, shared_discrepancy=self.sigma,
+                    discrepancy_length=self.ell, scoring=scoring, anchor_share=self.rho,
+                    bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None)
 
-def _adaptive(v: tuple) -> str:
-    """A variant (gamma, tau[, sigma, ell], scoring, rho) as its arm's name."""
-    g, t, sd, ell = _full(v[:-2])
-    scoring = "" if v[-2] == ds.SCORING else f", {v[-2]} scoring"
-    anchor = f", anchor {v[-1]:g}" if v[-1] else ""
-    return (f"adaptive (gamma {g:g}, tau {t:g}" + (f", sigma {sd:g}, ell {ell:g}" if sd else "") + scoring + anchor
-            + ")")
+    @property
+    def name(self) -> str:
+        scoring = "" if self.scoring == ds.SCORING else f", {self.scoring} scoring"
+        anchor = f", anchor {self.rho:g}" if self.rho else ""
+        shared = f", sigma {self.sigma:g}, ell {self.ell:g}" if self.sigma else ""
+        return f"adaptive (gamma {self.gamma:g}, tau {self.tau:g}{shared}{scoring}{anchor})"
 
 
 def _arms(args) -> list[str]:
-    return [_adaptive(v) for v in args.variants] + ["random", "cheapest-first"]
+    return [v.name for v in args.variants] + ["random", "cheapest-first"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -384,17 +390,17 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _variant(text: str) -> tuple:
-    """'gamma[:tau[:sigma[:ell]]][/scoring[=ratio:length]][@rho]' (the missing ones at design's defaults; ratio and
-    length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by default) as
-    (gamma, tau[, sigma, ell], scoring, rho)."""
+def _variant(text: str) -> Variant:
+    """'[gamma[:tau[:sigma[:ell]]]][/scoring[=ratio:length]][@rho]' as a Variant, the missing ones at design's
+    defaults (ratio and length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by default)."""
     text, _, rho = text.partition("@")
     text, _, scoring = text.partition("/")
     if (scoring or ds.SCORING).partition("=")[0] not in ds.SCORINGS:
         raise SystemExit(f"--variants: scoring must be one of {ds.SCORINGS}; got {scoring!r}")
     parts = [float(x) for x in text.split(":") if x]
-    v = _full(parts) if len(parts) > 2 else (parts[0], parts[1] if len(parts) > 1 else ds.SCALE_DISCOUNT)
-    return (*v, scoring or ds.SCORING, float(rho) if rho else ds.ANCHOR_SHARE)
+    defaults = (ds.COST_EXPONENT, ds.SCALE_DISCOUNT, ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
+    return Variant(*(float(x) for x in (*parts, *defaults[len(parts):])), scoring or ds.SCORING,
+                   float(rho) if rho else ds.ANCHOR_SHARE)
 
 
 def parse_args(argv=None):
@@ -408,8 +414,9 @@ def parse_args(argv=None):
                     help="index of the first simulator study (the reported runs use 0, 1, ...; held-out checks later ones)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
-                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring] (cost exponent, scale "
-                         "discount, shared discrepancy sd and length, scoring delta|bootstrap); default: design's")
+                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring[=ratio:length]][@rho] "
+                         "(cost exponent, scale discount, shared discrepancy sd and length, scoring bias|delta|"
+                         "bootstrap with the bias scoring's discrepancy, anchor share); default: design's")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")
@@ -419,10 +426,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.md")
     a = ap.parse_args(argv)
     a.kinds = tuple(k for k in a.kinds.split(",") if k)
-    a.variants = (tuple(_variant(v) for v in a.variants.split(",")) if a.variants
-                  else ((ds.COST_EXPONENT, ds.SCALE_DISCOUNT) + ((ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
-                                                                  if ds.SHARED_DISCREPANCY else ())
-                        + (ds.SCORING, ds.ANCHOR_SHARE),))
+    a.variants = tuple(_variant(v) for v in (a.variants or "").split(",") if v) or (_variant(""),)
     a.tables = tuple(t for t in a.tables.split(",") if t)
     a.families = tuple(f for f in a.families.split(",") if f) or None
     a.fractions = tuple(float(f) for f in a.fractions.split(","))
@@ -437,7 +441,7 @@ def main(argv=None) -> int:
     lines = ["# Adaptive designs against the full grid, random and cheapest-first at equal compute", "",
              f"`benchmarks/bench_design.py {cmd}` (n_boot {args.n_boot}, {args.seeds} random orders per cell, batch "
              f"{args.batch}, adaptive arms (cost exponent gamma, scale discount tau, ...) "
-             f"{', '.join(_adaptive(v).removeprefix('adaptive ') for v in args.variants)}"
+             f"{', '.join(v.name.removeprefix('adaptive ') for v in args.variants)}"
              + (f", families {'+'.join(args.families)}" if args.families else "")
              + "). Method: the script's docstring.",
              ""]
