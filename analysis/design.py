@@ -22,8 +22,9 @@ run's loss, or log N_opt at a compute C). `scoring` says what that error is:
   (SHARED_DISCREPANCY = 0: off; a discrepancy correlated in log10 compute, conditioned on the revealed runs,
   `shared_discrepancy()`) were tried with them and not adopted (design.md).
 
-The data-constrained law and family mixtures (`families`: other law families' draws, so runs that tell the families
-apart count) always use the draws. A batch of K is chosen greedily, each pick updating the criterion as if its
+The "bias" scoring linearises the data-constrained law too (its gradients by central differences, the epochs a third
+coordinate of the discrepancy); "delta" on that law, and every scoring with family mixtures (`families`: other law
+families' draws, so runs that tell the families apart count), use the draws. A batch of K is chosen greedily, each pick updating the criterion as if its
 loss had been seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default
 COST_EXPONENT = 0.5) and the scoring were chosen on loss columns, tables and simulator studies held out from
 benchmarks/bench_design.py's reported ones. `anchor_share` rho (ANCHOR_SHARE = 0: off) opens each batch with the
@@ -41,7 +42,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import delta_cov
+from . import delta_cov, design_bias
 from .design_bias import BiasVariance
 from .bootstrap import interval
 from .conventions import compute_6nd
@@ -105,11 +106,10 @@ class Target:
         return float(np.mean(self.log10_computes()))
 
     def gradient(self, fit) -> np.ndarray:
-        """(T, 5) gradient of the log target with respect to a Chinchilla fit's theta (analysis/delta_cov.py)."""
-        theta = np.asarray(fit.theta_, dtype=float)
+        """(T, p) gradient of the log target with respect to fit.theta_ (a Chinchilla or data-constrained fit)."""
         if self.compute is not None:
-            return delta_cov.log_n_opt_gradient(theta, self.compute)
-        return delta_cov.log_loss_gradient(theta, self.params, self.tokens)
+            return design_bias.n_opt_jacobian(fit, self.compute)
+        return design_bias.jacobian(fit, self.params, self.tokens, self.unique)
 
     def point(self, fit) -> np.ndarray:
         if self.compute is not None:
@@ -259,8 +259,8 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     default SCORING, "bias": the expected squared error under a smooth discrepancy of the law, design_bias.py, with
     `bias_ratio` and `bias_length`, defaults BIAS_RATIO and BIAS_LENGTH; "delta": the delta-method covariance at the
     fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; "bootstrap": covariances over the fit's
-    bootstrap draws, the residuals' mean square as noise; a data-constrained fit or `families` always use their
-    draws), `anchor_share` rho (open the batch with the run nearest the target costing at most rho x
+    bootstrap draws, the residuals' mean square as noise; "delta" on a data-constrained fit, and `families` with
+    any scoring, use the draws), `anchor_share` rho (open the batch with the run nearest the target costing at most rho x
     `budget_left`; default ANCHOR_SHARE = 0, off).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
@@ -357,9 +357,9 @@ def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fi
              revealed=(), shared=None, length=None, scoring=None, bias=(None, None)):
     """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma, the noise
     variance the scoring assumes). A
-    candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla fit: design_bias.BiasVariance
+    candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla or data-constrained fit: design_bias.BiasVariance
     (`bias` = (ratio, length), None for BIAS_RATIO, BIAS_LENGTH); otherwise the variance of [candidates, targets]
-    (_joint_cov: "bias" on a data-constrained fit or with `extra_fits` uses the draws with the prior's noise; with a
+    (_joint_cov: "bias" with `extra_fits` uses the draws with the prior's noise; with a
     shared discrepancy sigma > 0 also that discrepancy's covariance given the `revealed` rows, shared_discrepancy)."""
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
@@ -368,10 +368,11 @@ def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fi
     cost = pool["cost"].to_numpy()[cand]
     price = (cost / cost.max()) ** gamma
     _check_discrepancies(name, tau, sigma)
-    if name == "bias" and isinstance(fit, ParametricFit) and not extra_fits:
+    if name == "bias" and isinstance(fit, (ParametricFit, DataConstrainedFit)) and not extra_fits:
         ratio, ell = (BIAS_RATIO if bias[0] is None else bias[0]), (BIAS_LENGTH if bias[1] is None else bias[1])
         sub = pool.iloc[cand]
-        return BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell), price, s2
+        return (BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell, sub.get("unique_tokens")),
+                price, s2)
     S, n = _joint_cov(fit, pool, cand, target, extra_fits, name, s2)
     if sigma:
         ell = DISCREPANCY_LENGTH if length is None else float(length)

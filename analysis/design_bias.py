@@ -17,19 +17,67 @@ through the fit counts), and
 
     MSE(R) = tr[P (Q / s2^2 + V / s2 + L) P'] - 2 tr[P W] / s2 + tr K_TT,
 
-Q = J_R' K_RR J_R, V = J_R' J_R, W = J_R' K_RT. A candidate's gain is MSE(R) - MSE(R + c), each a 5 x 5 update,
+Q = J_R' K_RR J_R, V = J_R' J_R, W = J_R' K_RT. A candidate's gain is MSE(R) - MSE(R + c), each a p x p update (p = 5),
 so scoring every candidate costs O(candidates). With ratio 0 the MSE is G M G', the delta criterion's variance,
 and the gains are its gains.
+
+The same holds for the data-constrained law (Muennighoff et al.; theta adds log R*_D and log R*_N, each under a
+weak prior of sd PRIOR_SD_R_STAR): its gradients are central differences of the law at theta (`jacobian`), and the
+discrepancy also varies with the epochs D / min(U, D), a third coordinate (0 in log10 for a run that does not
+repeat its data, so a pool without unique tokens sees the two-coordinate kernel unchanged).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import data_constrained as dc
 from . import delta_cov
 
+PRIOR_SD_R_STAR = 3.0  # sd of the weak prior on log R*_D and log R*_N (as on log A, log B, log E)
+_STEP = 1e-5  # central differences in theta for the data-constrained law
 
-def _coords(params, tokens) -> np.ndarray:
-    return np.column_stack([np.log10(np.asarray(params, dtype=float)), np.log10(np.asarray(tokens, dtype=float))])
+
+def _coords(params, tokens, unique=None) -> np.ndarray:
+    """(log10 N, log10 D, log10 epochs), epochs = D / min(U, D): 0 without unique tokens or repeats."""
+    N, D = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
+    U = np.inf if unique is None else np.asarray(unique, dtype=float)
+    return np.column_stack([np.log10(N), np.log10(D), np.log10(D / np.minimum(U, D))])
+
+
+def prior_sd(fit) -> np.ndarray:
+    """The weak prior's sd for each entry of fit.theta_."""
+    if isinstance(fit, dc.DataConstrainedFit):
+        return np.concatenate([delta_cov.PRIOR_SD, [PRIOR_SD_R_STAR] * 2])
+    return delta_cov.PRIOR_SD
+
+
+def _central(f, theta: np.ndarray) -> np.ndarray:
+    """(rows, len(theta)) central differences of a vector function of theta."""
+    return np.stack([(f(theta + e) - f(theta - e)) / (2 * _STEP) for e in np.eye(theta.size) * _STEP], axis=1)
+
+
+def jacobian(fit, params, tokens, unique=None) -> np.ndarray:
+    """(n, p) gradient of log L at (params, tokens[, unique]) with respect to fit.theta_: exact for a Chinchilla fit
+    (delta_cov), central differences for a data-constrained one (unique None: unlimited data)."""
+    theta = np.asarray(fit.theta_, dtype=float)
+    if not isinstance(fit, dc.DataConstrainedFit):
+        return delta_cov.log_loss_gradient(theta, params, tokens)
+    N, D = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
+    U = np.full(D.shape, np.inf) if unique is None else np.asarray(unique, dtype=float)
+    return _central(lambda t: np.log(dc.loss_of(dc._named(t, fit.excess_params), N, D, U)), theta)
+
+
+def n_opt_jacobian(fit, compute: float) -> np.ndarray:
+    """(1, p) gradient of log N_opt(C) = log G + a log(C / 6) with respect to fit.theta_."""
+    theta = np.asarray(fit.theta_, dtype=float)
+    if not isinstance(fit, dc.DataConstrainedFit):
+        return delta_cov.log_n_opt_gradient(theta, compute)
+
+    def log_n_opt(t):
+        p = dc._named(t, fit.excess_params)
+        return np.log(p["G"]) + p["a"] * np.log(compute / 6)
+
+    return _central(log_n_opt, theta)
 
 
 def _kernel(X: np.ndarray, Y: np.ndarray, var: float, ell: float) -> np.ndarray:
@@ -41,17 +89,17 @@ class BiasVariance:
     """The criterion's state for one decision: the fitted runs R, the candidates and the targets. `gains()` is each
     candidate's MSE reduction, `observe(c)` adds candidate c to R (its loss as if seen), as a batch is picked."""
 
-    def __init__(self, fit, params, tokens, target, s2: float, ratio: float, ell: float):
-        theta = np.asarray(fit.theta_, dtype=float)
+    def __init__(self, fit, params, tokens, target, s2: float, ratio: float, ell: float, unique=None):
         self.s2, var = float(s2), float(ratio) * float(s2)
-        self.prior = np.diag(1.0 / delta_cov.PRIOR_SD**2)
-        X_R = _coords(fit.data_["params"], fit.data_["tokens"])
-        X_C = _coords(params, tokens)
-        J_R = delta_cov.log_loss_gradient(theta, fit.data_["params"], fit.data_["tokens"])
-        self.J_C = delta_cov.log_loss_gradient(theta, params, tokens)
+        self.prior = np.diag(1.0 / prior_sd(fit) ** 2)
+        seen = fit.data_
+        X_R = _coords(seen["params"], seen["tokens"], seen.get("unique_tokens"))
+        X_C = _coords(params, tokens, unique)
+        J_R = jacobian(fit, seen["params"], seen["tokens"], seen.get("unique_tokens"))
+        self.J_C = jacobian(fit, params, tokens, unique)
         self.G = target.gradient(fit)
         if target.kind == "loss":
-            X_T = _coords(target.params, target.tokens)
+            X_T = _coords(target.params, target.tokens, target.unique)
             K_RT, self.K_CT = _kernel(X_R, X_T, var, ell), _kernel(X_C, X_T, var, ell)
             self.tr_K_TT = var * len(X_T)
         else:
@@ -61,10 +109,10 @@ class BiasVariance:
         self.V = J_R.T @ J_R
         self.Q = J_R.T @ _kernel(X_R, X_R, var, ell) @ J_R
         self.W = J_R.T @ K_RT
-        self.JtK = J_R.T @ _kernel(X_R, X_C, var, ell)  # (5, C): J_R' K(R, c) for each candidate
+        self.JtK = J_R.T @ _kernel(X_R, X_C, var, ell)  # (p, C): J_R' K(R, c) for each candidate
 
     def _mse(self, V, Q, W) -> np.ndarray:
-        """MSE for stacked (..., 5, 5) V and Q and (..., 5, T) W."""
+        """MSE for stacked (..., p, p) V and Q and (..., p, T) W."""
         M = np.linalg.inv(V / self.s2 + self.prior)
         P = np.einsum("ti,...ij->...tj", self.G, M)
         quad = np.einsum("...ti,...ij,...tj->...", P, Q / self.s2**2 + V / self.s2 + self.prior, P)
