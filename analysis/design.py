@@ -24,13 +24,15 @@ run's loss, or log N_opt at a compute C). `scoring` says what that error is:
 
 The "bias" scoring linearises the data-constrained law too (its gradients by central differences, the epochs a third
 coordinate of the discrepancy); "delta" on that law, and every scoring with family mixtures (`families`: other law
-families' draws, so runs that tell the families apart count), use the draws. A batch of K is chosen greedily, each pick updating the criterion as if its
-loss had been seen, so a batch does not repeat itself. No refit per candidate. gamma (`cost_exponent`, default
-COST_EXPONENT = 0.5) and the scoring were chosen on loss columns, tables and simulator studies held out from
-benchmarks/bench_design.py's reported ones. `anchor_share` rho (ANCHOR_SHARE = 0: off) opens each batch with the
-run nearest the target's compute that costs at most rho x the compute left; tried and not adopted (design.md).
-The initial design shrinks to the smallest identifiable one when the budget is small
-(initial_design(budget=...)). `random_design` and `cheapest_first_design` are the baselines at equal compute.
+families' draws, so runs that tell the families apart count), use the draws. A batch of K is chosen greedily, each
+pick updating the criterion as if its loss had been seen, so a batch does not repeat itself. No refit per candidate.
+gamma (`cost_exponent`, default COST_EXPONENT = 0.5) and the scoring were chosen on loss columns, tables and
+simulator studies held out from benchmarks/bench_design.py's reported ones. `anchor_share` rho (ANCHOR_SHARE = 0:
+off) opens each batch with the run nearest the target's compute that costs at most rho x the compute left, and
+`bias_draws` (BIAS_DRAWS = 0: off) averages the bias criterion over the fit's bootstrap draws; both tried and not
+adopted (design.md). The initial design shrinks to the smallest identifiable one when the budget is small
+(initial_design(budget=...)).
+`random_design` and `cheapest_first_design` are the baselines at equal compute.
 `replay` runs the sweep loop over an existing table whose losses are revealed one chosen row at a time
 (`medscale design`).
 """
@@ -43,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from . import delta_cov, design_bias
-from .design_bias import BiasVariance
+from .design_bias import AveragedBias, BiasVariance
 from .bootstrap import interval
 from .conventions import compute_6nd
 from .data_constrained import DataConstrainedFit
@@ -62,6 +64,7 @@ SCORINGS = ("bootstrap", "delta", "bias")  # what a candidate's gain is computed
 SCORING = "bias"  # won held-out cells against random and error against "bootstrap"; "delta" did not (design.md)
 BIAS_RATIO = 1.0  # the "bias" scoring's discrepancy variance, in units of the run noise s^2 (design_bias.py)
 BIAS_LENGTH = 1.0  # its correlation length, decades of N and D
+BIAS_DRAWS = 0  # bootstrap draws the bias criterion is also linearised at and averaged over (0: the point only)
 ANCHOR_SHARE = 0.0  # rho: open each batch with the run nearest the target costing <= rho x the compute left (off:
 #                     no better than the default on held-out data; design.md)
 LEVEL = 0.95
@@ -105,11 +108,12 @@ class Target:
         """log10 of the target's compute: C for N_opt, else the planned runs' 6ND (geometric mean)."""
         return float(np.mean(self.log10_computes()))
 
-    def gradient(self, fit) -> np.ndarray:
-        """(T, p) gradient of the log target with respect to fit.theta_ (a Chinchilla or data-constrained fit)."""
+    def gradient(self, fit, theta=None) -> np.ndarray:
+        """(T, p) gradient of the log target with respect to theta (default fit.theta_; a Chinchilla or
+        data-constrained fit)."""
         if self.compute is not None:
-            return design_bias.n_opt_jacobian(fit, self.compute)
-        return design_bias.jacobian(fit, self.params, self.tokens, self.unique)
+            return design_bias.n_opt_jacobian(fit, self.compute, theta)
+        return design_bias.jacobian(fit, self.params, self.tokens, self.unique, theta)
 
     def point(self, fit) -> np.ndarray:
         if self.compute is not None:
@@ -244,7 +248,7 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
            families=None, extra_fits=None, scale_discount: float | None = None,
            shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
            scoring: str | None = None, anchor_share: float | None = None, bias_ratio: float | None = None,
-           bias_length: float | None = None) -> Batch:
+           bias_length: float | None = None, bias_draws: int | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -257,11 +261,12 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     `shared_discrepancy` sigma and `discrepancy_length` ell (the correlated discrepancy: shared_discrepancy();
     defaults SHARED_DISCREPANCY = 0, off, and DISCREPANCY_LENGTH; variance scorings only), `scoring` (SCORINGS;
     default SCORING, "bias": the expected squared error under a smooth discrepancy of the law, design_bias.py, with
-    `bias_ratio` and `bias_length`, defaults BIAS_RATIO and BIAS_LENGTH; "delta": the delta-method covariance at the
-    fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; "bootstrap": covariances over the fit's
-    bootstrap draws, the residuals' mean square as noise; "delta" on a data-constrained fit, and `families` with
-    any scoring, use the draws), `anchor_share` rho (open the batch with the run nearest the target costing at most rho x
-    `budget_left`; default ANCHOR_SHARE = 0, off).
+    `bias_ratio`, `bias_length` and `bias_draws`, defaults BIAS_RATIO, BIAS_LENGTH and BIAS_DRAWS (0: linearised
+    at the fit's point only; k: also at k bootstrap draws, averaged, tried and not adopted); "delta": the
+    delta-method covariance at the fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; "bootstrap":
+    covariances over the fit's bootstrap draws, the residuals' mean square as noise; "delta" on a data-constrained
+    fit, and `families` with any scoring, use the draws), `anchor_share` rho (open the batch with the run nearest
+    the target costing at most rho x `budget_left`; default ANCHOR_SHARE = 0, off).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
     affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
@@ -276,7 +281,7 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, _noise(fit, scoring))
     crit, price, s2 = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
-                               shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+                               shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length, bias_draws))
     var0 = crit.total()
     cost = pool["cost"].to_numpy()[cand]
     rows, scores, left, taken = [], [], float(budget_left), np.zeros(cand.size, bool)
@@ -354,13 +359,13 @@ def _check_discrepancies(scoring: str | None, scale_discount: float | None, shar
 
 
 def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fits, cost_exponent, scale_discount,
-             revealed=(), shared=None, length=None, scoring=None, bias=(None, None)):
+             revealed=(), shared=None, length=None, scoring=None, bias=(None, None, None)):
     """What a score is made of: (the criterion, each candidate's price = (cost / the dearest's)^gamma, the noise
-    variance the scoring assumes). A
-    candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla or data-constrained fit: design_bias.BiasVariance
-    (`bias` = (ratio, length), None for BIAS_RATIO, BIAS_LENGTH); otherwise the variance of [candidates, targets]
-    (_joint_cov: "bias" with `extra_fits` uses the draws with the prior's noise; with a
-    shared discrepancy sigma > 0 also that discrepancy's covariance given the `revealed` rows, shared_discrepancy)."""
+    variance the scoring assumes). A candidate's score is criterion.gains() / price. "bias" scoring on a Chinchilla
+    or data-constrained fit: design_bias.BiasVariance, or AveragedBias with draws (`bias` = (ratio, length, draws),
+    None for BIAS_RATIO, BIAS_LENGTH, BIAS_DRAWS); otherwise the variance of [candidates, targets] (_joint_cov:
+    "bias" with `extra_fits` uses the draws with the prior's noise; with a shared discrepancy sigma > 0 also that
+    discrepancy's covariance given the `revealed` rows, shared_discrepancy)."""
     gamma = COST_EXPONENT if cost_exponent is None else float(cost_exponent)
     tau = SCALE_DISCOUNT if scale_discount is None else float(scale_discount)
     sigma = SHARED_DISCREPANCY if shared is None else float(shared)
@@ -370,9 +375,10 @@ def _scoring(fit, pool: pd.DataFrame, cand: np.ndarray, target: Target, extra_fi
     _check_discrepancies(name, tau, sigma)
     if name == "bias" and isinstance(fit, (ParametricFit, DataConstrainedFit)) and not extra_fits:
         ratio, ell = (BIAS_RATIO if bias[0] is None else bias[0]), (BIAS_LENGTH if bias[1] is None else bias[1])
+        draws = BIAS_DRAWS if bias[2] is None else int(bias[2])
         sub = pool.iloc[cand]
-        return (BiasVariance(fit, sub["params"], sub["tokens"], target, s2, ratio, ell, sub.get("unique_tokens")),
-                price, s2)
+        args = (fit, sub["params"], sub["tokens"], target, s2, ratio, ell, sub.get("unique_tokens"))
+        return (AveragedBias(*args, draws=draws) if draws else BiasVariance(*args)), price, s2
     S, n = _joint_cov(fit, pool, cand, target, extra_fits, name, s2)
     if sigma:
         ell = DISCREPANCY_LENGTH if length is None else float(length)
@@ -403,14 +409,14 @@ def first_pick_scores(fit, pool: pd.DataFrame, revealed: dict[int, float], targe
                       cost_exponent: float | None = None, scale_discount: float | None = None,
                       shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
                       scoring: str | None = None, bias_ratio: float | None = None,
-                      bias_length: float | None = None) -> np.ndarray:
+                      bias_length: float | None = None, bias_draws: int | None = None) -> np.ndarray:
     """Each unrevealed candidate's score (in pool order) as a batch's first pick from `fit`: what `select` ranks
     before its first choice, budget aside (the scores an adaptive sweep records with each decision)."""
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return np.empty(0)
     crit, price, _ = _scoring(fit, pool, cand, target, (), cost_exponent, scale_discount, revealed,
-                              shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length))
+                              shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length, bias_draws))
     return crit.gains() / price
 
 
@@ -514,7 +520,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
            families=None, scale_discount: float | None = None, shared_discrepancy: float | None = None,
            discrepancy_length: float | None = None, scoring: str | None = None,
            anchor_share: float | None = None, bias_ratio: float | None = None,
-           bias_length: float | None = None) -> Replay:
+           bias_length: float | None = None, bias_draws: int | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -548,7 +554,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
                          cost_exponent=cost_exponent, families=families, scale_discount=scale_discount,
                          shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length,
                          scoring=scoring, anchor_share=anchor_share, bias_ratio=bias_ratio,
-                         bias_length=bias_length)
+                         bias_length=bias_length, bias_draws=bias_draws)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
             nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))

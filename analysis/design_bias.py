@@ -56,10 +56,10 @@ def _central(f, theta: np.ndarray) -> np.ndarray:
     return np.stack([(f(theta + e) - f(theta - e)) / (2 * _STEP) for e in np.eye(theta.size) * _STEP], axis=1)
 
 
-def jacobian(fit, params, tokens, unique=None) -> np.ndarray:
-    """(n, p) gradient of log L at (params, tokens[, unique]) with respect to fit.theta_: exact for a Chinchilla fit
-    (delta_cov), central differences for a data-constrained one (unique None: unlimited data)."""
-    theta = np.asarray(fit.theta_, dtype=float)
+def jacobian(fit, params, tokens, unique=None, theta=None) -> np.ndarray:
+    """(n, p) gradient of log L at (params, tokens[, unique]) with respect to theta (default fit.theta_): exact for a
+    Chinchilla fit (delta_cov), central differences for a data-constrained one (unique None: unlimited data)."""
+    theta = np.asarray(fit.theta_ if theta is None else theta, dtype=float)
     if not isinstance(fit, dc.DataConstrainedFit):
         return delta_cov.log_loss_gradient(theta, params, tokens)
     N, D = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
@@ -67,9 +67,9 @@ def jacobian(fit, params, tokens, unique=None) -> np.ndarray:
     return _central(lambda t: np.log(dc.loss_of(dc._named(t, fit.excess_params), N, D, U)), theta)
 
 
-def n_opt_jacobian(fit, compute: float) -> np.ndarray:
-    """(1, p) gradient of log N_opt(C) = log G + a log(C / 6) with respect to fit.theta_."""
-    theta = np.asarray(fit.theta_, dtype=float)
+def n_opt_jacobian(fit, compute: float, theta=None) -> np.ndarray:
+    """(1, p) gradient of log N_opt(C) = log G + a log(C / 6) with respect to theta (default fit.theta_)."""
+    theta = np.asarray(fit.theta_ if theta is None else theta, dtype=float)
     if not isinstance(fit, dc.DataConstrainedFit):
         return delta_cov.log_n_opt_gradient(theta, compute)
 
@@ -89,15 +89,15 @@ class BiasVariance:
     """The criterion's state for one decision: the fitted runs R, the candidates and the targets. `gains()` is each
     candidate's MSE reduction, `observe(c)` adds candidate c to R (its loss as if seen), as a batch is picked."""
 
-    def __init__(self, fit, params, tokens, target, s2: float, ratio: float, ell: float, unique=None):
+    def __init__(self, fit, params, tokens, target, s2: float, ratio: float, ell: float, unique=None, theta=None):
         self.s2, var = float(s2), float(ratio) * float(s2)
         self.prior = np.diag(1.0 / prior_sd(fit) ** 2)
         seen = fit.data_
         X_R = _coords(seen["params"], seen["tokens"], seen.get("unique_tokens"))
         X_C = _coords(params, tokens, unique)
-        J_R = jacobian(fit, seen["params"], seen["tokens"], seen.get("unique_tokens"))
-        self.J_C = jacobian(fit, params, tokens, unique)
-        self.G = target.gradient(fit)
+        J_R = jacobian(fit, seen["params"], seen["tokens"], seen.get("unique_tokens"), theta)
+        self.J_C = jacobian(fit, params, tokens, unique, theta)
+        self.G = target.gradient(fit, theta)
         if target.kind == "loss":
             X_T = _coords(target.params, target.tokens, target.unique)
             K_RT, self.K_CT = _kernel(X_R, X_T, var, ell), _kernel(X_C, X_T, var, ell)
@@ -139,3 +139,27 @@ class BiasVariance:
     def observe(self, c: int) -> None:
         self.V, self.Q, self.W = self._added(c)
         self.JtK = self.JtK + np.outer(self.J_C[c], _kernel(self.X_C[c:c + 1], self.X_C, self.var, self.ell)[0])
+
+
+class AveragedBias:
+    """The bias criterion averaged over the law's parameters: BiasVariance linearised at the fit's point and at up to
+    `draws` of its finite bootstrap draws, each candidate's gain the mean of theirs (a pseudo-Bayesian criterion,
+    Chaloner and Verdinelli 1995: where the fit is nearly degenerate, a linearisation at its point alone misses the
+    directions the other basin would need)."""
+
+    def __init__(self, fit, params, tokens, target, s2: float, ratio: float, ell: float, unique=None, draws: int = 0):
+        thetas = np.asarray(getattr(fit, "boot_thetas_", np.empty((0, len(fit.theta_)))), dtype=float)
+        thetas = thetas[np.all(np.isfinite(thetas), axis=1)][:draws]
+        parts = [BiasVariance(fit, params, tokens, target, s2, ratio, ell, unique, theta) for theta in (None, *thetas)]
+        # a draw where the law or a target is not differentiable (an exponent at 0, N_opt undefined) says nothing
+        self.parts = parts[:1] + [p for p in parts[1:] if np.isfinite(p.gains()).all() and np.isfinite(p.total())]
+
+    def gains(self) -> np.ndarray:
+        return np.mean([p.gains() for p in self.parts], axis=0)
+
+    def observe(self, c: int) -> None:
+        for p in self.parts:
+            p.observe(c)
+
+    def total(self) -> float:
+        return float(np.mean([p.total() for p in self.parts]))

@@ -29,8 +29,9 @@ does).
 
 At each fraction F of the pool's compute (its runs' costs summed: 6ND, or each run's budget on Porian's grids):
 the adaptive replay of analysis/design.py (its initial design, refit, batches by the expected reduction of the
-log target's error per FLOP^gamma: `/bias` its squared error under a smooth discrepancy, `/bias=ratio:length` that
-discrepancy's variance in units of the run noise and its length in decades; `/delta` or `/bootstrap` its
+log target's error per FLOP^gamma: `/bias` its squared error under a smooth discrepancy,
+`/bias=ratio:length[:draws]` that discrepancy's variance in units of the run noise, its length in decades and how
+many bootstrap draws the criterion is also linearised at and averaged over; `/delta` or `/bootstrap` its
 variance, from the delta method at the fit's point or from the bootstrap draws, each candidate's noise raised by
 (tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in compute,
 sd sigma, correlation length ell decades; `@rho` opens each batch with the run nearest the target costing at most
@@ -115,15 +116,17 @@ class Variant:
     tau: float
     sigma: float
     ell: float
-    scoring: str  # as written: a name from design.SCORINGS, "bias" optionally with "=ratio:length"
+    scoring: str  # as written: a name from design.SCORINGS, "bias" optionally with "=ratio:length[:draws]"
     rho: float
 
     def options(self) -> dict:
         scoring, _, bias = self.scoring.partition("=")
         ratio, _, length = bias.partition(":")
+        length, _, draws = length.partition(":")
         return dict(cost_exponent=self.gamma, scale_discount=self.tau, shared_discrepancy=self.sigma,
                     discrepancy_length=self.ell, scoring=scoring, anchor_share=self.rho,
-                    bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None)
+                    bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None,
+                    bias_draws=int(draws) if draws else None)
 
     @property
     def name(self) -> str:
@@ -391,7 +394,7 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 # ------------------------------------------------------------------------------------------------------------
 def _variant(text: str) -> Variant:
-    """'[gamma[:tau[:sigma[:ell]]]][/scoring[=ratio:length]][@rho]' as a Variant, the missing ones at design's
+    """'[gamma[:tau[:sigma[:ell]]]][/scoring[=ratio:length[:draws]]][@rho]' as a Variant, the missing ones at design's
     defaults (ratio and length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by default)."""
     text, _, rho = text.partition("@")
     text, _, scoring = text.partition("/")
@@ -414,7 +417,7 @@ def parse_args(argv=None):
                     help="index of the first simulator study (the reported runs use 0, 1, ...; held-out checks later ones)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
-                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring[=ratio:length]][@rho] "
+                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring[=ratio:length[:draws]]][@rho] "
                          "(cost exponent, scale discount, shared discrepancy sd and length, scoring bias|delta|"
                          "bootstrap with the bias scoring's discrepancy, anchor share); default: design's")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")

@@ -153,3 +153,26 @@ def test_on_repeated_data_the_bias_picks_come_from_the_law_not_from_bootstrap_dr
         assert b.rows.size == 4 and not set(b.rows) & set(revealed) and b.variance_after < b.variance
         picks.append(b.rows)
     np.testing.assert_array_equal(picks[0], picks[1])  # the draws (10 or 30 of them) play no part
+
+
+def test_averaged_over_draws_the_gain_is_the_mean_of_each_linearisation_and_a_degenerate_draw_is_dropped(study):
+    import copy
+
+    from medscale.analysis.design_bias import AveragedBias
+
+    _, pool, _, revealed, fit, cand = study
+    target = ds.Target.n_opt(3e21)
+    sub = pool.iloc[cand]
+    args = (fit, sub["params"], sub["tokens"], target, 1e-4, 1.0, 1.0)
+    thetas = fit.boot_thetas_[np.all(np.isfinite(fit.boot_thetas_), axis=1)][:3]
+    avg = AveragedBias(*args, draws=3)
+    each = [BiasVariance(*args, theta=t) for t in (None, *thetas)]
+    np.testing.assert_allclose(avg.gains(), np.mean([c.gains() for c in each], axis=0), rtol=1e-10)
+    assert not np.allclose(each[0].gains(), each[1].gains())  # the draws do move the gains
+    # a draw with an exponent at 0 has no N_opt gradient: it is dropped, and the batch is still chosen
+    broken = copy.copy(fit)
+    broken.boot_thetas_ = np.vstack([fit.boot_thetas_[:2], [[5.0, 5.0, 0.0, 0.0, 0.5]]])
+    assert len(AveragedBias(broken, *args[1:], draws=3).parts) == 3
+    left = pool["cost"].sum()
+    b = ds.select(pool, revealed, target, left, batch=4, fit=broken, scoring="bias", bias_draws=3)
+    assert b.rows.size == 4 and np.isfinite(b.scores).all()
