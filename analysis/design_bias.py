@@ -17,8 +17,8 @@ through the fit counts), and
 
     MSE(R) = tr[P (Q / s2^2 + V / s2 + L) P'] - 2 tr[P W] / s2 + tr K_TT,
 
-Q = J_R' K_RR J_R, V = J_R' J_R, W = J_R' K_RT. A candidate's gain is MSE(R) - MSE(R + c), each a p x p update (p = 5),
-so scoring every candidate costs O(candidates). With ratio 0 the MSE is G M G', the delta criterion's variance,
+Q = J_R' K_RR J_R, V = J_R' J_R, W = J_R' K_RT. A candidate's gain is MSE(R) - MSE(R + c), each a p x p update
+(p = 5; 7 for the data-constrained law below), so scoring every candidate costs O(candidates). With ratio 0 the MSE is G M G', the delta criterion's variance,
 and the gains are its gains.
 
 The same holds for the data-constrained law (Muennighoff et al.; theta adds log R*_D and log R*_N, each under a
