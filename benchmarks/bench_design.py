@@ -8,14 +8,18 @@
     .venv/bin/python benchmarks/bench_design.py --arm tables --tables porian --heldout --seeds 8           # held out
     .venv/bin/python benchmarks/bench_design.py --arm tables --tables besiroglu,muennighoff --farseer --seeds 8 \
         --variants 0.5:0/bootstrap,0.5:0/bias                     # the tables first replayed in the fourth session
+    .venv/bin/python benchmarks/bench_design.py --arm sim --kinds data-constrained --seeds 8 \
+        --variants 0.5:0/bias,0.5:0/bootstrap                     # the data-constrained ladder (~12 min a study pair)
 
 Arm (a), the simulator: seeded studies from benchmarks/bench_coverage.py (`study`): the Chinchilla-like IsoFLOP
 grid (9 budgets over 2.7 decades x 9 sizes, 81 runs) and the demo-like one (7 budgets over 2 decades, 4-6
 sizes per budget), each on a surface of the fitted form (`law`, parameters drawn per study) and on a
-misspecified one (Farseer-like or curved powers), with 0.5-1.5% log-normal run noise. The pool is the grid
-(cost 6ND per run), the target N_opt at 10x the grid's largest budget, the truth the true surface's minimum on
-6ND = C. Scored: |N_opt / truth - 1| and the 95% interval's width relative to the truth (Chinchilla fit,
-ParametricFit, bootstrap of runs).
+misspecified one (Farseer-like or curved powers), with 0.5-1.5% log-normal run noise; `--kinds data-constrained`
+(not by default: slow fits) the repeated-data ladder (5 sizes x 4 token budgets x 3 unique-token sets, 60 runs,
+the data-constrained law fitted). The pool is the grid (cost 6ND per run), the target N_opt at 10x the grid's
+largest budget (unconstrained), the truth the true surface's minimum on 6ND = C. Scored: |N_opt / truth - 1| and
+the 95% interval's width relative to the truth (Chinchilla fit, ParametricFit, or the data-constrained one;
+bootstrap of runs).
 
 Arm (b), replays on public tables (tests/data/*.md: provenance, licence, the `costly` split): the cheap runs
 are the pool, the costly runs the targets (their planned N, D; loss revealed only for scoring). Gadre et al. 2024
@@ -71,7 +75,8 @@ from medscale.scaling.run.processor import processor  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 FRACTIONS = (0.01, 0.05, 0.10, 0.20)
-SIM_KINDS = ("isoflop-chinchilla", "isoflop-demo")
+SIM_KINDS = ("isoflop-chinchilla", "isoflop-demo", "data-constrained")  # a kind's index seeds its studies
+DEFAULT_SIM_KINDS = SIM_KINDS[:2]  # the data-constrained ladder (5 N x 4 D x 3 U) when asked: slow fits
 SIM_SCENARIOS = ("law", "misspecified")
 
 
@@ -157,7 +162,7 @@ def sim(args) -> tuple[list[str], dict]:
                 tab = st["table"]
                 C, _ = tab.attrs["targets"]["N_opt@10x"]
                 truth = st["truth"]["N_opt@10x"]
-                pool = ds.pool_frame(tab["params"], tab["tokens"])
+                pool = ds.pool_frame(tab["params"], tab["tokens"], tab.get("unique_tokens"))
                 target = ds.Target.n_opt(C)
                 loss = tab["loss"].to_numpy(float)
                 for F in (*args.fractions, 1.0):
@@ -412,12 +417,13 @@ def parse_args(argv=None):
     ap.add_argument("--n-boot", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=3, help="random orders per cell")
     ap.add_argument("--studies", type=int, default=1, help="simulator studies per kind and scenario")
-    ap.add_argument("--kinds", default=",".join(SIM_KINDS))
+    ap.add_argument("--kinds", default=",".join(DEFAULT_SIM_KINDS), help=f"of {', '.join(SIM_KINDS)}")
     ap.add_argument("--first-study", type=int, default=0,
                     help="index of the first simulator study (the reported runs use 0, 1, ...; held-out checks later ones)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
-                    help="adaptive arms, comma-separated, each gamma[:tau[:sigma:ell]][/scoring[=ratio:length[:draws]]][@rho] "
+                    help="adaptive arms, comma-separated, each "
+                         "gamma[:tau[:sigma:ell]][/scoring[=ratio:length[:draws]]][@rho] "
                          "(cost exponent, scale discount, shared discrepancy sd and length, scoring bias|delta|"
                          "bootstrap with the bias scoring's discrepancy, anchor share); default: design's")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
