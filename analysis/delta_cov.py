@@ -18,7 +18,7 @@ import numpy as np
 from .parametric import _named
 
 PRIOR_SD = np.array([3.0, 3.0, 0.5, 0.5, 3.0])  # log A, log B, alpha, beta, log E: sd of a weak Gaussian prior
-_STEP = 1e-5  # central differences for log N_opt
+_STEP = 1e-5  # central differences (log N_opt; the data-constrained law's gradients, analysis/design_bias.py)
 
 
 def log_loss_gradient(theta: np.ndarray, params, tokens) -> np.ndarray:
@@ -30,14 +30,19 @@ def log_loss_gradient(theta: np.ndarray, params, tokens) -> np.ndarray:
     return np.stack([w_Nx3[:, 0], w_Nx3[:, 1], -w_Nx3[:, 0] * logN, -w_Nx3[:, 1] * logD, w_Nx3[:, 2]], axis=1)
 
 
+def central_gradient(f, theta: np.ndarray) -> np.ndarray:
+    """(rows, len(theta)) central differences of f, a vector (or scalar) function of theta."""
+    cols = [np.atleast_1d((f(theta + e) - f(theta - e)) / (2 * _STEP)) for e in np.eye(theta.size) * _STEP]
+    return np.stack(cols, axis=1)
+
+
 def log_n_opt_gradient(theta: np.ndarray, compute: float) -> np.ndarray:
     """(1, 5) gradient of log N_opt(C) = log G + a log(C / 6) with respect to theta (central differences)."""
     def log_n_opt(t):
         p = _named(t)
-        return float(np.log(p["G"][0]) + p["a"][0] * np.log(compute / 6))
+        return np.log(p["G"]) + p["a"] * np.log(compute / 6)
 
-    eye = np.eye(theta.size) * _STEP
-    return np.array([[(log_n_opt(theta + e) - log_n_opt(theta - e)) / (2 * _STEP) for e in eye]])
+    return central_gradient(log_n_opt, np.asarray(theta, dtype=float))
 
 
 def parameter_cov(fit, s2: float) -> np.ndarray:

@@ -18,8 +18,8 @@ through the fit counts), and
     MSE(R) = tr[P (Q / s2^2 + V / s2 + L) P'] - 2 tr[P W] / s2 + tr K_TT,
 
 Q = J_R' K_RR J_R, V = J_R' J_R, W = J_R' K_RT. A candidate's gain is MSE(R) - MSE(R + c), each a p x p update
-(p = 5; 7 for the data-constrained law below), so scoring every candidate costs O(candidates). With ratio 0 the MSE is G M G', the delta criterion's variance,
-and the gains are its gains.
+(p = 5; 7 for the data-constrained law below), so scoring every candidate costs O(candidates). With ratio 0 the
+MSE is G M G', the delta criterion's variance, and the gains are its gains.
 
 The same holds for the data-constrained law (Muennighoff et al.; theta adds log R*_D and log R*_N, each under a
 weak prior of sd PRIOR_SD_R_STAR): its gradients are central differences of the law at theta (`jacobian`), and the
@@ -34,7 +34,6 @@ from . import data_constrained as dc
 from . import delta_cov
 
 PRIOR_SD_R_STAR = 3.0  # sd of the weak prior on log R*_D and log R*_N (as on log A, log B, log E)
-_STEP = 1e-5  # central differences in theta for the data-constrained law
 
 
 def _coords(params, tokens, unique=None) -> np.ndarray:
@@ -51,11 +50,6 @@ def prior_sd(fit) -> np.ndarray:
     return delta_cov.PRIOR_SD
 
 
-def _central(f, theta: np.ndarray) -> np.ndarray:
-    """(rows, len(theta)) central differences of a vector function of theta."""
-    return np.stack([(f(theta + e) - f(theta - e)) / (2 * _STEP) for e in np.eye(theta.size) * _STEP], axis=1)
-
-
 def jacobian(fit, params, tokens, unique=None, theta=None) -> np.ndarray:
     """(n, p) gradient of log L at (params, tokens[, unique]) with respect to theta (default fit.theta_): exact for a
     Chinchilla fit (delta_cov), central differences for a data-constrained one (unique None: unlimited data)."""
@@ -64,20 +58,16 @@ def jacobian(fit, params, tokens, unique=None, theta=None) -> np.ndarray:
         return delta_cov.log_loss_gradient(theta, params, tokens)
     N, D = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
     U = np.full(D.shape, np.inf) if unique is None else np.asarray(unique, dtype=float)
-    return _central(lambda t: np.log(dc.loss_of(dc._named(t, fit.excess_params), N, D, U)), theta)
+    return delta_cov.central_gradient(lambda t: np.log(dc.loss_of(dc._named(t, fit.excess_params), N, D, U)), theta)
 
 
 def n_opt_jacobian(fit, compute: float, theta=None) -> np.ndarray:
-    """(1, p) gradient of log N_opt(C) = log G + a log(C / 6) with respect to theta (default fit.theta_)."""
+    """(1, p) gradient of log N_opt(C) = log G + a log(C / 6) with respect to theta (default fit.theta_). The
+    data-constrained law's unconstrained allocation is the Chinchilla law's of its first five entries, so its
+    R* columns are 0."""
     theta = np.asarray(fit.theta_ if theta is None else theta, dtype=float)
-    if not isinstance(fit, dc.DataConstrainedFit):
-        return delta_cov.log_n_opt_gradient(theta, compute)
-
-    def log_n_opt(t):
-        p = dc._named(t, fit.excess_params)
-        return np.log(p["G"]) + p["a"] * np.log(compute / 6)
-
-    return _central(log_n_opt, theta)
+    g = delta_cov.log_n_opt_gradient(theta[:5], compute)
+    return np.hstack([g, np.zeros((1, theta.size - 5))])
 
 
 def _kernel(X: np.ndarray, Y: np.ndarray, var: float, ell: float) -> np.ndarray:
