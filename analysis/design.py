@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import delta_cov, design_bias
+from . import bounds, delta_cov, design_bias
 from .design_bias import AveragedBias, BiasVariance
 from .bootstrap import interval
 from .conventions import compute_6nd
@@ -65,6 +65,10 @@ SCORING = "bias"  # won held-out cells against random and error against "bootstr
 BIAS_RATIO = 1.0  # the "bias" scoring's discrepancy variance, in units of the run noise s^2 (design_bias.py)
 BIAS_LENGTH = 1.0  # its correlation length, decades of N and D
 BIAS_DRAWS = 0  # bootstrap draws the bias criterion is also linearised at and averaged over (0: the point only)
+AT_BOUNDS = ("none", "bootstrap", "spread")  # the batch where the fit's E, alpha or beta is at its bound: scored as
+# usual, scored by the bootstrap draws (which leave the degenerate point), or the cheapest runs at new compute levels
+AT_BOUND = "spread"  # with the bias scoring (the variance scorings: "none"): won held-out cells against random and
+#                     error against "none" (design.md, sixth session)
 ANCHOR_SHARE = 0.0  # rho: open each batch with the run nearest the target costing <= rho x the compute left (off:
 #                     no better than the default on held-out data; design.md)
 LEVEL = 0.95
@@ -248,7 +252,7 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
            families=None, extra_fits=None, scale_discount: float | None = None,
            shared_discrepancy: float | None = None, discrepancy_length: float | None = None,
            scoring: str | None = None, anchor_share: float | None = None, bias_ratio: float | None = None,
-           bias_length: float | None = None, bias_draws: int | None = None) -> Batch:
+           bias_length: float | None = None, bias_draws: int | None = None, at_bound: str | None = None) -> Batch:
     """The next batch of runs to train: what the sweep loop calls at each decision point.
 
     Pass: `pool` (pool_frame: params, tokens[, unique_tokens], cost per run in FLOPs; the row index is the
@@ -266,7 +270,11 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     delta-method covariance at the fit's point, the noise under NOISE_PRIOR, no Monte-Carlo noise; "bootstrap":
     covariances over the fit's bootstrap draws, the residuals' mean square as noise; "delta" on a data-constrained
     fit, and `families` with any scoring, use the draws), `anchor_share` rho (open the batch with the run nearest
-    the target costing at most rho x `budget_left`; default ANCHOR_SHARE = 0, off).
+    the target costing at most rho x `budget_left`; default ANCHOR_SHARE = 0, off), `at_bound` (AT_BOUNDS: what
+    chooses the batch when the fit's E, alpha or beta is at its bound, where a linearised criterion has no gradient
+    in the direction the runs leave free: "spread", the cheapest affordable runs at compute levels not yet revealed,
+    as when the draws cannot score; "bootstrap", the bootstrap scoring; "none", as usual; default AT_BOUND with
+    the bias scoring, "none" with the variance scorings).
 
     Returns a Batch: `rows` (pool rows to train next, in the order picked; empty when nothing unrevealed is
     affordable), `scores` (each pick's score when picked), `fit` (the fit the scores came from), `variance` and
@@ -280,6 +288,14 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
     cand = np.array([i for i in range(len(pool)) if i not in revealed], dtype=int)
     if cand.size == 0:
         return Batch(cand, np.empty(0), fit, np.nan, np.nan, _noise(fit, scoring))
+    fallback = at_bound_of(scoring, at_bound)
+    if fallback not in AT_BOUNDS:
+        raise ValueError(f"at_bound must be one of {AT_BOUNDS}; got {fallback!r}")
+    if fallback != "none" and undetermined(fit):
+        if fallback == "spread":
+            rows = _spread_pick(pool, revealed, budget_left, batch)
+            return Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))
+        scoring = fallback
     crit, price, s2 = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
                                shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length, bias_draws))
     var0 = crit.total()
@@ -299,6 +315,20 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
         taken[c], left = True, left - cost[c]
         crit.observe(c)
     return Batch(np.array(rows, dtype=int), np.array(scores), fit, var0, crit.total(), s2, first)
+
+
+def at_bound_of(scoring: str | None, at_bound: str | None) -> str:
+    """The at_bound rule a selection uses: the one given, else AT_BOUND for the bias scoring and "none" for the
+    variance scorings (the fallback was chosen on held-out data with the bias scoring only)."""
+    if at_bound is not None:
+        return at_bound
+    return AT_BOUND if _scoring_name(scoring) == "bias" else "none"
+
+
+def undetermined(fit) -> bool:
+    """Whether the fit's point has E, alpha or beta at its bound (bounds.at_bound): a law the revealed runs do not
+    determine, whose linearisation has no gradient in the direction it is undetermined in."""
+    return any(b.where == "estimate" and b.parameter in ("E", "alpha", "beta") for b in bounds.at_bound(fit))
 
 
 def _anchor(pool: pd.DataFrame, cand: np.ndarray, target: Target, left: float, rho: float) -> int | None:
@@ -520,7 +550,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
            families=None, scale_discount: float | None = None, shared_discrepancy: float | None = None,
            discrepancy_length: float | None = None, scoring: str | None = None,
            anchor_share: float | None = None, bias_ratio: float | None = None,
-           bias_length: float | None = None, bias_draws: int | None = None) -> Replay:
+           bias_length: float | None = None, bias_draws: int | None = None, at_bound: str | None = None) -> Replay:
     """The sweep loop over a table: the initial design, then refit -> choose a batch -> reveal its losses, until
     nothing affordable is left or the target's relative interval width is <= stop_width. `reveal(row)` is called
     once per chosen row, after it is chosen, and is the only way a loss is read."""
@@ -554,7 +584,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
                          cost_exponent=cost_exponent, families=families, scale_discount=scale_discount,
                          shared_discrepancy=shared_discrepancy, discrepancy_length=discrepancy_length,
                          scoring=scoring, anchor_share=anchor_share, bias_ratio=bias_ratio,
-                         bias_length=bias_length, bias_draws=bias_draws)
+                         bias_length=bias_length, bias_draws=bias_draws, at_bound=at_bound)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
             rows = _spread_pick(pool, revealed, budget - spent, batch)
             nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))

@@ -123,6 +123,7 @@ class Variant:
     ell: float
     scoring: str  # as written: a name from design.SCORINGS, "bias" optionally with "=ratio:length[:draws]"
     rho: float
+    at_bound: str | None = None  # design.AT_BOUNDS: what chooses a batch where the fit is at a bound (None: default)
 
     def options(self) -> dict:
         scoring, _, bias = self.scoring.partition("=")
@@ -131,14 +132,15 @@ class Variant:
         return dict(cost_exponent=self.gamma, scale_discount=self.tau, shared_discrepancy=self.sigma,
                     discrepancy_length=self.ell, scoring=scoring, anchor_share=self.rho,
                     bias_ratio=float(ratio) if ratio else None, bias_length=float(length) if length else None,
-                    bias_draws=int(draws) if draws else None)
+                    bias_draws=int(draws) if draws else None, at_bound=self.at_bound)
 
     @property
     def name(self) -> str:
         scoring = "" if self.scoring == ds.SCORING else f", {self.scoring} scoring"
         anchor = f", anchor {self.rho:g}" if self.rho else ""
         shared = f", sigma {self.sigma:g}, ell {self.ell:g}" if self.sigma else ""
-        return f"adaptive (gamma {self.gamma:g}, tau {self.tau:g}{shared}{scoring}{anchor})"
+        bound = f", {self.at_bound} at a bound" if self.at_bound else ""
+        return f"adaptive (gamma {self.gamma:g}, tau {self.tau:g}{shared}{scoring}{anchor}{bound})"
 
 
 def _arms(args) -> list[str]:
@@ -399,8 +401,12 @@ def _table_cell(per_seed: list[list]) -> tuple[str, float]:
 
 # ------------------------------------------------------------------------------------------------------------
 def _variant(text: str) -> Variant:
-    """'[gamma[:tau[:sigma[:ell]]]][/scoring[=ratio:length[:draws]]][@rho]' as a Variant, the missing ones at design's
-    defaults (ratio and length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by default)."""
+    """'[gamma[:tau[:sigma[:ell]]]][/scoring[=ratio:length[:draws]]][@rho][^at_bound]' as a Variant, the missing ones
+    at design's defaults (ratio and length: the bias scoring's discrepancy, design.BIAS_RATIO and BIAS_LENGTH by
+    default; at_bound: design.at_bound_of's default for the scoring)."""
+    text, _, bound = text.partition("^")
+    if bound and bound not in ds.AT_BOUNDS:
+        raise SystemExit(f"--variants: after ^ give one of {list(ds.AT_BOUNDS)}; got {bound!r}")
     text, _, rho = text.partition("@")
     text, _, scoring = text.partition("/")
     if (scoring or ds.SCORING).partition("=")[0] not in ds.SCORINGS:
@@ -408,7 +414,7 @@ def _variant(text: str) -> Variant:
     parts = [float(x) for x in text.split(":") if x]
     defaults = (ds.COST_EXPONENT, ds.SCALE_DISCOUNT, ds.SHARED_DISCREPANCY, ds.DISCREPANCY_LENGTH)
     return Variant(*(float(x) for x in (*parts, *defaults[len(parts):])), scoring or ds.SCORING,
-                   float(rho) if rho else ds.ANCHOR_SHARE)
+                   float(rho) if rho else ds.ANCHOR_SHARE, bound or None)
 
 
 def parse_args(argv=None):

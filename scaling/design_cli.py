@@ -103,6 +103,7 @@ def design_command(
     cost_exponent: Optional[float] = typer.Option(None, "--cost-exponent", min=0.0, help="gamma: score = expected error reduction / cost^gamma (default: analysis/design.py COST_EXPONENT)."),
     scale_discount: Optional[float] = typer.Option(None, "--scale-discount", min=0.0, help="tau: a candidate's noise gains (tau x decades of compute below the target)^2; the variance scorings (bootstrap, delta) only (default: analysis/design.py SCALE_DISCOUNT)."),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="What a candidate's gain is computed from: bootstrap (the fit's draws), delta (the delta method at the fit's point; the choice then does not depend on --n-boot) or bias (delta plus a smooth discrepancy of the law: the expected squared error, not only the variance; analysis/design_bias.py). Default: analysis/design.py SCORING."),
+    at_bound: Optional[str] = typer.Option(None, "--at-bound", help="What chooses a batch while the fitted law has E, alpha or beta at its bound (the runs so far leave it undetermined): spread (the cheapest runs at new compute levels), bootstrap (the bootstrap scoring) or none (the scoring as usual). Default: analysis/design.py AT_BOUND with the bias scoring, none with the others."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Replay an adaptive sweep over an existing table: choose runs by the expected shrinkage of the target's
@@ -111,6 +112,8 @@ def design_command(
         raise UserError(f"--fraction {fraction}: give a share of the pool's compute in (0, 1], e.g. 0.25")
     if scoring is not None and scoring not in ds.SCORINGS:
         raise UserError(f"--scoring {scoring}: give one of {', '.join(ds.SCORINGS)}")
+    if at_bound is not None and at_bound not in ds.AT_BOUNDS:
+        raise UserError(f"--at-bound {at_bound}: give one of {', '.join(ds.AT_BOUNDS)}")
     pool, losses = _pool(pool_file, params, tokens, loss, unique_tokens, compute)
     tgt, truth = _target(target, target_compute, params, tokens, loss, unique_tokens)
     total = float(pool["cost"].sum())
@@ -119,7 +122,7 @@ def design_command(
         warnings.simplefilter("ignore", RuntimeWarning)
         rep = ds.replay(pool, lambda r: losses[r], tgt, fraction * total, batch=batch, n_boot=n_boot, seed=seed,
                         stop_width=stop_width, on_step=say, cost_exponent=cost_exponent,
-                        scale_discount=scale_discount, scoring=scoring)
+                        scale_discount=scale_discount, scoring=scoring, at_bound=at_bound)
         full = ds.fit_revealed(pool, dict(enumerate(losses)), n_boot=n_boot, seed=seed)  # the comparison: all rows
         result = _summary(rep, full, tgt, truth, total, seed, scoring or ds.SCORING)
     _write_chosen(pool_file, out_file, rep)

@@ -36,7 +36,7 @@ from medscale.scaling.plan.recommend import recommend
 from medscale.scaling.run.run_config import RunConfig
 from medscale.scaling.run.runtime import configure_process, process_shape
 from medscale.scaling.run.train import execute_run
-from medscale.scaling.sweep.adaptive import DECISIONS_DIR, History, Pool, run_adaptive, target_text
+from medscale.scaling.sweep.adaptive import DECISIONS_DIR, History, Pool, is_adaptive, run_adaptive, target_text
 from medscale.scaling.sweep.dataset import check_usable, dataset_path, prepare_dataset
 from medscale.scaling.sweep.results import load_results
 from medscale.scaling.sweep.scheduler import run_sweep
@@ -113,13 +113,17 @@ def plan_sweep(spec_path: Path | str, out_dir: Path | str, reporter: Reporter | 
         vocab = (read_json(manifest) or {}).get("vocab_size")
     except CorruptFile:
         vocab = None
-    if vocab or spec.model.param_count == "non_embedding":
+    # a data-constrained adaptive pool reads each fraction's unique tokens from the prepared dataset
+    needs_data = is_adaptive(spec) and len(spec.dataset.fractions()) > 1
+    if vocab or (spec.model.param_count == "non_embedding" and not needs_data):
         if not vocab:
             vocab = DRY_RUN_VOCAB
             reporter.say(f"dataset not prepared yet: vocabulary assumed {DRY_RUN_VOCAB} (run ids are provisional)")
         return spec, expand(spec, token_dir=str(manifest.parent), vocab_size=vocab, dataset_id=ds_id,
                             source=str(spec_path))
-    reporter.say("model.param_count is total: preparing the dataset to know its vocabulary")
+    reporter.say("an adaptive pool over several train fractions: preparing the dataset to know their unique tokens"
+                 if needs_data and spec.model.param_count != "total" else
+                 "model.param_count is total: preparing the dataset to know its vocabulary")
     spec, prepared = load_spec_and_data(spec_path, out_dir, reporter, allow_large_grid=allow_large_grid)
     return spec, expand_over(spec, prepared, spec_path)
 
@@ -426,7 +430,7 @@ def adaptive_sweeps(runs_dir: Path | str) -> list[AdaptiveSweep]:
             candidates = candidates_of(decisions)
             pool_flops = float(candidates["cost"].sum())
         target = known.get("target") or {}
-        words = (target_text(spec.grid) if spec is not None else
+        words = (target_text(spec.grid, pool) if spec is not None else
                  f"N_opt at C = {target['n_opt_at']:.3g} FLOPs (6ND)" if target.get("n_opt_at") else
                  "the loss of the planned runs")
         last = decisions[-1]

@@ -19,7 +19,7 @@ import pytest
 from conftest import child_env, tiny_spec, write_spec
 from medscale.scaling.pipeline import DRY_RUN_VOCAB
 from medscale.scaling.sweep.adaptive import History, Pool, adaptive_loop, check_pool, identity
-from medscale.scaling.sweep.spec import SpecError, expand, load_spec, parse_spec
+from medscale.scaling.sweep.spec import SpecError, expand, grid_size, load_spec, parse_spec
 
 MEDSCALE = [sys.executable, "-m", "medscale.scaling.cli"]
 STEP_TOKENS = 8 * 32  # tiny_spec: batch 8 x seq_len 32
@@ -96,8 +96,6 @@ def test_invalid_adaptive_grid_is_refused_naming_the_key(tmp_path, case, make, e
 EXPAND_INVALID = [
     ("several lr multipliers", _with(top_edit=lambda s: s["optimizer"].update(lr_multipliers=[1.0, 2.0])),
      r"optimizer.lr_multipliers: an adaptive grid fits one law"),
-    ("several data fractions", _with(top_edit=lambda s: s["dataset"].update(train_fraction=[0.5, 1.0])),
-     r"dataset.train_fraction: an adaptive grid chooses over params x tokens"),
     ("budget below the initial design", _with(lambda g: g.update(budget="1e6")),
      r"grid.budget: 1e\+06 FLOPs does not pay for the initial design \(6 runs"),
 ]
@@ -160,6 +158,8 @@ def test_example_spec_plans_a_fraction_of_its_pool():
     init = check_pool(spec, pool, str(path))
     assert len(pool) == 36 and init.size >= 7 and pool.full[init].sum() < 0.1 * spec.grid.budget
     assert spec.grid.budget <= 0.25 * pool.planned_flops()
+    dc = load_spec(path.with_name("adaptive_data_constrained.yaml"))  # its pool needs the prepared cohort
+    assert grid_size(dc) == 36 and len(dc.dataset.fractions()) == 3 and dc.grid.target.planned
 
 
 def test_wsd_branches_are_priced_at_their_cooldown_once_their_trunk_is_trained(tmp_path):
@@ -175,6 +175,41 @@ def test_wsd_branches_are_priced_at_their_cooldown_once_their_trunk_is_trained(t
     assert before == pytest.approx(pool.full[b])
     assert after == pytest.approx(pool.full[b] * 0.25, rel=0.05)  # only its cooldown
     assert pool.planned_flops() < pool.full.sum()
+
+
+def test_a_pool_over_several_train_fractions_carries_their_unique_tokens(tmp_path, tiny_dataset):
+    """Several dataset.train_fraction values make a data-constrained pool: each candidate's U is its fraction's
+    unique training tokens (read from the prepared dataset), a planned target trains on the whole split, the
+    initial design has room for the law's 7 parameters, and the dry run shows U and the epochs."""
+    from medscale.data.loader import unique_train_tokens
+    from medscale.scaling.sweep.adaptive import DATA_CONSTRAINED_INITIAL, dry_run_lines, target_of
+
+    meds, tokens = tiny_dataset
+    vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]
+    raw = adaptive_spec(meds, target={"planned": [{"params": "1e5", "tokens": "1e8"}]})
+    raw["dataset"]["train_fraction"] = [0.25, 1.0]
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", raw))
+    runs = expand(spec, token_dir=str(tokens), vocab_size=vocab, dataset_id="d", source="spec.yaml")
+    pool = Pool.of(runs)
+    assert pool.data_constrained and len(pool) == grid_size(spec) == 18  # 3 sizes x 3 token counts x 2 fractions
+    U = {f: unique_train_tokens(tokens, "train", 32, f) for f in (0.25, 1.0)}
+    assert U[0.25] < U[1.0] and pool.unique_all == U[1.0]
+    assert sorted(set(pool.unique)) == [U[0.25], U[1.0]]
+    assert np.isin(pool.tokens / pool.unique, [t / u for t in set(pool.tokens) for u in U.values()]).all()
+    frame = pool.frame(np.arange(len(pool)), set())
+    np.testing.assert_array_equal(frame["unique_tokens"], pool.unique)
+    target = target_of(spec.grid, pool)
+    assert target.unique is not None and list(target.unique) == [U[1.0]]
+    init = check_pool(spec, pool, "spec.yaml")
+    assert init.size >= DATA_CONSTRAINED_INITIAL > spec.grid.initial
+    text = "\n".join(dry_run_lines(spec, runs, tmp_path / "out"))
+    assert "2 training fractions (a data-constrained pool" in text and "epochs" in text
+    assert f"U = {U[1.0]:.3g}" in text
+    # one fraction: the pool is as before (no unique tokens, the Chinchilla law)
+    raw["dataset"]["train_fraction"] = 0.25
+    one = Pool.of(expand(load_spec(write_spec(tmp_path / "one.yaml", raw)), token_dir=str(tokens),
+                         vocab_size=vocab, dataset_id="d", source="one.yaml"))
+    assert not one.data_constrained and "unique_tokens" not in one.frame(np.arange(len(one)), set())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,10 +286,11 @@ def test_loop_records_each_decision_and_stops_at_the_budget(tmp_path):
         assert set(fit["parameters"]) >= {"E", "A", "B", "alpha", "beta"}
         t = fit["target"]
         assert t["kind"] == "n_opt" and t["low"][0] < t["point"][0] < t["high"][0] and t["width"] > 0
-    for d in records[1:-1]:
-        assert all(c["score"] is not None and c["score"] > 0 for c in d["chosen"])
+    for d in records[1:-1]:  # a fit with E, alpha or beta at its bound chooses without scores (design.AT_BOUND)
+        assert all(c["score"] is None if d["fit"]["undetermined"] else c["score"] > 0 for c in d["chosen"])
         assert all(c["run_id"] not in {x for b in _chosen(records[:d["batch"]]) for x in b} for c in d["candidates"])
         assert d["spent_after"] == pytest.approx(d["spent_before"] + sum(c["cost"] for c in d["chosen"]))
+    assert [d["fit"]["undetermined"] for d in records[1:-1]] == [True, False, False]  # E -> 0 on the first 7 runs
     # a rerun of a finished sweep decides nothing and trains nothing
     again = FakeTrainer(loss)
     again.done = dict(trainer.done)
@@ -340,7 +376,7 @@ def test_dry_run_shows_the_pool_the_first_batch_and_the_planned_compute(tmp_path
     assert "first batch: the initial design, 6 runs" in text
     assert text.count("decoder-") == 6
     assert "planned compute: grid.budget 1e+12 FLOPs" in text and "the whole pool would cost" in text
-    assert "(bias scoring)" in text
+    assert "(bias scoring; at_bound spread: while the fitted law has E, alpha or beta at its bound)" in text
     assert not (tmp_path / "out" / "runs").exists()
 
 
@@ -449,3 +485,55 @@ def test_the_scoring_is_the_sweeps_and_a_sweep_recorded_before_it_existed_resume
         History(tmp_path / "bootstrap", default.name).claim(identity(_synthetic(budget=budget, scoring="bias")[0], pool))
     spec, _, _ = _synthetic(budget=budget, scoring="bootstrap")
     History(tmp_path / "bootstrap", spec.name).claim(identity(spec, pool))
+
+
+def test_the_at_bound_rule_is_part_of_the_identity_and_a_bias_sweep_from_before_it_resumes_with_none(tmp_path):
+    """grid.at_bound (default: analysis/design.py's for the scoring) is recorded in pool.json; a bias sweep recorded
+    before the rule existed chose as "none" and resumes only with grid.at_bound: none; an unknown rule is refused
+    naming the key."""
+    from medscale.atomic import read_json, write_json
+    from medscale.scaling.errors import UserError
+
+    budget = 0.1 * POOL_FLOPS
+    spec, pool, _ = _synthetic(budget=budget)
+    assert identity(spec, pool)["at_bound"] == "spread"
+    assert identity(_synthetic(budget=budget, scoring="delta")[0], pool)["at_bound"] == "none"
+    history = History(tmp_path, spec.name)
+    history.claim(identity(spec, pool))
+    ident = read_json(history.dir / "pool.json")
+    assert ident.pop("at_bound") == "spread"
+    write_json(history.dir / "pool.json", ident)
+    with pytest.raises(UserError, match=r"a different grid.at_bound"):
+        history.claim(identity(spec, pool))
+    history.claim(identity(_synthetic(budget=budget, at_bound="none")[0], pool))
+    with pytest.raises(SpecError, match=r"grid.at_bound"):
+        _synthetic(budget=budget, at_bound="sometimes")
+
+
+def test_loop_over_a_data_constrained_pool_fits_and_scores_with_that_law(tmp_path):
+    """A pool whose runs carry unique tokens (several train fractions): the loop fits the data-constrained law,
+    records each run's U, and its choices differ from a loop that ignores U."""
+    from medscale.analysis import synthetic
+
+    spec, pool, _ = _synthetic(budget=0.05 * POOL_FLOPS * 2)
+    n = len(pool)
+    U = np.repeat([3e5, 3e7], n)  # every candidate at a small and a large training split
+    N, D = np.tile(pool.params, 2), np.tile(pool.tokens, 2)
+    dc = Pool(configs=[{}] * 2 * n, ids=[f"decoder-{i:012d}" for i in range(2 * n)], params=N, tokens=D,
+              full=6 * N * D, marginal=6 * N * D, trunks=[None] * 2 * n, unique=U, unique_all=3e7)
+    loss = synthetic.data_constrained_loss(N, D, U, synthetic.DATA_LAW) * np.exp(0.004 * np.sin(np.arange(2 * n)))
+    trainer = FakeTrainer(loss)
+    with np.errstate(all="ignore"):
+        _loop(spec, dc, tmp_path, trainer, max_batches=2)
+    records = History(tmp_path, spec.name).decisions()
+    assert [d["kind"] for d in records] == ["initial", "select"]
+    assert len(records[0]["chosen"]) >= 9
+    for d in records[1:]:
+        assert d["fit"]["law"] == "DataConstrainedFit" and "R_star_D" in d["fit"]["parameters"]
+        assert all(c["unique_tokens"] == U[dc.row(c["run_id"])] for c in d["chosen"] + d["candidates"])
+    plain = Pool(**{**dc.__dict__, "unique": None, "unique_all": None})
+    with np.errstate(all="ignore"):
+        _loop(spec, plain, tmp_path / "plain", FakeTrainer(loss), max_batches=2)
+    ignored = History(tmp_path / "plain", spec.name).decisions()
+    assert ignored[1]["fit"]["law"] == "ParametricFit"
+    assert _chosen(ignored[1:]) != _chosen(records[1:])

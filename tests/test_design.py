@@ -151,6 +151,7 @@ def test_cli_delta_and_bias_scorings_choose_the_same_rows_whatever_the_bootstrap
     (dict(target="bad_target.csv"), "tokens"),
     (dict(extra=("--tokens", "nope")), "nope"),
     (dict(extra=("--scoring", "laplace")), "--scoring"),
+    (dict(extra=("--at-bound", "sometimes")), "--at-bound"),
     (dict(extra=("--scale-discount", "0.01")), "--scale-discount"),  # a variance scoring's option, not bias's
     (dict(pool="empty"), "no rows"),
 ])
@@ -317,3 +318,36 @@ def test_anchor_share_opens_each_batch_with_the_run_nearest_the_target_it_can_af
     assert rep.chosen.loc[rep.chosen["step"] == 1, "cost"].iloc[0] == pytest.approx(
         max(c for i, c in enumerate(cost) if i not in set(rep.chosen.loc[rep.chosen["step"] == 0, "row"])
             and c <= 0.5 * (left - rep.steps[0].spent)))
+
+
+def test_at_bound_fallback_scores_an_undetermined_fit_otherwise():
+    """at_bound: where the fit's E, alpha or beta is at its bound, the batch is the spread pick ("spread", the
+    default with the bias scoring), the bootstrap scoring's ("bootstrap") or the scoring's own ("none"); a
+    determined fit is scored as usual."""
+    t, pool, target, _ = _study()
+    init = ds.initial_design(pool)
+    no_floor = {**synthetic.LAW, "E": -0.3}  # a loss that falls below any irreducible term: E goes to its bound
+    floorless = {int(r): float(synthetic.loss(pool["params"].iat[r], pool["tokens"].iat[r], no_floor)) for r in init}
+    fit = ds.fit_revealed(pool, floorless, n_boot=N_BOOT, seed=0)
+    assert ds.undetermined(fit)
+    left = 0.3 * pool["cost"].sum()
+    base = ds.select(pool, floorless, target, left, batch=BATCH, fit=fit, at_bound="none")
+    boot = ds.select(pool, floorless, target, left, batch=BATCH, fit=fit, scoring="bootstrap")
+    assert base.rows.tolist() != boot.rows.tolist()  # the fallback has something to change
+    assert ds.select(pool, floorless, target, left, batch=BATCH, fit=fit, at_bound="bootstrap").rows.tolist() \
+        == boot.rows.tolist()
+    spread = ds.select(pool, floorless, target, left, batch=BATCH, fit=fit, at_bound="spread")
+    assert spread.rows.tolist() == ds._spread_pick(pool, floorless, left, BATCH).tolist() != base.rows.tolist()
+    assert np.isnan(spread.scores).all()
+    assert ds.select(pool, floorless, target, left, batch=BATCH, fit=fit).rows.tolist() == spread.rows.tolist()
+    # the variance scorings keep their own choice unless asked (the rule was chosen with the bias scoring)
+    delta = [ds.select(pool, floorless, target, left, batch=BATCH, fit=fit, scoring="delta", at_bound=rule).rows.tolist()
+             for rule in (None, "none")]
+    assert delta[0] == delta[1]
+    # a determined fit: the fallback never applies
+    revealed = {int(r): float(t["loss"].iat[r]) for r in init}
+    good = ds.fit_revealed(pool, revealed, n_boot=N_BOOT, seed=0)
+    assert not ds.undetermined(good)
+    usual = ds.select(pool, revealed, target, left, batch=BATCH, fit=good).rows.tolist()
+    for fallback in ("bootstrap", "spread"):
+        assert ds.select(pool, revealed, target, left, batch=BATCH, fit=good, at_bound=fallback).rows.tolist() == usual

@@ -18,8 +18,13 @@ Cost (what `grid.budget` counts): the full FLOP count the scheduler uses (scalin
 scheduler.run_flops). Under the WSD schedule a cooldown branch costs only its cooldown once its trunk has been
 trained (the trunk keeps a fork checkpoint for every branch of the pool), and its whole length before.
 
+A pool over several `dataset.train_fraction` values is a data-constrained pool: each candidate also carries the
+unique tokens U its fraction of the training split holds (config_unique), the loop fits the data-constrained law
+(analysis/data_constrained.py) and scores candidates with it, a planned target trains on the whole split (U at
+fraction 1), and the initial design has at least DATA_CONSTRAINED_INITIAL runs (the law has 7 parameters).
+
 Run configs are read only through the accessors below (config_params, config_tokens, config_costs, config_trunk,
-and store.run_id).
+config_unique, and store.run_id).
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from medscale.analysis.design import Target, fit_revealed, initial_design, pool_frame, predict_target, select
+from medscale.analysis.design import (Target, at_bound_of, fit_revealed, initial_design, pool_frame, predict_target,
+                                     select, undetermined)
 from medscale.atomic import CorruptFile, read_json, write_json, write_yaml
 from medscale.models.config import ModelConfig, counted_params
 from medscale.scaling.errors import UserError
@@ -47,9 +53,10 @@ DECISIONS_DIR = "adaptive"
 DECISION_FILE = re.compile(r"decision-(\d{4,})\.json")
 # what a recorded decision means: a rerun must agree on these (budget, stop_width and batch may change: they
 # only steer the decisions still to come)
-IDENTITY_KEYS = ("pool", "target", "seed", "initial", "n_boot", "scoring")
-# a sweep recorded before grid.scoring existed chose with what was then the only default
-LEGACY = {"scoring": "bootstrap"}
+IDENTITY_KEYS = ("pool", "target", "seed", "initial", "n_boot", "scoring", "at_bound")
+# a sweep recorded before grid.scoring (grid.at_bound) existed chose with what was then the only default
+LEGACY = {"scoring": "bootstrap", "at_bound": "none"}
+DATA_CONSTRAINED_INITIAL = 9  # the smallest initial design of a data-constrained pool: 7 parameters and a residual
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +85,20 @@ def config_trunk(config: dict) -> str | None:
     return fork[0] if fork else None
 
 
+def config_fraction(config: dict) -> float:
+    return float(config["data"].get("train_fraction") or 1.0)
+
+
+def config_unique(config: dict, fraction: float | None = None) -> float:
+    """The unique tokens U of the training split the run draws from (at `fraction` instead of its own if given):
+    past U tokens it repeats data. Reads the prepared dataset (data/loader.py unique_train_tokens)."""
+    from medscale.data.loader import unique_train_tokens  # grain: only a data-constrained pool needs it
+
+    data = config["data"]
+    return float(unique_train_tokens(data["token_dir"], "train", int(data["seq_len"]),
+                                     config_fraction(config) if fraction is None else fraction))
+
+
 @dataclass
 class Pool:
     """The candidate runs, in the order the spec expands them (row i is configs[i])."""
@@ -88,13 +109,28 @@ class Pool:
     full: np.ndarray  # FLOPs from scratch
     marginal: np.ndarray  # FLOPs once the trunk is paid (= full unless a WSD branch)
     trunks: list[str | None]
+    unique: np.ndarray | None = None  # unique tokens U per run: a data-constrained pool (several train fractions)
+    unique_all: float | None = None  # U of the whole training split (fraction 1): a planned target's
 
     @classmethod
     def of(cls, runs: list[dict]) -> "Pool":
         costs = [config_costs(r) for r in runs]
-        return cls(list(runs), [run_id(r) for r in runs], np.array([config_params(r) for r in runs]),
+        pool = cls(list(runs), [run_id(r) for r in runs], np.array([config_params(r) for r in runs]),
                    np.array([config_tokens(r) for r in runs]), np.array([c[0] for c in costs]),
                    np.array([c[1] for c in costs]), [config_trunk(r) for r in runs])
+        if len({config_fraction(r) for r in runs}) > 1:
+            by_fraction: dict[float, float] = {}
+            for r in runs:
+                f = config_fraction(r)
+                if f not in by_fraction:
+                    by_fraction[f] = config_unique(r)
+            pool.unique = np.array([by_fraction[config_fraction(r)] for r in runs])
+            pool.unique_all = config_unique(runs[0], 1.0)
+        return pool
+
+    @property
+    def data_constrained(self) -> bool:
+        return self.unique is not None
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -109,7 +145,8 @@ class Pool:
 
     def frame(self, rows: np.ndarray, paid: set[str]) -> pd.DataFrame:
         """The selector's pool (analysis/design.py pool_frame) over `rows`, priced as of `paid`."""
-        return pool_frame(self.params[rows], self.tokens[rows], cost=self.costs(paid)[rows])
+        unique = None if self.unique is None else self.unique[rows]
+        return pool_frame(self.params[rows], self.tokens[rows], unique, cost=self.costs(paid)[rows])
 
     def identity(self) -> str:
         return identity_hash({"runs": self.ids})
@@ -119,17 +156,21 @@ class Pool:
         return float(self.marginal.sum())
 
 
-def target_of(grid):
-    """The analysis Target of an AdaptiveGrid's `target`."""
+def target_of(grid, pool: Pool | None = None):
+    """The analysis Target of an AdaptiveGrid's `target`; over a data-constrained `pool` a planned run trains on
+    the whole training split (pool.unique_all unique tokens)."""
     if grid.target.n_opt_at is not None:
         return Target.n_opt(grid.target.n_opt_at)
-    return Target.planned([p.params for p in grid.target.planned], [p.tokens for p in grid.target.planned])
+    planned = grid.target.planned
+    unique = None if pool is None or not pool.data_constrained else [pool.unique_all] * len(planned)
+    return Target.planned([p.params for p in planned], [p.tokens for p in planned], unique)
 
 
-def target_text(grid) -> str:
+def target_text(grid, pool: Pool | None = None) -> str:
     if grid.target.n_opt_at is not None:
         return f"N_opt at C = {grid.target.n_opt_at:.3g} FLOPs (6ND)"
-    return "the loss of " + ", ".join(f"N = {p.params:.3g}, D = {p.tokens:.3g}" for p in grid.target.planned)
+    unique = f", U = {pool.unique_all:.3g}" if pool is not None and pool.data_constrained else ""
+    return "the loss of " + ", ".join(f"N = {p.params:.3g}, D = {p.tokens:.3g}{unique}" for p in grid.target.planned)
 
 
 def is_adaptive(spec) -> bool:
@@ -139,7 +180,8 @@ def is_adaptive(spec) -> bool:
 def initial_rows(spec, pool: Pool) -> np.ndarray:
     """The initial design (analysis/design.py initial_design): the cheapest runs spread over N and D."""
     rows = np.arange(len(pool))
-    return initial_design(pool.frame(rows, set()), min_runs=min(spec.grid.initial, len(pool)))
+    least = max(spec.grid.initial, DATA_CONSTRAINED_INITIAL) if pool.data_constrained else spec.grid.initial
+    return initial_design(pool.frame(rows, set()), min_runs=min(least, len(pool)))
 
 
 def check_pool(spec, pool: Pool, source: str) -> np.ndarray:
@@ -162,7 +204,8 @@ def check_pool(spec, pool: Pool, source: str) -> np.ndarray:
 def identity(spec, pool: Pool) -> dict:
     grid = spec.grid
     return {"sweep": spec.name, "pool": pool.identity(), "runs": len(pool), "target": grid.target.model_dump(),
-            "seed": grid.seed, "initial": grid.initial, "n_boot": grid.n_boot, "scoring": grid.scoring}
+            "seed": grid.seed, "initial": grid.initial, "n_boot": grid.n_boot, "scoring": grid.scoring,
+            "at_bound": at_bound_of(grid.scoring, grid.at_bound)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +263,14 @@ class History:
         return write_json(self.dir / f"decision-{decision['batch']:04d}.json", decision)
 
 
+def _finite(x) -> float | None:
+    """A number for a decision record: None where there is none (a batch chosen without scores, at a bound)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
 def _run_row(pool: Pool, r: int, cost: float, score: float | None) -> dict:
-    return {"run_id": pool.ids[r], "params": float(pool.params[r]), "tokens": float(pool.tokens[r]),
+    unique = {} if pool.unique is None else {"unique_tokens": float(pool.unique[r])}
+    return {"run_id": pool.ids[r], "params": float(pool.params[r]), "tokens": float(pool.tokens[r]), **unique,
             "cost": float(cost), "score": None if score is None or not np.isfinite(score) else float(score)}
 
 
@@ -307,7 +356,7 @@ class _Loop:
     def __init__(self, spec, pool: Pool, history: History, train, outcome, say):
         self.spec, self.grid, self.pool, self.history = spec, spec.grid, pool, history
         self.train, self.outcome, self.say = train, outcome, say
-        self.target = target_of(spec.grid)
+        self.target = target_of(spec.grid, pool)
         self.records = history.decisions()
         self.result = AdaptiveRun(spec.name, self.records, len(pool), pool.planned_flops(), spec.grid.budget)
         self.paid: set[str] = set()  # run ids trained (so their branches are priced at the cooldown)
@@ -394,10 +443,10 @@ class _Loop:
         else:
             with _quiet():
                 batch = select(frame, local, self.target, left, batch=grid.batch, n_boot=grid.n_boot,
-                               seed=grid.seed, fit=fit, scoring=grid.scoring)
+                               seed=grid.seed, fit=fit, scoring=grid.scoring, at_bound=grid.at_bound)
             chosen, scores = np.asarray(batch.rows, dtype=int), np.asarray(batch.scores, dtype=float)
-            fit_rec.update(variance=float(batch.variance), variance_after=float(batch.variance_after),
-                           noise=float(batch.noise))
+            fit_rec.update(variance=_finite(batch.variance), variance_after=_finite(batch.variance_after),
+                           noise=_finite(batch.noise), undetermined=bool(undetermined(fit)))
             if chosen.size == 0:
                 stop = ("every candidate has been run" if len(local) + len(self.dead) >= len(self.pool) else
                         f"no candidate left fits in the {left:.3g} FLOPs left of grid.budget")
@@ -490,16 +539,22 @@ def dry_run_lines(spec, runs: list[dict], out_dir: Path | str, plan=None, source
             + (f", D/N in [{grid.tokens_per_param[0]:g}, {grid.tokens_per_param[1]:g}]"
                if grid.tokens_per_param else ""))
     seeds = f" x {len(spec.seeds)} seeds" if len(spec.seeds) > 1 else ""
-    lines = [f"adaptive sweep {spec.name}: a pool of {len(pool)} candidate runs ({kind}{seeds}); target: "
-             f"{target_text(grid)}",
+    dc = pool.data_constrained
+    fractions = (f" x {len(spec.dataset.fractions())} training fractions (a data-constrained pool: the law fitted "
+                 f"is the data-constrained one)") if dc else ""
+    lines = [f"adaptive sweep {spec.name}: a pool of {len(pool)} candidate runs ({kind}{seeds}{fractions}); target: "
+             f"{target_text(grid, pool)}",
              f"first batch: the initial design, {init.size} runs spread over N and D (N as model.param_count "
-             f"{spec.model.param_count} counts it; cost in FLOPs, full count as the scheduler counts):"]
-    header = f"  {'run':<24} {'N':>10} {'D':>12} {'D/N':>7} {'cost':>10} {'est. time':>10}"
+             f"{spec.model.param_count} counts it; cost in FLOPs, full count as the scheduler counts"
+             + ("; U: unique training tokens, epochs = D / U" if dc else "") + "):"]
+    header = f"  {'run':<24} {'N':>10} {'D':>12} {'D/N':>7}" + (f" {'U':>12} {'epochs':>7}" if dc else "") \
+        + f" {'cost':>10} {'est. time':>10}"
     lines.append(header)
     for r in init:
         t = pool.full[r] / rate if rate > 0 else None
+        repeat = f" {pool.unique[r]:>12,.0f} {pool.tokens[r] / pool.unique[r]:>7.2f}" if dc else ""
         lines.append(f"  {pool.ids[r]:<24} {pool.params[r]:>10,.0f} {pool.tokens[r]:>12,.0f} "
-                     f"{pool.tokens[r] / pool.params[r]:>7.1f} {pool.full[r]:>10.3g} "
+                     f"{pool.tokens[r] / pool.params[r]:>7.1f}{repeat} {pool.full[r]:>10.3g} "
                      f"{'-' if t is None else f'{t:.1f}s':>10}")
     first = float(pool.full[init].sum())
     whole = pool.planned_flops()
@@ -508,11 +563,13 @@ def dry_run_lines(spec, runs: list[dict], out_dir: Path | str, plan=None, source
         if scratch > whole * (1 + 1e-9) else ""
     stop = f", or until the target's 95% interval is narrower than {grid.stop_width:g} of its value" \
         if grid.stop_width is not None else ""
+    rule = at_bound_of(grid.scoring, grid.at_bound)
+    fallback = f"; at_bound {rule}: while the fitted law has E, alpha or beta at its bound" if rule != "none" else ""
     lines += [f"planned compute: grid.budget {grid.budget:.3g} FLOPs, {grid.budget / whole:.0%} of the "
               f"{whole:.3g} FLOPs the whole pool would cost{wsd}",
               f"  the initial design spends {first:.3g} FLOPs ({first / grid.budget:.0%} of the budget); then batches "
               f"of {grid.batch} run(s), each chosen by the expected reduction of the target's error per FLOP "
-              f"({grid.scoring} scoring), "
+              f"({grid.scoring} scoring{fallback}), "
               f"until the budget is spent{stop}"]
     if grid.budget >= whole:
         lines.append("  warning: grid.budget covers the whole pool: the sweep may train every candidate (a "

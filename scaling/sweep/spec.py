@@ -31,7 +31,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       model_serializer, model_validator)
 
 from medscale.analysis.conventions import tokens_for_compute
-from medscale.analysis.design import SCORING, SCORINGS
+from medscale.analysis.design import AT_BOUNDS, SCORING, SCORINGS
 from medscale.models.config import ModelConfig, ShapeError, counted_params, d_ff_for, shape_for
 from medscale.models.options import ModelOptions, mesh_axes
 from medscale.scaling.downstream.spec import DownstreamSpec
@@ -266,7 +266,8 @@ class AdaptiveGrid(_Strict):
     """A candidate pool (params x tokens, as a ladder; or compute x params, as an IsoFLOP grid) from which
     scaling/sweep/adaptive.py runs an initial design, then batch after batch by the expected reduction of the
     target's error per FLOP, until `budget` FLOPs are spent or the interval's relative width is `stop_width`.
-    `scoring` is analysis/design.py's (default SCORING)."""
+    `scoring` is analysis/design.py's (default SCORING). With several dataset.train_fraction values the pool is
+    params x tokens x fractions and the law the data-constrained one (scaling/sweep/adaptive.py)."""
     mode: Literal["adaptive"]
     params: list[Union[Quantity, ExplicitShape]] = Field(min_length=3)
     tokens: Optional[list[Quantity]] = Field(None, min_length=3)
@@ -280,6 +281,7 @@ class AdaptiveGrid(_Strict):
     seed: Int = 0
     n_boot: Int = Field(100, ge=20)
     scoring: str = SCORING
+    at_bound: Optional[str] = None  # analysis/design.py AT_BOUNDS; None: its default for the scoring
 
     _parse_tokens = field_validator("tokens", "compute", mode="before")(_quantities)
     _parse_params = field_validator("params", mode="before")(_sizes)
@@ -292,6 +294,15 @@ class AdaptiveGrid(_Strict):
         if v not in SCORINGS:
             raise ValueError(f"give one of {', '.join(SCORINGS)} (analysis/design.py; docs/SCIENCE.md, \"Adaptive "
                              f"designs\"), or leave it out for {SCORING}")
+        return v
+
+    @field_validator("at_bound")
+    @classmethod
+    def _at_bound(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in AT_BOUNDS:
+            raise ValueError(f"give one of {', '.join(AT_BOUNDS)} (what chooses a batch while the fitted law has a "
+                             "parameter at its bound: docs/SCIENCE.md, \"Adaptive designs\"), or leave it out for "
+                             "the scoring's default")
         return v
 
     @model_validator(mode="after")
@@ -310,9 +321,6 @@ class AdaptiveGrid(_Strict):
             raise SpecError(f"{source}: optimizer.lr_multipliers: an adaptive grid fits one law to the runs it "
                             f"chooses, so its runs share one learning rate; give one multiplier (got "
                             f"{spec.optimizer.lr_multipliers}), or sweep learning rates with a ladder or isoflop grid")
-        if len(spec.dataset.fractions()) > 1:
-            raise SpecError(f"{source}: dataset.train_fraction: an adaptive grid chooses over params x tokens; give "
-                            f"one fraction (got {spec.dataset.train_fraction})")
 
     def pool_grid(self) -> Union[LadderGrid, IsoFlopGrid]:
         """The candidate pool as the grid it is made of (expanded by the same code, so with the same run ids)."""
@@ -526,7 +534,8 @@ def grid_size(spec: "SweepSpec") -> int:
     """How many runs the grid expands to (counted, not expanded); an adaptive grid: its candidate pool."""
     grid = spec.grid.pool_grid() if isinstance(spec.grid, AdaptiveGrid) else spec.grid
     budgets = grid.tokens if isinstance(grid, LadderGrid) else grid.compute
-    return len(grid.params) * len(budgets) * len(spec.seeds) * len(spec.optimizer.lr_multipliers)
+    return (len(grid.params) * len(budgets) * len(spec.seeds) * len(spec.optimizer.lr_multipliers)
+            * len(spec.dataset.fractions()))
 
 
 def check_grid_size(spec: "SweepSpec", max_runs: int | None, source: str) -> None:
@@ -540,7 +549,8 @@ def check_grid_size(spec: "SweepSpec", max_runs: int | None, source: str) -> Non
         raise SpecError(
             f"{source}: the grid expands to {n:,} runs (grid.params {len(grid.params)} x grid.{budgets[0]} "
             f"{len(budgets[1])} x seeds {len(spec.seeds)} x optimizer.lr_multipliers "
-            f"{len(spec.optimizer.lr_multipliers)}), more than {max_runs:,}. If that is intended, pass "
+            f"{len(spec.optimizer.lr_multipliers)} x dataset.train_fraction {len(spec.dataset.fractions())}), more "
+            f"than {max_runs:,}. If that is intended, pass "
             "--allow-large-grid; otherwise check the lists for a mistake.")
 
 
