@@ -271,7 +271,7 @@ def _finite(x) -> float | None:
 def _run_row(pool: Pool, r: int, cost: float, score: float | None) -> dict:
     unique = {} if pool.unique is None else {"unique_tokens": float(pool.unique[r])}
     return {"run_id": pool.ids[r], "params": float(pool.params[r]), "tokens": float(pool.tokens[r]), **unique,
-            "cost": float(cost), "score": None if score is None or not np.isfinite(score) else float(score)}
+            "cost": float(cost), "score": _finite(score)}
 
 
 def _fit_record(fit, target, seed: int, n_runs: int) -> dict:
