@@ -293,8 +293,7 @@ def select(pool: pd.DataFrame, revealed: dict[int, float], target: Target, budge
         raise ValueError(f"at_bound must be one of {AT_BOUNDS}; got {fallback!r}")
     if fallback != "none" and undetermined(fit):
         if fallback == "spread":
-            rows = _spread_pick(pool, revealed, budget_left, batch)
-            return Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))
+            return _spread_batch(pool, revealed, budget_left, batch, fit, scoring)
         scoring = fallback
     crit, price, s2 = _scoring(fit, pool, cand, target, extra_fits, cost_exponent, scale_discount, revealed,
                                shared_discrepancy, discrepancy_length, scoring, (bias_ratio, bias_length, bias_draws))
@@ -507,6 +506,12 @@ def _spread_pick(pool: pd.DataFrame, revealed, budget_left: float, batch: int) -
     return np.array(rows, dtype=int)
 
 
+def _spread_batch(pool: pd.DataFrame, revealed, budget_left: float, batch: int, fit, scoring) -> Batch:
+    """A batch of _spread_pick rows, unscored: where the fit cannot score candidates or is at a bound."""
+    rows = _spread_pick(pool, revealed, budget_left, batch)
+    return Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))
+
+
 @dataclass
 class Step:
     step: int
@@ -586,8 +591,7 @@ def replay(pool: pd.DataFrame, reveal: Callable[[int], float], target: Target, b
                          scoring=scoring, anchor_share=anchor_share, bias_ratio=bias_ratio,
                          bias_length=bias_length, bias_draws=bias_draws, at_bound=at_bound)
         except AnalysisError:  # the fit's draws cannot score candidates yet: spread over scales instead
-            rows = _spread_pick(pool, revealed, budget - spent, batch)
-            nxt = Batch(rows, np.full(rows.size, np.nan), fit, np.nan, np.nan, _noise(fit, scoring))
+            nxt = _spread_batch(pool, revealed, budget - spent, batch, fit, scoring)
         if nxt.rows.size == 0:
             out.stopped = "no unchosen run fits in the compute left" if len(revealed) < len(pool) else "pool exhausted"
             break

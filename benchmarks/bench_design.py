@@ -39,7 +39,8 @@ many bootstrap draws the criterion is also linearised at and averaged over; `/de
 variance, from the delta method at the fit's point or from the bootstrap draws, each candidate's noise raised by
 (tau x decades below the target's compute)^2, optionally a discrepancy shared by runs near each other in compute,
 sd sigma, correlation length ell decades; `@rho` opens each batch with the run nearest the target costing at most
-rho x the compute left; `--variants gamma:tau[:sigma:ell][/scoring][@rho],...`), random selection at the same compute (rows in a random order,
+rho x the compute left; `^none|bootstrap|spread` says what chooses a batch while the fit has E, alpha or beta
+at its bound (design.AT_BOUNDS); `--variants gamma:tau[:sigma:ell][/scoring][@rho][^at_bound],...`), random selection at the same compute (rows in a random order,
 each kept while it fits; `--seeds` orders: mean and range, and below each table how many orders each adaptive arm
 beats), cheapest first (rows from the cheapest up while they fit) and the full grid (F = 100%). A design too small
 to fit (under 6 runs or 3 distinct N or D; the adaptive replay when its initial design costs more than F) counts
@@ -429,9 +430,10 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default=None,
                     help="adaptive arms, comma-separated, each "
-                         "gamma[:tau[:sigma:ell]][/scoring[=ratio:length[:draws]]][@rho] "
+                         "gamma[:tau[:sigma:ell]][/scoring[=ratio:length[:draws]]][@rho][^at_bound] "
                          "(cost exponent, scale discount, shared discrepancy sd and length, scoring bias|delta|"
-                         "bootstrap with the bias scoring's discrepancy, anchor share); default: design's")
+                         "bootstrap with the bias scoring's discrepancy, anchor share, none|bootstrap|spread where "
+                         "the fit is at a bound); default: design's")
     ap.add_argument("--families", default="", help="law families whose draws join the selector's (e.g. gadre,kaplan)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--farseer", action="store_true", help="also replay the Farseer grid (366 pool runs; slow)")

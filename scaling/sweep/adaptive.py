@@ -118,14 +118,11 @@ class Pool:
         pool = cls(list(runs), [run_id(r) for r in runs], np.array([config_params(r) for r in runs]),
                    np.array([config_tokens(r) for r in runs]), np.array([c[0] for c in costs]),
                    np.array([c[1] for c in costs]), [config_trunk(r) for r in runs])
-        if len({config_fraction(r) for r in runs}) > 1:
-            by_fraction: dict[float, float] = {}
-            for r in runs:
-                f = config_fraction(r)
-                if f not in by_fraction:
-                    by_fraction[f] = config_unique(r)
-            pool.unique = np.array([by_fraction[config_fraction(r)] for r in runs])
-            pool.unique_all = config_unique(runs[0], 1.0)
+        fractions = {config_fraction(r) for r in runs}
+        if len(fractions) > 1:  # one dataset and seq_len: U depends on the fraction only, read once each
+            unique = {f: config_unique(runs[0], f) for f in fractions | {1.0}}
+            pool.unique = np.array([unique[config_fraction(r)] for r in runs])
+            pool.unique_all = unique[1.0]
         return pool
 
     @property
